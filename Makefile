@@ -1,0 +1,29 @@
+# moeplace: `make demo` and `make test` work on a fresh clone (see README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch: pinned first so that the open range in pyproject.toml is already satisfied and
+# pip does not pull a multi-GB CUDA build. Override on a GPU machine: make TORCH_SPEC=torch install
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.moeplace-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/moeplace demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

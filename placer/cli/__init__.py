@@ -1,0 +1,55 @@
+"""The ``moeplace`` command line: one thin module per command.
+
+Every module in this package that defines ``register(app)`` is loaded (in name order) and adds its
+command(s) to the Typer app; a new command is a new module, with no list to edit. Command modules import
+heavy libraries (torch, transformers, solvers) inside the command function, so ``moeplace --help`` and
+light commands start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+app = typer.Typer(
+    name="moeplace",
+    help=(
+        "Decide which GPU holds which expert of a Mixture-of-Experts model: record routing (trace, import, "
+        "synth), learn load and affinity (stats), solve the placement (solve), measure it (evaluate, "
+        "replay) and export it to serving stacks (export)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an error."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    import os
+
+    state["debug"] = debug
+    if quiet:
+        os.environ["MOEPLACE_QUIET"] = "1"
+
+
+def _load_commands() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_") or info.name in ("main", "common"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_load_commands()

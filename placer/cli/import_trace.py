@@ -1,0 +1,92 @@
+"""``moeplace import``: routing logs of other tools (long-format JSONL/CSV/Parquet, SGLang per-token dumps)
+into the trace format."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+class LogFormat(str, Enum):
+    auto = "auto"
+    long = "long"
+    sglang = "sglang"
+
+
+def import_(
+    files: List[Path] = typer.Argument(..., help="Routing log file(s); several are concatenated."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output trace (.parquet)."),
+    fmt: LogFormat = typer.Option(
+        LogFormat.auto, "--format", help="long: one record per token per layer (JSONL, CSV, Parquet); "
+        "sglang: SGLang per_token expert-distribution dump (.pt); auto: by file extension."
+    ),
+    layer_field: str = typer.Option("layer", "--layer-field", help="Field with the (model's) layer index."),
+    token_field: str = typer.Option("token", "--token-field", help="Field identifying the token (within its sequence)."),
+    experts_field: str = typer.Option("experts", "--experts-field", help="Field with the chosen expert ids, in rank order."),
+    weights_field: Optional[str] = typer.Option(
+        None, "--weights-field", help="Field with the gate weights [default: 'weights' if present, else 1/K]."
+    ),
+    sequence_field: Optional[str] = typer.Option(
+        None, "--sequence-field", help="Field with the sequence (request) id [default: 'sequence' if present]."
+    ),
+    position_field: Optional[str] = typer.Option(
+        None, "--position-field", help="Field with the position in the sequence [default: 'position' if present]."
+    ),
+    phase_field: Optional[str] = typer.Option(
+        None, "--phase-field", help="Field with prefill/decode (or 0/1) [default: 'phase' if present]."
+    ),
+    num_experts: Optional[int] = typer.Option(
+        None, "--num-experts", help="Experts per layer, when the log does not use the largest id."
+    ),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token [default: from the first record]."),
+    model_name: str = typer.Option("unknown", "--model-name", help="Model name recorded in the trace metadata."),
+) -> None:
+    """Convert routing logs of other tools into a moeplace trace.
+
+    Tokens missing at some layers (logs drop rows) are kept as missing there, reported, and never paired
+    with another token's routing.
+    """
+    from placer.cli.common import console, kv_table
+    from placer.errors import UsageError
+    from placer.trace.importers import FieldMap, import_long, import_sglang_per_token
+    from placer.trace.writer import write_trace
+
+    if num_experts is not None and num_experts < 1:
+        raise UsageError(f"--num-experts must be positive, got {num_experts}")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k must be positive, got {top_k}")
+    kind = fmt.value
+    if kind == "auto":
+        kind = "sglang" if all(f.suffix == ".pt" for f in files) else "long"
+    if kind == "sglang":
+        meta, batch, report = import_sglang_per_token(files, num_experts=num_experts, model_name=model_name)
+    else:
+        fields = FieldMap(layer=layer_field, token=token_field, experts=experts_field, weights=weights_field,
+                          sequence=sequence_field, position=position_field, phase=phase_field)
+        meta, batch, report = import_long(files, fields, num_experts=num_experts, top_k=top_k, model_name=model_name)
+    write_trace(out, meta, batch)
+    rows = [
+        ("format", report.source_format),
+        ("records read", f"{report.records:,}"),
+        ("shape (L, E, K)", f"{meta.num_layers} x {meta.num_experts} x top-{meta.top_k}"),
+        ("model layer indices", _ranges(meta.moe_layer_indices)),
+        ("tokens", f"{report.tokens:,}"),
+        ("missing token-layers", f"{report.missing_token_layers:,}"),
+        ("tokens with missing layers", f"{report.tokens_with_missing_layers:,}"),
+    ]
+    rows += [("note", n) for n in report.notes]
+    console().print(kv_table(f"wrote {out}", rows))
+
+
+def _ranges(idx) -> str:
+    idx = list(idx)
+    if idx and idx == list(range(idx[0], idx[0] + len(idx))):
+        return f"{idx[0]}..{idx[-1]}"
+    return ", ".join(map(str, idx[:12])) + (" ..." if len(idx) > 12 else "")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(import_)

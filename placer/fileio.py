@@ -1,0 +1,70 @@
+"""Atomic output files: write to a temporary file beside the target, then rename.
+
+A crash or Ctrl-C never leaves a half-written file at the output path, and a file the user already had is
+only replaced once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from placer.errors import UsageError
+
+
+def prepare_output(path: str | os.PathLike) -> Path:
+    """Check that ``path`` can be written as a file and create its parent folder."""
+    out = Path(path)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"{out}: output path is a directory, expected a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot create output folder {parent} ({exc.strerror})") from None
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``path`` when the block succeeds.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is untouched.
+    """
+    out = prepare_output(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (keys in insertion order, newline at the end)."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Return ``path`` as a Path if it is an existing file, else raise a UsageError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: {what} not found")
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, expected a {what}")
+    return p

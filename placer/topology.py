@@ -1,0 +1,127 @@
+"""The machines a placement is solved for: GPUs, nodes, links and expert compute speed.
+
+Defaults describe H100 nodes of 8 GPUs: NVLink 4 inside a node (900 GB/s bidirectional, 450 GB/s each way
+per GPU), one 400 Gb/s InfiniBand NIC per GPU across nodes (50 GB/s), and an expert FFN whose time is flat
+below a knee and linear above it, as measured for this project on an H100 (``shared/reference/
+h100-expert-ffn.md``: about 75-80 us launch-bound floor, 550-650 TFLOP/s above the knee).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from placer.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Topology:
+    """GPUs (EP ranks) in nodes, their links, and the compute model of one expert.
+
+    num_gpus / num_nodes: EP ranks and the nodes they sit in (GPU g is on node g // (num_gpus / num_nodes)).
+    intra_bw_gbs / inter_bw_gbs: GB/s one GPU can send inside its node (NVLink) / to other nodes (network).
+    intra_latency_us / inter_latency_us: per message latency of those links.
+    hidden_size, dtype_bytes: a token's hidden state is hidden_size * dtype_bytes bytes on the wire.
+    expert_ffn_size: an expert's intermediate size (SwiGLU: 3 matrices of hidden x ffn).
+    expert_floor_us: time of one expert's FFN on a small batch (launch-bound floor).
+    expert_tflops: achieved TFLOP/s of an expert's FFN above the knee.
+    """
+
+    num_gpus: int
+    num_nodes: int = 1
+    intra_bw_gbs: float = 450.0
+    inter_bw_gbs: float = 50.0
+    intra_latency_us: float = 3.0
+    inter_latency_us: float = 10.0
+    hidden_size: int = 7168
+    expert_ffn_size: int = 2048
+    dtype_bytes: int = 2
+    expert_floor_us: float = 75.0
+    expert_tflops: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_gpus", "num_nodes", "hidden_size", "expert_ffn_size", "dtype_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_gpus % self.num_nodes:
+            raise ValueError(f"gpus ({self.num_gpus}) must divide evenly into nodes ({self.num_nodes})")
+        for name in ("intra_bw_gbs", "inter_bw_gbs", "expert_tflops"):
+            v = getattr(self, name)
+            if not v > 0:
+                raise ValueError(f"{name} must be positive, got {v!r}")
+        for name in ("intra_latency_us", "inter_latency_us", "expert_floor_us"):
+            v = getattr(self, name)
+            if not v >= 0:
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
+
+    # -- structure ---------------------------------------------------------------------------------
+    @property
+    def gpus_per_node(self) -> int:
+        return self.num_gpus // self.num_nodes
+
+    def node_of_gpu(self) -> np.ndarray:
+        """[G] node of each GPU."""
+        return np.arange(self.num_gpus) // self.gpus_per_node
+
+    def slots_per_gpu(self, num_slots: int) -> int:
+        """Physical expert slots per GPU for ``num_slots`` slots per layer (validated)."""
+        if num_slots % self.num_gpus:
+            raise ValueError(f"slots ({num_slots}) must divide by gpus ({self.num_gpus})")
+        return num_slots // self.num_gpus
+
+    @property
+    def token_bytes(self) -> int:
+        return self.hidden_size * self.dtype_bytes
+
+    # -- files ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "topology") -> "Topology":
+        if not isinstance(d, dict):
+            raise UsageError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "num_gpus" not in d:
+            raise UsageError(f"{where}: field 'num_gpus' is missing")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Topology":
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{p}: topology file not found")
+        try:
+            d = json.loads(p.read_text())
+        except ValueError as exc:
+            raise UsageError(f"{p}: not valid JSON ({exc})") from None
+        return cls.from_dict(d, where=str(p))
+
+    def with_(self, **changes: Any) -> "Topology":
+        return replace(self, **changes)
+
+
+def preset(gpus: int, nodes: int = 1, **overrides: Any) -> Topology:
+    """The topology the command line builds from ``--gpus G --nodes N`` (H100 defaults), validated."""
+    try:
+        return Topology(num_gpus=gpus, num_nodes=nodes, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"topology: {exc}") from None
+
+
+def home_gpu(seq_T: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[T] home GPU of each token: attention data parallelism puts whole sequences on one rank, round-robin
+    by sequence id (``seq_id % num_gpus``). evaluate and replay both use this."""
+    return (np.asarray(seq_T, dtype=np.int64) % num_gpus).astype(np.int64)

@@ -1,0 +1,282 @@
+"""Synthetic routing traces with known, planted structure.
+
+The generative model, per token and MoE layer (all draws from one seeded NumPy generator, so the same
+config gives the same trace byte for byte):
+
+1. **Popularity.** Each layer has a Zipf popularity over its experts, ``p(rank r) ~ 1 / (r + 1) ** zipf``,
+   over a random permutation of the experts. Each domain re-shuffles a share ``domain_shift`` of that
+   permutation, so domains prefer different experts (a sequence belongs to one domain).
+2. **Planted clusters** (``clusters = C > 0``). Each layer's experts are split into C groups (a random
+   permutation cut into near-equal parts). Every token belongs to one cluster c (drawn from its domain's
+   cluster preferences). At every layer each of its K picks comes, with probability ``affinity``, from
+   group c of that layer (popularity-weighted inside the group); so experts of a group co-activate inside
+   a layer and the group chains to group c of the next layer.
+3. **Affinity without clusters** (``clusters = 0``). Layer l+1's k-th pick is, with probability
+   ``affinity``, the planted successor ``successor_LE[l, e]`` of the token's k-th expert e at layer l.
+4. All other picks are drawn from the popularity of the token's domain. A pick that repeats one of the
+   token's earlier picks is re-drawn (from the same source first, then from popularity), so the K experts
+   are distinct.
+5. Gate weights are sorted exponential draws normalised to sum to one (rank 0 has the largest weight).
+6. ``drop_rate`` marks token-layers as missing (as routing logs drop rows), for testing.
+
+Tokens come in sequences of ``seq_len``; the last ``decode_fraction`` of each sequence is marked decode.
+The planted structure is stored in the trace metadata under ``extra["planted"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from numba import njit
+
+from placer.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
+
+CHUNK = 16384  # tokens generated at a time; fixed so that output does not depend on any option
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    layers: int
+    experts: int
+    top_k: int
+    tokens: int
+    seed: int = 0
+    zipf: float = 1.0
+    affinity: float = 0.6
+    clusters: int = 0
+    domains: int = 1
+    domain_shift: float = 0.5
+    seq_len: int = 256
+    decode_fraction: float = 0.25
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "experts", "top_k", "tokens", "domains", "seq_len"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        if self.clusters < 0 or self.clusters > self.experts:
+            raise ValueError(f"clusters ({self.clusters}) must be between 0 and experts ({self.experts})")
+        if self.zipf < 0:
+            raise ValueError(f"zipf ({self.zipf}) must be >= 0")
+        for name in ("affinity", "domain_shift", "decode_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} ({v}) must be between 0 and 1")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate ({self.drop_rate}) must be in [0, 1)")
+        if self.seed < 0:
+            raise ValueError(f"seed ({self.seed}) must be >= 0")
+
+
+@dataclass(frozen=True)
+class Planted:
+    """The structure a synthetic trace was drawn from.
+
+    popularity_DLE: [D, L, E] expert popularity per domain and layer (rows sum to 1)
+    cluster_LE:     [L, E] planted cluster of each expert (only with clusters > 0)
+    successor_LE:   [L-1, E] planted successor at layer l+1 of expert e at layer l (only with clusters == 0)
+    """
+
+    popularity_DLE: np.ndarray
+    cluster_LE: np.ndarray | None
+    successor_LE: np.ndarray | None
+    cluster_pref_DC: np.ndarray | None
+
+    def to_meta(self) -> dict:
+        d: dict = {}
+        if self.cluster_LE is not None:
+            d["cluster_LE"] = self.cluster_LE.tolist()
+        if self.successor_LE is not None:
+            d["successor_LE"] = self.successor_LE.tolist()
+        return d
+
+
+def _cdf(probs: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative distributions (last entry exactly 1) of a [rows, n] probability table."""
+    probs = np.asarray(probs, dtype=np.float64)
+    cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
+    cdf[..., -1] = 1.0
+    return cdf
+
+
+@njit(cache=True)
+def _search(cdf_row, u):
+    lo, hi = 0, cdf_row.shape[0] - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cdf_row[mid] > u:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@njit(cache=True)
+def _draw_layer(out_TK, prev_TK, dom_T, clus_T, pop_cdf_DE, grp_cdf_CS, grp_members_CS, successor_E,
+                u_pick, u_coh, u_extra, affinity):
+    """One layer's K distinct picks for every token (see the module docstring for the model).
+
+    A duplicate pick is re-drawn with the token's spare uniforms ``u_extra``: from the same source first
+    (a cluster pick stays in its cluster), then from popularity; if they run out, the lowest unused id.
+    """
+    T, K = out_TK.shape
+    E = pop_cdf_DE.shape[1]
+    spare_n = u_extra.shape[1]
+    for t in range(T):
+        spare = 0
+        for k in range(K):
+            coherent = affinity > 0.0 and u_coh[t, k] < affinity
+            u = u_pick[t, k]
+            tries = 0
+            while True:
+                if coherent and grp_cdf_CS.shape[0] > 0:
+                    c = clus_T[t]
+                    e = grp_members_CS[c, _search(grp_cdf_CS[c], u)]
+                elif coherent and prev_TK.shape[0] > 0:
+                    e = successor_E[prev_TK[t, k]]
+                else:
+                    e = _search(pop_cdf_DE[dom_T[t]], u)
+                dup = False
+                for j in range(k):
+                    if out_TK[t, j] == e:
+                        dup = True
+                        break
+                if not dup:
+                    break
+                # A duplicate: draw again from the same source (a cluster draw stays in its cluster), then,
+                # after half the spare draws, from popularity; with none left, the lowest unused id.
+                tries += 1
+                if spare >= spare_n:
+                    e = 0
+                    while True:
+                        taken = False
+                        for j in range(k):
+                            if out_TK[t, j] == e:
+                                taken = True
+                                break
+                        if not taken:
+                            break
+                        e += 1
+                    break
+                if tries > spare_n // 2 or (coherent and grp_cdf_CS.shape[0] == 0):
+                    coherent = False
+                u = u_extra[t, spare]
+                spare += 1
+            out_TK[t, k] = e
+
+
+def _zipf_popularity(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    E, L, D = cfg.experts, cfg.layers, cfg.domains
+    weights = 1.0 / np.arange(1, E + 1, dtype=np.float64) ** cfg.zipf
+    pop = np.empty((D, L, E))
+    for l in range(L):
+        base = rng.permutation(E)
+        for d in range(D):
+            perm = base.copy()
+            if d > 0 and cfg.domain_shift > 0:
+                moved = rng.choice(E, size=int(round(cfg.domain_shift * E)), replace=False)
+                perm[moved] = perm[rng.permutation(moved)]
+            pop[d, l, perm] = weights
+    return pop / pop.sum(axis=2, keepdims=True)
+
+
+def plant(cfg: SynthConfig, rng: np.random.Generator) -> Planted:
+    """Draw the hidden structure of a synthetic trace (popularity, clusters or successors)."""
+    pop = _zipf_popularity(cfg, rng)
+    E, L, C = cfg.experts, cfg.layers, cfg.clusters
+    cluster = successor = pref = None
+    if C > 0:
+        cluster = np.empty((L, E), dtype=np.int32)
+        for l in range(L):
+            cluster[l, rng.permutation(E)] = np.arange(E) * C // E
+        pref = rng.dirichlet(np.full(C, 2.0), size=cfg.domains)
+    elif L > 1:
+        successor = np.stack([rng.permutation(E) for _ in range(L - 1)]).astype(np.int32)
+    return Planted(pop, cluster, successor, pref)
+
+
+def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
+    """The metadata and a lazy stream of batches (at most ``CHUNK`` tokens each) of a synthetic trace."""
+    rng = np.random.default_rng(cfg.seed)
+    planted = plant(cfg, rng)
+    L, E, K, C, D = cfg.layers, cfg.experts, cfg.top_k, cfg.clusters, cfg.domains
+    n_seqs = math.ceil(cfg.tokens / cfg.seq_len)
+    seq_domain = rng.integers(0, D, size=n_seqs).astype(np.int16)
+    decode_from = cfg.seq_len - int(round(cfg.decode_fraction * cfg.seq_len))
+
+    pop_cdf_LDE = np.ascontiguousarray(_cdf(planted.popularity_DLE).transpose(1, 0, 2))
+    no_groups_CS = np.zeros((0, 1))
+    no_members_CS = np.zeros((0, 1), dtype=np.int64)
+    no_successor = np.zeros(1, dtype=np.int64)
+    grp_cdf_LCS = grp_members_LCS = pref_cdf_DC = None
+    if C > 0:
+        size = -(-E // C)  # largest group; smaller groups are padded with zero-probability members
+        grp_members_LCS = np.zeros((L, C, size), dtype=np.int64)
+        gprobs = np.zeros((L, C, size))
+        mean_pop = planted.popularity_DLE.mean(axis=0)
+        for l in range(L):
+            for c in range(C):
+                members = np.nonzero(planted.cluster_LE[l] == c)[0]
+                grp_members_LCS[l, c, : members.size] = members
+                gprobs[l, c, : members.size] = mean_pop[l, members]
+        grp_cdf_LCS = _cdf(gprobs)
+        pref_cdf_DC = _cdf(planted.cluster_pref_DC)
+
+    meta = TraceMeta(
+        num_layers=L,
+        num_experts=E,
+        top_k=K,
+        model_name=f"synthetic-{L}x{E}-top{K}",
+        model_family="synthetic",
+        source="moeplace synth",
+        extra={"synth": asdict(cfg), "planted": planted.to_meta()},
+    )
+
+    def batches() -> Iterator[RoutingBatch]:
+        for start in range(0, cfg.tokens, CHUNK):
+            n = min(CHUNK, cfg.tokens - start)
+            idx = np.arange(start, start + n, dtype=np.int64)
+            seq = idx // cfg.seq_len
+            pos = (idx % cfg.seq_len).astype(np.int32)
+            dom = seq_domain[seq].astype(np.int64)
+            experts = np.empty((n, L, K), dtype=np.int64)
+            clus = np.zeros(n, dtype=np.int64)
+            if C > 0:
+                u = rng.random(n)
+                for d in range(D):
+                    mine = dom == d
+                    clus[mine] = np.searchsorted(pref_cdf_DC[d], u[mine], side="right")
+                clus = np.minimum(clus, C - 1)
+            for l in range(L):
+                u_pick, u_coh = rng.random((n, K)), rng.random((n, K))
+                u_extra = rng.random((n, 2 * K))
+                if C > 0:
+                    grp_cdf, members, prev, succ = grp_cdf_LCS[l], grp_members_LCS[l], experts[:0, 0, :], no_successor
+                else:
+                    grp_cdf, members = no_groups_CS, no_members_CS
+                    prev = experts[:, l - 1, :] if l > 0 else experts[:0, 0, :]
+                    succ = planted.successor_LE[l - 1].astype(np.int64) if l > 0 else no_successor
+                out = np.empty((n, K), dtype=np.int64)
+                _draw_layer(out, prev, dom, clus, pop_cdf_LDE[l], grp_cdf, members, succ,
+                            u_pick, u_coh, u_extra, float(cfg.affinity))
+                experts[:, l, :] = out
+            w = np.sort(rng.exponential(size=(n, L, K)), axis=2)[:, :, ::-1]
+            w /= w.sum(axis=2, keepdims=True)
+            present = rng.random((n, L)) >= cfg.drop_rate if cfg.drop_rate > 0 else None
+            yield RoutingBatch(
+                experts_TLK=experts.astype(meta.id_dtype),
+                weights_TLK=w.astype(np.float32),
+                present_TL=present,
+                seq_T=seq,
+                position_T=pos,
+                phase_T=np.where(pos >= decode_from, PHASE_DECODE, PHASE_PREFILL).astype(np.int8),
+                domain_T=dom.astype(np.int16),
+            )
+
+    return meta, batches()

@@ -1,0 +1,165 @@
+"""Streaming trace writer: row groups go to a temporary file that is renamed onto the target at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from placer.errors import MoeplaceError, UsageError
+from placer.fileio import prepare_output
+from placer.trace.schema import RoutingBatch, TraceMeta, arrow_schema
+
+DEFAULT_ROW_GROUP = 65536
+
+
+def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), width)
+
+
+class TraceWriter:
+    """Write a trace batch by batch; use as a context manager.
+
+    The optional columns (``token_id``, ``domain``, ``present``) are chosen when the writer is opened, since
+    a Parquet schema is fixed for the whole file. Batches are buffered up to ``row_group_size`` tokens so
+    that small batches (a tracer's forward passes) still make row groups of a useful size.
+
+    The file appears at ``path`` only when the block ends without an exception and at least one token was
+    written; otherwise the temporary file is removed and ``path`` is untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        meta: TraceMeta,
+        *,
+        with_token_id: bool = False,
+        with_domain: bool = False,
+        with_present: bool = False,
+        row_group_size: int = DEFAULT_ROW_GROUP,
+        compression: str = "zstd",
+    ) -> None:
+        self.path = prepare_output(path)
+        self.meta = meta
+        self.with_token_id = with_token_id
+        self.with_domain = with_domain
+        self.with_present = with_present
+        self.row_group_size = int(row_group_size)
+        self.schema = arrow_schema(meta, with_token_id, with_domain, with_present)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.tokens_written = 0
+        self._closed = False
+
+    # -- context manager -------------------------------------------------------------------------
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write(self, batch: RoutingBatch) -> None:
+        """Append the tokens of ``batch`` (shapes checked against the metadata)."""
+        if self._closed:
+            raise RuntimeError("TraceWriter is closed")
+        n = len(batch)
+        if n == 0:
+            return
+        L, E, K = self.meta.shape
+        experts = batch.experts_TLK
+        if experts.shape != (n, L, K):
+            raise MoeplaceError(f"{self.path}: batch experts shape {experts.shape} does not match [T, {L}, {K}]")
+        if experts.size and (experts.min() < 0 or experts.max() >= E):
+            raise MoeplaceError(f"{self.path}: expert id out of range [0, {E}) in batch")
+        cols: dict[str, pa.Array] = {
+            "seq_id": pa.array(_or_default(batch.seq_T, n, np.int64, self.tokens_written), pa.int64()),
+            "position": pa.array(_or_default(batch.position_T, n, np.int32, 0), pa.int32()),
+            "phase": pa.array(_or_default(batch.phase_T, n, np.int8, 0), pa.int8()),
+        }
+        if self.with_token_id:
+            tok = batch.token_T
+            cols["token_id"] = pa.array(tok.astype(np.int32), pa.int32()) if tok is not None else pa.nulls(n, pa.int32())
+        if self.with_domain:
+            cols["domain"] = pa.array(_or_default(batch.domain_T, n, np.int16, 0), pa.int16())
+        cols["experts"] = _fixed_list(experts.astype(self.meta.id_dtype, copy=False), L * K)
+        weights = batch.weights_TLK if batch.weights_TLK is not None else np.full((n, L, K), 1.0 / K)
+        cols["weights"] = _fixed_list(weights.astype(np.float16), L * K)
+        if self.with_present:
+            cols["present"] = _fixed_list(batch.present_or_ones().astype(bool), L)
+        elif batch.present_TL is not None and not batch.present_TL.all():
+            raise MoeplaceError(f"{self.path}: batch has missing layers but the writer was opened without 'present'")
+        rb = pa.RecordBatch.from_arrays([cols[f.name] for f in self.schema], schema=self.schema)
+        self._pending.append(rb)
+        self._pending_rows += n
+        self.tokens_written += n
+        if self._pending_rows >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self._pending.clear()
+        self._pending_rows = 0
+
+    def close(self) -> Path:
+        """Flush, close and move the file into place; refuses an empty trace."""
+        if self._closed:
+            return self.path
+        try:
+            self._flush()
+            self._writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        if self.tokens_written == 0:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            raise UsageError(f"{self.path}: nothing to write, the trace has no tokens")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far; the output path is left as it was."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+def _or_default(values: np.ndarray | None, n: int, dtype, start: int) -> np.ndarray:
+    if values is None:
+        if dtype == np.int64:
+            return np.arange(start, start + n, dtype=dtype)
+        return np.full(n, start, dtype=dtype)
+    values = np.asarray(values)
+    if values.shape != (n,):
+        raise MoeplaceError(f"per-token column has shape {values.shape}, expected ({n},)")
+    return values.astype(dtype, copy=False)
+
+
+def write_trace(path: str | os.PathLike, meta: TraceMeta, batch: RoutingBatch, **kwargs) -> Path:
+    """Write one in-memory batch as a whole trace (optional columns chosen from what the batch holds)."""
+    kwargs.setdefault("with_token_id", batch.token_T is not None)
+    kwargs.setdefault("with_domain", batch.domain_T is not None)
+    kwargs.setdefault("with_present", batch.present_TL is not None and not batch.present_TL.all())
+    with TraceWriter(path, meta, **kwargs) as w:
+        w.write(batch)
+    return Path(path)

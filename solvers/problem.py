@@ -1,0 +1,101 @@
+"""What every solver takes: the placement problem (statistics, topology, redundancy, traffic mode) and the
+solve options (time limit, seed, threads, weights). Validated on construction; user mistakes are
+``ValueError``s whose message names the values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from placer.topology import Topology
+
+Mode = Literal["ep", "coherent"]
+
+
+@dataclass(frozen=True, eq=False)
+class PlacementProblem:
+    """A placement problem.
+
+    load_LE: [L, E] expert load (tokens x ranks routed to each expert), always present.
+    coact_LEE, trans_LEE: co-activation and adjacent-layer transition counts (see ``placer.stats``), or
+        None for load-only statistics.
+    paths_TLK / present_TL / seq_T: optional sampled token routing for token-level formulations.
+    topology: GPUs, nodes, links. num_redundant: extra physical slots per layer (P = E + R).
+    """
+
+    load_LE: np.ndarray
+    topology: Topology
+    num_redundant: int = 0
+    mode: Mode = "ep"
+    top_k: int = 1
+    coact_LEE: np.ndarray | None = None
+    trans_LEE: np.ndarray | None = None
+    paths_TLK: np.ndarray | None = None
+    present_TL: np.ndarray | None = None
+    seq_T: np.ndarray | None = None
+    source: str | None = None
+    model_layer_indices: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        load = np.asarray(self.load_LE, dtype=np.float64)
+        if load.ndim != 2 or load.size == 0:
+            raise ValueError(f"load must be a non-empty [layers, experts] matrix, got shape {load.shape}")
+        if (load < 0).any() or not np.isfinite(load).all():
+            raise ValueError("load must hold finite, non-negative counts")
+        object.__setattr__(self, "load_LE", load)
+        L, E = load.shape
+        G = self.topology.num_gpus
+        if self.num_redundant < 0:
+            raise ValueError(f"redundant ({self.num_redundant}) must be >= 0")
+        P = E + self.num_redundant
+        if P % G:
+            raise ValueError(f"experts ({E}) + redundant ({self.num_redundant}) must divide by gpus ({G})")
+        if self.mode not in ("ep", "coherent"):
+            raise ValueError(f"mode {self.mode!r} must be 'ep' or 'coherent'")
+        for name, shape in (("coact_LEE", (L, E, E)), ("trans_LEE", (max(L - 1, 0), E, E))):
+            v = getattr(self, name)
+            if v is not None and np.shape(v) != shape:
+                raise ValueError(f"{name} has shape {np.shape(v)}, expected {list(shape)}")
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.load_LE.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.load_LE.shape[1])
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_experts + self.num_redundant
+
+    @property
+    def slots_per_gpu(self) -> int:
+        return self.num_slots // self.topology.num_gpus
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Options every solver accepts.
+
+    time_limit_s: wall-clock budget; a solver stopped by it returns its best placement as FEASIBLE.
+    seed: the same inputs and seed give the same placement.
+    threads: worker threads (0 = all cores).
+    params: formulation-specific settings (weights such as ``balance_weight``, a MILP backend), documented
+        by each solver.
+    """
+
+    time_limit_s: float = 60.0
+    seed: int = 0
+    threads: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time limit ({self.time_limit_s}) must be positive")
+        if self.seed < 0:
+            raise ValueError(f"seed ({self.seed}) must be >= 0")
+        if self.threads < 0:
+            raise ValueError(f"threads ({self.threads}) must be >= 0")

@@ -1,0 +1,169 @@
+"""The Parquet trace format: round trips, streaming, atomic writes, and every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from placer.trace import RoutingBatch, TraceDataset, TraceMeta, TraceReader, TraceWriter, expert_dtype, write_trace
+from placer.trace.synth import SynthConfig, generate
+from tests.conftest import assert_one_line_error
+
+
+def _synth(tmp_path, name="t.parquet", **kw):
+    cfg = SynthConfig(**{"layers": 4, "experts": 16, "top_k": 2, "tokens": 3000, "seed": 3, "domains": 2, **kw})
+    meta, batches = generate(cfg)
+    batches = list(batches)
+    path = tmp_path / name
+    with TraceWriter(path, meta, with_domain=True, with_present=cfg.drop_rate > 0, row_group_size=1000) as w:
+        for b in batches:
+            w.write(b)
+    return path, meta, batches
+
+
+def test_round_trip_equals_what_was_written(tmp_path):
+    path, meta, batches = _synth(tmp_path, drop_rate=0.1)
+    r = TraceReader(path)
+    assert r.meta.shape == meta.shape == (4, 16, 2)
+    assert r.meta.extra["synth"]["seed"] == 3
+    got = r.read_all()
+    want = batches[0]
+    assert got.experts_TLK.dtype == np.uint8
+    np.testing.assert_array_equal(got.experts_TLK[got.present_TL], want.experts_TLK[want.present_TL])
+    np.testing.assert_array_equal(got.present_TL, want.present_TL)
+    np.testing.assert_allclose(got.weights_TLK[got.present_TL], want.weights_TLK[want.present_TL], atol=1e-3)
+    for name in ("seq_T", "position_T", "phase_T", "domain_T"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    assert got.token_T is None
+
+
+def test_streaming_reads_in_batches_of_whole_tokens(tmp_path):
+    path, _, batches = _synth(tmp_path)
+    r = TraceReader(path)
+    parts = list(r.iter_batches(batch_size=700, fields=("experts", "seq")))
+    assert [len(p) for p in parts] == [700, 700, 700, 700, 200]
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3  # row groups of 1000 tokens
+    assert sum(len(p) for p in parts) == 3000
+    assert all(p.weights_TLK is None and p.present_TL is None for p in parts)
+    full = np.concatenate([p.experts_TLK for p in parts])
+    np.testing.assert_array_equal(full, batches[0].experts_TLK)
+
+
+def test_dataset_reads_several_files_and_refuses_mixed_shapes(tmp_path):
+    a, _, _ = _synth(tmp_path, "a.parquet")
+    b, _, _ = _synth(tmp_path, "b.parquet", seed=4)
+    ds = TraceDataset([a, b])
+    assert ds.num_tokens == 6000
+    assert TraceDataset(tmp_path).num_tokens == 6000
+    c, _, _ = _synth(tmp_path / "other", "c.parquet", experts=8)
+    with pytest.raises(Exception, match=r"shape .* \(4, 8, 2\) differs"):
+        TraceDataset([a, c])
+
+
+def test_ids_use_the_smallest_integer_type():
+    assert expert_dtype(256) == np.uint8
+    assert expert_dtype(257) == np.uint16
+    assert expert_dtype(70000) == np.uint32
+
+
+def test_uint16_ids_round_trip(tmp_path):
+    meta = TraceMeta(num_layers=2, num_experts=300, top_k=3)
+    ex = np.array([[[299, 0, 7], [1, 2, 3]]] * 5)
+    path = write_trace(tmp_path / "w.parquet", meta, RoutingBatch(experts_TLK=ex))
+    got = TraceReader(path).read_all()
+    assert got.experts_TLK.dtype == np.uint16
+    np.testing.assert_array_equal(got.experts_TLK, ex)
+    np.testing.assert_allclose(got.weights_TLK, 1 / 3, atol=1e-3)  # no weights given: 1/K
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "keep.parquet"
+    out.write_bytes(b"the user's old file")
+    meta = TraceMeta(num_layers=2, num_experts=4, top_k=1)
+    with pytest.raises(RuntimeError):
+        with TraceWriter(out, meta, row_group_size=1) as w:
+            w.write(RoutingBatch(experts_TLK=np.zeros((3, 2, 1), dtype=np.uint8)))
+            raise RuntimeError("crash half way")
+    assert out.read_bytes() == b"the user's old file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.parquet"]
+
+
+def test_an_empty_trace_is_never_written(tmp_path):
+    from placer.errors import UsageError
+
+    with pytest.raises(UsageError, match="no tokens"):
+        with TraceWriter(tmp_path / "e.parquet", TraceMeta(num_layers=1, num_experts=2, top_k=1)):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- bad input, through the command line ---------------------------------------------------------------
+def _rewrite(src, dst, *, meta=None, table_fn=None):
+    t = pq.read_table(src)
+    if table_fn is not None:
+        t = table_fn(t)
+    md = dict(t.schema.metadata or {})
+    if meta is not None:
+        md[b"moeplace"] = json.dumps(meta).encode()
+    pq.write_table(t.replace_schema_metadata(md), dst)
+
+
+def test_bad_files(tmp_path, cli):
+    good, meta, _ = _synth(tmp_path)
+    res = cli("info", tmp_path / "missing.parquet")
+    assert_one_line_error(res, 2, "missing.parquet", "not found")
+
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"PAR1 this is not parquet")
+    assert_one_line_error(cli("info", junk), 2, "junk.parquet", "not a readable Parquet file")
+
+    trunc = tmp_path / "trunc.parquet"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert_one_line_error(cli("info", trunc), 2, "trunc.parquet")
+
+    md = json.loads(pq.read_schema(good).metadata[b"moeplace"])
+    v2 = tmp_path / "v2.parquet"
+    _rewrite(good, v2, meta={**md, "schema_version": 2})
+    assert_one_line_error(cli("info", v2), 2, "v2.parquet", "schema_version is 2", "reads version 1")
+
+    nometa = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"a": [1, 2]}), nometa)
+    assert_one_line_error(cli("info", nometa), 2, "plain.parquet", "not a moeplace trace")
+
+    wide = tmp_path / "wide.parquet"
+    _rewrite(good, wide, meta={**md, "top_k": 3})
+    assert_one_line_error(cli("info", wide), 2, "wide.parquet", "'experts'", "hold 8 values", "4*3 = 12")
+
+    small_e = tmp_path / "e.parquet"
+    _rewrite(good, small_e, meta={**md, "num_experts": 4})
+    assert_one_line_error(cli("info", small_e), 2, "e.parquet", "'experts'", "row ", "outside [0, 4)")
+
+    empty = tmp_path / "empty.parquet"
+    _rewrite(good, empty, table_fn=lambda t: t.slice(0, 0))
+    assert_one_line_error(cli("info", empty), 2, "empty.parquet", "no tokens")
+
+    nocol = tmp_path / "nocol.parquet"
+    _rewrite(good, nocol, table_fn=lambda t: t.drop_columns(["seq_id"]))
+    assert_one_line_error(cli("info", nocol), 2, "nocol.parquet", "column 'seq_id' is missing")
+
+    badlayers = tmp_path / "ml.parquet"
+    _rewrite(good, badlayers, meta={**md, "num_layers": "four"})
+    assert_one_line_error(cli("info", badlayers), 2, "ml.parquet", "num_layers", "'four'")
+
+
+def test_info_json_contract(tmp_path, cli):
+    path, _, _ = _synth(tmp_path, drop_rate=0.05)
+    res = cli("info", path, "--json")
+    assert res.code == 0, res.err
+    d = json.loads(res.out)
+    for key, value in (("num_layers", 4), ("num_experts", 16), ("top_k", 2), ("tokens", 3000)):
+        assert d[key] == value and type(d[key]) is int
+    assert d["sequences"] == 12  # 3000 tokens in sequences of 256
+    assert d["phases"]["prefill"] + d["phases"]["decode"] == 3000
+    assert 0 < d["missing_token_layers"] == sum(d["missing_per_layer"])
+    res = cli("info", path)
+    assert res.code == 0 and "missing token-layers" in res.out
