@@ -147,6 +147,26 @@ class Placement:
                              f"[{self.num_layers}, {self.num_experts}]")
         return np.einsum("le,leg->lg", load_LE, self.expert_gpu_share_LEG())
 
+    def slots_for_tokens(self, layer: int, experts_TK: np.ndarray, token_index_T: np.ndarray) -> np.ndarray:
+        """[T, K] physical slot serving each (token, expert) at ``layer``.
+
+        The replica rule (vLLM's): token t uses replica ``t mod cnt(e)`` of expert e, where t is the token's
+        index in the trace (0-based, counted over the whole trace) and replicas are the expert's slots in
+        increasing order. Over many tokens this splits an expert's load evenly among its replicas; evaluate,
+        the cost model and replay all dispatch with this rule.
+        """
+        experts_TK = np.asarray(experts_TK, dtype=np.int64)
+        t = np.asarray(token_index_T, dtype=np.int64)[:, None]
+        cnt = self.logcnt_LE[layer][experts_TK]
+        return self._log2phy_cache()[layer][experts_TK, t % cnt]
+
+    def _log2phy_cache(self) -> np.ndarray:
+        cache = self.__dict__.get("_l2p")
+        if cache is None:
+            cache = self.log2phy_LER()
+            object.__setattr__(self, "_l2p", cache)
+        return cache
+
     def gpu_of_expert_LE(self) -> np.ndarray:
         """[L, E] GPU of each expert; only for placements without redundant copies."""
         if self.num_redundant:
@@ -171,6 +191,8 @@ class Placement:
         if not isinstance(other, Placement):
             return NotImplemented
         a, b = self.__dict__.copy(), other.__dict__.copy()
+        a.pop("_l2p", None)
+        b.pop("_l2p", None)
         pa_, pb_ = a.pop("phy2log_LP"), b.pop("phy2log_LP")
         return pa_.shape == pb_.shape and bool((pa_ == pb_).all()) and a == b
 

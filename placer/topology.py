@@ -79,6 +79,25 @@ class Topology:
     def token_bytes(self) -> int:
         return self.hidden_size * self.dtype_bytes
 
+    # -- time model (shared by the cost model and replay's modelled communication) ------------------
+    def expert_time_us(self, tokens: np.ndarray | float) -> np.ndarray:
+        """Time of one expert's SwiGLU FFN on ``tokens`` tokens: flat at ``expert_floor_us`` below the knee,
+        linear above it (6 * hidden * ffn FLOPs per token at ``expert_tflops``); 0 for no tokens."""
+        tokens = np.asarray(tokens, dtype=np.float64)
+        linear = tokens * 6.0 * self.hidden_size * self.expert_ffn_size / (self.expert_tflops * 1e12) * 1e6
+        return np.where(tokens > 0, np.maximum(self.expert_floor_us, linear), 0.0)
+
+    def link_time_us(self, intra_bytes: np.ndarray | float, inter_bytes: np.ndarray | float,
+                     intra_msgs: np.ndarray | float = 0, inter_msgs: np.ndarray | float = 0) -> np.ndarray:
+        """Time one GPU needs to send ``intra_bytes`` over NVLink and ``inter_bytes`` over the network, in
+        that many messages: bytes / bandwidth + latency per link class used (the two links run in parallel,
+        so the slower one counts)."""
+        intra = np.asarray(intra_bytes, dtype=np.float64) / (self.intra_bw_gbs * 1e3) + np.where(
+            np.asarray(intra_msgs) > 0, self.intra_latency_us, 0.0)
+        inter = np.asarray(inter_bytes, dtype=np.float64) / (self.inter_bw_gbs * 1e3) + np.where(
+            np.asarray(inter_msgs) > 0, self.inter_latency_us, 0.0)
+        return np.maximum(intra, inter)
+
     # -- files ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

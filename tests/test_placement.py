@@ -87,3 +87,17 @@ def test_registry_and_contiguous():
         PlacementProblem(np.ones((2, 8)), preset(4), num_redundant=1)
     with pytest.raises(ValueError, match="unknown solver 'nope'"):
         get_solver("nope")
+
+
+def test_replica_rule_is_token_index_mod_count():
+    p = Placement([[0, 1, 2, 3, 0, 0]], num_gpus=2, num_experts=4)  # expert 0 on slots 0, 4, 5
+    slots = p.slots_for_tokens(0, np.array([[0, 1], [0, 2], [0, 3], [0, 1]]), np.array([0, 1, 2, 3]))
+    np.testing.assert_array_equal(slots, [[0, 1], [4, 2], [5, 3], [0, 1]])
+
+
+def test_time_model():
+    t = preset(8)
+    np.testing.assert_allclose(t.expert_time_us([0, 16, 256]), [0, 75, 75])  # flat floor below the knee
+    big = t.expert_time_us(16384)
+    assert big == pytest.approx(16384 * 6 * 7168 * 2048 / 600e12 * 1e6)  # linear above it
+    assert t.link_time_us(450e3, 0, 1, 0) == pytest.approx(1.0 + 3.0)  # 450 kB over 450 GB/s + latency
