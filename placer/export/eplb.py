@@ -1,0 +1,39 @@
+"""DeepSeek EPLB's output: the three tensors ``rebalance_experts`` returns, ``phy2log`` [layers, slots],
+``log2phy`` [layers, experts, R] padded with -1, ``logcnt`` [layers, experts], as ``.pt`` or ``.npz``.
+
+Checked against deepseek-ai/EPLB ``eplb.py`` (``rebalance_experts(weight, num_replicas, num_groups, num_nodes,
+num_gpus) -> (phy2log, log2phy, logcnt)``; ``log2phy`` is filled with -1 and has ``maxlogcnt`` columns; slots are
+GPU-major, ``num_replicas // num_gpus`` per GPU). EPLB numbers layers as its caller's ``weight`` rows; the default
+here is MoE layers. DeepSeek lists an expert's slots in replica order; moeplace writes them in increasing slot order
+and reads either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from placer.export.layers import StackMaps
+from placer.export.registry import ExportFormat, register
+from placer.export.triple import read_triple, write_triple
+
+NAMES = ("phy2log", "log2phy", "logcnt")
+
+
+def write(maps: StackMaps, path: Path) -> None:
+    write_triple(maps, path, NAMES)
+
+
+def read(path: Path) -> StackMaps:
+    return read_triple(path, NAMES, "DeepSeek EPLB")
+
+
+def loads_with(path: Path, maps: StackMaps) -> str:
+    return ("where rebalance_experts' (phy2log, log2phy, logcnt) go: torch.load('{0}') or numpy.load('{0}') "
+            "gives the same three tensors".format(path))
+
+
+FORMAT = register(ExportFormat(
+    name="eplb", suffixes=(".pt", ".npz"), stack_numbering="moe", keyed=False,
+    write=write, read=read, loads_with=loads_with,
+    description="DeepSeek EPLB rebalance_experts output (phy2log, log2phy, logcnt)",
+))
