@@ -28,8 +28,8 @@ def read(path: Path) -> StackMaps:
 
 
 def loads_with(path: Path, maps: StackMaps) -> str:
-    return ("where rebalance_experts' (phy2log, log2phy, logcnt) go: torch.load('{0}') or numpy.load('{0}') "
-            "gives the same three tensors".format(path))
+    reader = f"numpy.load('{path}')" if path.suffix.lower() == ".npz" else f"torch.load('{path}', weights_only=True)"
+    return f"{reader} gives the (phy2log, log2phy, logcnt) that deepseek-ai/EPLB's rebalance_experts returns"
 
 
 FORMAT = register(ExportFormat(

@@ -21,7 +21,7 @@ def read(path: Path) -> StackMaps:
 
 
 def loads_with(path: Path, maps: StackMaps) -> str:
-    return f"moeplace evaluate / replay / export {path}"
+    return f"the moeplace commands that take a placement (export, apply, ...): {path}"
 
 
 FORMAT = register(ExportFormat(
