@@ -74,7 +74,7 @@ FAMILIES: tuple[CheckpointFamily, ...] = (
     CheckpointFamily("olmoe", ("olmoe",), ("mlp",), ("gate.weight",), _NUM),
     CheckpointFamily("deepseek_v2", ("deepseek_v2",), ("mlp",), ("gate.weight", "gate.e_score_correction_bias"),
                      _ROUTED, _deepseek_v2_groups),
-    CheckpointFamily("deepseek_v3", ("deepseek_v3", "kimi_k2"), ("mlp",),
+    CheckpointFamily("deepseek_v3", ("deepseek_v3",), ("mlp",),
                      ("gate.weight", "gate.e_score_correction_bias"), _ROUTED, _deepseek_v3_groups),
     CheckpointFamily("gpt_oss", ("gpt_oss",), ("mlp",), ("router.weight", "router.bias"), _LOCAL),
 )
