@@ -14,17 +14,12 @@ from pathlib import Path
 
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
-from placer.export.triple import read_triple, write_triple
+from placer.export.triple import triple_io
 
 NAMES = ("phy2log", "log2phy", "logcnt")
 
 
-def write(maps: StackMaps, path: Path) -> None:
-    write_triple(maps, path, NAMES)
-
-
-def read(path: Path) -> StackMaps:
-    return read_triple(path, NAMES, "DeepSeek EPLB")
+write, read = triple_io(NAMES, "DeepSeek EPLB")
 
 
 def loads_with(path: Path, maps: StackMaps) -> str:

@@ -40,3 +40,15 @@ def read_triple(path: Path, names: tuple[str, str, str], fmt: str) -> StackMaps:
     check_nonnegative(p2l, path, n_p2l)
     check_inverse(p2l, l2p, cnt, path, names)
     return StackMaps(p2l, tuple(range(p2l.shape[0])), num_experts=int(cnt.shape[1]))
+
+
+def triple_io(names: tuple[str, str, str], fmt: str):
+    """(write, read) functions of a format made of these three tensors."""
+
+    def write(maps: StackMaps, path: Path) -> None:
+        write_triple(maps, path, names)
+
+    def read(path: Path) -> StackMaps:
+        return read_triple(path, names, fmt)
+
+    return write, read

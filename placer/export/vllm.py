@@ -16,17 +16,12 @@ from pathlib import Path
 
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
-from placer.export.triple import read_triple, write_triple
+from placer.export.triple import triple_io
 
 NAMES = ("physical_to_logical_map", "logical_to_physical_map", "logical_replica_count")
 
 
-def write(maps: StackMaps, path: Path) -> None:
-    write_triple(maps, path, NAMES)
-
-
-def read(path: Path) -> StackMaps:
-    return read_triple(path, NAMES, "vLLM EPLB")
+write, read = triple_io(NAMES, "vLLM EPLB")
 
 
 def loads_with(path: Path, maps: StackMaps) -> str:
