@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from placer.export.registry import FORMAT_NAMES
+from placer.export.names import FORMAT_NAMES
 
 
 def import_placement(

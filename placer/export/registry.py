@@ -1,7 +1,7 @@
 """The export-format registry, keyed by the ``FormatName`` literal (as ``solvers/registry.py`` is).
 
-Add a format: write ``placer/export/<module>.py`` defining ``FORMAT = ExportFormat(...)`` with a ``write`` and a
-``read`` function, and add its name to ``FormatName`` and ``_MODULES``. At import the registry checks that the
+Add a format: write ``placer/export/<module>.py`` defining ``FORMAT = register(ExportFormat(...))`` with a ``write``
+and a ``read`` function, and add its name to ``FormatName`` (``names.py``) and ``_MODULES``. At import the registry checks that the
 literal, the modules and the registered formats agree, so the command line's choices and the code cannot drift.
 """
 
@@ -10,16 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, get_args
+from typing import TYPE_CHECKING, Callable
+
+from placer.export.names import FORMAT_NAMES, NUMBERINGS, FormatName, Numbering  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from placer.export.layers import StackMaps
-
-FormatName = Literal["sglang", "vllm", "vllm-ascend", "eplb", "trtllm", "moeplace"]
-FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
-
-Numbering = Literal["moe", "model"]
-NUMBERINGS: tuple[str, ...] = get_args(Numbering)
 
 _MODULES: dict[str, str] = {
     "sglang": "placer.export.sglang",
