@@ -31,6 +31,8 @@ from placer.errors import UsageError
 from placer.placement import Placement
 
 PROVENANCE = "moeplace-apply.json"
+# Other copies of the weights (a .bin export, a consolidated file) would keep the old numbering: left out.
+STALE_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
 # -- family adapters -----------------------------------------------------------------------------------------------
@@ -172,6 +174,9 @@ def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
         try:
             with safe_open(model / s, framework="pt") as f:
                 for k in f.keys():
+                    if k in shard_of:
+                        raise UsageError(f"{model}: tensor '{k}' is in both {shard_of[k]} and {s}; without a "
+                                         f"model.safetensors.index.json it is unclear which files form the checkpoint")
                     shard_of[k] = s
                     shapes[k] = tuple(f.get_slice(k).get_shape())
         except Exception as exc:  # safetensors raises its own error types for a damaged header
@@ -298,6 +303,7 @@ class ApplyReport:
     tensors_permuted: int       # router / fused tensors whose rows were reordered
     files_copied: int
     skipped_layers: list[int]
+    omitted: list[str] = field(default_factory=list)   # other weight files, which would keep the old numbering
 
 
 def _plan(ck: Checkpoint, p: Placement) -> tuple[dict[str, str], dict[str, np.ndarray]]:
@@ -333,10 +339,13 @@ def apply_placement(p: Placement, model: str | os.PathLike, out: str | os.PathLi
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        # Step 2: copy everything but the safetensors shards unchanged (config, tokenizer, index, ...).
-        copied = 0
+        # Step 2: copy everything but the weights unchanged (config, tokenizer, index, ...).
+        copied, omitted = 0, []
         for item in sorted(model.iterdir()):
             if item.name in ck.shards or item.name == PROVENANCE:
+                continue
+            if item.is_file() and (item.suffix in STALE_WEIGHTS or item.name == "pytorch_model.bin.index.json"):
+                omitted.append(item.name)
                 continue
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)
@@ -381,5 +390,5 @@ def apply_placement(p: Placement, model: str | os.PathLike, out: str | os.PathLi
         raise
     moved = int((p.phy2log_LP != np.arange(p.num_experts)).sum())
     return ApplyReport(out, ck.family.name, idx, moved, sum(1 for k, v in rename.items() if k != v), len(permute),
-                       copied, ck.skipped_layers)
+                       copied, ck.skipped_layers, omitted)
 

@@ -153,9 +153,11 @@ def test_sharded_checkpoint(tmp_path):
     """Experts whose tensors sit in different shards: each tensor keeps its shard, its content moves."""
     src = _build("mixtral", tmp_path / "src", max_shard_size="40KB")
     shards = sorted(x.name for x in src.glob("*.safetensors"))
+    (src / "consolidated.safetensors").write_bytes((src / shards[0]).read_bytes())  # a stale second copy
     assert len(shards) > 2 and (src / "model.safetensors.index.json").exists()
     p = _permutation_placement(src, G=4, seed=3)
-    apply_placement(p, src, tmp_path / "new", progress=False)
+    r = apply_placement(p, src, tmp_path / "new", progress=False)
+    assert r.omitted == ["consolidated.safetensors"]  # not in the index: it would keep the old numbering
     assert sorted(x.name for x in (tmp_path / "new").glob("*.safetensors")) == shards
     assert_same_model_renumbered(src, tmp_path / "new", p)
 
@@ -242,6 +244,11 @@ def test_cli_apply_bad_checkpoints(cli, tmp_path):
               empty / "model.safetensors")
     assert_one_line_error(cli("apply", p, "--model", empty, "--out", tmp_path / "o"), 2,
                           "layer 0: 'model.layers.0.block_sparse_moe.experts.N.w1.weight': expert 2 is missing")
+    # Two files holding the same tensor, and no index to say which is the checkpoint.
+    save_file({"model.layers.0.block_sparse_moe.gate.weight": torch.zeros(4, 2)}, empty / "consolidated.safetensors")
+    assert_one_line_error(cli("apply", p, "--model", empty, "--out", tmp_path / "o"), 2,
+                          "tensor 'model.layers.0.block_sparse_moe.gate.weight' is in both consolidated.safetensors "
+                          "and model.safetensors")
     assert not (tmp_path / "o").exists()
 
 

@@ -41,6 +41,8 @@ def apply(
     ]
     if r.skipped_layers:
         rows.append(("left as is", f"layers {_ranges(r.skipped_layers)} beyond num_hidden_layers (e.g. MTP)"))
+    if r.omitted:
+        rows.append(("left out", f"{', '.join(r.omitted)} (other weight files: they would keep the old numbering)"))
     console().print(kv_table(f"wrote {out}", rows))
 
 
