@@ -173,14 +173,14 @@ def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
     for s in shards:
         try:
             with safe_open(model / s, framework="pt") as f:
-                for k in f.keys():
-                    if k in shard_of:
-                        raise UsageError(f"{model}: tensor '{k}' is in both {shard_of[k]} and {s}; without a "
-                                         f"model.safetensors.index.json it is unclear which files form the checkpoint")
-                    shard_of[k] = s
-                    shapes[k] = tuple(f.get_slice(k).get_shape())
+                names = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types for a damaged header
             raise UsageError(f"{model / s}: not a readable safetensors file ({str(exc)[:160]})") from None
+        for k, shape in names.items():
+            if k in shard_of:
+                raise UsageError(f"{model}: tensor '{k}' is in both {shard_of[k]} and {s}; without a "
+                                 f"model.safetensors.index.json it is unclear which files form the checkpoint")
+            shard_of[k], shapes[k] = s, shape
 
     blocks = "|".join(re.escape(b) for b in fam.blocks)
     pat = re.compile(rf"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:{blocks})\.)(?P<rest>.+)$")
