@@ -185,3 +185,12 @@ def test_cli_round_trip_prints_the_loading_flag(cli, tmp_path):
     res = cli("export", src, "--format", "trtllm", "--out", tmp_path / "t.yaml", "--json")
     d = json.loads(res.out)
     assert d["layers"] == [3, 4] and d["layer_numbering"] == "model" and "load_balancer: " in d["loads_with"]
+
+
+def test_bad_layer_numbering_and_layer_order(cli, placement_file, tmp_path):
+    res = cli("export", placement_file, "--format", "vllm", "--layer-numbering", "decoder", "--out", tmp_path / "v.json")
+    assert_one_line_error(res, 2, "--layer-numbering: 'decoder' is not one of moe, model")
+    d = _ascend([[[0, 1], [2, 3]], [[0, 1], [2, 3]]])
+    d["layer_list"][1]["layer_id"] = 0
+    res = cli("import-placement", _write(tmp_path, "a.json", d), "--format", "vllm-ascend", "--out", tmp_path / "o.json")
+    assert_one_line_error(res, 2, "field 'layer_list[1].layer_id' is 0 after 0", "reads layers in list order")
