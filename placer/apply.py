@@ -265,9 +265,9 @@ def check_applicable(p: Placement, ck: Checkpoint, where: str = "placement") -> 
 
 
 def _short(idx) -> str:
-    from placer.export.layers import _ranges
+    from placer.export.layers import layer_ranges
 
-    return _ranges(list(idx))
+    return layer_ranges(list(idx))
 
 
 def _check_output(model: Path, out: Path, force: bool) -> None:

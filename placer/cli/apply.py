@@ -24,14 +24,14 @@ def apply(
     """
     from placer.apply import PROVENANCE, apply_placement
     from placer.cli.common import console, kv_table
-    from placer.export.layers import _ranges
+    from placer.export.layers import layer_ranges
     from placer.placement_io import load_placement
 
     p = load_placement(placement)
     r = apply_placement(p, model, out, force=force, placement_source=str(placement))
     rows = [
         ("from", f"{model} ({r.family})"),
-        ("MoE layers", f"{len(r.moe_layers)} (decoder layers {_ranges(r.moe_layers)})"),
+        ("MoE layers", f"{len(r.moe_layers)} (decoder layers {layer_ranges(r.moe_layers)})"),
         ("experts renumbered", f"{r.experts_moved} of {len(r.moe_layers) * p.num_experts}"),
         ("tensors", f"{r.tensors_renamed} per-expert tensors renamed, {r.tensors_permuted} router/fused tensors "
                     f"reordered, {r.files_copied} other files copied unchanged"),
@@ -40,7 +40,7 @@ def apply(
         ("mapping", f"{out / PROVENANCE}"),
     ]
     if r.skipped_layers:
-        rows.append(("left as is", f"layers {_ranges(r.skipped_layers)} beyond num_hidden_layers (e.g. MTP)"))
+        rows.append(("left as is", f"layers {layer_ranges(r.skipped_layers)} beyond num_hidden_layers (e.g. MTP)"))
     if r.omitted:
         rows.append(("left out", f"{', '.join(r.omitted)} (other weight files: they would keep the old numbering)"))
     console().print(kv_table(f"wrote {out}", rows))

@@ -39,7 +39,7 @@ def export(
     from placer.cli.common import console, kv_table, print_json
     from placer.errors import UsageError
     from placer.export import export_placement
-    from placer.export.layers import _ranges, parse_layer_list
+    from placer.export.layers import layer_ranges, parse_layer_list
     from placer.placement_io import load_placement
 
     if num_model_layers is not None and num_model_layers < 1:
@@ -55,7 +55,7 @@ def export(
     what = "MoE layers" if r.numbering == "moe" else "decoder layers"
     rows = [
         ("format", r.format),
-        ("layers", f"{len(r.layer_ids)} rows, {r.numbering} numbering ({what} {_ranges(r.layer_ids)})"),
+        ("layers", f"{len(r.layer_ids)} rows, {r.numbering} numbering ({what} {layer_ranges(r.layer_ids)})"),
         ("slots", f"{r.num_slots} per layer, {r.num_slots // r.num_gpus} on each of {r.num_gpus} GPUs "
                   f"({r.num_redundant} redundant)"),
     ] + [("note", n) for n in r.notes]

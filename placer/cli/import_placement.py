@@ -34,7 +34,7 @@ def import_placement(
     from placer.cli.common import console, kv_table
     from placer.errors import UsageError
     from placer.export import import_placement as do_import
-    from placer.export.layers import _ranges, parse_layer_list
+    from placer.export.layers import layer_ranges, parse_layer_list
     from placer.placement_io import save_placement
 
     for name, v in (("--gpus", gpus), ("--nodes", nodes), ("--experts", experts)):
@@ -48,7 +48,7 @@ def import_placement(
         ("from", f"{file} ({fmt})"),
         ("shape", f"{p.num_layers} MoE layers x {p.num_slots} slots, {p.num_experts} experts "
                   f"({p.num_redundant} redundant), {p.num_gpus} GPUs in {p.num_nodes} node(s)"),
-        ("model layers", _ranges(idx) if idx else "not recorded (pass --moe-layers to record them)"),
+        ("model layers", layer_ranges(idx) if idx else "not recorded (pass --moe-layers to record them)"),
     ]))
 
 

@@ -129,7 +129,7 @@ def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_lay
             absent = [i for i in chosen if i not in pos]
             if absent:
                 raise UsageError(f"{where}: MoE layer {absent[0]} from --moe-layers is not in the file "
-                                 f"(it holds layers {_ranges(ids)})")
+                                 f"(it holds layers {layer_ranges(ids)})")
         elif keyed:
             chosen = list(pos)
         else:
@@ -151,7 +151,7 @@ def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_lay
         raise UsageError(f"{where}: {msg}") from None
 
 
-def _ranges(ids: Sequence[int]) -> str:
+def layer_ranges(ids: Sequence[int]) -> str:
     ids = sorted(int(i) for i in ids)
     if not ids:
         return "none"
