@@ -42,9 +42,51 @@ def step_info(ctx: DemoContext) -> None:
     info(ctx.files["trace"], as_json=False)
 
 
+def _demo_placement(ctx: DemoContext):
+    """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
+    from placer.placement_io import load_placement, save_placement
+
+    if ctx.files.get("placement"):
+        return load_placement(ctx.files["placement"])
+    from placer.stats.core import compute_stats
+    from placer.topology import preset
+    from placer.trace.reader import TraceReader
+    from solvers.problem import PlacementProblem
+    from solvers.registry import get_solver
+
+    reader = TraceReader(ctx.files["trace"])
+    m = reader.meta
+    stats = compute_stats(reader.iter_batches(fields=("experts", "present")), m.num_layers, m.num_experts, m.top_k)
+    problem = PlacementProblem(load_LE=stats.load_LE, topology=preset(4), source=str(ctx.files["trace"]),
+                               model_layer_indices=tuple(m.moe_layer_indices))
+    path = save_placement(get_solver("contiguous")(problem), ctx.out / "placement-contiguous.json")
+    ctx.files["placement"] = path
+    return load_placement(path)
+
+
+def step_export(ctx: DemoContext) -> None:
+    """The placement in every serving stack's format, and what loads each file."""
+    from placer.export import FORMAT_NAMES, export_placement, get_format, import_placement
+
+    p = _demo_placement(ctx)
+    ctx.console.print(f"placement {ctx.files['placement']}: {p.num_layers} MoE layers x {p.num_slots} slots on "
+                      f"{p.num_gpus} GPUs ({p.solver})")
+    for fmt in FORMAT_NAMES:
+        numbering = None if p.model_layer_indices is not None else "moe"
+        r = export_placement(p, ctx.out / "export" / f"placement-{fmt}{get_format(fmt).suffixes[0]}", fmt, numbering)
+        back = import_placement(r.path, fmt, r.numbering, moe_layers=list(p.model_layer_indices or ()) or None,
+                                gpus=p.num_gpus)
+        assert back.same_layout(p), f"{fmt}: the exported file does not read back as the same placement"
+        ctx.files[f"export-{fmt}"] = r.path
+        ctx.console.print(f"[bold]{fmt}[/bold] {r.path} ({r.numbering} numbering, {len(r.layer_ids)} rows; "
+                          f"reads back as the same placement)")
+        ctx.console.print(f"    load it with: {r.loads_with}", soft_wrap=True, highlight=False)
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
+    ("export", step_export),
 ]
 
 
