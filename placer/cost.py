@@ -274,6 +274,10 @@ class EvalResult:
         return float(_ratio(self.messages_L1.sum(), self.pair_tokens_L1.sum()))
 
     @property
+    def node_messages_per_token(self) -> float:
+        return float(_ratio(self.node_messages_L1.sum(), self.pair_tokens_L1.sum()))
+
+    @property
     def pair_hops_per_token(self) -> float:
         return float(_ratio(self.pair_hops_L1.sum(), self.pair_tokens_L1.sum()))
 
@@ -305,7 +309,7 @@ class EvalResult:
         else:
             d["messages_per_token"] = self.messages_per_token
             d["pair_hops_per_token"] = self.pair_hops_per_token
-            d["node_messages"] = int(self.node_messages_L1.sum())
+            d["node_messages_per_token"] = self.node_messages_per_token
         d["intra_bytes"] = int(self.intra_bytes_L.sum())
         d["inter_bytes"] = int(self.inter_bytes_L.sum())
         d["total_us"] = self.total_us
