@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,13 +19,19 @@ from placer.stats import RoutingStats, compute_stats
 from placer.topology import Topology, preset
 
 
-def stats_from_traces(paths: Sequence[str | os.PathLike]) -> RoutingStats:
-    """Exact statistics of one or more traces read together (a progress bar on stderr)."""
+ShapeCheck = Callable[[int, int], None]
+
+
+def stats_from_traces(paths: Sequence[str | os.PathLike], check: ShapeCheck | None = None) -> RoutingStats:
+    """Exact statistics of one or more traces read together (a progress bar on stderr). ``check(L, E)``
+    runs before the pass over the tokens."""
     from placer.progress import progress_bar
     from placer.trace.reader import TraceDataset
 
     ds = TraceDataset(list(paths))
     L, E, K = ds.meta.shape
+    if check is not None:
+        check(L, E)
 
     def batches():
         with progress_bar(ds.num_tokens, "statistics", unit="tok") as advance:
@@ -66,17 +72,19 @@ def load_stats_file(path: str | os.PathLike) -> RoutingStats:
 
 
 def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
-                    load_file: Path | None = None) -> RoutingStats:
-    """The statistics of exactly one kind of input: traces, a stats file or a load matrix."""
+                    load_file: Path | None = None, check: ShapeCheck | None = None) -> RoutingStats:
+    """The statistics of exactly one kind of input: traces, a stats file or a load matrix. ``check(L, E)``
+    validates the shape as soon as it is known (before a long pass over traces)."""
     given = [name for name, v in (("traces", traces), ("--stats", stats_file), ("--load", load_file)) if v]
     if len(given) != 1:
         raise UsageError("give the input as trace file(s), --stats FILE or --load FILE"
                          + (f" (got {' and '.join(given)})" if given else ""))
     if traces:
-        return stats_from_traces(traces)
-    if stats_file is not None:
-        return load_stats_file(stats_file)
-    return load_matrix(load_file)
+        return stats_from_traces(traces, check)
+    stats = load_stats_file(stats_file) if stats_file is not None else load_matrix(load_file)
+    if check is not None:
+        check(stats.num_layers, stats.num_experts)
+    return stats
 
 
 def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,

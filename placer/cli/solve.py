@@ -37,6 +37,8 @@ def solve(
     Writes a placement JSON (docs/cost-model.md explains what evaluate then measures) and prints a
     summary: solver, status, objective, bound, gap, wall time and the max/mean GPU load on the input.
     """
+    import numpy as np
+
     from placer.cli.common import console, kv_table, print_json
     from placer.cost import evaluate_load
     from placer.errors import UsageError
@@ -49,7 +51,15 @@ def solve(
     if groups is not None and solver != "eplb":
         raise UsageError(f"--groups applies to the eplb solver only, not {solver}")
     prepare_output(out)
-    stats = read_statistics(traces or [], stats_file, load_file)
+
+    def check_shape(num_layers: int, num_experts: int) -> None:
+        """Refuse a shape that cannot be placed before a long pass over the traces."""
+        try:
+            PlacementProblem(np.zeros((num_layers, num_experts)), topo, num_redundant=redundant, mode=mode.value)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
     try:
         problem = PlacementProblem(
             load_LE=stats.load_LE, topology=topo, num_redundant=redundant, mode=mode.value,
