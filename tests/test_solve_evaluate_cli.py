@@ -209,3 +209,10 @@ def test_solve_bad_load_and_topology_files(cli, tmp_path):
     assert_one_line_error(cli("solve", "--load", tmp_path / "load.npy", "--topology", tmp_path / "topo.json",
                               "--gpus", "8", "--out", tmp_path / "p.json"), 2,
                           "topo.json", "field 'num_gpus' is 4, but --gpus is 8")
+
+
+def test_click_usage_errors_exit_2(cli):
+    res = cli("evaluate")  # a missing argument: typer's own (vendored click) usage error
+    assert res.code == 2 and "Missing argument" in res.err and "internal error" not in res.err
+    res = cli("solve", "--bogus")
+    assert res.code == 2 and "No such option" in res.err

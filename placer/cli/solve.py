@@ -102,10 +102,10 @@ def solve(
         ("objective", objective),
         ("bound / gap", f"{num(placement.bound)} / {num(placement.gap, '{:.2%}')}"),
         ("wall time", f"{placement.wall_time_s:.3f} s"),
-        ("shape", f"{placement.num_layers} layers x {placement.num_experts} experts + {placement.num_redundant} "
-                  f"redundant on {placement.num_gpus} GPUs in {placement.num_nodes} node(s)"),
-        ("max/mean GPU load (input)", f"{bal.mean_imbalance:.3f} mean over layers, worst layer "
-                                      f"{bal.worst_layer}: {bal.imbalance_L[bal.worst_layer]:.3f}"),
+        ("shape", f"{placement.num_layers} x {placement.num_experts} experts + {placement.num_redundant} "
+                  f"redundant, {placement.num_gpus} GPUs, {placement.num_nodes} node(s)"),
+        ("max/mean load (input)", f"{bal.mean_imbalance:.3f} (mean of layers); worst: "
+                                  f"{bal.imbalance_L[bal.worst_layer]:.3f} (layer {bal.worst_layer})"),
     ]))
 
 
