@@ -168,10 +168,14 @@ def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, 
 def _layer_table(r):
     from rich.table import Table
 
-    t = Table(title=f"{r.name}: per layer", title_justify="left")
+    t = Table(title=f"{r.name}: per layer (traffic per token; coherent: from the layer before)", title_justify="left")
+    multi_node = r.num_nodes > 1
     cols = ["layer", "max load", "mean load", "max/mean"]
     if not r.balance_only:
-        cols += ["remote GPUs"] if r.mode == "ep" else ["msgs in", "hops in"]
+        if r.mode == "ep":
+            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
+        else:
+            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
         cols += ["compute us", "comm us"]
     for c in cols:
         t.add_column(c, justify="right")
@@ -179,13 +183,12 @@ def _layer_table(r):
         row = [str(l), f"{r.max_load_L[l]:,.0f}", f"{r.mean_load_L[l]:,.0f}", f"{r.imbalance_L[l]:.3f}"]
         if not r.balance_only:
             if r.mode == "ep":
-                n = r.token_layers_L[l]
-                row += [f"{r.remote_gpus_L[l] / n:.3f}" if n else "-"]
-            elif l == 0:
-                row += ["-", "-"]
+                n, counts = r.token_layers_L[l], [r.remote_gpus_L[l]] + ([r.remote_nodes_L[l]] if multi_node else [])
             else:
-                n = r.pair_tokens_L1[l - 1]
-                row += [f"{r.messages_L1[l - 1] / n:.3f}" if n else "-", f"{r.pair_hops_L1[l - 1] / n:.3f}" if n else "-"]
+                n = r.pair_tokens_L1[l - 1] if l else 0
+                counts = [r.messages_L1, r.pair_hops_L1] + ([r.node_messages_L1] if multi_node else [])
+                counts = [c[l - 1] for c in counts] if l else [0] * len(counts)
+            row += [f"{c / n:.3f}" if n else "-" for c in counts]
             row += [f"{r.compute_us_L[l]:,.1f}", f"{r.comm_us_L[l]:,.1f}"]
         t.add_row(*row)
     return t
