@@ -81,6 +81,8 @@ def step_solve(ctx: DemoContext) -> None:
                                  "--json", capture=True))
         table.add_row(name, " ".join(extra), s["status"], f"{s['wall_time_s']:.3f}", f"{s['max_over_mean_load']:.3f}")
         ctx.files[f"placement-{name}"] = out
+    # The placement later steps use (export, replay) until an optimising solver's step replaces it.
+    ctx.files["placement"] = ctx.files["placement-greedy"]
     ctx.console.print(table)
 
 

@@ -14,6 +14,7 @@ def test_demo_solves_the_baselines_and_evaluates_them(tmp_path, capsys):
     step_solve(ctx)
     for name, _ in DEMO_BASELINES:
         assert load_placement(ctx.files[f"placement-{name}"]).solver == name
+    assert ctx.files["placement"] == ctx.files["placement-greedy"]
     solved = ctx.console.export_text()
     assert "eplb" in solved and "--redundant 4" in solved
     capsys.readouterr()
