@@ -38,6 +38,7 @@ def evaluate(
     `contiguous` (always computed as the reference). Definitions: docs/cost-model.md.
     """
     from placer.cli.common import console, print_json
+    from placer.cost import measured_objective
     from placer.errors import UsageError
     from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
     from placer.inputs import read_statistics, resolve_topology
@@ -88,7 +89,8 @@ def evaluate(
             if i < len(cands):
                 p = cands[i].placement
                 d = {"file": cands[i].where, "solver": p.solver, "status": p.status, "objective": p.objective,
-                     "objective_name": p.objective_name, **d}
+                     "objective_name": p.objective_name,
+                     "objective_measured": measured_objective(r, p.objective_name), **d}
             else:
                 d = {"file": None, "solver": "contiguous", **d}
             rows.append(d)
