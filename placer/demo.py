@@ -42,6 +42,56 @@ def step_info(ctx: DemoContext) -> None:
     info(ctx.files["trace"], as_json=False)
 
 
+DEMO_GPUS = 4
+# Baselines the demo solves, with their extra options (eplb gets one redundant slot per GPU).
+DEMO_BASELINES = (("greedy", ()), ("eplb", ("--redundant", str(DEMO_GPUS))), ("round_robin", ()), ("random", ()))
+
+
+def _moeplace(*args: object, capture: bool = False) -> str:
+    """Run a moeplace command in this process (its standard output returned if ``capture``); a failure
+    stops the demo with its message."""
+    import contextlib
+    import io
+
+    from placer.cli.main import run
+    from placer.errors import MoeplaceError
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
+        code = run(["-q", *map(str, args)])
+    if code != 0:
+        raise MoeplaceError(f"demo: `moeplace {' '.join(map(str, args))}` failed with exit code {code}")
+    return buf.getvalue()
+
+
+def step_solve(ctx: DemoContext) -> None:
+    """Baseline placements (greedy, eplb, round_robin, random) on 4 GPUs, solved on the trace."""
+    import json
+
+    from rich.table import Table
+
+    trace = ctx.files.get("train", ctx.files["trace"])
+    table = Table(title=f"moeplace solve {trace} --gpus {DEMO_GPUS} --solver NAME ... --out "
+                        f"{ctx.out / 'placements'}/NAME.json", title_justify="left")
+    for col in ("solver", "options", "status", "wall s", "max/mean load"):
+        table.add_column(col, no_wrap=True)
+    for name, extra in DEMO_BASELINES:
+        out = ctx.out / "placements" / f"{name}.json"
+        s = json.loads(_moeplace("solve", trace, "--solver", name, "--gpus", DEMO_GPUS, *extra, "--out", out,
+                                 "--json", capture=True))
+        table.add_row(name, " ".join(extra), s["status"], f"{s['wall_time_s']:.3f}", f"{s['max_over_mean_load']:.3f}")
+        ctx.files[f"placement-{name}"] = out
+    # The placement later steps use (export, replay) until an optimising solver's step replaces it.
+    ctx.files["placement"] = ctx.files["placement-greedy"]
+    ctx.console.print(table)
+
+
+def step_evaluate(ctx: DemoContext) -> None:
+    """The baselines measured on the held-out trace (the demo trace until held-out traces exist), both modes."""
+    trace = ctx.files.get("heldout", ctx.files["trace"])
+    placements = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
+    for mode in ("ep", "coherent"):
+        _moeplace("evaluate", trace, *placements, "--mode", mode)
 def _demo_placement(ctx: DemoContext):
     """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
     from placer.placement_io import load_placement, save_placement
@@ -86,6 +136,8 @@ def step_export(ctx: DemoContext) -> None:
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
+    ("solve", step_solve),
+    ("evaluate", step_evaluate),
     ("export", step_export),
 ]
 

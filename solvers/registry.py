@@ -15,11 +15,17 @@ if TYPE_CHECKING:
     from placer.placement import Placement
     from solvers.problem import PlacementProblem, SolveOptions
 
-SolverName = Literal["contiguous"]
+SolverName = Literal["contiguous", "round_robin", "random", "greedy", "eplb"]
 SOLVER_NAMES: tuple[str, ...] = get_args(SolverName)
 
 # Module of each solver (several names may share one module).
-_MODULES: dict[str, str] = {"contiguous": "solvers.contiguous"}
+_MODULES: dict[str, str] = {
+    "contiguous": "solvers.contiguous",
+    "round_robin": "solvers.round_robin",
+    "random": "solvers.random_layout",
+    "greedy": "solvers.greedy",
+    "eplb": "solvers.eplb",
+}
 
 SolverFn = Callable[["PlacementProblem", "SolveOptions"], "Placement"]
 _REGISTRY: dict[str, SolverFn] = {}
