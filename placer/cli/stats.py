@@ -156,6 +156,10 @@ def report(stats, out: Path | None = None, as_json: bool = False, top_m: int | N
     # Step 1: everything that can fail on bad options (graph of load-only stats, plot layers) before writing.
     if graph:
         stats.require_affinity("--graph")
+    if out is not None:
+        from placer.fileio import prepare_output
+
+        prepare_output(out)
     summary = summarize(stats, top_m=top_m)
     written: dict[str, Any] = {}
     if plots is not None:

@@ -39,8 +39,7 @@ def _heatmap(data: np.ndarray, title: str, xlabel: str, ylabel: str, cbar: str, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=size)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", interpolation="nearest", cmap=cmap, origin="upper")
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
