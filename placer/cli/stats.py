@@ -216,11 +216,14 @@ def _print_tables(con, s: dict[str, Any], written: dict[str, Any], per_layer: bo
         else:
             rows.append((f"predictability top-{m}", "- (needs a trace: merged counts keep no tokens)"))
     rows += [("note", n) for n in s.get("notes", [])]
-    rows += [(f"wrote {k}" if k not in ("stats", "plots") else f"wrote {k}",
-              v if k == "stats" else (f"{len(v)} PNG files" if k == "plots" else
-                                      f"{v['nodes']:,} nodes, {v['transition_edges']:,} transition + "
-                                      f"{v['coactivation_edges']:,} co-activation edges"))
-             for k, v in written.items()]
+    for k, v in written.items():
+        if k == "stats":
+            rows.append(("wrote stats", v))
+        elif k == "plots":
+            rows.append(("wrote plots", f"{len(v)} PNG files in {Path(v[0]).parent}"))
+        else:
+            rows.append((f"wrote {k}", f"{v['nodes']:,} nodes, {v['transition_edges']:,} transition + "
+                                       f"{v['coactivation_edges']:,} co-activation edges"))
     con.print(kv_table(", ".join(s["sources"][:3]) + (" ..." if len(s["sources"]) > 3 else ""), rows))
 
     if per_layer if per_layer is not None else L <= 16:

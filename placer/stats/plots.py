@@ -44,6 +44,11 @@ def _heatmap(data: np.ndarray, title: str, xlabel: str, ylabel: str, cbar: str, 
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    # Expert and layer numbers are integers: no ticks between them.
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=ax, label=cbar)
     try:
         _save(fig, path)

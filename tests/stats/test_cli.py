@@ -107,3 +107,24 @@ def test_demo_step_prints_the_summary_and_writes_graph_and_heatmaps(tmp_path, ca
     assert load_stats(ctx.files["stats"]).tokens == 4000
     assert ctx.files["graph"].stat().st_size > 0
     assert (ctx.files["plots"] / "load.png").exists()
+
+
+def test_readme_worked_example(tmp_path, cli):
+    """The README's example: the imported routing log of docs/examples, whose counts can be checked by hand."""
+    from pathlib import Path
+
+    log = Path(__file__).resolve().parents[2] / "docs" / "examples" / "routing-log.jsonl"
+    assert cli("import", log, "--num-experts", "8", "--out", tmp_path / "example.parquet").code == 0
+    res = cli("stats", tmp_path / "example.parquet", "--out", tmp_path / "example-stats.npz", "--json")
+    assert res.code == 0, res.err
+    s = load_stats(tmp_path / "example-stats.npz")
+    np.testing.assert_array_equal(s.tokens_L, [6, 5, 6])  # req-b token 1 is missing at model layer 2
+    np.testing.assert_array_equal(s.pair_tokens_L, [5, 5])
+    np.testing.assert_array_equal(s.load_LE[0], [3, 3, 2, 1, 1, 2, 0, 0])
+    # Expert 1 at model layer 1 (req-a tokens 0, 1, 2) is followed by experts 2 and 6 each time.
+    assert s.trans_LEE[0, 1].tolist() == [0, 0, 3, 0, 0, 0, 3, 0]
+    # req-b token 1 chose expert 3 at layer 1 but is missing at layer 2: expert 3 has no transitions.
+    assert s.load_LE[0, 3] == 1 and s.trans_LEE[0, 3].sum() == 0
+    out = json.loads(res.out)
+    assert out["pairs"]["mutual_information_bits"] == [1.921928, 1.921928]
+    assert out["pairs"]["concentration"] == [1.0, 0.9]
