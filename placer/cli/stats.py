@@ -69,7 +69,7 @@ def compute(
         8192, "--sample-tokens", help="Tokens (spread over the traces) kept to measure next-layer predictability; 0: skip."),
     graph: Optional[List[Path]] = typer.Option(
         None, "--graph", help="Write the routing graph (networkx) as .graphml or .gexf. Repeatable."),
-    min_prob: float = typer.Option(0.05, "--min-prob", help="Leave out graph edges whose conditional probability is below this."),
+    min_prob: float = typer.Option(0.2, "--min-prob", help="Leave out graph edges whose conditional probability is below this (0: keep all)."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG heatmaps (load, transitions, co-activation) into this folder."),
     plot_layers: Optional[str] = typer.Option(
         None, "--plot-layers", help="MoE layers (0-based) whose transition and co-activation heatmaps to draw, e.g. 0,5,10 "
@@ -147,7 +147,7 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
 
 
 def report(stats, out: Path | None = None, as_json: bool = False, top_m: int | None = None, graph: list[Path] = (),
-           min_prob: float = 0.05, plots: Path | None = None, plot_layers: list[int] | None = None,
+           min_prob: float = 0.2, plots: Path | None = None, plot_layers: list[int] | None = None,
            per_layer: bool | None = None) -> dict[str, Any]:
     """Write the outputs asked for and print the summary (tables, or JSON); return the summary."""
     from placer.cli.common import console, print_json

