@@ -131,6 +131,9 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
                 notes.append(f"{int((~used).sum())} all-zero layers of {used.size} dropped as dense layers; "
                              f"kept model layers {layers[0]}..{layers[-1]}")
                 load = load[used]
+    elif suffix == ".npz":
+        raise UsageError(f"{p}: a stats file, not a load file: give it as an input (`moeplace stats {p.name}`), "
+                         f"not with --load")
     else:
         raise UsageError(f"{p}: unknown load file type '{p.suffix}'; expected .npy, .csv or .pt "
                          f"(a [layers, experts] matrix or an SGLang stat dump)")

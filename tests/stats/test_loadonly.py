@@ -61,6 +61,7 @@ def test_top_k_unknown_is_said(tmp_path):
     ("k.pt", lambda p: torch.save({"foo": 1}, p), ("no 'logical_count'", "foo")),
     ("z.pt", lambda p: torch.save({"logical_count": torch.zeros(2, 3, 4)}, p), ("all zero",)),
     ("l.txt", lambda p: p.write_text("1 2"), ("unknown load file type '.txt'",)),
+    ("s.npz", lambda p: p.write_bytes(b"PK"), ("a stats file, not a load file", "moeplace stats s.npz")),
 ])
 def test_bad_load_files(tmp_path, cli, name, make, fragments):
     make(tmp_path / name)
