@@ -42,6 +42,16 @@ def step_info(ctx: DemoContext) -> None:
     info(ctx.files["trace"], as_json=False)
 
 
+def step_stats(ctx: DemoContext) -> None:
+    """Routing statistics of the trace: summary, stats file, routing graph and heatmaps."""
+    from placer.cli.stats import report
+    from placer.stats import stats_from_traces
+
+    stats = stats_from_traces(ctx.files["trace"], by="phase")
+    ctx.files["stats"] = ctx.out / "stats.npz"
+    ctx.files["graph"] = ctx.out / "routing.graphml"
+    ctx.files["plots"] = ctx.out / "plots"
+    report(stats, out=ctx.files["stats"], graph=[ctx.files["graph"]], plots=ctx.files["plots"])
 DEMO_GPUS = 4
 # Baselines the demo solves, with their extra options (eplb gets one redundant slot per GPU).
 DEMO_BASELINES = (("greedy", ()), ("eplb", ("--redundant", str(DEMO_GPUS))), ("round_robin", ()), ("random", ()))
@@ -136,6 +146,7 @@ def step_export(ctx: DemoContext) -> None:
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
+    ("stats", step_stats),
     ("solve", step_solve),
     ("evaluate", step_evaluate),
     ("export", step_export),

@@ -11,11 +11,9 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
 from placer.errors import UsageError
 from placer.fileio import require_file
-from placer.stats import RoutingStats, compute_stats
+from placer.stats import RoutingStats
 from placer.topology import Topology, preset
 
 
@@ -23,52 +21,29 @@ ShapeCheck = Callable[[int, int], None]
 
 
 def stats_from_traces(paths: Sequence[str | os.PathLike], check: ShapeCheck | None = None) -> RoutingStats:
-    """Exact statistics of one or more traces read together (a progress bar on stderr). ``check(L, E)``
-    runs before the pass over the tokens."""
-    from placer.progress import progress_bar
+    """Exact statistics of one or more traces read together (``placer.stats``, a progress bar on stderr).
+    ``check(L, E)`` runs on the traces' metadata, before the pass over the tokens."""
+    from placer.stats import stats_from_traces as compute
     from placer.trace.reader import TraceDataset
 
-    ds = TraceDataset(list(paths))
-    L, E, K = ds.meta.shape
     if check is not None:
+        L, E, _ = TraceDataset(list(paths)).meta.shape
         check(L, E)
-
-    def batches():
-        with progress_bar(ds.num_tokens, "statistics", unit="tok") as advance:
-            for b in ds.iter_batches(fields=("experts", "present")):
-                advance(len(b))
-                yield b
-
-    return compute_stats(batches(), L, E, K, model_name=ds.meta.model_name,
-                         moe_layer_indices=ds.meta.moe_layer_indices, sources=tuple(str(p) for p in ds.paths))
+    return compute(list(paths))
 
 
 def load_matrix(path: str | os.PathLike) -> RoutingStats:
-    """Load-only statistics from a ``.npy`` [layers, experts] matrix of expert loads."""
-    p = require_file(path, "load file")
-    if p.suffix != ".npy":
-        raise UsageError(f"{p}: load matrices are read from .npy files ([layers, experts]), got '{p.suffix}'")
-    try:
-        load = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{p}: not a readable .npy file ({str(exc).splitlines()[0][:120]})") from None
-    if load.ndim != 2 or load.size == 0:
-        raise UsageError(f"{p}: expected a [layers, experts] load matrix, got shape {list(load.shape)}")
-    if not np.issubdtype(load.dtype, np.number) or not np.isfinite(load).all() or (load < 0).any():
-        raise UsageError(f"{p}: loads must be finite and non-negative numbers")
-    L, E = load.shape
-    return RoutingStats(num_layers=L, num_experts=E, top_k=0, load_LE=load.astype(np.float64), sources=(str(p),))
+    """Load-only statistics: a [layers, experts] matrix (.npy, .csv, .pt) or an SGLang ``stat`` dump."""
+    from placer.stats import load_only_stats
+
+    return load_only_stats(path)
 
 
 def load_stats_file(path: str | os.PathLike) -> RoutingStats:
     """Statistics written by ``moeplace stats`` (read by the statistics module)."""
-    p = require_file(path, "stats file")
-    try:
-        from placer.stats import load_stats  # type: ignore[attr-defined]
-    except ImportError:
-        raise UsageError(f"{p}: this build cannot read stats files yet (no placer.stats.load_stats); "
-                         f"give the traces, or a load matrix with --load") from None
-    return load_stats(p)
+    from placer.stats import load_stats
+
+    return load_stats(require_file(path, "stats file"))
 
 
 def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,

@@ -197,10 +197,10 @@ def test_solve_errors(cli, trace, tmp_path, args, fragments):
 def test_solve_bad_load_and_topology_files(cli, tmp_path):
     np.save(tmp_path / "neg.npy", -np.ones((2, 4)))
     assert_one_line_error(cli("solve", "--load", tmp_path / "neg.npy", "--gpus", "2", "--out", tmp_path / "p.json"),
-                          2, "neg.npy", "finite and non-negative")
+                          2, "neg.npy", "array[0, 0] = -1.0 is negative")
     np.save(tmp_path / "flat.npy", np.ones(4))
     assert_one_line_error(cli("solve", "--load", tmp_path / "flat.npy", "--gpus", "2", "--out", tmp_path / "p.json"),
-                          2, "flat.npy", "expected a [layers, experts] load matrix, got shape [4]")
+                          2, "flat.npy", "shape [4], expected [layers, experts]")
     (tmp_path / "topo.json").write_text(json.dumps({"num_gpus": 12, "num_nodes": 5}))
     np.save(tmp_path / "load.npy", np.ones((2, 12)))
     assert_one_line_error(cli("solve", "--load", tmp_path / "load.npy", "--topology", tmp_path / "topo.json",
