@@ -274,6 +274,10 @@ class EvalResult:
         return float(_ratio(self.messages_L1.sum(), self.pair_tokens_L1.sum()))
 
     @property
+    def node_messages_per_token(self) -> float:
+        return float(_ratio(self.node_messages_L1.sum(), self.pair_tokens_L1.sum()))
+
+    @property
     def pair_hops_per_token(self) -> float:
         return float(_ratio(self.pair_hops_L1.sum(), self.pair_tokens_L1.sum()))
 
@@ -305,7 +309,7 @@ class EvalResult:
         else:
             d["messages_per_token"] = self.messages_per_token
             d["pair_hops_per_token"] = self.pair_hops_per_token
-            d["node_messages"] = int(self.node_messages_L1.sum())
+            d["node_messages_per_token"] = self.node_messages_per_token
         d["intra_bytes"] = int(self.intra_bytes_L.sum())
         d["inter_bytes"] = int(self.inter_bytes_L.sum())
         d["total_us"] = self.total_us
@@ -551,6 +555,32 @@ def pair_hops_from_trans(trans_LEE: np.ndarray, placement: Placement) -> tuple[n
     diff_gpu = gpu_LE[:-1, :, None] != gpu_LE[1:, None, :]
     diff_node = node_LE[:-1, :, None] != node_LE[1:, None, :]
     return (trans * diff_gpu).sum(axis=(1, 2)), (trans * diff_node).sum(axis=(1, 2))
+
+
+# Objective names a solver may report (``Placement.objective_name``), each measured here on a trace, so that a
+# solver's reported objective can be checked against evaluate (``measured_objective``).
+OBJECTIVES: dict[str, tuple[str | None, Any]] = {  # name -> (mode it needs, or None for both; its value)
+    "max_load": (None, lambda r: float(r.max_load_L.sum())),  # sum over layers of the largest GPU load
+    "max_over_mean_load": (None, lambda r: r.mean_imbalance),
+    "ep_remote_gpus": ("ep", lambda r: float(r.remote_gpus_L.sum())),
+    "ep_remote_nodes": ("ep", lambda r: float(r.remote_nodes_L.sum())),
+    "coherent_messages": ("coherent", lambda r: float(r.messages_L1.sum())),
+    "coherent_node_messages": ("coherent", lambda r: float(r.node_messages_L1.sum())),
+    "coherent_pair_hops": ("coherent", lambda r: float(r.pair_hops_L1.sum())),
+    "coherent_node_pair_hops": ("coherent", lambda r: float(r.node_pair_hops_L1.sum())),
+    "time_us": (None, lambda r: r.total_us),
+}
+
+
+def measured_objective(result: EvalResult, name: str | None) -> float | None:
+    """The value of objective ``name`` (see ``OBJECTIVES``) in ``result``; None if the name is unknown or the
+    result cannot measure it (another mode, or balance only for a traffic objective)."""
+    if name not in OBJECTIVES:
+        return None
+    mode, value = OBJECTIVES[name]
+    if (mode is not None and mode != result.mode) or (result.balance_only and name not in ("max_load", "max_over_mean_load")):
+        return None
+    return value(result)
 
 
 def with_speedups(results: Iterable[EvalResult], reference: EvalResult) -> None:

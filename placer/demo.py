@@ -42,9 +42,114 @@ def step_info(ctx: DemoContext) -> None:
     info(ctx.files["trace"], as_json=False)
 
 
+def step_stats(ctx: DemoContext) -> None:
+    """Routing statistics of the trace: summary, stats file, routing graph and heatmaps."""
+    from placer.cli.stats import report
+    from placer.stats import stats_from_traces
+
+    stats = stats_from_traces(ctx.files["trace"], by="phase")
+    ctx.files["stats"] = ctx.out / "stats.npz"
+    ctx.files["graph"] = ctx.out / "routing.graphml"
+    ctx.files["plots"] = ctx.out / "plots"
+    report(stats, out=ctx.files["stats"], graph=[ctx.files["graph"]], plots=ctx.files["plots"])
+DEMO_GPUS = 4
+# Baselines the demo solves, with their extra options (eplb gets one redundant slot per GPU).
+DEMO_BASELINES = (("greedy", ()), ("eplb", ("--redundant", str(DEMO_GPUS))), ("round_robin", ()), ("random", ()))
+
+
+def _moeplace(*args: object, capture: bool = False) -> str:
+    """Run a moeplace command in this process (its standard output returned if ``capture``); a failure
+    stops the demo with its message."""
+    import contextlib
+    import io
+
+    from placer.cli.main import run
+    from placer.errors import MoeplaceError
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
+        code = run(["-q", *map(str, args)])
+    if code != 0:
+        raise MoeplaceError(f"demo: `moeplace {' '.join(map(str, args))}` failed with exit code {code}")
+    return buf.getvalue()
+
+
+def step_solve(ctx: DemoContext) -> None:
+    """Baseline placements (greedy, eplb, round_robin, random) on 4 GPUs, solved on the trace."""
+    import json
+
+    from rich.table import Table
+
+    trace = ctx.files.get("train", ctx.files["trace"])
+    table = Table(title=f"moeplace solve {trace} --gpus {DEMO_GPUS} --solver NAME ... --out "
+                        f"{ctx.out / 'placements'}/NAME.json", title_justify="left")
+    for col in ("solver", "options", "status", "wall s", "max/mean load"):
+        table.add_column(col, no_wrap=True)
+    for name, extra in DEMO_BASELINES:
+        out = ctx.out / "placements" / f"{name}.json"
+        s = json.loads(_moeplace("solve", trace, "--solver", name, "--gpus", DEMO_GPUS, *extra, "--out", out,
+                                 "--json", capture=True))
+        table.add_row(name, " ".join(extra), s["status"], f"{s['wall_time_s']:.3f}", f"{s['max_over_mean_load']:.3f}")
+        ctx.files[f"placement-{name}"] = out
+    # The placement later steps use (export, replay) until an optimising solver's step replaces it.
+    ctx.files["placement"] = ctx.files["placement-greedy"]
+    ctx.console.print(table)
+
+
+def step_evaluate(ctx: DemoContext) -> None:
+    """The baselines measured on the held-out trace (the demo trace until held-out traces exist), both modes."""
+    trace = ctx.files.get("heldout", ctx.files["trace"])
+    placements = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
+    for mode in ("ep", "coherent"):
+        _moeplace("evaluate", trace, *placements, "--mode", mode)
+def _demo_placement(ctx: DemoContext):
+    """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
+    from placer.placement_io import load_placement, save_placement
+
+    if ctx.files.get("placement"):
+        return load_placement(ctx.files["placement"])
+    from placer.stats.core import compute_stats
+    from placer.topology import preset
+    from placer.trace.reader import TraceReader
+    from solvers.problem import PlacementProblem
+    from solvers.registry import get_solver
+
+    reader = TraceReader(ctx.files["trace"])
+    m = reader.meta
+    stats = compute_stats(reader.iter_batches(fields=("experts", "present")), m.num_layers, m.num_experts, m.top_k)
+    problem = PlacementProblem(load_LE=stats.load_LE, topology=preset(4), source=str(ctx.files["trace"]),
+                               model_layer_indices=tuple(m.moe_layer_indices))
+    path = save_placement(get_solver("contiguous")(problem), ctx.out / "placement-contiguous.json")
+    ctx.files["placement"] = path
+    return load_placement(path)
+
+
+def step_export(ctx: DemoContext) -> None:
+    """The placement in every serving stack's format, and what loads each file."""
+    from placer.export import FORMAT_NAMES, export_placement, get_format, import_placement
+
+    p = _demo_placement(ctx)
+    ctx.console.print(f"placement {ctx.files['placement']}: {p.num_layers} MoE layers x {p.num_slots} slots on "
+                      f"{p.num_gpus} GPUs ({p.solver})")
+    for fmt in FORMAT_NAMES:
+        numbering = None if p.model_layer_indices is not None else "moe"
+        r = export_placement(p, ctx.out / "export" / f"placement-{fmt}{get_format(fmt).suffixes[0]}", fmt, numbering)
+        back = import_placement(r.path, fmt, r.numbering, moe_layers=list(p.model_layer_indices or ()) or None,
+                                gpus=p.num_gpus)
+        assert back.same_layout(p), f"{fmt}: the exported file does not read back as the same placement"
+        ctx.files[f"export-{fmt}"] = r.path
+        ctx.console.print(f"[bold]{fmt}[/bold] {r.path} ({r.numbering} numbering, {len(r.layer_ids)} rows; "
+                          f"reads back as the same placement)")
+        ctx.console.print(f"    load it with: {r.loads_with}", soft_wrap=True, highlight=False)
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
+    ("stats", step_stats),
+    ("solve", step_solve),
+    ("evaluate", step_evaluate),
+    ("export", step_export),
 ]
 
 

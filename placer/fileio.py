@@ -29,6 +29,17 @@ def prepare_output(path: str | os.PathLike) -> Path:
     return out
 
 
+def temp_beside(out: Path, suffix: str = ".tmp") -> Path:
+    """A new empty temporary file in ``out``'s folder, with the permissions a plain ``open`` would give
+    (mkstemp alone makes it private, 0600, and the rename would keep that)."""
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    return Path(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` when the block succeeds.
@@ -36,9 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is untouched.
     """
     out = prepare_output(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(out)
     try:
         yield tmp
         os.replace(tmp, out)

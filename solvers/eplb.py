@@ -63,5 +63,5 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     topo = problem.topology
     rows = [rebalance_layer(problem.load_LE[l], problem.num_slots, int(groups), topo.num_nodes, topo.num_gpus)
             for l in range(problem.num_layers)]
-    policy = "hierarchical" if groups % topo.num_nodes == 0 else "global"
+    policy = "hierarchical" if groups > 1 and groups % topo.num_nodes == 0 else "global"
     return placement_from_rows(problem, rows, "eplb", start, extra={"groups": int(groups), "policy": policy})

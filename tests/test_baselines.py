@@ -92,6 +92,7 @@ SHAPES = [  # layers, experts, gpus, nodes, redundant
     (2, 12, 8, 2, 4),
     (2, 16, 4, 1, 8),
     (2, 6, 3, 1, 3),
+    (2, 10, 4, 2, 2),  # experts do not divide by GPUs: redundant slots fill the gaps
 ]
 
 

@@ -333,3 +333,19 @@ def test_mismatches_name_the_values():
         evaluate_trace(RoutingBatch(batch.experts_TLK), random_placement(4, 8, 4), preset(4))
     with pytest.raises(ValueError, match=r"tokens per step \(0\) must be positive"):
         TraceEvaluator(random_placement(4, 8, 4), preset(4), tokens_per_step=0)
+
+
+def test_measured_objectives_name_the_evaluated_quantities():
+    from placer.cost import OBJECTIVES, measured_objective
+
+    batch = synth_batch(tokens=300)
+    p = random_placement(4, 8, 4, 2, 0, seed=4)
+    ep = evaluate_trace(batch, p, preset(4, 2), mode="ep")
+    co = evaluate_trace(batch, p, preset(4, 2), mode="coherent")
+    assert measured_objective(co, "coherent_pair_hops") == co.pair_hops_L1.sum()
+    assert measured_objective(ep, "ep_remote_gpus") == ep.remote_gpus_L.sum()
+    assert measured_objective(ep, "max_load") == ep.load_LG.max(1).sum() == measured_objective(co, "max_load")
+    assert measured_objective(ep, "coherent_pair_hops") is None and measured_objective(ep, "nope") is None
+    bal = evaluate_load(np.ones((4, 8)), p)
+    assert measured_objective(bal, "max_load") == 4 * 2.0 and measured_objective(bal, "time_us") is None
+    assert all(measured_objective(ep if m in (None, "ep") else co, n) is not None for n, (m, _) in OBJECTIVES.items())

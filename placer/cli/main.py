@@ -11,6 +11,12 @@ import click
 
 from placer.errors import MoeplaceError
 
+try:  # recent typer vendors its own click: its usage errors, Exit and Abort are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+    from typer.exceptions import Abort as _TyperAbort, Exit as _TyperExit
+except ImportError:  # pragma: no cover - typer that uses click itself
+    _TyperClickException, _TyperAbort, _TyperExit = click.ClickException, click.exceptions.Abort, click.exceptions.Exit
+
 
 def _err(msg: str) -> None:
     print(f"moeplace: error: {msg}", file=sys.stderr, flush=True)
@@ -29,12 +35,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="moeplace", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, _TyperExit) as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except (click.ClickException, _TyperClickException) as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, _TyperAbort):
         _err("aborted")
         return 130
     except KeyboardInterrupt:

@@ -1,5 +1,31 @@
-"""Routing statistics: load, co-activation and transitions counted from traces."""
+"""Routing statistics: load, co-activation and transitions counted from traces (exact, streaming, fast).
 
-from placer.stats.core import RoutingStats, compute_stats
+The one-call API for downstream code:
 
-__all__ = ["RoutingStats", "compute_stats"]
+- ``stats_from_traces(paths, by=None) -> RoutingStats``: count traces (files or directories) in one pass;
+- ``load_stats(path) -> RoutingStats`` / ``save_stats(path, stats)``: the versioned ``.npz`` stats file;
+- ``load_only_stats(path, top_k=None) -> RoutingStats``: a load matrix or an SGLang stat dump;
+- ``merge_stats([...])`` / ``merge_files([...])``: sums of shards; ``summarize(stats)``: the summary figures.
+"""
+
+from placer.stats.core import COUNT_FIELDS, FastCounter, RoutingStats, compute_stats, merge_stats
+from placer.stats.io import load_stats, merge_files, save_stats
+from placer.stats.loadonly import load_only_stats
+from placer.stats.stream import SplitBy, stats_from_batches, stats_from_traces
+from placer.stats.summary import summarize
+
+__all__ = [
+    "COUNT_FIELDS",
+    "FastCounter",
+    "RoutingStats",
+    "SplitBy",
+    "compute_stats",
+    "load_only_stats",
+    "load_stats",
+    "merge_files",
+    "merge_stats",
+    "save_stats",
+    "stats_from_batches",
+    "stats_from_traces",
+    "summarize",
+]

@@ -14,17 +14,27 @@ Shapes (L MoE layers, E experts):
 
 ``load_only`` statistics (from a load matrix or an SGLang ``stat`` dump) have only ``load_LE``; anything that
 needs affinity must refuse them with a clear message (``require_affinity``).
+
+``splits`` holds the same statistics per group of tokens (``--by phase``: "prefill", "decode"); the
+top-level counts are their sum. ``sample`` (not saved) is a small, evenly spread sample of the tokens'
+routing kept while streaming, for the token-level predictability figure of the summary.
+
+``accumulate_reference`` is the specification (slow, obviously right); ``FastCounter`` (numba kernels in
+``placer.stats.fast``) gives the same counts and is what ``compute_stats`` and the CLI use.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from placer.errors import UsageError
-from placer.trace.schema import RoutingBatch
+from placer.trace.schema import RoutingBatch, expert_dtype
+
+# The count arrays of full statistics, in the order they are saved; all int64.
+COUNT_FIELDS = ("load_LE", "load1_LE", "coact_LEE", "trans_LEE", "trans1_LEE", "tokens_L", "pair_tokens_L")
 
 
 @dataclass
@@ -44,6 +54,12 @@ class RoutingStats:
     moe_layer_indices: tuple[int, ...] = ()
     sources: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, "RoutingStats"] = field(default_factory=dict)
+    sample: RoutingBatch | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.num_layers, self.num_experts, self.top_k)
 
     @property
     def load_only(self) -> bool:
@@ -68,6 +84,10 @@ class RoutingStats:
         """Add the counts of one batch of tokens (reference NumPy implementation)."""
         accumulate_reference(self, b)
 
+    def counts(self) -> dict[str, np.ndarray]:
+        """The count arrays present (all of ``COUNT_FIELDS``, or ``load_LE`` and what a load-only source had)."""
+        return {name: getattr(self, name) for name in COUNT_FIELDS if getattr(self, name) is not None}
+
 
 def accumulate_reference(s: RoutingStats, b: RoutingBatch) -> None:
     """Straightforward exact counting with ``np.bincount`` (the specification the fast path must match)."""
@@ -90,10 +110,123 @@ def accumulate_reference(s: RoutingStats, b: RoutingBatch) -> None:
             s.trans1_LEE[l] += np.bincount(a[:, 0] * E + c[:, 0], minlength=E * E).reshape(E, E)
 
 
+class FastCounter:
+    """Streaming exact counts with the compiled kernels of ``placer.stats.fast`` (same result as the
+    reference). ``add(batch)`` as often as needed, then ``result()``."""
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int) -> None:
+        L, E, K = num_layers, num_experts, top_k
+        self.shape = (L, E, K)
+        self.id_dtype = expert_dtype(E)
+        z = lambda *s: np.zeros(s, dtype=np.int64)  # noqa: E731
+        self.tokens = 0
+        self.load_LE, self.load1_LE, self.coact_up_LEE = z(L, E), z(L, E), z(L, E, E)
+        self.trans_LEE, self.trans1_LEE = z(max(L - 1, 0), E, E), z(max(L - 1, 0), E, E)
+        self.tokens_L, self.pair_tokens_L = z(L), z(max(L - 1, 0))
+
+    def add(self, experts_TLK: np.ndarray, present_TL: np.ndarray | None = None) -> None:
+        """Count a batch: ``experts_TLK`` [T, L, K] ids in rank order, ``present_TL`` [T, L] or None."""
+        from placer.stats.fast import count_batch
+
+        L, E, K = self.shape
+        if experts_TLK.ndim != 3 or experts_TLK.shape[1:] != (L, K):
+            raise ValueError(f"batch has routing of shape {experts_TLK.shape[1:]}, expected (layers, top_k) = {(L, K)}")
+        T = experts_TLK.shape[0]
+        if T == 0:
+            return
+        _check_ids(experts_TLK, present_TL, E)
+        # Layer-major copy in the trace's id type: contiguous per-layer reads, one compiled variant per type.
+        ex_LTK = np.empty((L, T, K), dtype=self.id_dtype)
+        ex_LTK[...] = experts_TLK.transpose(1, 0, 2)
+        if present_TL is None:
+            present_LT, has_present = np.ones((L, 1), dtype=np.bool_), False
+        else:
+            present_LT, has_present = np.ascontiguousarray(present_TL.T, dtype=np.bool_), True
+        count_batch(ex_LTK, present_LT, has_present, self.load_LE, self.load1_LE, self.coact_up_LEE,
+                    self.trans_LEE, self.trans1_LEE, self.tokens_L, self.pair_tokens_L)
+        self.tokens += T
+
+    def result(self, **kw: Any) -> RoutingStats:
+        from placer.stats.fast import symmetrize_coact
+
+        L, E, K = self.shape
+        return RoutingStats(L, E, K, load_LE=self.load_LE.copy(), tokens=self.tokens, load1_LE=self.load1_LE.copy(),
+                            coact_LEE=symmetrize_coact(self.coact_up_LEE, self.load_LE),
+                            trans_LEE=self.trans_LEE.copy(), trans1_LEE=self.trans1_LEE.copy(),
+                            tokens_L=self.tokens_L.copy(), pair_tokens_L=self.pair_tokens_L.copy(), **kw)
+
+
+def _check_ids(experts_TLK: np.ndarray, present_TL: np.ndarray | None, E: int) -> None:
+    """Ids outside [0, E) would write outside the count arrays in the compiled kernel: refuse them."""
+    if not np.issubdtype(experts_TLK.dtype, np.integer):
+        raise ValueError(f"expert ids must be integers, got {experts_TLK.dtype}")
+    lo, hi = experts_TLK.min(), experts_TLK.max()
+    if lo >= 0 and hi < E:
+        return
+    ex = experts_TLK if present_TL is None else experts_TLK[present_TL]
+    bad = ex[(ex < 0) | (ex >= E)]
+    if bad.size:
+        raise ValueError(f"expert id {int(bad.flat[0])} outside [0, {E})")
+
+
 def compute_stats(batches: Iterable[RoutingBatch], num_layers: int, num_experts: int, top_k: int,
                   **kw: Any) -> RoutingStats:
-    """Exact statistics of a stream of batches."""
-    s = RoutingStats.empty(num_layers, num_experts, top_k, **kw)
+    """Exact statistics of a stream of batches (fast path; equal to the reference)."""
+    c = FastCounter(num_layers, num_experts, top_k)
     for b in batches:
-        s.add_batch(b)
-    return s
+        c.add(b.experts_TLK, b.present_TL)
+    return c.result(**kw)
+
+
+def merge_stats(parts: Sequence[RoutingStats]) -> RoutingStats:
+    """The sum of statistics of several shards of tokens (equal to the statistics of their concatenation).
+
+    Shapes (layers, experts, top-k) and model layer indices must agree. Splits are summed by name (a split
+    missing from a shard counts as empty there). If any shard holds loads only, the result holds loads
+    only (its affinity would be incomplete) and says so in ``extra["notes"]``.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    for p in parts[1:]:
+        where_a = ", ".join(first.sources) or "first statistics"
+        where_b = ", ".join(p.sources) or "other statistics"
+        if p.shape != first.shape:
+            raise UsageError(f"{where_b}: shape (layers, experts, top_k) = {p.shape} differs from {where_a}: "
+                             f"{first.shape}; only statistics of one model can be merged")
+        if p.moe_layer_indices and first.moe_layer_indices and p.moe_layer_indices != first.moe_layer_indices:
+            raise UsageError(f"{where_b}: moe_layer_indices {list(p.moe_layer_indices)} differ from {where_a}: "
+                             f"{list(first.moe_layer_indices)}")
+    load_only = any(p.load_only for p in parts)
+    names = [n for n in COUNT_FIELDS if all(getattr(p, n) is not None for p in parts)]
+    if load_only:
+        names = [n for n in names if n in ("load_LE", "tokens_L")]
+    sums = {n: np.sum([getattr(p, n) for p in parts], axis=0, dtype=np.int64) for n in names}
+    notes = []
+    for p in parts:
+        notes += [n for n in p.extra.get("notes", []) if n not in notes]
+    if load_only and not all(p.load_only for p in parts):
+        notes.append("some merged statistics held loads only: co-activation and transitions dropped")
+    sources: list[str] = []
+    for p in parts:
+        sources += [s for s in p.sources if s not in sources]
+    models = list(dict.fromkeys(p.model_name for p in parts))
+    L, E, K = first.shape
+    top_k_known = all(p.extra.get("top_k_known", True) for p in parts)
+    extra = {"merged_from": sum(max(1, int(p.extra.get("merged_from", 1))) for p in parts)}
+    if not top_k_known:
+        extra["top_k_known"] = False
+    if notes:
+        extra["notes"] = notes
+    out = RoutingStats(L, E, K, tokens=int(sum(p.tokens for p in parts)), model_name=" + ".join(models),
+                       moe_layer_indices=first.moe_layer_indices or next((p.moe_layer_indices for p in parts), ()),
+                       sources=tuple(sources), extra=extra, **sums)
+    # Splits add up only if every shard was split the same way (else their sum would not be the total).
+    split_by = {p.extra.get("split_by") for p in parts}
+    if len(split_by) == 1 and None not in split_by:
+        out.extra["split_by"] = split_by.pop()
+        for n in dict.fromkeys(n for p in parts for n in p.splits):
+            out.splits[n] = merge_stats([p.splits[n] for p in parts if n in p.splits])
+    elif any(p.splits for p in parts):
+        out.extra.setdefault("notes", []).append("splits dropped: the merged statistics were not all split the same way")
+    return out

@@ -57,7 +57,9 @@ class TraceReader:
         if self.path.is_dir():
             raise UsageError(f"{self.path}: is a directory; give a trace file (or use a command that takes a dataset)")
         try:
-            self._pf = pq.ParquetFile(self.path)
+            # pre_buffer=False: with it, pyarrow keeps every column chunk it has read until the file is closed,
+            # so memory would grow with the trace instead of staying at one row group.
+            self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             schema = self._pf.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise UsageError(f"{self.path}: not a readable Parquet file ({_short(exc)})") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from placer.errors import MoeplaceError, UsageError
-from placer.fileio import prepare_output
+from placer.fileio import prepare_output, temp_beside
 from placer.trace.schema import RoutingBatch, TraceMeta, arrow_schema
 
 DEFAULT_ROW_GROUP = 65536
@@ -51,9 +50,7 @@ class TraceWriter:
         self.with_present = with_present
         self.row_group_size = int(row_group_size)
         self.schema = arrow_schema(meta, with_token_id, with_domain, with_present)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_beside(self.path)
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0

@@ -167,3 +167,18 @@ def test_info_json_contract(tmp_path, cli):
     assert 0 < d["missing_token_layers"] == sum(d["missing_per_layer"])
     res = cli("info", path)
     assert res.code == 0 and "missing token-layers" in res.out
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    from placer.fileio import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path, _, _ = _synth(tmp_path)
+        txt = write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert oct(txt.stat().st_mode & 0o777) == oct(0o644)

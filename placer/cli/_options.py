@@ -1,0 +1,28 @@
+"""Options shared by solve and evaluate (not a command module: the name starts with '_')."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ModeChoice(str, Enum):
+    ep = "ep"
+    coherent = "coherent"
+
+
+def check_solver(name: str | None) -> str | None:
+    """Validate ``--solver`` against ``solvers.SOLVER_NAMES`` (imported only when the option is used, so
+    ``moeplace --help`` does not import every solver)."""
+    if name is None:
+        return name
+    from placer.errors import UsageError
+    from solvers import SOLVER_NAMES
+
+    if name not in SOLVER_NAMES:
+        raise UsageError(f"--solver: unknown solver {name!r}; choose from {', '.join(SOLVER_NAMES)}")
+    return name
+
+
+GPUS_HELP = "EP ranks (GPUs); the topology is the H100 preset of docs/cost-model.md."
+NODES_HELP = "Nodes the GPUs sit in (GPU g on node g // (G / N)); default 1."
+TOPOLOGY_HELP = "Topology JSON (num_gpus, num_nodes, bandwidths, latencies, expert compute; see placer/topology.py)."

@@ -1,0 +1,200 @@
+"""``moeplace evaluate``: what placements cost on a trace (load balance, traffic, estimated time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP, ModeChoice
+
+
+def evaluate(
+    paths: List[Path] = typer.Argument(
+        ..., metavar="TRACE PLACEMENT...",
+        help="A trace (file or folder), normally held out, then placement JSON files. With --load or --stats "
+             "all are placements."),
+    mode: Optional[ModeChoice] = typer.Option(
+        None, "--mode", help="Traffic model: ep (dispatch/combine) or coherent (ExFlow); default: the first "
+                             "placement's mode."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", "-g", help=GPUS_HELP + " Default: the placements'."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help=NODES_HELP),
+    topology_file: Optional[Path] = typer.Option(
+        None, "--topology", help=TOPOLOGY_HELP + " Default: the first placement's topology."),
+    tokens_per_step: Optional[int] = typer.Option(
+        None, "--tokens-per-step", help="Cut the trace into steps of this many tokens for the time estimate "
+                                        "(default: the whole trace is one step)."),
+    load_file: Optional[Path] = typer.Option(
+        None, "--load", help="Evaluate on a .npy [layers, experts] load matrix instead of a trace: balance only."),
+    stats_file: Optional[Path] = typer.Option(
+        None, "--stats", help="Evaluate on a stats file's expert loads instead of a trace: balance only."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Also print a per-layer table for each placement."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (every per-layer figure) instead of tables."),
+) -> None:
+    """Measure placements on a trace: per-layer max/mean GPU load and the worst layer; in ep mode the remote
+    GPUs and nodes a token is dispatched to, in coherent mode the messages and expert-pair hops between
+    layers; bytes over NVLink and the network; an estimated MoE time per layer and the speedup over
+    `contiguous` (always computed as the reference). Definitions: docs/cost-model.md.
+    """
+    from placer.cli.common import console, print_json
+    from placer.cost import measured_objective
+    from placer.errors import UsageError
+    from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
+    from placer.inputs import read_statistics, resolve_topology
+    from placer.placement_io import load_placement
+    from placer.progress import progress_bar
+    from placer.topology import preset
+
+    balance_only = load_file is not None or stats_file is not None
+    if balance_only:
+        input_path, placement_paths = None, list(paths)
+    else:
+        if len(paths) < 2:
+            raise UsageError("give a trace and at least one placement file (or --load FILE with placements)")
+        input_path, placement_paths = paths[0], list(paths[1:])
+    cands = [Candidate(_display_name(p, placement_paths), load_placement(p), str(p)) for p in placement_paths]
+    if not cands:
+        raise UsageError("give at least one placement file to evaluate")
+    first = cands[0].placement
+    mode_value = mode.value if mode is not None else first.mode
+
+    if balance_only:
+        stats = read_statistics((), stats_file, load_file)
+        source_name = str(load_file or stats_file)
+        check_candidates(cands, stats.num_layers, stats.num_experts, source_name,
+                         tuple(stats.moe_layer_indices) or None)
+        results, ref_index, topo, tokens = compare_on_load(stats.load_LE, cands, mode_value), None, None, None
+    else:
+        from placer.trace.reader import TraceDataset
+
+        ds = TraceDataset([input_path])
+        meta = ds.meta
+        source_name = str(input_path)
+        check_candidates(cands, meta.num_layers, meta.num_experts, f"the trace {input_path}", meta.moe_layer_indices)
+        topo = resolve_topology(gpus, nodes, topology_file, default=first.topology or preset(first.num_gpus, first.num_nodes))
+        if (topo.num_gpus, topo.num_nodes) != (first.num_gpus, first.num_nodes):
+            raise UsageError(f"topology has {topo.num_gpus} GPUs in {topo.num_nodes} node(s), the placements "
+                             f"{first.num_gpus} GPUs in {first.num_nodes} node(s)")
+        if tokens_per_step is not None and tokens_per_step < 1:
+            raise UsageError(f"--tokens-per-step must be positive, got {tokens_per_step}")
+        tokens = ds.num_tokens
+        with progress_bar(tokens, "evaluate", unit="tok") as advance:
+            results, ref_index = compare_on_trace(ds, cands, topo, mode_value, tokens_per_step, progress=advance)
+
+    if as_json:
+        rows = []
+        for i, r in enumerate(results):
+            d = r.to_dict()
+            if i < len(cands):
+                p = cands[i].placement
+                d = {"file": cands[i].where, "solver": p.solver, "status": p.status, "objective": p.objective,
+                     "objective_name": p.objective_name,
+                     "objective_measured": measured_objective(r, p.objective_name), **d}
+            else:
+                d = {"file": None, "solver": "contiguous", **d}
+            rows.append(d)
+        print_json({
+            "input": source_name, "mode": mode_value, "balance_only": balance_only, "tokens": tokens,
+            "tokens_per_step": tokens_per_step, "topology": topo.to_dict() if topo else None,
+            "reference": None if ref_index is None else results[ref_index].name, "placements": rows,
+        })
+        return
+
+    con = console()
+    if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
+        con.width = max(con.width, 120)
+    con.print(_summary_table(results, cands, source_name, mode_value, topo, tokens, tokens_per_step, balance_only))
+    if per_layer:
+        for r in results:
+            con.print(_layer_table(r))
+
+
+def _display_name(path: Path, all_paths: list[Path]) -> str:
+    stems = [p.stem for p in all_paths]
+    return path.stem if stems.count(path.stem) == 1 else str(path)
+
+
+def _label(r, cands, i) -> str:
+    """The row label: the file's stem, with the solver when the stem does not say it."""
+    if i >= len(cands):
+        return "contiguous*"
+    solver = cands[i].placement.solver
+    return r.name if solver in r.name else f"{r.name} ({solver})"
+
+
+def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, balance_only):
+    from rich.table import Table
+
+    if balance_only:
+        title = f"evaluate on {source} (load only)"
+        caption = "load-only statistics: only load balance was evaluated (traffic and time need a trace)"
+    else:
+        title = (f"evaluate on {source}: {tokens:,} tokens, mode {mode}, {topo.num_gpus} GPUs in "
+                 f"{topo.num_nodes} node(s)")
+        step = "whole trace as one step" if tokens_per_step is None else f"steps of {tokens_per_step:,} tokens"
+        traffic = ("remote GPUs/nodes: distinct remote GPUs/nodes a token is dispatched to per layer" if mode == "ep"
+                   else "msgs (cross-node msgs): messages (across nodes) per token between adjacent layers; hops: "
+                        "expert-pair hops per token")
+        caption = (f"max/mean: GPU load, mean over layers; worst: the worst layer's; {traffic}; time: slowest "
+                   f"GPU's compute + communication, summed over layers ({step}); speedup over contiguous "
+                   f"(* added by evaluate as the reference). Definitions: docs/cost-model.md")
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    multi_node = topo is not None and topo.num_nodes > 1
+    cols = ["placement", "max/mean", "worst"]
+    if not balance_only:
+        if mode == "ep":
+            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
+        else:
+            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
+        cols += ["NVLink GB"] + (["network GB"] if multi_node else []) + ["time ms", "speedup"]
+    labels = [_label(r, cands, i) for i, r in enumerate(results)]
+    t.add_column("placement", no_wrap=True, min_width=max(map(len, labels)))
+    for c in cols[1:]:
+        t.add_column(c, justify="right")
+    for i, r in enumerate(results):
+        row = [labels[i], f"{r.mean_imbalance:.3f}", f"{r.imbalance_L[r.worst_layer]:.3f} L{r.worst_layer}"]
+        if not balance_only:
+            if mode == "ep":
+                row += [f"{r.remote_gpus_per_token:.3f}"] + ([f"{r.remote_nodes_per_token:.3f}"] if multi_node else [])
+            else:
+                row += [f"{r.messages_per_token:.3f}", f"{r.pair_hops_per_token:.3f}"]
+                row += [f"{r.node_messages_per_token:.3f}"] if multi_node else []
+            row += [f"{r.intra_bytes_L.sum() / 1e9:.3f}"]
+            row += [f"{r.inter_bytes_L.sum() / 1e9:.3f}"] if multi_node else []
+            row += [f"{r.total_us / 1e3:,.2f}", f"{r.speedup:.2f}x"]
+        t.add_row(*row)
+    return t
+
+
+def _layer_table(r):
+    from rich.table import Table
+
+    t = Table(title=f"{r.name}: per layer (traffic per token; coherent: from the layer before)", title_justify="left")
+    multi_node = r.num_nodes > 1
+    cols = ["layer", "max load", "mean load", "max/mean"]
+    if not r.balance_only:
+        if r.mode == "ep":
+            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
+        else:
+            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
+        cols += ["compute us", "comm us"]
+    for c in cols:
+        t.add_column(c, justify="right")
+    for l in range(r.num_layers):
+        row = [str(l), f"{r.max_load_L[l]:,.0f}", f"{r.mean_load_L[l]:,.0f}", f"{r.imbalance_L[l]:.3f}"]
+        if not r.balance_only:
+            if r.mode == "ep":
+                n, counts = r.token_layers_L[l], [r.remote_gpus_L[l]] + ([r.remote_nodes_L[l]] if multi_node else [])
+            else:
+                n = r.pair_tokens_L1[l - 1] if l else 0
+                counts = [r.messages_L1, r.pair_hops_L1] + ([r.node_messages_L1] if multi_node else [])
+                counts = [c[l - 1] for c in counts] if l else [0] * len(counts)
+            row += [f"{c / n:.3f}" if n else "-" for c in counts]
+            row += [f"{r.compute_us_L[l]:,.1f}", f"{r.comm_us_L[l]:,.1f}"]
+        t.add_row(*row)
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,113 @@
+"""``moeplace solve``: run a registered solver on routing statistics and write the placement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP, ModeChoice, check_solver
+
+
+def solve(
+    traces: Optional[List[Path]] = typer.Argument(None, help="Trace file(s) or folders, read together."),
+    stats_file: Optional[Path] = typer.Option(None, "--stats", help="Statistics file written by `moeplace stats`."),
+    load_file: Optional[Path] = typer.Option(
+        None, "--load", help="Load-only input: a .npy [layers, experts] matrix of expert loads."),
+    solver: str = typer.Option(
+        "greedy", "--solver", "-s", callback=check_solver,
+        help="Registered solver (solvers.SOLVER_NAMES): the baselines contiguous, round_robin, random, greedy, "
+             "eplb, and the optimising solvers; an unknown name lists them all."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", "-g", help=GPUS_HELP),
+    nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help=NODES_HELP),
+    topology_file: Optional[Path] = typer.Option(None, "--topology", help=TOPOLOGY_HELP),
+    redundant: int = typer.Option(0, "--redundant", "-r", help="Redundant slots per layer (copies of hot experts)."),
+    mode: ModeChoice = typer.Option(ModeChoice.ep, "--mode", help="Traffic model to solve for: ep or coherent."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds a solver may run."),
+    threads: int = typer.Option(0, "--threads", help="Solver threads (0 = all cores)."),
+    groups: Optional[int] = typer.Option(
+        None, "--groups", help="eplb: expert groups (DeepSeek-V3's n_group); hierarchical if nodes divide them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Placement JSON to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Solve where every expert lives, from traces (taken together), a stats file or a load matrix.
+
+    Writes a placement JSON (docs/cost-model.md explains what evaluate then measures) and prints a
+    summary: solver, status, objective, bound, gap, wall time and the max/mean GPU load on the input.
+    """
+    import numpy as np
+
+    from placer.cli.common import console, kv_table, print_json
+    from placer.cost import evaluate_load
+    from placer.errors import UsageError
+    from placer.fileio import prepare_output
+    from placer.inputs import read_statistics, resolve_topology
+    from placer.placement_io import save_placement
+    from solvers import PlacementProblem, SolveOptions, get_solver
+
+    topo = resolve_topology(gpus, nodes, topology_file)
+    if groups is not None and solver != "eplb":
+        raise UsageError(f"--groups applies to the eplb solver only, not {solver}")
+    prepare_output(out)
+
+    def check_shape(num_layers: int, num_experts: int) -> None:
+        """Refuse a shape that cannot be placed before a long pass over the traces."""
+        try:
+            PlacementProblem(np.zeros((num_layers, num_experts)), topo, num_redundant=redundant, mode=mode.value)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
+    try:
+        problem = PlacementProblem(
+            load_LE=stats.load_LE, topology=topo, num_redundant=redundant, mode=mode.value,
+            top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,
+            source=", ".join(stats.sources) or None,
+            model_layer_indices=tuple(stats.moe_layer_indices) or None,
+        )
+        options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads,
+                               params={} if groups is None else {"groups": groups})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        placement = get_solver(solver)(problem, options)
+    except ValueError as exc:
+        raise UsageError(f"{solver}: {exc}") from None
+    save_placement(placement, out)
+
+    bal = evaluate_load(stats.load_LE, placement)
+    summary = {
+        "out": str(out), "solver": placement.solver, "status": placement.status, "mode": placement.mode,
+        "objective": placement.objective, "objective_name": placement.objective_name,
+        "bound": placement.bound, "gap": placement.gap, "wall_time_s": placement.wall_time_s,
+        "shape": {"layers": placement.num_layers, "experts": placement.num_experts,
+                  "slots": placement.num_slots, "gpus": placement.num_gpus, "nodes": placement.num_nodes},
+        "input": problem.source, "input_load_only": stats.load_only,
+        "max_over_mean_load": bal.mean_imbalance,
+        "worst_layer": bal.worst_layer, "worst_max_over_mean_load": float(bal.imbalance_L[bal.worst_layer]),
+    }
+    if as_json:
+        print_json(summary)
+        return
+
+    def num(v, fmt="{:,.4g}"):
+        return "-" if v is None else fmt.format(v)
+
+    objective = num(placement.objective) + (f" ({placement.objective_name})" if placement.objective_name else "")
+    console().print(kv_table(f"wrote {out}", [
+        ("solver", f"{placement.solver} ({placement.mode})"),
+        ("status", placement.status),
+        ("objective", objective),
+        ("bound / gap", f"{num(placement.bound)} / {num(placement.gap, '{:.2%}')}"),
+        ("wall time", f"{placement.wall_time_s:.3f} s"),
+        ("shape", f"{placement.num_layers} x {placement.num_experts} experts + {placement.num_redundant} "
+                  f"redundant, {placement.num_gpus} GPUs, {placement.num_nodes} node(s)"),
+        ("max/mean load (input)", f"{bal.mean_imbalance:.3f} (mean of layers); worst: "
+                                  f"{bal.imbalance_L[bal.worst_layer]:.3f} (layer {bal.worst_layer})"),
+    ]))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("solve")(solve)

@@ -1,0 +1,166 @@
+"""Layer numbering between a placement (MoE layers only) and the files serving stacks read.
+
+A ``Placement`` counts MoE layers only: row l is the l-th MoE layer, and ``model_layer_indices[l]`` is that
+layer's index among all decoder layers (DeepSeek-V3's first MoE layer is decoder layer 3). Some stacks count every
+decoder layer (SGLang's ``num_layers = config.num_hidden_layers``; TensorRT-LLM keys its assignments by decoder
+layer index), others MoE layers only (vLLM's ``num_moe_layers``). ``StackMaps`` is a file's content in its own
+numbering; ``to_stack`` and ``from_stack`` convert, giving dense layers the trivial placement (slot p holds expert
+p mod E, SGLang's ``init_trivial``) where a format needs one row per layer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from placer.errors import UsageError
+from placer.placement import Placement
+
+
+@dataclass(frozen=True, eq=False)
+class StackMaps:
+    """The placement a serving-stack file holds, in the file's own layer numbering.
+
+    phy2log_XP: [X, P] logical expert of each physical slot, for each layer the file holds.
+    layer_ids_X: the index each row has in the file (its layer_id or dict key; 0..X-1 for plain arrays).
+    num_gpus / num_experts: what the file records (None where the format does not say).
+    placement: the full placement (the moeplace format only; it keeps solver, bounds and topology).
+    """
+
+    phy2log_XP: np.ndarray
+    layer_ids_X: tuple[int, ...]
+    num_gpus: int | None = None
+    num_experts: int | None = None
+    placement: Placement | None = None
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.phy2log_XP.shape[1])
+
+    def inverse_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """([X, E, R] slots of each expert in increasing order padded with -1, [X, E] replica counts), computed by
+        ``Placement`` (every row of a file, dense layers' trivial rows included, is a valid placement)."""
+        p = Placement(phy2log_LP=self.phy2log_XP, num_gpus=int(self.num_gpus or 1), num_experts=int(self.num_experts))
+        return p.log2phy_LER(), p.logcnt_LE
+
+
+def trivial_row(num_slots: int, num_experts: int) -> np.ndarray:
+    """The placement of a layer nobody placed: slot p holds expert p mod E (SGLang's and vLLM's default)."""
+    return np.arange(num_slots, dtype=np.int64) % num_experts
+
+
+def parse_layer_list(spec: str, option: str = "--moe-layers") -> list[int]:
+    """``"3-60"``, ``"1,3,5-7"`` -> sorted unique layer indices."""
+    out: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise UsageError(f"{option}: {spec!r} is not a layer list like 3-60 or 1,3,5-7")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+def to_stack(p: Placement, numbering: str, *, keyed: bool, num_model_layers: int | None = None,
+             model_layer_indices: Sequence[int] | None = None) -> StackMaps:
+    """The rows a file holds for placement ``p`` in ``numbering`` ("moe" or "model").
+
+    With "model", a keyed file (a dict by layer index) holds the MoE layers under their decoder-layer indices; a
+    row-per-layer file holds every decoder layer 0..num_model_layers-1, dense ones with the trivial placement.
+    """
+    L, P, E = p.num_layers, p.num_slots, p.num_experts
+    if numbering == "moe":
+        return StackMaps(p.phy2log_LP.copy(), tuple(range(L)), p.num_gpus, E, placement=p)
+    idx = tuple(int(i) for i in (model_layer_indices if model_layer_indices is not None else p.model_layer_indices or ()))
+    if not idx:
+        raise UsageError("the placement records no model layer indices (its trace did not say which decoder layers "
+                         "are MoE layers); pass them with --moe-layers (for example 3-60) or use --layer-numbering moe")
+    if len(idx) != L:
+        raise UsageError(f"--moe-layers lists {len(idx)} layers, the placement has {L} MoE layers")
+    if len(set(idx)) != L:
+        raise UsageError(f"model layer indices {list(idx)} repeat a layer")
+    if keyed:
+        return StackMaps(p.phy2log_LP.copy(), idx, p.num_gpus, E, placement=p)
+    total = int(num_model_layers) if num_model_layers is not None else max(idx) + 1
+    if total <= max(idx):
+        raise UsageError(f"--num-model-layers {total} leaves out MoE layer {max(idx)}")
+    rows = np.tile(trivial_row(P, E), (total, 1))
+    rows[list(idx)] = p.phy2log_LP
+    return StackMaps(rows, tuple(range(total)), p.num_gpus, E, placement=p)
+
+
+def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_layers: Sequence[int] | str | None = None,
+               gpus: int | None = None, nodes: int | None = None, experts: int | None = None, keyed: bool = False) -> Placement:
+    """Build the placement a file describes (see ``to_stack`` for the numbering).
+
+    moe_layers: the MoE layers' decoder-layer indices (a list), or "nontrivial" to take the rows that differ from
+        the trivial placement as the MoE layers (only when told: a MoE layer may be placed trivially).
+    gpus / nodes / experts: what the file does not record (or a check of what it does).
+    """
+    rows, ids = maps.phy2log_XP, maps.layer_ids_X
+    # Step 1: the numbers the file records win; the options fill the gaps and must agree with the file.
+    for name, given, known in (("gpus", gpus, maps.num_gpus), ("experts", experts, maps.num_experts)):
+        if given is not None and known is not None and int(given) != int(known):
+            raise UsageError(f"{where}: the file records {known} {name}, --{name} says {given}")
+    G = maps.num_gpus if maps.num_gpus is not None else gpus
+    if G is None:
+        raise UsageError(f"{where}: {fmt} files do not record the number of GPUs (EP size); pass --gpus")
+    E = maps.num_experts if maps.num_experts is not None else (experts if experts is not None else int(rows.max()) + 1)
+
+    # Step 2: pick the MoE layers' rows.
+    if numbering == "moe":
+        if isinstance(moe_layers, str):
+            raise UsageError(f"--moe-layers {moe_layers} applies only with --layer-numbering model")
+        if moe_layers is not None and len(moe_layers) != len(ids):
+            raise UsageError(f"{where}: --moe-layers lists {len(moe_layers)} layers, the file holds {len(ids)} MoE layers")
+        sel, model_idx = list(range(len(ids))), (tuple(moe_layers) if moe_layers is not None else None)
+    else:
+        pos = {int(i): x for x, i in enumerate(ids)}
+        if moe_layers == "nontrivial":
+            triv = trivial_row(rows.shape[1], E)
+            chosen = [i for i, x in pos.items() if not np.array_equal(rows[x], triv)]
+            if not chosen:
+                raise UsageError(f"{where}: every layer holds the trivial placement; --moe-layers nontrivial finds no MoE layer")
+        elif moe_layers is not None:
+            chosen = list(moe_layers)
+            absent = [i for i in chosen if i not in pos]
+            if absent:
+                raise UsageError(f"{where}: MoE layer {absent[0]} from --moe-layers is not in the file "
+                                 f"(it holds layers {layer_ranges(ids)})")
+        elif keyed:
+            chosen = list(pos)
+        else:
+            raise UsageError(f"{where}: with --layer-numbering model the file holds every decoder layer; say which are "
+                             f"MoE layers with --moe-layers (for example 3-60), or --moe-layers nontrivial to take "
+                             f"the layers whose placement is not the trivial one")
+        chosen = sorted(chosen)
+        sel, model_idx = [pos[i] for i in chosen], tuple(chosen)
+
+    # Step 3: the placement validates every slot and expert; its message gets the file name.
+    try:
+        return Placement(phy2log_LP=rows[sel], num_gpus=int(G), num_experts=int(E), num_nodes=int(nodes or 1),
+                         solver=f"import:{fmt}", status="HEURISTIC", source=where, model_layer_indices=model_idx)
+    except ValueError as exc:
+        msg = str(exc)
+        if model_idx is not None and msg.startswith("layer "):
+            l = int(msg.split()[1].rstrip(":,"))
+            msg = msg.replace(f"layer {l}", f"layer {model_idx[l]}", 1)
+        raise UsageError(f"{where}: {msg}") from None
+
+
+def layer_ranges(ids: Sequence[int]) -> str:
+    ids = sorted(int(i) for i in ids)
+    if not ids:
+        return "none"
+    out, start, prev = [], ids[0], ids[0]
+    for i in ids[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}-{prev}" if prev != start else f"{start}")
+        if i is not None:
+            start = prev = i
+    return ",".join(out)

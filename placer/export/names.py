@@ -1,0 +1,11 @@
+"""The names of the export formats and layer numberings (no heavy imports: the command line's help reads them)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+FormatName = Literal["sglang", "vllm", "vllm-ascend", "eplb", "trtllm", "moeplace"]
+FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
+
+Numbering = Literal["moe", "model"]
+NUMBERINGS: tuple[str, ...] = get_args(Numbering)

@@ -1,0 +1,81 @@
+"""Where solve and evaluate get their inputs: routing statistics (from traces, a stats file or a load matrix)
+and the topology (from ``--gpus/--nodes``, a topology file or a placement).
+
+``read_statistics`` is the one place that turns the command line's input options into ``RoutingStats``;
+the statistics module's own loaders plug in here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from placer.errors import UsageError
+from placer.fileio import require_file
+from placer.stats import RoutingStats
+from placer.topology import Topology, preset
+
+
+ShapeCheck = Callable[[int, int], None]
+
+
+def stats_from_traces(paths: Sequence[str | os.PathLike], check: ShapeCheck | None = None) -> RoutingStats:
+    """Exact statistics of one or more traces read together (``placer.stats``, a progress bar on stderr).
+    ``check(L, E)`` runs on the traces' metadata, before the pass over the tokens."""
+    from placer.stats import stats_from_traces as compute
+    from placer.trace.reader import TraceDataset
+
+    if check is not None:
+        L, E, _ = TraceDataset(list(paths)).meta.shape
+        check(L, E)
+    return compute(list(paths))
+
+
+def load_matrix(path: str | os.PathLike) -> RoutingStats:
+    """Load-only statistics: a [layers, experts] matrix (.npy, .csv, .pt) or an SGLang ``stat`` dump."""
+    from placer.stats import load_only_stats
+
+    return load_only_stats(path)
+
+
+def load_stats_file(path: str | os.PathLike) -> RoutingStats:
+    """Statistics written by ``moeplace stats`` (read by the statistics module)."""
+    from placer.stats import load_stats
+
+    return load_stats(require_file(path, "stats file"))
+
+
+def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
+                    load_file: Path | None = None, check: ShapeCheck | None = None) -> RoutingStats:
+    """The statistics of exactly one kind of input: traces, a stats file or a load matrix. ``check(L, E)``
+    validates the shape as soon as it is known (before a long pass over traces)."""
+    given = [name for name, v in (("traces", traces), ("--stats", stats_file), ("--load", load_file)) if v]
+    if len(given) != 1:
+        raise UsageError("give the input as trace file(s), --stats FILE or --load FILE"
+                         + (f" (got {' and '.join(given)})" if given else ""))
+    if traces:
+        return stats_from_traces(traces, check)
+    stats = load_stats_file(stats_file) if stats_file is not None else load_matrix(load_file)
+    if check is not None:
+        check(stats.num_layers, stats.num_experts)
+    return stats
+
+
+def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
+                     default: Topology | None = None) -> Topology:
+    """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else
+    ``default``; a UsageError naming the values otherwise."""
+    if topology_file is not None:
+        topo = Topology.load(topology_file)
+        for flag, field, value in (("--gpus", "num_gpus", gpus), ("--nodes", "num_nodes", nodes)):
+            if value is not None and value != getattr(topo, field):
+                raise UsageError(f"{topology_file}: field '{field}' is {getattr(topo, field)}, but {flag} is {value}")
+        return topo
+    if gpus is not None:
+        return preset(gpus, nodes or 1)
+    if nodes is not None and default is not None and nodes != default.num_nodes:
+        return preset(default.num_gpus, nodes)
+    if default is not None:
+        return default
+    raise UsageError("give the GPUs with --gpus G (and --nodes N), or a topology file with --topology FILE")
