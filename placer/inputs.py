@@ -62,6 +62,22 @@ def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
     return stats
 
 
+# Token paths are read for exact objectives up to this many (token, layer, rank) entries (about 1 GB).
+MAX_PATH_ENTRIES = 1_000_000_000
+
+
+def token_paths(traces: Sequence[Path]):
+    """The traces' tokens in order as one ``RoutingBatch`` (experts, present, seq) for solvers whose objective
+    is exact on token paths; None if the traces are too large to hold (statistics are then used)."""
+    from placer.trace.reader import TraceDataset
+
+    ds = TraceDataset(list(traces))
+    L, _, K = ds.meta.shape
+    if ds.num_tokens * L * K > MAX_PATH_ENTRIES:
+        return None
+    return ds.read_all(fields=("experts", "present", "seq"))
+
+
 def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
                      default: Topology | None = None) -> Topology:
     """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else

@@ -52,8 +52,9 @@ class Weights:
     inter_weight: cost of one message across nodes; default ``intra_weight x intra_bw / inter_bw`` (9 with
         the default H100 links), so a network message weighs what its transfer time does.
     balance_weight: cost of one token of the busiest GPU's load, per layer.
-    max_imbalance: cap on each layer's largest GPU load, as a multiple of the layer's mean; never below
-        what the starting LPT packing reaches, so it is always feasible. None: no cap.
+    max_imbalance: cap on each layer's largest GPU load, as a multiple of the layer's mean, raised where the
+        starting LPT packing does not reach it (so it is always feasible). An explicit cap below what any
+        placement can reach is refused as infeasible; the default (1.05) adapts. None: no cap.
     """
 
     intra_weight: float = 1.0
@@ -349,7 +350,22 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str |
     if weights.max_imbalance is None:
         inst.cap_L = np.full(L, np.inf)
     else:
-        inst.cap_L = np.maximum(weights.max_imbalance * inst.load_LP.sum(axis=1) / G, start_max)
+        asked = weights.max_imbalance * inst.load_LP.sum(axis=1) / G
+        # A cap below what any placement reaches is an infeasible request (the heaviest item with the s - 1
+        # lightest others is on some GPU).
+        srt = np.sort(inst.load_LP, axis=1)
+        least = srt[:, -1] + srt[:, : P // G - 1].sum(axis=1)
+        bad = np.nonzero(asked < least - 1e-9)[0]
+        if bad.size and "max_imbalance" in options.params:  # the default adapts; an explicit cap is a request
+            l = int(bad[0])
+            raise ValueError(f"max_imbalance {weights.max_imbalance} caps layer {l}'s largest GPU load at "
+                             f"{asked[l]:.1f} tokens ({weights.max_imbalance} x mean {asked[l] / weights.max_imbalance:.1f}), "
+                             f"but no placement goes below {least[l]:.1f} (its heaviest expert copy with the "
+                             f"{P // G - 1} lightest others); raise --max-imbalance or add --redundant copies")
+        inst.cap_L = np.maximum(asked, start_max)
+        raised = np.nonzero(start_max > asked + 1e-9)[0]
+        if raised.size:
+            inst.extra["cap_raised_to_lpt_layers"] = raised.tolist()
     return inst
 
 

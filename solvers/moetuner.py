@@ -250,11 +250,11 @@ def project_terms(problem: PlacementProblem, options: SolveOptions, rows_LP: np.
     """The project's objective and its terms for a layout (for comparison with the other solvers)."""
     from placer.placement import Placement as P_
     from solvers.instance import build_instance
-    from solvers.objective import gpu_from_placement, terms
+    from solvers.objective import gpu_from_placement, objective_name, terms
 
     inst = build_instance(problem, SolveOptions(params={k: v for k, v in options.params.items()
                                                         if k in ("intra_weight", "inter_weight", "balance_weight")}
                                                | {"max_imbalance": 0}))
     placement = P_(rows_LP, inst.G, inst.E, inst.N)
     t = terms(inst, gpu_from_placement(inst, placement))
-    return {"cost": {"objective_name": f"{inst.mode}_cost", "objective": float(t.value), "terms": t.to_dict(inst)}}
+    return {"cost": {"objective_name": objective_name(inst), "objective": float(t.value), "terms": t.to_dict(inst)}}
