@@ -331,7 +331,8 @@ class CpsatModel:
             res["bound"] = (solver.BestObjectiveBound() + self.const) / self.S
             res["proven"] = status == cp_model.OPTIMAL
         elif status == cp_model.UNKNOWN:
-            res["bound"] = (solver.BestObjectiveBound() + self.const) / self.S
+            # No solution within the budget: CP-SAT's bound is not meaningful then; the hint stays.
+            res["bound"] = None
             res["proven"] = False
         else:
             raise RuntimeError(f"cpsat: CP-SAT ended with status {name}")
@@ -368,7 +369,7 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
             for l, row in res["gpu"].items():
                 gpu[l] = row
         proven &= bool(res["proven"])
-        bound += res["bound"]
+        bound = None if bound is None or res["bound"] is None else bound + res["bound"]
     extra = {"cpsat": {"statuses": statuses, "deterministic_time": round(det_used, 3), "blocks": len(blocks),
                        "stopped_by_wall_clock": wall_stop, "variables": size}}
     # A block's bound covers its own layers' terms; they add up to a bound of the whole.

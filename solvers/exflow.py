@@ -55,11 +55,11 @@ def build(hops_LEE: np.ndarray, G: int, N: int, w_gpu: float, w_node: float) -> 
 
     # Variables: x_{l}_{e}_{g} = expert e of layer l is on GPU g; cross_{l}_{i}_{j} (crossn: across nodes)
     # = the hop from expert i at layer l to expert j at l+1 leaves the GPU (node).
-    x = {(l, e, g): pulp.LpVariable(f"x_{l}_{e}_{g}", cat="Binary") for l in range(L) for e in range(E)
+    x = {(l, e, g): prob.add_variable(f"x_{l}_{e}_{g}", cat="Binary") for l in range(L) for e in range(E)
          for g in range(G)}
     pairs = [(l, int(i), int(j)) for l in range(Lm1) for i, j in zip(*np.nonzero(hops_LEE[l]))]
-    cross = {p: pulp.LpVariable(f"cross_{p[0]}_{p[1]}_{p[2]}", lowBound=0) for p in pairs}
-    crossn = {p: pulp.LpVariable(f"crossn_{p[0]}_{p[1]}_{p[2]}", lowBound=0) for p in pairs} if N > 1 else {}
+    cross = {p: prob.add_variable(f"cross_{p[0]}_{p[1]}_{p[2]}", lowBound=0) for p in pairs}
+    crossn = {p: prob.add_variable(f"crossn_{p[0]}_{p[1]}_{p[2]}", lowBound=0) for p in pairs} if N > 1 else {}
 
     # Constraints: every expert is on exactly one GPU.
     for l in range(L):

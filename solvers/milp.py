@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -44,7 +45,10 @@ def require(solver: str, backend: str) -> None:
     else:
         import pulp
 
-        if not pulp.PULP_CBC_CMD(msg=False).available():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ok = pulp.PULP_CBC_CMD(msg=False).available()
+        if not ok:
             raise BackendMissing(f"{solver} --backend cbc needs the CBC binary bundled with pulp (reinstall "
                                  f"pulp); still working: {solver} --backend highs, {_STILL_WORKING}")
 
@@ -86,8 +90,11 @@ def solve(prob: Any, backend: str, time_limit_s: float, threads: int, seed: int,
         solver = _HighsWarm(msg=False, timeLimit=max(time_limit_s, 0.01), threads=threads, random_seed=seed,
                             warm=warm)
     else:
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(time_limit_s, 0.01), threads=threads,
-                                   warmStart=warm, options=[f"randomSeed {seed + 1}", f"randomCbcSeed {seed + 1}"])
+        with warnings.catch_warnings():  # PuLP 3 announces CBC's move to an extra; the bundled binary works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(time_limit_s, 0.01), threads=threads,
+                                       warmStart=warm,
+                                       options=[f"randomSeed {seed + 1}", f"randomCbcSeed {seed + 1}"])
     with quiet():
         prob.solve(solver)
     sol = prob.sol_status

@@ -45,8 +45,8 @@ def stage1(load_E: np.ndarray, G: int, backend: str, time_limit_s: float, thread
     prob = pulp.LpProblem(f"moetuner_stage1_{name}", pulp.LpMinimize)
 
     # Variables: y_{e}_{c} = expert e is in cluster c; dev_{c} = |load of cluster c - mean|.
-    y = {(e, c): pulp.LpVariable(f"y_{e}_{c}", cat="Binary") for e in range(E) for c in range(G) if c <= e}
-    dev = [pulp.LpVariable(f"dev_{c}", lowBound=0) for c in range(G)]
+    y = {(e, c): prob.add_variable(f"y_{e}_{c}", cat="Binary") for e in range(E) for c in range(G) if c <= e}
+    dev = [prob.add_variable(f"dev_{c}", lowBound=0) for c in range(G)]
 
     # Constraints: every expert is in exactly one cluster (cluster numbers never exceed the expert's, which
     # numbers clusters by their smallest expert and removes their symmetry).
@@ -100,7 +100,7 @@ def stage2_joint(C_LCC: np.ndarray, cost_GG: np.ndarray, N: int, backend: str, t
 
     # Variables: z_{l}_{c}_{g} = cluster c of layer l is on GPU g; w_{l}_{c}_{d}_{g}_{h} >= both
     # z_{l}_{c}_{g} and z_{l+1}_{d}_{h}; t_max = the largest link time.
-    z = {(l, c, g): pulp.LpVariable(f"z_{l}_{c}_{g}", cat="Binary") for l in range(L) for c in range(G)
+    z = {(l, c, g): prob.add_variable(f"z_{l}_{c}_{g}", cat="Binary") for l in range(L) for c in range(G)
          for g in range(G)}
     w = {}
     for l in range(Lm1):
@@ -108,8 +108,8 @@ def stage2_joint(C_LCC: np.ndarray, cost_GG: np.ndarray, N: int, backend: str, t
             for g in range(G):
                 for h in range(G):
                     if g != h:
-                        w[l, c, d, g, h] = pulp.LpVariable(f"w_{l}_{c}_{d}_{g}_{h}", lowBound=0)
-    t_max = pulp.LpVariable("t_max", lowBound=0)
+                        w[l, c, d, g, h] = prob.add_variable(f"w_{l}_{c}_{d}_{g}_{h}", lowBound=0)
+    t_max = prob.add_variable("t_max", lowBound=0)
 
     # Constraints: every cluster is on exactly one GPU, and every GPU holds exactly one cluster per layer.
     for l in range(L):
@@ -162,8 +162,8 @@ def stage2_sequential(C_LCC: np.ndarray, cost_GG: np.ndarray, backend: str, time
         from_g[gpu[l]] = C_LCC[l]
         prob = pulp.LpProblem(f"moetuner_stage2_{l}", pulp.LpMinimize)
         # Variables: z_{d}_{h} = cluster d of layer l+1 is on GPU h; t_max.
-        z = {(d, h): pulp.LpVariable(f"z_{l + 1}_{d}_{h}", cat="Binary") for d in range(G) for h in range(G)}
-        t_max = pulp.LpVariable("t_max", lowBound=0)
+        z = {(d, h): prob.add_variable(f"z_{l + 1}_{d}_{h}", cat="Binary") for d in range(G) for h in range(G)}
+        t_max = prob.add_variable("t_max", lowBound=0)
         # Constraints: one GPU per cluster and one cluster per GPU.
         for d in range(G):
             prob += pulp.lpSum(z[d, h] for h in range(G)) == 1

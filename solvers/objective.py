@@ -309,6 +309,10 @@ def make_placement(inst: Instance, out: Outcome, solver: str, start: float) -> P
     if inst.from_paths:
         check_with_cost_model(inst, gpu, t)
     lb, parts = lower_bound(inst)
+    assert lb <= t.value * (1 + 1e-9) + 1e-6, f"{solver}: internal error: bound {lb} above objective {t.value}"
+    if out.bound is not None:
+        assert out.bound <= t.value * (1 + 1e-9) + 1e-6, \
+            f"{solver}: internal error: the solver's bound {out.bound} is above the objective {t.value}"
     bound = lb if out.bound is None else max(lb, out.bound)
     bound = min(bound, t.value)
     gap = gap_of(t.value, bound)
