@@ -18,6 +18,7 @@ Always feasible, never worse than the start (every step keeps the incumbent unle
 reported with a valid lower bound: the best of CP-SAT's and the min-cost-flow relaxation's
 (``objective.lower_bound``). Work is counted in elementary updates and derived from ``--time-limit`` with
 a calibration (``WORK_PER_SECOND``), so the same inputs and seed give the same placement.
+``extra["phase_end_s"]`` records when each step ended (seconds since the start).
 """
 
 from __future__ import annotations
@@ -129,12 +130,14 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     # Step 1: the best feasible start.
     start_name, gpu, value = best_start(inst, problem)
     extra = {"start": {"solver": start_name, "objective": value}}
+    phases = extra["phase_end_s"] = {"start": round(time.perf_counter() - start, 3)}
 
     # Step 2: exact by structure.
     method = exact.applicable(inst)
     if method is not None:
         out = exact.solve(inst)
         if out is not None:
+            phases["exact"] = round(time.perf_counter() - start, 3)
             out.extra.update(extra)
             return make_placement(inst, out, "auto", start)
 
@@ -158,6 +161,7 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
             work += w
     value_ls = terms(inst, gpu).value
     extra["local_search"] = {"objective": value_ls, "assignment_sweeps": sweeps}
+    phases["local_search"] = round(time.perf_counter() - start, 3)
 
     # Step 4: CP-SAT on the whole model when it fits, warm-started from the local search.
     proven, bound = False, None
@@ -167,6 +171,7 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
             gpu = out.gpu_LP
         proven, bound = out.proven, out.bound
         extra.update(out.extra)
+        phases["cpsat"] = round(time.perf_counter() - start, 3)
 
     # Step 5: iterated local search with the work left (ep: one layer at a time, layers are independent).
     rounds = kept = 0
@@ -190,6 +195,8 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
                 gpu = trial
                 kept += 1
     extra["iterated_local_search"] = {"rounds": rounds, "kept": kept}
+    if rounds:
+        phases["iterated_local_search"] = round(time.perf_counter() - start, 3)
     extra["stopped_by_wall_clock"] = wall.fired
     extra["work"] = int(work)
     return make_placement(inst, Outcome(gpu, proven=proven, bound=bound, extra=extra), "auto", start)

@@ -51,7 +51,9 @@ class Weights:
     intra_weight: cost of one message over NVLink (a remote GPU inside the node, a hop inside the node).
     inter_weight: cost of one message across nodes; default ``intra_weight x intra_bw / inter_bw`` (9 with
         the default H100 links), so a network message weighs what its transfer time does.
-    balance_weight: cost of one token of the busiest GPU's load, per layer.
+    balance_weight: cost of one token of the busiest GPU's load, per layer; default from the topology's time
+        model (``default_balance_weight``): what one token of expert compute on the slowest GPU costs in
+        NVLink messages spread over the G GPUs' links.
     max_imbalance: cap on each layer's largest GPU load, as a multiple of the layer's mean, raised where the
         starting LPT packing does not reach it (so it is always feasible). An explicit cap below what any
         placement can reach is refused as infeasible; the default (1.05) adapts. None: no cap.
@@ -65,7 +67,7 @@ class Weights:
     KEYS = ("intra_weight", "inter_weight", "balance_weight", "max_imbalance")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], topology: Any) -> "Weights":
+    def from_params(cls, params: dict[str, Any], topology: Any, mode: str = "ep") -> "Weights":
         intra = _weight(params, "intra_weight", 1.0)
         inter = _weight(params, "inter_weight", None)
         if inter is None:
@@ -73,7 +75,7 @@ class Weights:
         if inter < intra:
             raise ValueError(f"inter_weight ({inter}) must be >= intra_weight ({intra}): a network message "
                              f"never costs less than an NVLink one")
-        balance = _weight(params, "balance_weight", 1.0)
+        balance = _weight(params, "balance_weight", default_balance_weight(topology, mode))
         cap = params.get("max_imbalance", 1.05)
         if cap is not None:
             if isinstance(cap, bool) or not isinstance(cap, (int, float, np.integer, np.floating)) \
@@ -90,6 +92,18 @@ class Weights:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.KEYS}
+
+
+def default_balance_weight(topology: Any, mode: str) -> float:
+    """One token more on a layer's busiest GPU adds ``t_tok`` = 6 x hidden x ffn / FLOP/s of expert compute
+    (the linear regime of ``Topology.expert_time_us``); one message more adds about ``t_msg / G`` to the
+    slowest GPU's link time (messages spread over the G GPUs; t_msg = token bytes / NVLink bandwidth), and a
+    remote GPU in ep mode is two messages (dispatch and combine). So, in units of ``intra_weight``:
+    ``G t_tok / t_msg`` (coherent) or half that (ep): 18.4 / 9.2 on 4 GPUs with the H100 preset."""
+    t_tok = 6.0 * topology.hidden_size * topology.expert_ffn_size / (topology.expert_tflops * 1e12)
+    t_msg = topology.token_bytes / (topology.intra_bw_gbs * 1e9)
+    w = topology.num_gpus * t_tok / t_msg / (2.0 if mode == "ep" else 1.0)
+    return round(w, WEIGHT_DECIMALS)
 
 
 @dataclass
@@ -286,8 +300,8 @@ def sort_copies(gpu_P: np.ndarray, item_expert_P: np.ndarray) -> np.ndarray:
 
 def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str | None = None) -> Instance:
     """The items, their exact counts (from token paths when the problem has them), weights and cap."""
-    weights = Weights.from_params(options.params, problem.topology)
     mode = mode or problem.mode
+    weights = Weights.from_params(options.params, problem.topology, mode)
     L, E, P, K = problem.num_layers, problem.num_experts, problem.num_slots, problem.top_k
     G = problem.topology.num_gpus
 

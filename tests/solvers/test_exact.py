@@ -140,7 +140,7 @@ def test_worked_example_golden():
     load = np.stack([np.bincount(paths[:, l, 0], minlength=4) for l in range(2)]).astype(float)
     problem = PlacementProblem(load_LE=load, topology=Topology(2), mode="coherent", top_k=1,
                                paths_TLK=paths, seq_T=batch.seq_T)
-    p = get_solver("auto")(problem, SolveOptions(time_limit_s=5))
+    p = get_solver("auto")(problem, SolveOptions(time_limit_s=5, params={"balance_weight": 1}))
     assert p.status == "OPTIMAL" and p.objective == 20.0 and p.bound == 20.0
     assert p.phy2log_LP.tolist() == [[0, 1, 2, 3], [2, 3, 0, 1]]
     assert p.objective_name == "1.0*coherent_pair_hops+1.0*max_load"

@@ -113,7 +113,10 @@ def test_weights_defaults_and_errors():
     from placer.topology import Topology
 
     w = Weights.from_params({}, Topology(8, 2))
-    assert (w.intra_weight, w.inter_weight, w.balance_weight, w.max_imbalance) == (1.0, 9.0, 1.0, 1.05)
+    # NVLink 450 GB/s vs network 50 GB/s; a token of expert compute (6 x 7168 x 2048 FLOP at 600 TFLOP/s)
+    # against a 14,336-byte NVLink message, spread over 8 GPUs, halved in ep mode (two messages per remote).
+    assert (w.intra_weight, w.inter_weight, w.balance_weight, w.max_imbalance) == (1.0, 9.0, 18.432, 1.05)
+    assert Weights.from_params({}, Topology(8, 2), "coherent").balance_weight == 36.864
     for params, msg in [({"balance_weight": -1}, "balance_weight (-1) must be >= 0"),
                         ({"intra_weight": -0.5}, "intra_weight (-0.5) must be >= 0"),
                         ({"intra_weight": 2, "inter_weight": 1}, "inter_weight (1.0) must be >= intra_weight (2.0)"),
