@@ -29,6 +29,7 @@ import typer
 
 PARTS = ("mixtral", "deepseek", "scaling", "heldout")
 BASELINES = ("contiguous", "round_robin", "random", "greedy", "eplb")
+BALANCE_FIRST = 1000  # the balance weight of the balance-first run at equal redundancy
 
 
 def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int, affinity: float = 0.6):
@@ -196,15 +197,19 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
             rows.append(d)
         out[mode] = {"auto_status": p.status, "auto_wall_s": wall, "auto_gap": p.gap, "heldout": rows}
         log(f"heldout {mode}: auto {p.status} in {wall:.1f} s")
-    # Equal redundancy: auto and eplb with the same redundant slots, held-out balance.
+    # Equal redundancy: auto (default weights, and balance first) and eplb with the same redundant slots:
+    # balance on the train and the held-out trace.
     problem = _problem(tr, E, 4, 1, redundant, "ep")
     pa, _ = _solve("auto", problem, time_limit)
+    pb, _ = _solve("auto", problem, time_limit, {"balance_weight": BALANCE_FIRST})
     pe, _ = _solve("eplb", problem, time_limit)
-    ra, re_ = evaluate_many(ho, [pa, pe], problem.topology, "ep")
-    out["redundant"] = {"slots": redundant, "auto_max_over_mean": ra.mean_imbalance,
-                        "eplb_max_over_mean": re_.mean_imbalance,
-                        "auto_remote_gpus_per_token": ra.remote_gpus_per_token,
-                        "eplb_remote_gpus_per_token": re_.remote_gpus_per_token}
+    rows = []
+    for name, p, r, t in zip(("auto", f"auto --balance-weight {BALANCE_FIRST}", "eplb"), (pa, pb, pe),
+                             evaluate_many(ho, [pa, pb, pe], problem.topology, "ep"),
+                             evaluate_many(tr, [pa, pb, pe], problem.topology, "ep")):
+        rows.append({"placement": name, "train_max_over_mean": t.mean_imbalance,
+                     "heldout_max_over_mean": r.mean_imbalance, "heldout_remote_gpus_per_token": r.remote_gpus_per_token})
+    out["redundant"] = {"slots": redundant, "rows": rows}
     return out
 
 
@@ -301,8 +306,14 @@ def _print(results: dict[str, Any], con) -> None:
             for r in h[mode]["heldout"]:
                 t.add_row(r["solver"], *[f(r[c], "{:.4f}") for c in cols])
             con.print(t)
-        con.print(f"equal redundancy ({h['redundant']['slots']} slots): held-out max/mean auto "
-                  f"{h['redundant']['auto_max_over_mean']:.4f}, eplb {h['redundant']['eplb_max_over_mean']:.4f}")
+        t = Table(title=f"equal redundancy ({h['redundant']['slots']} extra slots), ep", title_justify="left")
+        cols = [k for k in h["redundant"]["rows"][0] if k != "placement"]
+        t.add_column("placement")
+        for c in cols:
+            t.add_column(c)
+        for r in h["redundant"]["rows"]:
+            t.add_row(r["placement"], *[f(r[c], "{:.4f}") for c in cols])
+        con.print(t)
 
 
 def register(bench_app: typer.Typer) -> None:

@@ -19,7 +19,8 @@ def test_bench_solve_small(cli):
         assert r["auto_vs_best_baseline"] <= 1.0 + 1e-9
     h = d["heldout"]
     assert h["source"].startswith("synthetic stand-in")
-    assert [r["solver"] for r in h["ep"]["heldout"]][0] == "auto" and "eplb_max_over_mean" in h["redundant"]
+    assert [r["solver"] for r in h["ep"]["heldout"]][0] == "auto"
+    assert [r["placement"] for r in h["redundant"]["rows"]] == ["auto", "auto --balance-weight 1000", "eplb"]
 
 
 def test_bench_solve_unknown_part(cli):
