@@ -94,8 +94,6 @@ def build(hops_LEE: np.ndarray, G: int, N: int, w_gpu: float, w_node: float) -> 
 @register("exflow")
 def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
     from solvers.instance import Weights
-    from solvers.layout import placement_from_rows
-    from solvers.moetuner import project_terms
 
     start = time.perf_counter()
     backend = milp.backend_of("exflow", options.params)
@@ -147,16 +145,10 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
         history.append({"batch": b + 1, "status": res.status, "objective": res.objective})
 
     gpu_LE = np.array([[next(g for g in range(G) if x[l, e, g].value() > 0.5) for e in range(E)] for l in range(L)])
-    rows = np.stack([np.argsort(gpu_LE[l] * E + np.arange(E), kind="stable") for l in range(L)])
-    proven = res.status == "OPTIMAL"
-    obj = float(res.objective)
-    gap = 0.0 if proven else (None if res.bound is None else (0.0 if obj <= 0 else max(0.0, (obj - res.bound) / obj)))
     extra: dict[str, Any] = {"backend": backend, "batches": history, "top1": top1,
                              "weights": {"intra_weight": weights.intra_weight, "inter_weight": weights.inter_weight}}
-    extra.update(project_terms(problem, options, rows))
-    return placement_from_rows(problem, rows, "exflow", start, status="OPTIMAL" if proven else "FEASIBLE",
-                               objective=obj, objective_name="exflow_hops" + ("_top1" if top1 else ""),
-                               bound=obj if proven else res.bound, gap=gap, extra=extra)
+    return milp.placement_of(problem, options, gpu_LE, "exflow", start, res.status == "OPTIMAL",
+                             float(res.objective), "exflow_hops" + ("_top1" if top1 else ""), res.bound, extra)
 
 
 def _crossing_value(name: str, x: dict, shape: tuple, G: int, N: int) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from solvers.instance import Instance
-from solvers.objective import combine, ep_layer, layer_loads, pair_weights
+from solvers.objective import combine, distinct_of, ep_layer, layer_loads, pair_weights
 
 EPS = 1e-9
 SAMPLE_TYPES = 16384  # the exact ep search works on at most this many token types per layer
@@ -38,28 +38,7 @@ def _ep_contrib(x, sign, types, cnt, gpu, node, cntg, cntn, B, lone, C, BN, lone
     """Add (sign=1) or remove (-1) token type x's share of the running sums, for the current state."""
     K = types.shape[1]
     c = cnt[x] * sign
-    # distinct GPUs and nodes of the type
-    ng = 0
-    nn = 0
-    for k in range(K):
-        g = gpu[types[x, k]]
-        seen = False
-        for q in range(ng):
-            if dg[q] == g:
-                seen = True
-                break
-        if not seen:
-            dg[ng] = g
-            ng += 1
-            n = node[g]
-            seenn = False
-            for q in range(nn):
-                if dn[q] == n:
-                    seenn = True
-                    break
-            if not seenn:
-                dn[nn] = n
-                nn += 1
+    ng, nn = distinct_of(types[x], gpu, node, dg, dn)
     for k in range(K):
         i = types[x, k]
         gi = gpu[i]
@@ -110,6 +89,38 @@ def _max_without(load, a, b, c, g1, g2):
 
 
 @njit(cache=True)
+def _swap_keeps_order(i, j, g1, g2, gpu, prev, nxt):
+    """Swapping i (on g1) and j (on g2) keeps every expert's copies in GPU order (and never swaps two
+    neighbouring copies of one expert)."""
+    if j == prev[i] or j == nxt[i]:
+        return False
+    if prev[i] >= 0 and gpu[prev[i]] > g2:
+        return False
+    if nxt[i] >= 0 and gpu[nxt[i]] < g2:
+        return False
+    if prev[j] >= 0 and gpu[prev[j]] > g1:
+        return False
+    if nxt[j] >= 0 and gpu[nxt[j]] < g1:
+        return False
+    return True
+
+
+@njit(cache=True)
+def _swap_max(load, w, i, j, g1, g2, a, b, c, cap):
+    """The layer's largest load after swapping i (on g1) and j (on g2), or -1 if a GPU would exceed the cap."""
+    l1 = load[g1] - w[i] + w[j]
+    l2 = load[g2] - w[j] + w[i]
+    if l1 > cap or l2 > cap:
+        return -1.0
+    m = _max_without(load, a, b, c, g1, g2)
+    if l1 > m:
+        m = l1
+    if l2 > m:
+        m = l2
+    return m
+
+
+@njit(cache=True)
 def ep_layer_search(types, cnt, ptr, occ, gpu, node, G, N, w, cap, prev, nxt, cg, cn, cb, order, budget):
     """Improve one ep layer's assignment ``gpu`` in place; returns (objective change, work done)."""
     X, K = types.shape
@@ -152,26 +163,11 @@ def ep_layer_search(types, cnt, ptr, occ, gpu, node, G, N, w, cap, prev, nxt, cg
             cur = load[a]
             for j in range(P):
                 g2 = gpu[j]
-                if g2 == g1 or j == prev[i] or j == nxt[i]:
+                if g2 == g1 or not _swap_keeps_order(i, j, g1, g2, gpu, prev, nxt):
                     continue
-                # copies keep GPU order
-                if prev[i] >= 0 and gpu[prev[i]] > g2:
+                m = _swap_max(load, w, i, j, g1, g2, a, b, c, cap)
+                if m < 0.0:
                     continue
-                if nxt[i] >= 0 and gpu[nxt[i]] < g2:
-                    continue
-                if prev[j] >= 0 and gpu[prev[j]] > g1:
-                    continue
-                if nxt[j] >= 0 and gpu[nxt[j]] < g1:
-                    continue
-                l1 = load[g1] - w[i] + w[j]
-                l2 = load[g2] - w[j] + w[i]
-                if l1 > cap or l2 > cap:
-                    continue
-                m = _max_without(load, a, b, c, g1, g2)
-                if l1 > m:
-                    m = l1
-                if l2 > m:
-                    m = l2
                 d = cb * (m - cur)
                 if cg != 0.0:
                     d += cg * ((tot[i] - B[i, g2] - lone[i]) + (tot[j] - B[j, g1] - lone[j]) + C[i, j])
@@ -262,25 +258,11 @@ def ep_pair_search(W, gpu, node, G, N, w, cap, prev, nxt, cg, cn, cb, order, bud
             cur = load[a]
             for j in range(P):
                 g2 = gpu[j]
-                if g2 == g1 or j == prev[i] or j == nxt[i]:
+                if g2 == g1 or not _swap_keeps_order(i, j, g1, g2, gpu, prev, nxt):
                     continue
-                if prev[i] >= 0 and gpu[prev[i]] > g2:
+                m = _swap_max(load, w, i, j, g1, g2, a, b, c, cap)
+                if m < 0.0:
                     continue
-                if nxt[i] >= 0 and gpu[nxt[i]] < g2:
-                    continue
-                if prev[j] >= 0 and gpu[prev[j]] > g1:
-                    continue
-                if nxt[j] >= 0 and gpu[nxt[j]] < g1:
-                    continue
-                l1 = load[g1] - w[i] + w[j]
-                l2 = load[g2] - w[j] + w[i]
-                if l1 > cap or l2 > cap:
-                    continue
-                m = _max_without(load, a, b, c, g1, g2)
-                if l1 > m:
-                    m = l1
-                if l2 > m:
-                    m = l2
                 d = cb * (m - cur)
                 d -= cg * (A[i, g2] - A[i, g1] + A[j, g1] - A[j, g2] - 2.0 * W[i, j])
                 n2 = node[g2]
@@ -419,25 +401,11 @@ def coherent_search(trans, gpu, node, G, N, w, cap, prev, nxt, cg, cn, cb, order
                 cur = load[l, a]
                 for j in range(P):
                     g2 = gpu[l, j]
-                    if g2 == g1 or j == prev[l, i] or j == nxt[l, i]:
+                    if g2 == g1 or not _swap_keeps_order(i, j, g1, g2, gpu[l], prev[l], nxt[l]):
                         continue
-                    if prev[l, i] >= 0 and gpu[l, prev[l, i]] > g2:
+                    m = _swap_max(load[l], w[l], i, j, g1, g2, a, b, c, cap[l])
+                    if m < 0.0:
                         continue
-                    if nxt[l, i] >= 0 and gpu[l, nxt[l, i]] < g2:
-                        continue
-                    if prev[l, j] >= 0 and gpu[l, prev[l, j]] > g1:
-                        continue
-                    if nxt[l, j] >= 0 and gpu[l, nxt[l, j]] < g1:
-                        continue
-                    l1 = load[l, g1] - w[l, i] + w[l, j]
-                    l2 = load[l, g2] - w[l, j] + w[l, i]
-                    if l1 > cap[l] or l2 > cap[l]:
-                        continue
-                    m = _max_without(load[l], a, b, c, g1, g2)
-                    if l1 > m:
-                        m = l1
-                    if l2 > m:
-                        m = l2
                     d = cb * (m - cur)
                     d += cg * (H[l, i, g1] - H[l, i, g2] + H[l, j, g2] - H[l, j, g1])
                     n1 = node[g1]

@@ -142,3 +142,27 @@ def _highs_class() -> Any:
 
 def _HighsWarm(**kw: Any) -> Any:  # noqa: N802 - a factory that reads like the class it builds
     return _highs_class()(**kw)
+
+
+def placement_of(problem: Any, options: Any, gpu_LE: Any, solver: str, start: float, proven: bool,
+                 objective: float, objective_name: str, bound: float | None, extra: dict) -> Any:
+    """The ``Placement`` of a MILP solver's expert-to-GPU assignment ``gpu_LE`` (one copy per expert):
+    status, bound and gap from the solve, and the project objective of the layout in ``extra["cost"]``."""
+    import numpy as np
+
+    from solvers.layout import placement_from_rows
+    from solvers.objective import gap_of
+    from solvers.project_cost import project_terms
+
+    L, E = gpu_LE.shape
+    G = problem.topology.num_gpus
+    assert all((np.bincount(gpu_LE[l], minlength=G) == E // G).all() for l in range(L))
+    rows = np.stack([np.argsort(gpu_LE[l] * E + np.arange(E), kind="stable") for l in range(L)])
+    extra.update(project_terms(problem, options, rows))
+    if proven:
+        bound, gap = objective, 0.0
+    else:
+        gap = None if bound is None else gap_of(objective, bound)
+    return placement_from_rows(problem, rows, solver, start, status="OPTIMAL" if proven else "FEASIBLE",
+                               objective=objective, objective_name=objective_name, bound=bound, gap=gap,
+                               extra=extra)

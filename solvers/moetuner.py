@@ -187,8 +187,6 @@ def stage2_sequential(C_LCC: np.ndarray, cost_GG: np.ndarray, backend: str, time
 
 @register("moetuner")
 def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
-    from solvers.layout import placement_from_rows
-
     start = time.perf_counter()
     backend = milp.backend_of("moetuner", options.params)
     milp.require("moetuner", backend)
@@ -234,27 +232,7 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
 
     # The placement: expert e of layer l on the GPU of its cluster.
     gpu_LE = np.take_along_axis(gpu_LC, clusters, axis=1)
-    s = E // G
-    rows = np.stack([np.argsort(gpu_LE[l] * E + np.arange(E), kind="stable") for l in range(L)])
-    assert all((np.bincount(gpu_LE[l], minlength=G) == s).all() for l in range(L))
     extra: dict[str, Any] = {"backend": backend, "stage1_deviation": dev_total,
                              "stage2": "joint" if joint else "sequential"}
-    extra.update(project_terms(problem, options, rows))
-    gap = None if bound is None else (0.0 if t_max <= 0 else max(0.0, (t_max - bound) / t_max))
-    return placement_from_rows(problem, rows, "moetuner", start, status="OPTIMAL" if proven else "FEASIBLE",
-                               objective=t_max, objective_name="moetuner_max_link_us",
-                               bound=t_max if proven else bound, gap=0.0 if proven else gap, extra=extra)
-
-
-def project_terms(problem: PlacementProblem, options: SolveOptions, rows_LP: np.ndarray) -> dict[str, Any]:
-    """The project's objective and its terms for a layout (for comparison with the other solvers)."""
-    from placer.placement import Placement as P_
-    from solvers.instance import build_instance
-    from solvers.objective import gpu_from_placement, objective_name, terms
-
-    inst = build_instance(problem, SolveOptions(params={k: v for k, v in options.params.items()
-                                                        if k in ("intra_weight", "inter_weight", "balance_weight")}
-                                               | {"max_imbalance": 0}))
-    placement = P_(rows_LP, inst.G, inst.E, inst.N)
-    t = terms(inst, gpu_from_placement(inst, placement))
-    return {"cost": {"objective_name": objective_name(inst), "objective": float(t.value), "terms": t.to_dict(inst)}}
+    return milp.placement_of(problem, options, gpu_LE, "moetuner", start, proven, t_max, "moetuner_max_link_us",
+                             bound, extra)

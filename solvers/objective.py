@@ -73,6 +73,34 @@ def layer_loads(inst: Instance, l: int, gpu_P: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
+def distinct_of(items_K, gpu_P, node_G, dg, dn):
+    """The distinct GPUs (into ``dg``) and nodes (into ``dn``) of one token type; returns their counts."""
+    ng = 0
+    nn = 0
+    for k in range(items_K.shape[0]):
+        g = gpu_P[items_K[k]]
+        seen = False
+        for q in range(ng):
+            if dg[q] == g:
+                seen = True
+                break
+        if seen:
+            continue
+        dg[ng] = g
+        ng += 1
+        n = node_G[g]
+        seen = False
+        for q in range(nn):
+            if dn[q] == n:
+                seen = True
+                break
+        if not seen:
+            dn[nn] = n
+            nn += 1
+    return ng, nn
+
+
+@njit(cache=True)
 def _distinct(items_XK, count_X, gpu_P, node_G):
     X, K = items_XK.shape
     dg = np.empty(K, np.int64)
@@ -80,28 +108,7 @@ def _distinct(items_XK, count_X, gpu_P, node_G):
     sg = 0.0
     sn = 0.0
     for x in range(X):
-        ng = 0
-        nn = 0
-        for k in range(K):
-            g = gpu_P[items_XK[x, k]]
-            seen = False
-            for q in range(ng):
-                if dg[q] == g:
-                    seen = True
-                    break
-            if seen:
-                continue
-            dg[ng] = g
-            ng += 1
-            n = node_G[g]
-            seen = False
-            for q in range(nn):
-                if dn[q] == n:
-                    seen = True
-                    break
-            if not seen:
-                dn[nn] = n
-                nn += 1
+        ng, nn = distinct_of(items_XK[x], gpu_P, node_G, dg, dn)
         sg += count_X[x] * ng
         sn += count_X[x] * nn
     return sg, sn

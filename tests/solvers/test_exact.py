@@ -108,14 +108,8 @@ def test_moetuner_stages_are_optimal_for_their_own_objectives():
 
 
 def _pair_splits(n):
-    items = list(range(n))
-    if not items:
-        yield []
-        return
-    first, rest = items[0], items[1:]
-    for i, other in enumerate(rest):
-        for tail in _pair_splits_of(rest[:i] + rest[i + 1:]):
-            yield [(first, other)] + tail
+    """Every split of range(n) into pairs."""
+    return _pair_splits_of(list(range(n)))
 
 
 def _pair_splits_of(items):

@@ -55,7 +55,7 @@ def test_solve_milp_solvers(cli, train, tmp_path):
                                 ("moetuner", ["--backend", "cbc"], "moetuner_max_link_us")):
         out = tmp_path / f"{solver}.json"
         res = cli("solve", train, "--gpus", "4", "--mode", "coherent", "--solver", solver, *extra,
-                  "--time-limit", "10", "--out", out, "--json")
+                  "--time-limit", "4", "--out", out, "--json")
         assert res.code == 0, res.err
         s = json.loads(res.out)
         assert s["objective_name"] == name and s["status"] in ("OPTIMAL", "FEASIBLE")
