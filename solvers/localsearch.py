@@ -299,7 +299,7 @@ def ep_pair_search(W, gpu, node, G, N, w, cap, prev, nxt, cg, cn, cb, order, bud
 
 def layer_value(inst: Instance, l: int, row: np.ndarray) -> float:
     """ep: the objective of one layer."""
-    g, n = ep_layer(inst, l, row)
+    g, n = ep_layer(inst, l, row) if inst.traffic else (0.0, 0.0)
     return combine(inst, g, n, layer_loads(inst, l, row).max())
 
 
@@ -326,8 +326,8 @@ def improve_ep(inst: Instance, gpu_LP: np.ndarray, budget: float, seed: int = 0,
     layers = list(range(inst.L)) if layers is None else layers
     for n, l in enumerate(layers):
         share = (budget - done) / (len(layers) - n)
-        t = inst.types_L[l]
-        keep = t.items_XK.shape[1] > 1 and t.items_XK.shape[0] > 0
+        t = inst.types_L[l] if inst.traffic else None  # load-only statistics: balance alone
+        keep = t is not None and t.items_XK.shape[1] > 1 and t.items_XK.shape[0] > 0
         types = t.items_XK.astype(np.int64) if keep else np.zeros((0, 2), np.int64)
         cnt = t.count_X if keep else np.zeros(0)
         if types.shape[0] > SAMPLE_TYPES:

@@ -100,3 +100,30 @@ def test_auto_ep_large_layers_use_a_sample_and_stay_exact():
     r = evaluate_trace(b, p, problem.topology, "ep")
     assert measured_objective(r, p.objective_name) == pytest.approx(p.objective, rel=1e-9)
     assert p.objective < p.extra["start"]["objective"]
+
+
+def test_load_only_statistics_balance_only():
+    """A load matrix (no routing): auto and cpsat balance the load, at least as well as greedy."""
+    from placer.cost import evaluate_load
+    from placer.topology import Topology
+    from solvers.problem import PlacementProblem
+
+    load = np.random.default_rng(0).integers(1, 1000, size=(4, 64)).astype(float)
+    problem = PlacementProblem(load_LE=load, topology=Topology(8))
+    greedy = evaluate_load(load, get_solver("greedy")(problem)).max_load_L.sum()
+    for name in ("auto", "cpsat"):
+        p = get_solver(name)(problem, SolveOptions(time_limit_s=2))
+        assert p.objective_name.endswith("*max_load") and "+" not in p.objective_name
+        assert p.extra["note"] == "load-only statistics: balance only"
+        assert evaluate_load(load, p).max_load_L.sum() <= greedy + 1e-9
+
+
+def test_statistics_file_input_is_exact_for_top2():
+    """Without token paths (a stats file), top-2 ep and coherent objectives are still exact."""
+    _, b = trace(3, 16, 2, 2000, seed=26, clusters=4)
+    for mode in ("ep", "coherent"):
+        problem = problem_of(b, 16, 4, 1, 0, mode, paths=False)
+        p = get_solver("auto")(problem, SolveOptions(time_limit_s=2))
+        assert not p.extra["objective_is_estimate"]
+        r = evaluate_trace(b, p, problem.topology, mode)
+        assert measured_objective(r, p.objective_name) == pytest.approx(p.objective, rel=1e-9)
