@@ -29,7 +29,9 @@ def solve(
     time_limit: float = typer.Option(
         60.0, "--time-limit", help="Seconds a solver may run (auto/cpsat: a budget in calibrated work units and "
                                    "deterministic time, so results repeat; see docs/solvers.md)."),
-    threads: int = typer.Option(0, "--threads", help="Solver threads (0 = the solver's default: one CP-SAT worker, one MILP thread; N > 1 CP-SAT workers are interleaved, so results stay deterministic)."),
+    threads: int = typer.Option(
+        0, "--threads", help="Solver threads (0 = the solver's default: one CP-SAT worker, one MILP thread; "
+                             "N > 1 CP-SAT workers are interleaved, so results stay deterministic)."),
     groups: Optional[int] = typer.Option(
         None, "--groups", help="eplb: expert groups (DeepSeek-V3's n_group); hierarchical if nodes divide them."),
     balance_weight: Optional[float] = typer.Option(
