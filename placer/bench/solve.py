@@ -30,6 +30,7 @@ import typer
 PARTS = ("mixtral", "deepseek", "scaling", "heldout")
 BASELINES = ("contiguous", "round_robin", "random", "greedy", "eplb")
 BALANCE_FIRST = 1000  # the balance weight of the balance-first run at equal redundancy
+LIGHT_BALANCE = 1  # a traffic-first run on the held-out part, beside the default weights
 
 
 def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int, affinity: float = 0.6):
@@ -184,11 +185,14 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
     for mode in ("ep", "coherent"):
         problem = _problem(tr, E, 4, 1, 0, mode)
         p, wall = _solve("auto", problem, time_limit)
-        placements = [p] + _baselines(problem)
+        light, _ = _solve("auto", problem, time_limit, {"balance_weight": LIGHT_BALANCE})
+        placements = [p, light] + _baselines(problem)
+        names = ["auto", f"auto --balance-weight {LIGHT_BALANCE}"] + [b.solver for b in placements[2:]]
         res = evaluate_many(ho, placements, problem.topology, mode)
         rows = []
-        for pl, r in zip(placements, res):
-            d = {"solver": pl.solver, "max_over_mean": r.mean_imbalance, "worst_max_over_mean": float(r.imbalance_L.max())}
+        for name, r in zip(names, res):
+            d = {"solver": name, "max_over_mean": r.mean_imbalance, "worst_max_over_mean": float(r.imbalance_L.max()),
+                 "time_ms": r.total_us / 1e3}
             if mode == "ep":
                 d["remote_gpus_per_token"] = r.remote_gpus_per_token
             else:
