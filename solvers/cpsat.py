@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from placer.errors import MoeplaceError
 from placer.placement import Placement
 from solvers.common import DET_PER_SECOND, WALL_SAFETY, best_start, workers
 from solvers.instance import Instance, build_instance
@@ -335,7 +336,7 @@ class CpsatModel:
             res["bound"] = None
             res["proven"] = False
         else:
-            raise RuntimeError(f"cpsat: CP-SAT ended with status {name}")
+            raise MoeplaceError(f"cpsat: CP-SAT ended with status {name}")
         return res
 
 

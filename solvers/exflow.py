@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from placer.errors import MoeplaceError
 from placer.placement import Placement
 from solvers import milp
 from solvers.problem import PlacementProblem, SolveOptions
@@ -139,7 +140,7 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
                     v.setInitialValue(_crossing_value(v.name, x, hops.shape, G, N))
         res = milp.solve(prob, backend, options.time_limit_s / len(steps), threads, options.seed, warm=warm)
         if res.status == "NONE":
-            raise RuntimeError(f"exflow: batch {b + 1} of {len(steps)} found no solution within "
+            raise MoeplaceError(f"exflow: batch {b + 1} of {len(steps)} found no solution within "
                                f"{options.time_limit_s / len(steps):.1f} s")
         x = x_new
         history.append({"batch": b + 1, "status": res.status, "objective": res.objective})

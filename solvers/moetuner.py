@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from placer.errors import MoeplaceError
 from placer.placement import Placement
 from solvers import milp
 from solvers.problem import PlacementProblem, SolveOptions
@@ -67,7 +68,7 @@ def stage1(load_E: np.ndarray, G: int, backend: str, time_limit_s: float, thread
     # Solve.
     res = milp.solve(prob, backend, time_limit_s, threads, seed)
     if res.status == "NONE":
-        raise RuntimeError(f"moetuner: stage 1 of layer {name} found no solution within {time_limit_s:.1f} s")
+        raise MoeplaceError(f"moetuner: stage 1 of layer {name} found no solution within {time_limit_s:.1f} s; raise --time-limit")
     cluster = np.array([next(c for c in range(G) if (e, c) in y and y[e, c].value() > 0.5) for e in range(E)])
     return cluster, float(res.objective), res
 
@@ -140,7 +141,7 @@ def stage2_joint(C_LCC: np.ndarray, cost_GG: np.ndarray, N: int, backend: str, t
     # Solve.
     res = milp.solve(prob, backend, time_limit_s, threads, seed)
     if res.status == "NONE":
-        raise RuntimeError(f"moetuner: stage 2 found no solution within {time_limit_s:.1f} s")
+        raise MoeplaceError(f"moetuner: stage 2 found no solution within {time_limit_s:.1f} s; raise --time-limit")
     gpu = np.array([[next(g for g in range(G) if z[l, c, g].value() > 0.5) for c in range(G)] for l in range(L)])
     return gpu, float(res.objective), res
 
@@ -178,7 +179,7 @@ def stage2_sequential(C_LCC: np.ndarray, cost_GG: np.ndarray, backend: str, time
         prob += t_max
         res = milp.solve(prob, backend, time_limit_s / Lm1, threads, seed)
         if res.status == "NONE":
-            raise RuntimeError(f"moetuner: stage 2 (transition {l}) found no solution")
+            raise MoeplaceError(f"moetuner: stage 2 (transition {l}) found no solution")
         gpu[l + 1] = [next(h for h in range(G) if z[d, h].value() > 0.5) for d in range(G)]
         worst = max(worst, float(res.objective))
         results.append(res)

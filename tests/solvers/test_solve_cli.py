@@ -89,3 +89,10 @@ def test_missing_backend_names_the_package_and_what_still_works(cli, train, tmp_
     res = cli("solve", train, "--gpus", "4", "--solver", "exflow", "--backend", "highs", "--out", tmp_path / "p.json")
     assert_one_line_error(res, 1, "exflow --backend highs needs the Python package highspy (pip install highspy)",
                           "still working: exflow --backend cbc, auto, cpsat")
+
+
+def test_a_milp_that_finds_nothing_in_time_is_a_failure_not_a_crash(cli, train, tmp_path):
+    """CBC stopped after a millisecond has no placement: one line, exit 1, nothing written."""
+    res = cli("solve", train, "--gpus", "4", "--solver", "exflow", "--time-limit", "0.001", "--out", tmp_path / "p.json")
+    assert_one_line_error(res, 1, "exflow: batch 1 of 4 found no solution within")
+    assert not (tmp_path / "p.json").exists()
