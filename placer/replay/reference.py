@@ -1,0 +1,189 @@
+"""The routing a replay runs, its steps, and the single-process reference every placement must reproduce.
+
+The reference applies each MoE layer to every token directly (no ranks, no slots, no replicas):
+``h <- h + sum_k w_k FFN_{e_k}(h)`` for the token's K experts and gate weights from the trace; a token absent
+from a layer (``present`` False) passes unchanged. It runs in float64 on CPU (float32 on a GPU) from the same
+rounded inputs and weights as the replay, so only the replay's arithmetic in its dtype separates the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from placer.replay.experts import DTYPES, initial_hidden, swiglu
+
+# Largest relative error (per token, L2) accepted for each replay dtype, per sqrt(layers): rounding of the
+# sums and matmuls in the dtype, measured on the tests' shapes with a margin of about 10x.
+TOLERANCE = {"float64": 1e-10, "float32": 5e-6, "float16": 5e-3, "bfloat16": 4e-2}
+
+
+def tolerance(dtype: str, num_layers: int) -> float:
+    return TOLERANCE[dtype] * max(1.0, float(num_layers)) ** 0.5
+
+
+@dataclass
+class Routing:
+    """The replayed tokens of a trace: [T, L, K] experts and weights, [T, L] present, [T] sequence ids (the
+    first ``T`` tokens of the trace, first ``L`` MoE layers)."""
+
+    experts_TLK: np.ndarray
+    weights_TLK: np.ndarray
+    present_TL: np.ndarray | None
+    seq_T: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.experts_TLK.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.experts_TLK.shape[1])
+
+
+def load_routing(path, num_tokens: int, num_layers: int) -> Routing:
+    """Read the first ``num_tokens`` tokens of a trace (fewer if it is shorter), first ``num_layers`` layers."""
+    from placer.trace.reader import TraceReader, concat_batches
+
+    reader = TraceReader(path)
+    got, batches = 0, []
+    for b in reader.iter_batches(batch_size=min(65536, max(num_tokens, 1)), fields=("experts", "weights", "present", "seq")):
+        batches.append(b)
+        got += len(b)
+        if got >= num_tokens:
+            break
+    b = concat_batches(batches)
+    n = min(num_tokens, len(b))
+    present = None if b.present_TL is None else np.ascontiguousarray(b.present_TL[:n, :num_layers])
+    if present is not None and present.all():
+        present = None
+    return Routing(experts_TLK=np.ascontiguousarray(b.experts_TLK[:n, :num_layers].astype(np.int64)),
+                   weights_TLK=np.ascontiguousarray(b.weights_TLK[:n, :num_layers].astype(np.float32)),
+                   present_TL=present, seq_T=b.seq_T[:n].astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which tokens each step replays. The trace is cut into steps of ``tokens_per_step`` consecutive tokens
+    (the last may be shorter); measured step i replays trace step ``i mod available``; the warm-up steps
+    replay the first steps again before the measured ones."""
+
+    num_tokens: int
+    tokens_per_step: int
+    steps: int
+    warmup: int
+
+    @property
+    def available(self) -> int:
+        return -(-self.num_tokens // self.tokens_per_step)
+
+    def trace_step(self, i: int) -> int:
+        return i % self.available
+
+    def token_range(self, i: int) -> tuple[int, int]:
+        s = self.trace_step(i) * self.tokens_per_step
+        return s, min(s + self.tokens_per_step, self.num_tokens)
+
+    def runs(self) -> list[tuple[int, bool]]:
+        """(measured step index, is_measured) in the order they run: warm-ups first."""
+        return [(i % self.steps, False) for i in range(self.warmup)] + [(i, True) for i in range(self.steps)]
+
+    def checked_steps(self, check: str) -> list[int]:
+        """Measured steps whose outputs are checked: each trace step once ("all"), the first ("first"), none."""
+        if check == "none":
+            return []
+        n = min(self.steps, self.available)
+        return list(range(n if check == "all" else 1))
+
+
+def step_slice(routing: Routing, start: int, stop: int):
+    """(experts, weights, present, seq, token_index) of tokens start..stop-1."""
+    pres = None if routing.present_TL is None else routing.present_TL[start:stop]
+    return (routing.experts_TLK[start:stop], routing.weights_TLK[start:stop], pres, routing.seq_T[start:stop],
+            np.arange(start, stop, dtype=np.int64))
+
+
+def reference_outputs(routing: Routing, start: int, stop: int, source, hidden: int, dtype: str, seed: int,
+                      device: torch.device) -> torch.Tensor:
+    """[T, H] the final hidden states of tokens start..stop-1, computed directly (see the module docstring)."""
+    dt = DTYPES[dtype]
+    ref = torch.float64 if device.type == "cpu" else torch.float32
+    ex, w, pres, _, _ = step_slice(routing, start, stop)
+    T, L, K = ex.shape
+    h = initial_hidden(seed, start, T, hidden).to(dt).to(device=device, dtype=ref)
+    w_ref = torch.from_numpy(w).to(dt).to(device=device, dtype=ref)
+    present = np.ones((T, L), dtype=bool) if pres is None else pres
+    for l in range(L):
+        out = h.clone()
+        t, k = np.nonzero(present[:, l, None] & np.ones((1, K), dtype=bool))
+        e = ex[t, l, k]
+        order = np.argsort(e, kind="stable")
+        t, k, e = t[order], k[order], e[order]
+        bounds = np.flatnonzero(np.diff(e)) + 1
+        for tt, kk in zip(np.split(t, bounds), np.split(k, bounds)):
+            if not len(tt):
+                continue
+            weights = tuple(x.to(dt).to(device=device, dtype=ref) for x in source.get(l, int(ex[tt[0], l, kk[0]])))
+            rows = torch.from_numpy(tt).to(device)
+            y = swiglu(h.index_select(0, rows), weights) * w_ref[rows, l, torch.from_numpy(kk).to(device)][:, None]
+            out.index_add_(0, rows, y)
+        h = out
+    return h
+
+
+def compare(out_TH: torch.Tensor, ref_TH: torch.Tensor, tokens_T: np.ndarray, tol: float) -> dict:
+    """Per-token relative L2 error of a replay's outputs against the reference; the check's verdict."""
+    out = out_TH.to(ref_TH.dtype)
+    err = (out - ref_TH).norm(dim=1) / ref_TH.norm(dim=1).clamp_min(1e-30)
+    err = torch.nan_to_num(err, nan=float("inf")).cpu().numpy()
+    bad = np.nonzero(err > tol)[0]
+    res = {"tokens_checked": int(len(err)), "max_rel_error": float(err.max()) if len(err) else 0.0,
+           "tolerance": tol, "mismatched_tokens": int(len(bad)), "correct": bool(len(bad) == 0)}
+    if len(bad):
+        i = int(bad[np.argmax(err[bad])])
+        res["worst_token"] = int(tokens_T[i])
+        res["mismatched_token_ids"] = [int(tokens_T[j]) for j in bad[:20]]
+    return res
+
+
+class Checker:
+    """Compares a placement's final outputs with the reference, step by step (the reference of a step is
+    computed once and reused for every placement: it depends on the trace and the weights only)."""
+
+    def __init__(self, routing: Routing, schedule: Schedule, source, hidden: int, dtype: str, seed: int,
+                 device: torch.device) -> None:
+        self.routing, self.schedule, self.source = routing, schedule, source
+        self.hidden, self.dtype, self.seed, self.device = hidden, dtype, seed, device
+        self._ref: dict[int, torch.Tensor] = {}
+
+    def reference(self, step: int) -> torch.Tensor:
+        if step not in self._ref:
+            a, b = self.schedule.token_range(step)
+            self._ref[step] = reference_outputs(self.routing, a, b, self.source, self.hidden, self.dtype,
+                                                self.seed, self.device)
+        return self._ref[step]
+
+    def check(self, outputs: dict[int, list[tuple[np.ndarray, torch.Tensor]]]) -> dict:
+        """outputs[step]: (trace token ids, [n, H] final outputs) from each rank. Every token of the step must
+        come back exactly once, with its reference value."""
+        if not outputs:
+            return {"tokens_checked": 0, "correct": True, "note": "not checked (--check none)"}
+        toks, outs, refs = [], [], []
+        for step in sorted(outputs):
+            a, b = self.schedule.token_range(step)
+            tok = np.concatenate([t for t, _ in outputs[step]])
+            out = torch.cat([o for _, o in outputs[step]])
+            order = np.argsort(tok, kind="stable")
+            tok = tok[order]
+            if len(tok) != b - a or not (tok == np.arange(a, b)).all():
+                missing = np.setdiff1d(np.arange(a, b), tok)
+                what = f"token {int(missing[0])} never came home" if len(missing) else "a token came home twice"
+                return {"tokens_checked": 0, "correct": False, "mismatched_tokens": b - a, "error": what,
+                        "max_rel_error": float("inf"), "tolerance": None}
+            toks.append(tok)
+            outs.append(out[torch.from_numpy(order)].to(self.device))
+            refs.append(self.reference(step))
+        tol = tolerance(self.dtype, self.routing.num_layers)
+        return compare(torch.cat(outs), torch.cat(refs), np.concatenate(toks), tol)

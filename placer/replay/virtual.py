@@ -1,0 +1,143 @@
+"""The ``virtual`` backend: every rank in one process, for a machine with one GPU (NCCL refuses two ranks on
+one GPU) or none.
+
+The data path is the same plan and the same tensor code as the distributed ranks; only the transport is a
+slice inside the process. Each rank's expert computation of each layer runs on the device and is timed on
+its own (CUDA events on a GPU, perf_counter on CPU); the slowest rank sets the layer's compute time.
+Communication is not run over links: its time is **modelled** from the bytes and messages each rank sends
+(``Topology.link_time_us``: NVLink inside a node, the network across nodes), and the report says so.
+A layer's time is the slowest rank's dispatch + the slowest rank's compute + the slowest rank's combine.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from placer.errors import MoeplaceError
+from placer.replay.config import ReplayConfig
+from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
+from placer.replay.experts import DTYPES, ExpertCache, initial_hidden
+from placer.replay.plan import RankExchange, corrupt_plan, exchanges_of, link_bytes, plan_step
+from placer.replay.reference import Checker, load_routing, step_slice
+from placer.replay.report import CaseMeasure, case_report
+from placer.topology import Topology
+
+
+def virtual_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise MoeplaceError("--device cuda: no CUDA GPU is visible")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def exchange_all(exs: list[TExchange], bufs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
+    """Every rank's exchange at once: rank s's rows for d are the s-th block of d's receive buffer."""
+    G = len(exs)
+    parts = [torch.split(pack(ex, buf), ex.send_splits) for ex, buf in zip(exs, bufs)]
+    out = []
+    for d in range(G):
+        got = [int(parts[s][d].shape[0]) for s in range(G)]
+        if got != exs[d].recv_splits:
+            raise MoeplaceError(f"rank {d}: {where}: received row counts {got} differ from the plan's "
+                                f"{exs[d].recv_splits}")
+        recv = torch.cat([parts[s][d] for s in range(G)])
+        out.append(unpack(exs[d], bufs[d], recv))
+    return out
+
+
+def modelled_ms(exs: list[RankExchange], topo: Topology, row_bytes: int, nodes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """([G] modelled send time in ms, [G] intra-node bytes, [G] inter-node bytes) of one exchange."""
+    stats = np.array([link_bytes(ex, r, row_bytes, nodes) for r, ex in enumerate(exs)], dtype=np.float64)
+    ms = topo.link_time_us(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]) / 1e3
+    return ms, stats[:, 0], stats[:, 1]
+
+
+def run_virtual(cfg: ReplayConfig, progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], str, str]:
+    """Replay every case with all ranks in this process. Returns (case reports, device, timer name)."""
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_virtual(cfg, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_virtual(cfg: ReplayConfig, progress: Callable[[int, int], None] | None) -> tuple[list[dict], str, str]:
+    progress = progress or (lambda c, s: None)
+    device = virtual_device(cfg.device)
+    G, S, L = cfg.world_size, cfg.steps, cfg.num_layers
+    routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
+    sched = cfg.schedule
+    source = cfg.expert_source()
+    dt = DTYPES[cfg.dtype]
+    timer = Timer(device)
+    nodes = cfg.node_of_rank()
+    row_bytes = cfg.hidden * torch.empty((), dtype=dt).element_size()
+    topo = cfg.topology or Topology(num_gpus=G, num_nodes=cfg.nodes, hidden_size=cfg.hidden,
+                                    dtype_bytes=torch.empty((), dtype=dt).element_size())
+    cache = ExpertCache(source, dt, device)
+    checker = Checker(routing, sched, source, cfg.hidden, cfg.dtype, cfg.seed, device)
+    checked = set(sched.checked_steps(cfg.check))
+    results = []
+    for ci, case in enumerate(cfg.cases):
+        P = case.placement
+        spg = P.slots_per_gpu
+        experts = [[cache.slots(P.phy2log_LP[l], g * spg, spg, l) for l in range(L)] for g in range(G)]
+        z = lambda *s: np.zeros(s)  # noqa: E731
+        disp, comp_ms, comb, tokens = z(S, L, G), z(S, L, G), z(S, L, G), z(S, L, G)
+        ret, b_in, b_out = z(S, G), z(S, L + 1, G), z(S, L + 1, G)
+        layer_ms, step_ms = z(S, L), z(S)
+        outputs: dict[int, list] = {}
+        for run_i, (i, measured) in enumerate(sched.runs()):
+            a, b = sched.token_range(i)
+            ex, w, pres, seq, tok = step_slice(routing, a, b)
+            plan = plan_step(P, ex, w, pres, seq, tok, case.mode)
+            if case.corrupt and measured and i == 0:
+                corrupt_plan(plan, P, case.corrupt)
+            h0 = initial_hidden(cfg.seed, a, b - a, cfg.hidden)
+            bufs = [h0[torch.from_numpy(plan.home_tokens[g])].to(dt).to(device) for g in range(G)]
+            for l, ph, per in exchanges_of(plan):
+                ms, bi, bx = modelled_ms(per, topo, row_bytes, nodes)
+                if measured:
+                    b_in[i, l] += bi
+                    b_out[i, l] += bx
+                    if ph == "return":
+                        ret[i] = ms
+                    else:
+                        (disp if ph == "dispatch" else comb)[i, l] = ms
+            timer.reset()
+            marks = []
+            for l, lp in enumerate(plan.layers):
+                bufs = exchange_all([TExchange.of(e, device) for e in lp.dispatch], bufs, f"layer {l} dispatch")
+                tc = [TCompute.of(c, dt, device) for c in lp.compute]
+                new = []
+                for g in range(G):
+                    # Each rank's experts alone on the device: its own start and end marks.
+                    s0 = timer.mark()
+                    new.append(compute(tc[g], bufs[g], experts[g][l]))
+                    marks.append((l, g, s0, timer.mark()))
+                    tokens[i, l, g] = tc[g].tokens_computed if measured else 0
+                bufs = new
+                if lp.combine is not None:
+                    bufs = exchange_all([TExchange.of(e, device) for e in lp.combine], bufs, f"layer {l} combine")
+            if plan.final is not None:
+                bufs = exchange_all([TExchange.of(e, device) for e in plan.final], bufs, "return home")
+            timer.synchronize()
+            if measured:
+                for l, g, s0, s1 in marks:
+                    comp_ms[i, l, g] = timer.elapsed_ms(s0, s1)
+                layer_ms[i] = disp[i].max(axis=1) + comp_ms[i].max(axis=1) + comb[i].max(axis=1)
+                step_ms[i] = layer_ms[i].sum() + ret[i].max()
+                if i in checked:
+                    outputs[i] = [(plan.home_tokens[g] + a, bufs[g].float()) for g in range(G)]
+            progress(ci, run_i)
+        measure = CaseMeasure(layer_ms_SL=layer_ms, step_ms_S=step_ms, dispatch_ms_SLG=disp, compute_ms_SLG=comp_ms,
+                              combine_ms_SLG=comb, return_ms_SG=ret, bytes_intra_SXG=b_in, bytes_inter_SXG=b_out,
+                              tokens_SLG=tokens)
+        results.append(case_report(case, measure, checker.check(outputs), nodes, cfg.moe_layer_indices[:L]))
+    return results, str(device), timer.name
