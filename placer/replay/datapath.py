@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from placer.replay.experts import ExpertWeights, swiglu
+from placer.replay.experts import ExpertWeights, rms_norm, swiglu
 from placer.replay.plan import RankCompute, RankExchange
 
 
@@ -67,11 +67,13 @@ def unpack(ex: TExchange, buf: torch.Tensor, recv: torch.Tensor) -> torch.Tensor
 
 
 def compute(cp: TCompute, x: torch.Tensor, experts: list[ExpertWeights]) -> torch.Tensor:
-    """The rank's new contributions: its slots' weighted expert outputs, plus the rows it keeps."""
+    """The rank's new contributions: its slots' weighted expert outputs on the normalised rows, plus the rows
+    it keeps (the residual)."""
     out = torch.zeros_like(x)
+    xn = rms_norm(x)
     for rows, w, expert in zip(cp.slot_rows, cp.slot_weights, experts):
         if rows.numel():
-            out.index_add_(0, rows, swiglu(x.index_select(0, rows), expert) * w)
+            out.index_add_(0, rows, swiglu(xn.index_select(0, rows), expert) * w)
     if cp.keep_rows.numel():
         out.index_add_(0, cp.keep_rows, x.index_select(0, cp.keep_rows))
     return out

@@ -30,6 +30,14 @@ def swiglu(x: torch.Tensor, w: ExpertWeights) -> torch.Tensor:
                                       * torch.nn.functional.linear(x, up), down)
 
 
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The pre-norm a transformer applies before its MoE block (RMSNorm with unit weight), computed in float32
+    and cast back, as Hugging Face models do. Without it an expert's output grows with the square of its
+    input and the hidden states blow up over the layers."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 

@@ -57,7 +57,7 @@ def rank_entry(rank: int, world: int, backend: str, init_method: str, cfg: Repla
         from placer.replay.worker import run_rank
 
         result = run_rank(rank, world, backend, init_method, cfg,
-                          progress=lambda c, s: q.put(("progress", rank, c, s)))
+                          progress=lambda run: q.put(("progress", rank, run)))
         q.put(("result", rank, result))
     except BaseException as exc:  # every failure is reported, then the process exits non-zero
         q.put(("error", rank, _one_line(exc)))
@@ -85,7 +85,7 @@ def _stop(procs) -> None:
             p.join(5)
 
 
-def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int, int], None] | None = None,
+def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int], None] | None = None,
            poll_s: float = 0.1, grace_s: float = 1.0) -> list[dict]:
     """Run a gloo/NCCL replay with one spawned process per rank; return rank 0's case reports."""
     import torch.multiprocessing as mp
@@ -101,7 +101,7 @@ def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int, int], No
     errors: list[tuple[int, str]] = []
     result = None
     reported: set[int] = set()
-    last = {r: (-1, -1) for r in range(world)}
+    last = {r: -1 for r in range(world)}
     try:
         for p in procs:
             p.start()
@@ -124,9 +124,9 @@ def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int, int], No
                     if msg[2] < 0:
                         ready.add(rank)
                         continue
-                    last[rank] = (msg[2], msg[3])
+                    last[rank] = msg[2]
                     if rank == 0 and on_progress:
-                        on_progress(msg[2], msg[3])
+                        on_progress(msg[2])
                 elif kind == "error":
                     errors.append((rank, msg[2]))
                     reported.add(rank)
@@ -150,8 +150,7 @@ def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int, int], No
             limit = cfg.timeout_s if len(ready) == world else startup_s
             if failed_at is None and now - quiet_since > limit:
                 behind = min(last.values())
-                where = "before the first step" if behind == (-1, -1) else \
-                    f"after placement {behind[0] + 1} step {behind[1] + 1}"
+                where = "before the first step" if behind < 0 else f"after step {behind + 1}"
                 raise MoeplaceError(f"replay failed: no rank made progress for {limit:g} s ({where}); "
                                     f"a rank is hung; all {world} ranks were stopped (--timeout)")
     finally:

@@ -9,7 +9,8 @@ holders ``D``: every holder s sends its contribution to every new holder d != s,
 of what it received plus its own contribution if it was a holder (a rank never sends to itself). A
 **compute** runs, on every rank of S (the ranks of the token's K expert slots at this layer), the slots'
 experts on the token's full hidden state h; the rank's new contribution is its weighted expert outputs, plus
-h itself on the one rank that keeps the residual. So a layer maps h to ``h + sum_k w_k FFN_{e_k}(h)``.
+h itself on the one rank that keeps the residual. So a layer maps h to ``h + sum_k w_k FFN_{e_k}(n(h))``
+(n: the MoE block's pre-norm, applied by whichever rank runs the expert).
 
 - ``ep`` (standard expert parallelism): per layer, dispatch ``{home} -> S + {home}``, compute (the home
   keeps the residual), combine ``S + {home} -> {home}``. A token goes once to each distinct remote rank of

@@ -56,19 +56,35 @@ def modelled_ms(exs: list[RankExchange], topo: Topology, row_bytes: int, nodes: 
     return ms, stats[:, 0], stats[:, 1]
 
 
-def run_virtual(cfg: ReplayConfig, progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], str, str]:
-    """Replay every case with all ranks in this process. Returns (case reports, device, timer name)."""
+def run_virtual(cfg: ReplayConfig, progress: Callable[[int], None] | None = None) -> tuple[list[dict], str, str]:
+    """Replay every case with all ranks in this process. Returns (case reports, device, timer name).
+    ``progress(run)`` is called after each step (of every placement)."""
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_virtual(cfg, progress)
+        return _run_virtual(cfg, progress or (lambda run: None))
     finally:
         torch.set_num_threads(before)
 
 
-def _run_virtual(cfg: ReplayConfig, progress: Callable[[int, int], None] | None) -> tuple[list[dict], str, str]:
-    progress = progress or (lambda c, s: None)
+class _Measure:
+    """One placement's arrays over S measured steps, L layers, G ranks (see ``CaseMeasure``)."""
+
+    def __init__(self, S: int, L: int, G: int) -> None:
+        z = np.zeros
+        self.disp, self.comp, self.comb, self.tokens = z((S, L, G)), z((S, L, G)), z((S, L, G)), z((S, L, G))
+        self.ret, self.b_in, self.b_out = z((S, G)), z((S, L + 1, G)), z((S, L + 1, G))
+        self.layer_ms, self.step_ms = z((S, L)), z(S)
+        self.outputs: dict[int, list] = {}
+
+    def case_measure(self) -> CaseMeasure:
+        return CaseMeasure(layer_ms_SL=self.layer_ms, step_ms_S=self.step_ms, dispatch_ms_SLG=self.disp,
+                           compute_ms_SLG=self.comp, combine_ms_SLG=self.comb, return_ms_SG=self.ret,
+                           bytes_intra_SXG=self.b_in, bytes_inter_SXG=self.b_out, tokens_SLG=self.tokens)
+
+
+def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[list[dict], str, str]:
     device = virtual_device(cfg.device)
     G, S, L = cfg.world_size, cfg.steps, cfg.num_layers
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
@@ -83,61 +99,66 @@ def _run_virtual(cfg: ReplayConfig, progress: Callable[[int, int], None] | None)
     cache = ExpertCache(source, dt, device)
     checker = Checker(routing, sched, source, cfg.hidden, cfg.dtype, cfg.seed, device)
     checked = set(sched.checked_steps(cfg.check))
-    results = []
-    for ci, case in enumerate(cfg.cases):
-        P = case.placement
-        spg = P.slots_per_gpu
-        experts = [[cache.slots(P.phy2log_LP[l], g * spg, spg, l) for l in range(L)] for g in range(G)]
-        z = lambda *s: np.zeros(s)  # noqa: E731
-        disp, comp_ms, comb, tokens = z(S, L, G), z(S, L, G), z(S, L, G), z(S, L, G)
-        ret, b_in, b_out = z(S, G), z(S, L + 1, G), z(S, L + 1, G)
-        layer_ms, step_ms = z(S, L), z(S)
-        outputs: dict[int, list] = {}
-        for run_i, (i, measured) in enumerate(sched.runs()):
-            a, b = sched.token_range(i)
-            ex, w, pres, seq, tok = step_slice(routing, a, b)
+    experts, meas = [], []
+    for case in cfg.cases:
+        P, spg = case.placement, case.placement.slots_per_gpu
+        experts.append([[cache.slots(P.phy2log_LP[l], g * spg, spg, l) for l in range(L)] for g in range(G)])
+        meas.append(_Measure(S, L, G))
+    # Steps interleave the placements, as in the distributed worker.
+    for run_i, (i, measured) in enumerate(sched.runs()):
+        a, b = sched.token_range(i)
+        ex, w, pres, seq, tok = step_slice(routing, a, b)
+        h0 = initial_hidden(cfg.seed, a, b - a, cfg.hidden)
+        for ci, case in enumerate(cfg.cases):
+            P, m = case.placement, meas[ci]
             plan = plan_step(P, ex, w, pres, seq, tok, case.mode)
             if case.corrupt and measured and i == 0:
                 corrupt_plan(plan, P, case.corrupt)
-            h0 = initial_hidden(cfg.seed, a, b - a, cfg.hidden)
             bufs = [h0[torch.from_numpy(plan.home_tokens[g])].to(dt).to(device) for g in range(G)]
+            bufs, marks, tokens = _step(plan, bufs, experts[ci], dt, device, timer)
+            if not measured:
+                continue
             for l, ph, per in exchanges_of(plan):
                 ms, bi, bx = modelled_ms(per, topo, row_bytes, nodes)
-                if measured:
-                    b_in[i, l] += bi
-                    b_out[i, l] += bx
-                    if ph == "return":
-                        ret[i] = ms
-                    else:
-                        (disp if ph == "dispatch" else comb)[i, l] = ms
-            timer.reset()
-            marks = []
-            for l, lp in enumerate(plan.layers):
-                bufs = exchange_all([TExchange.of(e, device) for e in lp.dispatch], bufs, f"layer {l} dispatch")
-                tc = [TCompute.of(c, dt, device) for c in lp.compute]
-                new = []
-                for g in range(G):
-                    # Each rank's experts alone on the device: its own start and end marks.
-                    s0 = timer.mark()
-                    new.append(compute(tc[g], bufs[g], experts[g][l]))
-                    marks.append((l, g, s0, timer.mark()))
-                    tokens[i, l, g] = tc[g].tokens_computed if measured else 0
-                bufs = new
-                if lp.combine is not None:
-                    bufs = exchange_all([TExchange.of(e, device) for e in lp.combine], bufs, f"layer {l} combine")
-            if plan.final is not None:
-                bufs = exchange_all([TExchange.of(e, device) for e in plan.final], bufs, "return home")
-            timer.synchronize()
-            if measured:
-                for l, g, s0, s1 in marks:
-                    comp_ms[i, l, g] = timer.elapsed_ms(s0, s1)
-                layer_ms[i] = disp[i].max(axis=1) + comp_ms[i].max(axis=1) + comb[i].max(axis=1)
-                step_ms[i] = layer_ms[i].sum() + ret[i].max()
-                if i in checked:
-                    outputs[i] = [(plan.home_tokens[g] + a, bufs[g].float()) for g in range(G)]
-            progress(ci, run_i)
-        measure = CaseMeasure(layer_ms_SL=layer_ms, step_ms_S=step_ms, dispatch_ms_SLG=disp, compute_ms_SLG=comp_ms,
-                              combine_ms_SLG=comb, return_ms_SG=ret, bytes_intra_SXG=b_in, bytes_inter_SXG=b_out,
-                              tokens_SLG=tokens)
-        results.append(case_report(case, measure, checker.check(outputs), nodes, cfg.moe_layer_indices[:L]))
+                m.b_in[i, l] += bi
+                m.b_out[i, l] += bx
+                if ph == "return":
+                    m.ret[i] = ms
+                else:
+                    (m.disp if ph == "dispatch" else m.comb)[i, l] = ms
+            for l, g, s0, s1 in marks:
+                m.comp[i, l, g] = timer.elapsed_ms(s0, s1)
+            m.tokens[i] = tokens
+            m.layer_ms[i] = m.disp[i].max(axis=1) + m.comp[i].max(axis=1) + m.comb[i].max(axis=1)
+            m.step_ms[i] = m.layer_ms[i].sum() + m.ret[i].max()
+            if i in checked:
+                m.outputs[i] = [(plan.home_tokens[g] + a, bufs[g].float()) for g in range(G)]
+        progress(run_i)
+    results = [case_report(case, m.case_measure(), checker.check(m.outputs), nodes, cfg.moe_layer_indices[:L])
+               for case, m in zip(cfg.cases, meas)]
     return results, str(device), timer.name
+
+
+def _step(plan, bufs: list[torch.Tensor], experts: list, dt: torch.dtype, device: torch.device, timer: Timer):
+    """One step of every rank; returns the final buffers, the compute marks (layer, rank, start, end) and the
+    [L, G] (token, expert) pairs computed."""
+    G = len(bufs)
+    timer.reset()
+    marks, tokens = [], np.zeros((len(plan.layers), G))
+    for l, lp in enumerate(plan.layers):
+        bufs = exchange_all([TExchange.of(e, device) for e in lp.dispatch], bufs, f"layer {l} dispatch")
+        tc = [TCompute.of(c, dt, device) for c in lp.compute]
+        new = []
+        for g in range(G):
+            # Each rank's experts alone on the device: its own start and end marks.
+            s0 = timer.mark()
+            new.append(compute(tc[g], bufs[g], experts[g][l]))
+            marks.append((l, g, s0, timer.mark()))
+            tokens[l, g] = tc[g].tokens_computed
+        bufs = new
+        if lp.combine is not None:
+            bufs = exchange_all([TExchange.of(e, device) for e in lp.combine], bufs, f"layer {l} combine")
+    if plan.final is not None:
+        bufs = exchange_all([TExchange.of(e, device) for e in plan.final], bufs, "return home")
+    timer.synchronize()
+    return bufs, marks, tokens

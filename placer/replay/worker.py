@@ -27,7 +27,7 @@ from placer.replay.plan import corrupt_plan, exchanges_of, link_bytes, plan_step
 from placer.replay.reference import Checker, load_routing, step_slice
 from placer.replay.report import CaseMeasure, case_report
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int], None]
 
 
 class DistComm:
@@ -74,7 +74,8 @@ def run_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayC
              progress: Progress | None = None, local_rank: int | None = None) -> list[dict] | None:
     """Join the process group, replay every case, and return the case reports on rank 0 (None elsewhere).
 
-    ``progress(case, run)`` is called after each step; ``progress(-1, -1)`` once the group is joined."""
+    ``progress(run)`` is called after each step (of every placement); ``progress(-1)`` once the group is
+    joined."""
     import torch.distributed as dist
 
     device = device_for(backend, rank if local_rank is None else local_rank)
@@ -82,8 +83,8 @@ def run_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayC
         torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=cfg.timeout_s + 60))
-    progress = progress or (lambda c, s: None)
-    progress(-1, -1)  # joined the group
+    progress = progress or (lambda run: None)
+    progress(-1)  # joined the group
     # On an error the group is not torn down here: the caller reports the error first, then the process
     # exits; tearing down first would let the other ranks report "connection closed" before it.
     result = _replay(rank, world, cfg, device, progress)
@@ -108,29 +109,35 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
     checker = Checker(routing, sched, source, cfg.hidden, cfg.dtype, cfg.seed, device) if rank == 0 else None
     checked = set(sched.checked_steps(cfg.check))
     S, L = cfg.steps, cfg.num_layers
-    results = []
-    for ci, case in enumerate(cfg.cases):
+    experts = []  # per case: [L] lists of this rank's slot weights
+    meas, outputs = [], []
+    for case in cfg.cases:
         P = case.placement
         spg = P.slots_per_gpu
-        experts_L = [cache.slots(P.phy2log_LP[l], rank * spg, spg, l) for l in range(L)]
+        experts.append([cache.slots(P.phy2log_LP[l], rank * spg, spg, l) for l in range(L)])
         m = {k: np.zeros((S, L)) for k in ("dispatch_ms", "compute_ms", "combine_ms", "tokens")}
         m.update(step_ms=np.zeros(S), return_ms=np.zeros(S), bytes_intra=np.zeros((S, L + 1)),
                  bytes_inter=np.zeros((S, L + 1)))
-        outputs: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
-        for run_i, (i, measured) in enumerate(sched.runs()):
-            a, b = sched.token_range(i)
-            ex, w, pres, seq, tok = step_slice(routing, a, b)
+        meas.append(m)
+        outputs.append({})
+    # Steps are interleaved between placements (step 0 of every placement, then step 1, ...), so a change of
+    # load on the machine during the run touches every placement alike.
+    for run_i, (i, measured) in enumerate(sched.runs()):
+        a, b = sched.token_range(i)
+        ex, w, pres, seq, tok = step_slice(routing, a, b)
+        h0 = initial_hidden(cfg.seed, a, b - a, cfg.hidden)
+        for ci, case in enumerate(cfg.cases):
+            P, m = case.placement, meas[ci]
             plan = plan_step(P, ex, w, pres, seq, tok, case.mode, ranks=[rank])
             if case.corrupt and measured and i == 0:
                 corrupt_plan(plan, P, case.corrupt)
             exch = {(l, ph): TExchange.of(per[rank], device) for l, ph, per in exchanges_of(plan)}
             comp = [TCompute.of(lp.compute[rank], dt, device) for lp in plan.layers]
-            buf = initial_hidden(cfg.seed, a, b - a, cfg.hidden)[torch.from_numpy(plan.home_tokens[rank])]
-            buf = buf.to(dt).to(device)
+            buf = h0[torch.from_numpy(plan.home_tokens[rank])].to(dt).to(device)
             if cfg.fail_rank == rank and ci == 0 and measured and i == 0:
                 _inject_failure(cfg, rank)
             dist.barrier()
-            out, times = _step(case.mode, L, exch, comp, experts_L, buf, comm, timer)
+            out, times = _step(case.mode, L, exch, comp, experts[ci], buf, comm, timer)
             if measured:
                 for k in ("dispatch_ms", "compute_ms", "combine_ms"):
                     m[k][i] = times[k]
@@ -141,10 +148,12 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
                     m["bytes_intra"][i, l] += bi
                     m["bytes_inter"][i, l] += bx
                 if i in checked:
-                    outputs[i] = (plan.home_tokens[rank] + a, out.float().cpu())
-            progress(ci, run_i)
+                    outputs[ci][i] = (plan.home_tokens[rank] + a, out.float().cpu())
+        progress(run_i)
+    results = []
+    for ci, case in enumerate(cfg.cases):
         gathered = [None] * world if rank == 0 else None
-        dist.gather_object({"m": m, "out": outputs}, gathered, dst=0)
+        dist.gather_object({"m": meas[ci], "out": outputs[ci]}, gathered, dst=0)
         if rank == 0:
             by_step: dict[int, list] = {}
             for g in gathered:
