@@ -31,10 +31,10 @@ def swiglu(x: torch.Tensor, w: ExpertWeights) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """The pre-norm a transformer applies before its MoE block (RMSNorm with unit weight), computed in float32
-    and cast back, as Hugging Face models do. Without it an expert's output grows with the square of its
-    input and the hidden states blow up over the layers."""
-    x32 = x.float()
+    """The pre-norm a transformer applies before its MoE block (RMSNorm with unit weight), computed in at least
+    float32 and cast back, as Hugging Face models do. Without it an expert's output grows with the square of
+    its input and the hidden states blow up over the layers."""
+    x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 

@@ -108,8 +108,12 @@ def step_slice(routing: Routing, start: int, stop: int):
 
 
 def reference_outputs(routing: Routing, start: int, stop: int, source, hidden: int, dtype: str, seed: int,
-                      device: torch.device) -> torch.Tensor:
-    """[T, H] the final hidden states of tokens start..stop-1, computed directly (see the module docstring)."""
+                      device: torch.device, cache: dict | None = None) -> torch.Tensor:
+    """[T, H] the final hidden states of tokens start..stop-1, computed directly (see the module docstring).
+
+    cache: weights already built, by ``source.key``; weights of one layer are dropped after it, shared weight
+    sets are kept (so a large model never holds more than one layer's experts)."""
+    cache = {} if cache is None else cache
     dt = DTYPES[dtype]
     ref = torch.float64 if device.type == "cpu" else torch.float32
     ex, w, pres, _, _ = step_slice(routing, start, stop)
@@ -128,10 +132,16 @@ def reference_outputs(routing: Routing, start: int, stop: int, source, hidden: i
         for tt, kk in zip(np.split(t, bounds), np.split(k, bounds)):
             if not len(tt):
                 continue
-            weights = tuple(x.to(dt).to(device=device, dtype=ref) for x in source.get(l, int(ex[tt[0], l, kk[0]])))
+            expert = int(ex[tt[0], l, kk[0]])
+            key = source.key(l, expert)
+            if key not in cache:
+                cache[key] = tuple(x.to(dt).to(device=device, dtype=ref) for x in source.get(l, expert))
+            weights = cache[key]
             rows = torch.from_numpy(tt).to(device)
             y = swiglu(hn.index_select(0, rows), weights) * w_ref[rows, l, torch.from_numpy(kk).to(device)][:, None]
             out.index_add_(0, rows, y)
+        for key in [key for key in cache if key[:2] == (1, l)]:
+            del cache[key]
         h = out
     return h
 
@@ -160,12 +170,13 @@ class Checker:
         self.routing, self.schedule, self.source = routing, schedule, source
         self.hidden, self.dtype, self.seed, self.device = hidden, dtype, seed, device
         self._ref: dict[int, torch.Tensor] = {}
+        self._weights: dict = {}
 
     def reference(self, step: int) -> torch.Tensor:
         if step not in self._ref:
             a, b = self.schedule.token_range(step)
             self._ref[step] = reference_outputs(self.routing, a, b, self.source, self.hidden, self.dtype,
-                                                self.seed, self.device)
+                                                self.seed, self.device, self._weights)
         return self._ref[step]
 
     def check(self, outputs: dict[int, list[tuple[np.ndarray, torch.Tensor]]]) -> dict:

@@ -99,3 +99,25 @@ def test_a_failing_rank_stops_every_rank(cli, tmp_path, how, fragments):
     assert time.monotonic() - t0 < 120
     assert not out.exists()
     _no_rank_left()
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_is_one_rank(tmp_path):
+    """The README's torchrun path (here on one machine, gloo): the command joins the env:// group as one rank
+    instead of spawning ranks, and rank 0 writes the report."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    trace, p = _two_gpu_case(tmp_path)
+    out = tmp_path / "report.json"
+    env = {**os.environ, "MOEPLACE_QUIET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "placer",
+         "replay", str(trace), str(p), "--backend", "gloo", "--hidden", "16", "--ffn", "16", "--tokens-per-step",
+         "100", "--steps", "2", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["world_size"] == 2 and rep["correct"] and rep["placements"][0]["check"]["tokens_checked"] == 200
+    assert proc.stdout.count("communication") == 2  # rank 0 prints the table (title and footer); rank 1 nothing
