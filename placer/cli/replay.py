@@ -11,8 +11,8 @@ import typer
 def replay(
     trace: Path = typer.Argument(..., help="Trace to replay (.parquet)."),
     placements: List[str] = typer.Argument(
-        ..., help="Placement files (JSON), or solver names (solved on this trace's statistics for --world-size "
-        "GPUs). The first is the baseline of the speedups."),
+        ..., help="Placement files (JSON), or solver names NAME or NAME:REDUNDANT (solved on this trace's "
+        "statistics for --world-size GPUs). The first is the baseline of the speedups."),
     backend: str = typer.Option(
         "gloo", "--backend", "-b", help="gloo: one CPU process per rank; nccl: one process per GPU; virtual: all "
         "ranks in this process (one GPU, or CPU), expert compute timed per rank, communication modelled."),
@@ -39,7 +39,7 @@ def replay(
     check: str = typer.Option("all", "--check", help="Compare outputs with the reference for all measured steps, the first, or none."),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes the ranks are split into, for intra/inter-node bytes (default: the placement's)."),
     topology: Optional[Path] = typer.Option(None, "--topology", help="Topology JSON whose links the virtual backend models."),
-    redundant: int = typer.Option(0, "--redundant", help="Redundant slots per layer for solver-named placements."),
+    redundant: int = typer.Option(0, "--redundant", help="Redundant slots per layer for solver-named placements without :R."),
     timeout: float = typer.Option(
         300.0, "--timeout", help="Stop every rank and fail if no rank makes progress for this many seconds."),
     device: str = typer.Option("auto", "--device", help="virtual backend: cuda, cpu or auto (a GPU if there is one)."),

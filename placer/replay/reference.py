@@ -9,11 +9,13 @@ rounded inputs and weights as the replay, so only the replay's arithmetic in its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from placer.replay.experts import DTYPES, initial_hidden, rms_norm, swiglu
+from placer.replay.plan import StepPlan, corrupt_plan, plan_step
 
 # Largest relative error (per token, L2) accepted for each replay dtype, times sqrt(layers): rounding of the
 # sums and matmuls in the dtype. Measured on 8 layers, hidden 64-256 (2048 tokens): largest error 1.2e-6 in
@@ -105,6 +107,35 @@ def step_slice(routing: Routing, start: int, stop: int):
     pres = None if routing.present_TL is None else routing.present_TL[start:stop]
     return (routing.experts_TLK[start:stop], routing.weights_TLK[start:stop], pres, routing.seq_T[start:stop],
             np.arange(start, stop, dtype=np.int64))
+
+
+@dataclass
+class PlannedStep:
+    """One step of one placement, ready to run: ``h0`` holds the step's input hidden states (all tokens)."""
+
+    run: int
+    step: int
+    measured: bool
+    start: int
+    h0: torch.Tensor
+    case_index: int
+    plan: StepPlan
+
+
+def planned_steps(schedule: Schedule, cases, routing: Routing, seed: int, hidden: int,
+                  ranks=None) -> Iterator[PlannedStep]:
+    """Every step of every placement in run order. Steps interleave the placements (step 0 of each, then
+    step 1, ...), so a change of load on the machine during the run touches every placement alike. A case
+    with ``corrupt`` set (test hook) has the plan of its first measured step broken."""
+    for run, (i, measured) in enumerate(schedule.runs()):
+        a, b = schedule.token_range(i)
+        ex, w, pres, seq, tok = step_slice(routing, a, b)
+        h0 = initial_hidden(seed, a, b - a, hidden)
+        for ci, case in enumerate(cases):
+            plan = plan_step(case.placement, ex, w, pres, seq, tok, case.mode, ranks=ranks)
+            if case.corrupt and measured and i == 0:
+                corrupt_plan(plan, case.placement, case.corrupt)
+            yield PlannedStep(run, i, measured, a, h0, ci, plan)
 
 
 def reference_outputs(routing: Routing, start: int, stop: int, source, hidden: int, dtype: str, seed: int,

@@ -70,11 +70,15 @@ def _resolve(req: ReplayRequest, arg: str, mode: str) -> tuple[str, Placement, s
     path = Path(arg)
     if path.exists():
         return path.stem, load_placement(path), str(path)
-    if arg in SOLVER_NAMES:
+    name, _, r = arg.partition(":")
+    if name in SOLVER_NAMES and (not r or r.isdigit()):
         if req.world_size is None:
             raise UsageError(f"placement {arg!r} names a solver: give --world-size so it can be solved")
-        return arg, solve_on_trace(arg, req.trace, req.world_size, req.nodes or 1, req.redundant, mode), None
-    raise UsageError(f"{arg}: placement file not found (nor a solver name: {', '.join(SOLVER_NAMES)})")
+        redundant = int(r) if r else req.redundant
+        p = solve_on_trace(name, req.trace, req.world_size, req.nodes or 1, redundant, mode)
+        return arg, p, None
+    raise UsageError(f"{arg}: placement file not found (nor a solver name: {', '.join(SOLVER_NAMES)}, "
+                     f"optionally NAME:REDUNDANT)")
 
 
 def prepare(req: ReplayRequest) -> ReplayConfig:

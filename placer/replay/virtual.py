@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from placer.errors import MoeplaceError
+from placer.errors import MoeplaceError, UsageError
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
-from placer.replay.experts import DTYPES, ExpertCache, initial_hidden
-from placer.replay.plan import RankExchange, corrupt_plan, exchanges_of, link_bytes, plan_step
-from placer.replay.reference import Checker, load_routing, step_slice
+from placer.replay.experts import DTYPES, ExpertCache
+from placer.replay.plan import RankExchange, exchanges_of, link_bytes
+from placer.replay.reference import Checker, load_routing, planned_steps
 from placer.replay.report import CaseMeasure, case_report
 from placer.topology import Topology
 
@@ -84,12 +84,24 @@ class _Measure:
                            bytes_intra_SXG=self.b_in, bytes_inter_SXG=self.b_out, tokens_SLG=self.tokens)
 
 
+def weight_bytes(cfg: ReplayConfig, source) -> int:
+    """Bytes of expert weights the virtual backend keeps on its device: every distinct expert of the replayed
+    layers that some placement uses, once."""
+    keys = {source.key(l, int(e)) for c in cfg.cases for l in range(cfg.num_layers) for e in c.placement.phy2log_LP[l]}
+    return len(keys) * 3 * cfg.hidden * cfg.ffn * torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
+
+
 def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[list[dict], str, str]:
     device = virtual_device(cfg.device)
+    source = cfg.expert_source()
+    if device.type == "cuda":
+        need, (free, _) = weight_bytes(cfg, source), torch.cuda.mem_get_info(device)
+        if need > 0.8 * free:
+            raise UsageError(f"the experts of {cfg.num_layers} layers need {need / 2**30:.1f} GiB on the GPU, "
+                             f"{free / 2**30:.1f} GiB are free: use --weight-bank N or --layers")
     G, S, L = cfg.world_size, cfg.steps, cfg.num_layers
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
     sched = cfg.schedule
-    source = cfg.expert_source()
     dt = DTYPES[cfg.dtype]
     timer = Timer(device)
     nodes = cfg.node_of_rank()
@@ -104,20 +116,11 @@ def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[li
         P, spg = case.placement, case.placement.slots_per_gpu
         experts.append([[cache.slots(P.phy2log_LP[l], g * spg, spg, l) for l in range(L)] for g in range(G)])
         meas.append(_Measure(S, L, G))
-    # Steps interleave the placements, as in the distributed worker.
-    for run_i, (i, measured) in enumerate(sched.runs()):
-        a, b = sched.token_range(i)
-        ex, w, pres, seq, tok = step_slice(routing, a, b)
-        h0 = initial_hidden(cfg.seed, a, b - a, cfg.hidden)
-        for ci, case in enumerate(cfg.cases):
-            P, m = case.placement, meas[ci]
-            plan = plan_step(P, ex, w, pres, seq, tok, case.mode)
-            if case.corrupt and measured and i == 0:
-                corrupt_plan(plan, P, case.corrupt)
-            bufs = [h0[torch.from_numpy(plan.home_tokens[g])].to(dt).to(device) for g in range(G)]
-            bufs, marks, tokens = _step(plan, bufs, experts[ci], dt, device, timer)
-            if not measured:
-                continue
+    for ps in planned_steps(sched, cfg.cases, routing, cfg.seed, cfg.hidden):
+        plan, i, m = ps.plan, ps.step, meas[ps.case_index]
+        bufs = [ps.h0[torch.from_numpy(plan.home_tokens[g])].to(dt).to(device) for g in range(G)]
+        bufs, marks, tokens = _step(plan, bufs, experts[ps.case_index], dt, device, timer)
+        if ps.measured:
             for l, ph, per in exchanges_of(plan):
                 ms, bi, bx = modelled_ms(per, topo, row_bytes, nodes)
                 m.b_in[i, l] += bi
@@ -132,8 +135,9 @@ def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[li
             m.layer_ms[i] = m.disp[i].max(axis=1) + m.comp[i].max(axis=1) + m.comb[i].max(axis=1)
             m.step_ms[i] = m.layer_ms[i].sum() + m.ret[i].max()
             if i in checked:
-                m.outputs[i] = [(plan.home_tokens[g] + a, bufs[g].float()) for g in range(G)]
-        progress(run_i)
+                m.outputs[i] = [(plan.home_tokens[g] + ps.start, bufs[g].float()) for g in range(G)]
+        if ps.case_index == len(cfg.cases) - 1:
+            progress(ps.run)
     results = [case_report(case, m.case_measure(), checker.check(m.outputs), nodes, cfg.moe_layer_indices[:L])
                for case, m in zip(cfg.cases, meas)]
     return results, str(device), timer.name

@@ -22,9 +22,9 @@ import torch
 from placer.errors import MoeplaceError
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
-from placer.replay.experts import DTYPES, ExpertCache, initial_hidden
-from placer.replay.plan import corrupt_plan, exchanges_of, link_bytes, plan_step
-from placer.replay.reference import Checker, load_routing, step_slice
+from placer.replay.experts import DTYPES, ExpertCache
+from placer.replay.plan import exchanges_of, link_bytes
+from placer.replay.reference import Checker, load_routing, planned_steps
 from placer.replay.report import CaseMeasure, case_report
 
 Progress = Callable[[int], None]
@@ -120,36 +120,28 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
                  bytes_inter=np.zeros((S, L + 1)))
         meas.append(m)
         outputs.append({})
-    # Steps are interleaved between placements (step 0 of every placement, then step 1, ...), so a change of
-    # load on the machine during the run touches every placement alike.
-    for run_i, (i, measured) in enumerate(sched.runs()):
-        a, b = sched.token_range(i)
-        ex, w, pres, seq, tok = step_slice(routing, a, b)
-        h0 = initial_hidden(cfg.seed, a, b - a, cfg.hidden)
-        for ci, case in enumerate(cfg.cases):
-            P, m = case.placement, meas[ci]
-            plan = plan_step(P, ex, w, pres, seq, tok, case.mode, ranks=[rank])
-            if case.corrupt and measured and i == 0:
-                corrupt_plan(plan, P, case.corrupt)
-            exch = {(l, ph): TExchange.of(per[rank], device) for l, ph, per in exchanges_of(plan)}
-            comp = [TCompute.of(lp.compute[rank], dt, device) for lp in plan.layers]
-            buf = h0[torch.from_numpy(plan.home_tokens[rank])].to(dt).to(device)
-            if cfg.fail_rank == rank and ci == 0 and measured and i == 0:
-                _inject_failure(cfg, rank)
-            dist.barrier()
-            out, times = _step(case.mode, L, exch, comp, experts[ci], buf, comm, timer)
-            if measured:
-                for k in ("dispatch_ms", "compute_ms", "combine_ms"):
-                    m[k][i] = times[k]
-                m["step_ms"][i], m["return_ms"][i] = times["step_ms"], times["return_ms"]
-                m["tokens"][i] = [c.tokens_computed for c in comp]
-                for l, ph, per in exchanges_of(plan):
-                    bi, bx, _, _ = link_bytes(per[rank], rank, row_bytes, nodes)
-                    m["bytes_intra"][i, l] += bi
-                    m["bytes_inter"][i, l] += bx
-                if i in checked:
-                    outputs[ci][i] = (plan.home_tokens[rank] + a, out.float().cpu())
-        progress(run_i)
+    for ps in planned_steps(sched, cfg.cases, routing, cfg.seed, cfg.hidden, ranks=[rank]):
+        plan, i, ci, m = ps.plan, ps.step, ps.case_index, meas[ps.case_index]
+        exch = {(l, ph): TExchange.of(per[rank], device) for l, ph, per in exchanges_of(plan)}
+        comp = [TCompute.of(lp.compute[rank], dt, device) for lp in plan.layers]
+        buf = ps.h0[torch.from_numpy(plan.home_tokens[rank])].to(dt).to(device)
+        if cfg.fail_rank == rank and ci == 0 and ps.measured and i == 0:
+            _inject_failure(cfg, rank)
+        dist.barrier()
+        out, times = _step(cfg.cases[ci].mode, L, exch, comp, experts[ci], buf, comm, timer)
+        if ps.measured:
+            for k in ("dispatch_ms", "compute_ms", "combine_ms"):
+                m[k][i] = times[k]
+            m["step_ms"][i], m["return_ms"][i] = times["step_ms"], times["return_ms"]
+            m["tokens"][i] = [c.tokens_computed for c in comp]
+            for l, ph, per in exchanges_of(plan):
+                bi, bx, _, _ = link_bytes(per[rank], rank, row_bytes, nodes)
+                m["bytes_intra"][i, l] += bi
+                m["bytes_inter"][i, l] += bx
+            if i in checked:
+                outputs[ci][i] = (plan.home_tokens[rank] + ps.start, out.float().cpu())
+        if ci == len(cfg.cases) - 1:
+            progress(ps.run)
     results = []
     for ci, case in enumerate(cfg.cases):
         gathered = [None] * world if rank == 0 else None

@@ -91,9 +91,12 @@ def test_nccl_without_gpus_is_refused(cli, small_trace, placement_files, no_laun
 
 
 def test_solver_named_placement_is_solved_for_the_world_size(cli, small_trace, tmp_path):
-    res = cli("replay", small_trace, "contiguous", "-G", 4, "--redundant", 4, "--backend", "virtual", "--hidden", 16,
+    res = cli("replay", small_trace, "contiguous", "contiguous:4", "-G", 4, "--backend", "virtual", "--hidden", 16,
               "--ffn", 16, "--tokens-per-step", 600, "--steps", 1, "--threads", 1, "--json")
     assert res.code == 0, res.err
-    (p,) = json.loads(res.out)["placements"]
-    assert p["solver"] == "contiguous" and p["num_redundant"] == 4 and p["check"]["correct"]
-    assert np.sum([r["tokens_computed"] for r in p["ranks"]]) > 0
+    plain, red = json.loads(res.out)["placements"]
+    assert (plain["name"], red["name"]) == ("contiguous", "contiguous:4")
+    assert plain["num_redundant"] == 0 and red["solver"] == "contiguous" and red["num_redundant"] == 4
+    assert plain["check"]["correct"] and red["check"]["correct"]
+    assert np.sum([r["tokens_computed"] for r in red["ranks"]]) == np.sum([r["tokens_computed"] for r in plain["ranks"]])
+    assert_one_line_error(cli("replay", small_trace, "contiguous:x", "-G", 4), 2, "contiguous:x: placement file not found")

@@ -89,3 +89,13 @@ def test_weight_bank_shares_weights_and_seeds_are_stable():
     bank = RandomExperts(16, 8, 4, seed=1, weight_bank=3)
     assert torch.equal(bank.get(0, 0)[2], bank.get(0, 3)[2])  # (0*4+0) % 3 == (0*4+3) % 3
     assert not torch.equal(bank.get(0, 0)[2], bank.get(0, 1)[2])
+
+
+def test_weight_bytes_counts_distinct_experts_once(small_trace):
+    from placer.replay.virtual import weight_bytes
+    from tests.replay.conftest import redundant_placement
+
+    cfg = make_config(small_trace, [Case("a", plain_placement(), "ep"), Case("b", redundant_placement(), "ep")])
+    assert weight_bytes(cfg, cfg.expert_source()) == 4 * 8 * 3 * 32 * 48 * 4  # 4 layers x 8 experts, float32
+    banked = make_config(small_trace, [Case("a", plain_placement(), "ep")], weight_bank=3)
+    assert weight_bytes(banked, banked.expert_source()) == 3 * 3 * 32 * 48 * 4
