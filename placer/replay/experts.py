@@ -9,7 +9,6 @@ random weights are seeded per (layer, expert), so any process gets the same tens
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +91,11 @@ class RandomExperts:
 
 # Expert tensor names in Hugging Face checkpoints, per expert: (gate, up, down).
 _PER_EXPERT = [
-    (r"model\.layers\.{l}\.mlp\.experts\.{e}\.", ("gate_proj.weight", "up_proj.weight", "down_proj.weight")),
-    (r"model\.layers\.{l}\.block_sparse_moe\.experts\.{e}\.", ("w1.weight", "w3.weight", "w2.weight")),
+    ("model.layers.{l}.mlp.experts.{e}.", ("gate_proj.weight", "up_proj.weight", "down_proj.weight")),
+    ("model.layers.{l}.block_sparse_moe.experts.{e}.", ("w1.weight", "w3.weight", "w2.weight")),
 ]
 # Fused (transformers 5 in-memory layout): gate_up_proj [E, 2F, H], down_proj [E, H, F].
-_FUSED = r"model\.layers\.{l}\.mlp\.experts\."
+_FUSED = ("model.layers.{l}.mlp.experts.", ("gate_up_proj", "down_proj"))
 
 
 class CheckpointExperts:
@@ -127,6 +126,7 @@ class CheckpointExperts:
         self.num_experts = num_experts
         self._files = self._tensor_files()
         self._layout = self._find_layout()
+        self._check_complete()
         gate, _, down = self.get(0, 0)
         self.ffn, self.hidden = int(gate.shape[0]), int(gate.shape[1])
         if tuple(down.shape) != (self.hidden, self.ffn):
@@ -155,42 +155,58 @@ class CheckpointExperts:
                 raise UsageError(f"{f}: not a readable safetensors file ({exc})") from None
         return out
 
-    def _find_layout(self) -> tuple[str, str, tuple[str, str, str]]:
+    def _find_layout(self) -> tuple[str, str, tuple[str, ...]]:
         l0 = self.moe_layer_indices[0]
         for prefix, names in _PER_EXPERT:
-            p = prefix.format(l=l0, e=0)
-            if all(any(re.fullmatch(p + re.escape(n), k) for k in self._files) for n in names):
+            if all(prefix.format(l=l0, e=0) + n in self._files for n in names):
                 return ("per_expert", prefix, names)
-        p = _FUSED.format(l=l0)
-        if any(re.fullmatch(p + "gate_up_proj", k) for k in self._files):
-            return ("fused", _FUSED, ("gate_up_proj", "", "down_proj"))
+        prefix, names = _FUSED
+        if all(prefix.format(l=l0) + n in self._files for n in names):
+            return ("fused", prefix, names)
         sample = next((k for k in self._files if f"layers.{l0}." in k), "none")
         raise UsageError(f"{self.path}: no routed expert weights found for decoder layer {l0} (MoE layer 0 of the "
                          f"trace); tensors there look like {sample!r}")
 
-    def _tensor(self, name: str) -> torch.Tensor:
+    def _names(self, layer: int, expert: int) -> list[str]:
+        kind, prefix, names = self._layout
+        li = self.moe_layer_indices[layer]
+        base = prefix.format(l=li, e=expert) if kind == "per_expert" else prefix.format(l=li)
+        return [base + n for n in names]
+
+    def _check_complete(self) -> None:
+        """Every expert of every MoE layer of the trace is in the checkpoint (names only, nothing is read)."""
+        for layer in range(len(self.moe_layer_indices)):
+            for expert in range(self.num_experts):
+                missing = [n for n in self._names(layer, expert) if n not in self._files]
+                if missing:
+                    raise UsageError(f"{self.path}: tensor {missing[0]!r} is missing: the trace has "
+                                     f"{self.num_experts} experts in decoder layers {list(self.moe_layer_indices)}")
+
+    def _tensor(self, name: str, index: int | None = None) -> torch.Tensor:
+        """A tensor of the checkpoint, or only row ``index`` of its first dimension (one expert of a fused one)."""
         from safetensors import safe_open
 
         f = self._files.get(name)
         if f is None:
             raise UsageError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         with safe_open(str(f), "pt") as h:
-            return h.get_tensor(name)
+            if index is None:
+                return h.get_tensor(name)
+            sl = h.get_slice(name)
+            n = sl.get_shape()[0]
+            if n != self.num_experts:
+                raise UsageError(f"{self.path}: {name} holds {n} experts, the trace {self.num_experts}")
+            return sl[index:index + 1][0]
 
     def get(self, layer: int, expert: int) -> ExpertWeights:
         if not 0 <= layer < len(self.moe_layer_indices):
             raise UsageError(f"{self.path}: MoE layer {layer} is beyond the trace's {len(self.moe_layer_indices)}")
-        li = self.moe_layer_indices[layer]
-        kind, prefix, names = self._layout
-        if kind == "per_expert":
-            base = prefix.format(l=li, e=expert).replace("\\", "")
-            return tuple(self._tensor(base + n).float() for n in names)  # type: ignore[return-value]
-        base = prefix.format(l=li).replace("\\", "")
-        gu = self._tensor(base + "gate_up_proj")
-        if gu.shape[0] != self.num_experts:
-            raise UsageError(f"{self.path}: {base}gate_up_proj holds {gu.shape[0]} experts, the trace {self.num_experts}")
-        f = gu.shape[1] // 2
-        return gu[expert, :f].float(), gu[expert, f:].float(), self._tensor(base + "down_proj")[expert].float()
+        names = self._names(layer, expert)
+        if self._layout[0] == "per_expert":
+            return tuple(self._tensor(n).float() for n in names)  # type: ignore[return-value]
+        gu = self._tensor(names[0], expert)
+        f = gu.shape[0] // 2
+        return gu[:f].float(), gu[f:].float(), self._tensor(names[1], expert).float()
 
     def key(self, layer: int, expert: int) -> tuple[int, ...]:
         return (1, layer, expert)
