@@ -86,6 +86,11 @@ def replay(
     else:
         con = console()
         con.print(report_table(report))
+        checked = [c["check"] for c in report["placements"] if c["check"].get("tokens_checked")]
+        if checked:
+            con.print(f"checked {checked[0]['tokens_checked']:,} tokens per placement against the single-process "
+                      f"reference: largest relative error {max(c['max_rel_error'] for c in checked):.1e} "
+                      f"(tolerance {checked[0]['tolerance']:.1e})")
         con.print(f"weights: {report['weights']}; timer: {report['timer']}; communication: {report['communication']}"
                   + (f"; report: {out}" if out is not None else ""))
     verdict(report)
