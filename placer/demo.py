@@ -51,7 +51,7 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
     from placer.trace.reader import TraceReader
     from solvers.registry import SOLVER_NAMES
 
-    train = ctx.files["trace"]
+    train = ctx.files.get("train", ctx.files["trace"])
     meta = TraceReader(train).meta
     best_path, gpus, mode = ctx.files.get("placement"), 4, "ep"
     if best_path is not None:
