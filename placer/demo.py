@@ -141,6 +141,59 @@ def step_export(ctx: DemoContext) -> None:
         ctx.console.print(f"[bold]{fmt}[/bold] {r.path} ({r.numbering} numbering, {len(r.layer_ids)} rows; "
                           f"reads back as the same placement)")
         ctx.console.print(f"    load it with: {r.loads_with}", soft_wrap=True, highlight=False)
+def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
+    """contiguous and the best placement at hand for 2-4 GPUs: an earlier step's placement if it fits, else the
+    first registered of the preferred solvers solved on the training trace, else contiguous with G redundant
+    slots (so the replay still compares two layouts)."""
+    from placer.placement_io import load_placement, save_placement
+    from placer.replay.run import solve_on_trace
+    from placer.trace.reader import TraceReader
+    from solvers.registry import SOLVER_NAMES
+
+    train = ctx.files.get("train", ctx.files["trace"])
+    meta = TraceReader(train).meta
+    best_path, gpus, mode = ctx.files.get("placement"), 4, "ep"
+    if best_path is not None:
+        p = load_placement(best_path)
+        if 2 <= p.num_gpus <= 4 and (p.num_layers, p.num_experts) == (meta.num_layers, meta.num_experts):
+            gpus, mode = p.num_gpus, p.mode
+        else:
+            best_path = None
+    if best_path is None:
+        name = next((n for n in ("auto", "eplb", "greedy") if n in SOLVER_NAMES), None)
+        if name is not None:
+            best = solve_on_trace(name, train, gpus, 1, 0, mode)
+            best_path = save_placement(best, ctx.out / f"{name}.json")
+        else:
+            best = solve_on_trace("contiguous", train, gpus, 1, gpus, mode)
+            best_path = save_placement(best, ctx.out / "contiguous-redundant.json")
+            ctx.console.print("no load-aware solver is registered yet: comparing with contiguous + redundant slots")
+    base_path = save_placement(solve_on_trace("contiguous", train, gpus, 1, 0, mode), ctx.out / "contiguous.json")
+    return base_path, Path(best_path)
+
+
+def step_replay(ctx: DemoContext) -> None:
+    """A gloo replay (CPU ranks) of the held-out trace: correctness of every token and the measured ratio."""
+    from placer.fileio import write_json_atomic
+    from placer.replay.report import report_table
+    from placer.replay.run import ReplayRequest, prepare, run, verdict
+
+    trace = ctx.files.get("heldout", ctx.files["trace"])
+    base, best = _replay_placements(ctx)
+    cfg = prepare(ReplayRequest(trace=trace, placements=[str(base), str(best)], backend="gloo", hidden=64, ffn=128,
+                                tokens_per_step=1024, steps=4, warmup=1, threads=1, timeout_s=120))
+    report = run(cfg, "gloo")
+    ctx.files["replay"] = write_json_atomic(ctx.out / "replay.json", report)
+    ctx.console.print(report_table(report))
+    first, other = report["placements"]
+    for c in report["placements"]:
+        chk = c["check"]
+        ctx.console.print(f"{c['name']}: {chk['tokens_checked']:,} tokens checked against the single-process "
+                          f"reference, {chk['mismatched_tokens']} differ (max relative error {chk['max_rel_error']:.1e})")
+    ctx.console.print(f"{other['name']} vs {first['name']}: {other['speedup_vs_first']:.2f}x (median step time, "
+                      f"{cfg.world_size} gloo ranks on this CPU, measured in this run; compute straggler "
+                      f"{other['compute_straggler_speedup_vs_first']:.2f}x)")
+    verdict(report)
 
 
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
@@ -150,6 +203,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("solve", step_solve),
     ("evaluate", step_evaluate),
     ("export", step_export),
+    ("replay", step_replay),
 ]
 
 

@@ -62,6 +62,19 @@ def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
     return stats
 
 
+def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep"):
+    """The ``PlacementProblem`` of some statistics on a topology (ValueError naming the values if it cannot
+    be placed: slots that do not divide by the GPUs, negative redundancy)."""
+    from solvers import PlacementProblem
+
+    return PlacementProblem(
+        load_LE=stats.load_LE, topology=topology, num_redundant=redundant, mode=mode,
+        top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,
+        source=", ".join(stats.sources) or None,
+        model_layer_indices=tuple(stats.moe_layer_indices) or None,
+    )
+
+
 def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
                      default: Topology | None = None) -> Topology:
     """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else

@@ -43,7 +43,7 @@ def solve(
     from placer.cost import evaluate_load
     from placer.errors import UsageError
     from placer.fileio import prepare_output
-    from placer.inputs import read_statistics, resolve_topology
+    from placer.inputs import problem_from_stats, read_statistics, resolve_topology
     from placer.placement_io import save_placement
     from solvers import PlacementProblem, SolveOptions, get_solver
 
@@ -61,12 +61,7 @@ def solve(
 
     stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
     try:
-        problem = PlacementProblem(
-            load_LE=stats.load_LE, topology=topo, num_redundant=redundant, mode=mode.value,
-            top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,
-            source=", ".join(stats.sources) or None,
-            model_layer_indices=tuple(stats.moe_layer_indices) or None,
-        )
+        problem = problem_from_stats(stats, topo, redundant, mode.value)
         options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads,
                                params={} if groups is None else {"groups": groups})
     except ValueError as exc:
