@@ -1,0 +1,1 @@
+"""Benchmark commands (``moeplace bench <name>``): one module per benchmark, each with ``register(bench_app)``."""
