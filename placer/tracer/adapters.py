@@ -34,6 +34,9 @@ class FamilyAdapter:
     router_tensors: router parameters/buffers with experts on dim 0 (``mlp.gate.weight``, biases)
     expert_tensors: fused expert parameters ``[E, ...]`` of the experts module
     shared_expert_path: module of shared experts, never recorded (None when the family has none)
+    groups_attr: router attribute holding the number of expert groups of group-limited routing (DeepSeek):
+        experts ``[g*E/G, (g+1)*E/G)`` form group g, and a renumbering must keep every expert in its group
+        (or move whole groups), else the routing changes
     """
 
     family: str
@@ -45,6 +48,7 @@ class FamilyAdapter:
     router_tensors: tuple[str, ...] = ("mlp.gate.weight",)
     expert_tensors: tuple[str, ...] = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
     shared_expert_path: str | None = None
+    groups_attr: str | None = None
     notes: str = ""
     layers_attr: tuple[str, ...] = field(default=("model", "layers"))
 
@@ -68,12 +72,12 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     ),
     FamilyAdapter(
         family="DeepSeek-V2", model_types=("deepseek_v2",), router_path="mlp.gate",
-        router_class="DeepseekV2TopkRouter", shared_expert_path="mlp.shared_experts",
+        router_class="DeepseekV2TopkRouter", shared_expert_path="mlp.shared_experts", groups_attr="num_group",
         notes="greedy or group_limited_greedy top-k (unsorted); first_k_dense_replace dense layers",
     ),
     FamilyAdapter(
         family="DeepSeek-V3", model_types=("deepseek_v3",), router_path="mlp.gate",
-        router_class="DeepseekV3TopkRouter", shared_expert_path="mlp.shared_experts",
+        router_class="DeepseekV3TopkRouter", shared_expert_path="mlp.shared_experts", groups_attr="num_group",
         router_tensors=("mlp.gate.weight", "mlp.gate.e_score_correction_bias"),
         notes="sigmoid scores + e_score_correction_bias, group-limited top-k (unsorted); dense first layers",
     ),
@@ -134,3 +138,29 @@ def moe_routers(model, adapter: FamilyAdapter) -> list[tuple[int, object]]:
 def router_shape(router) -> tuple[int, int]:
     """(experts, top-k) of a router module (every supported router has ``num_experts`` and ``top_k``)."""
     return int(router.num_experts), int(router.top_k)
+
+
+def expert_groups(router, adapter: FamilyAdapter) -> int:
+    """Number of expert groups of a router's group-limited routing (1 when routing is not group-limited)."""
+    if adapter.groups_attr is None or getattr(router, "topk_method", "group_limited_greedy") == "greedy":
+        return 1
+    return int(getattr(router, adapter.groups_attr, None) or 1)
+
+
+def moe_layer_tensors(model, adapter: FamilyAdapter) -> dict[int, dict[str, object]]:
+    """For checkpoint tools: per MoE decoder layer index, every tensor whose dim 0 indexes the experts
+    (``adapter.router_tensors`` + ``adapter.expert_tensors``, names relative to the decoder layer).
+
+    Renumbering experts is ``t.copy_(t[perm])`` on each of them (in memory); ``save_pretrained`` then
+    writes transformers' own checkpoint layout (for Qwen3-MoE one key per expert,
+    ``model.layers.{i}.mlp.experts.{e}.gate_proj.weight`` and so on).
+    """
+    layers = decoder_layers(model, adapter)
+    out: dict[int, dict[str, object]] = {}
+    for i, _router in moe_routers(model, adapter):
+        tensors = {}
+        for name in adapter.router_tensors + adapter.expert_tensors:
+            module_path, _, attr = name.rpartition(".")
+            tensors[name] = getattr(layers[i].get_submodule(module_path), attr)
+        out[i] = tensors
+    return out

@@ -201,3 +201,48 @@ def test_recorder_refuses_a_pass_where_a_router_did_not_run():
     with RouterRecorder(routers, 1, 2) as rec:
         with pytest.raises(MoeplaceError, match=r"MoE layers \[0, 1, 2\]: router did not run"):
             rec.take(torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_expert_tensor_layout_has_experts_on_dim0(family):
+    from placer.tracer.adapters import moe_layer_tensors
+
+    model = tiny_model(family)
+    adapter = adapter_for(family)
+    found = moe_routers(model, adapter)
+    tensors = moe_layer_tensors(model, adapter)
+    assert list(tensors) == [i for i, _ in found]
+    E = found[0][1].num_experts
+    for per_layer in tensors.values():
+        assert set(per_layer) == set(adapter.router_tensors + adapter.expert_tensors)
+        assert all(t.shape[0] == E for t in per_layer.values())
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "gpt_oss"])
+def test_permuting_expert_tensors_permutes_the_routing(family):
+    """The layout is complete: renumbering every listed tensor by a permutation renumbers the recorded
+    experts and leaves the logits unchanged (for group-limited routing, a permutation that keeps groups)."""
+    from placer.tracer.adapters import expert_groups, moe_layer_tensors
+
+    model = tiny_model(family, seed=9)
+    seqs = _sequences(seed=10)
+    ids, mask, pos = left_pad(seqs, PAD)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    (b0,) = _trace(model, family, seqs)
+    router = moe_routers(model, adapter_for(family))[0][1]
+    E, G = router.num_experts, expert_groups(router, adapter_for(family))
+    assert G == (4 if family == "deepseek_v3" else 1)
+    g = torch.Generator().manual_seed(0)
+    # New slot j holds old expert perm[j]: whole groups move, and experts move inside their group.
+    blocks = torch.randperm(G, generator=g)
+    perm = torch.cat([b * (E // G) + torch.randperm(E // G, generator=g) for b in blocks])
+    with torch.no_grad():
+        for per_layer in moe_layer_tensors(model, adapter_for(family)).values():
+            for t in per_layer.values():
+                t.copy_(t[perm])
+        after = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    (b1,) = _trace(model, family, seqs)
+    inv = torch.argsort(perm).numpy()  # old expert e now sits at inv[e]
+    np.testing.assert_array_equal(b1.experts_TLK, inv[b0.experts_TLK])
+    torch.testing.assert_close(after[mask.bool()], before[mask.bool()], rtol=1e-5, atol=1e-5)
