@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/moeplace demo --out demo-out
 
 # The two bundled traces of the bundled model (traces/README.md); seconds on 2 cores.
-TRACE_OPTS := --seq-len 256 --batch-size 8 --generate 32
+TRACE_OPTS := --seq-len 224 --batch-size 8 --generate 32
 traces: $(STAMP)
 	$(VENV)/bin/moeplace -q trace --text traces/text/train.txt --out traces/train.parquet $(TRACE_OPTS)
 	$(VENV)/bin/moeplace -q trace --text traces/text/heldout.txt --out traces/heldout.parquet $(TRACE_OPTS)

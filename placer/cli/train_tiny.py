@@ -14,14 +14,16 @@ def train_tiny(
         None, "--out", "-o", help="Model folder to write (default: the bundled placer/bundled/tiny-moe)."
     ),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per step."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Bytes per window."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Bytes per window."),
     layers: int = typer.Option(8, "--layers", help="Decoder layers (all MoE)."),
     experts: int = typer.Option(16, "--experts", help="Routed experts per layer."),
     top_k: int = typer.Option(2, "--top-k", help="Experts per token."),
     hidden: int = typer.Option(128, "--hidden", help="Hidden size."),
     expert_ffn: int = typer.Option(64, "--expert-ffn", help="Intermediate size of each expert."),
-    aux_loss_coef: float = typer.Option(0.02, "--aux-loss-coef", help="Weight of the load-balancing loss."),
+    aux_loss_coef: float = typer.Option(
+        0.05, "--aux-loss-coef", help="Weight of the per-layer load-balancing loss (1 when balanced)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (initialisation and batches)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (the result depends on it)."),
     eval_every: int = typer.Option(250, "--eval-every", help="Steps between held-out evaluations."),
@@ -62,12 +64,15 @@ def train_tiny(
     corpus = load_corpus(allow_mismatch=allow_corpus_mismatch)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is meant to be read by all
     try:
         with progress_bar(cfg.steps, "train-tiny", unit="step") as advance:
             summary = train(cfg, tmp, corpus, advance=advance, log=lambda s: stderr_console.print(s, highlight=False))
         argv = sys.argv[sys.argv.index("train-tiny"):] if "train-tiny" in sys.argv else ["train-tiny"]
         command = "moeplace " + " ".join(shlex.quote(a) for a in argv)
         (tmp / "README.md").write_text(model_card(summary, command), encoding="utf-8")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         # Swap the finished folder in: the old one is removed only now.
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))

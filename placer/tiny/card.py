@@ -38,8 +38,10 @@ transformers `Qwen3MoeForCausalLM` (`model_type: qwen3_moe`), loads with
   English), the {summary['train_files']} files named in `placer/tiny/stdlib_manifest.json` with their
   SHA-256 ({summary['train_bytes']:,} bytes); {summary['heldout_files']} further files
   ({summary['heldout_bytes']:,} bytes) are held out for the validation loss. Training checks the hashes.
-- Objective: next-byte cross-entropy plus the Switch-style load-balancing loss
-  (`router_aux_loss_coef = {c['aux_loss_coef']}`).
+- Objective: next-byte cross-entropy plus the Switch Transformer load-balancing loss applied to every
+  MoE layer and averaged (weight {c['aux_loss_coef']}, saved as `router_aux_loss_coef`;
+  `placer/tiny/train.py: balance_loss`; transformers' own version pools all layers' counts and left
+  single layers unbalanced in a first run).
 - Schedule: {c['steps']} steps of {c['batch_size']} random windows of {c['seq_len']} bytes
   ({summary['tokens_seen']:,} tokens), AdamW (lr {c['lr']}, betas 0.9/0.95, weight decay {c['weight_decay']}),
   {c['warmup']} warm-up steps then cosine to 10 %, gradient clipping 1.0, seed {c['seed']},
@@ -52,7 +54,8 @@ transformers `Qwen3MoeForCausalLM` (`model_type: qwen3_moe`), loads with
 
 Final held-out loss {f['heldout']['loss']:.3f} nats per byte ({f['heldout']['bits_per_byte']:.3f} bits per
 byte); the busiest expert of any layer took {f['heldout']['max_expert_share_over_fair']:.2f}x its fair share
-of top-{c['top_k']} picks on held-out text.
+of top-{c['top_k']} picks on held-out text (per layer:
+{', '.join(f'{v:.2f}' for v in f['heldout']['max_share_over_fair_per_layer'])}).
 
 | step | train loss | held-out loss | held-out bits/byte | busiest expert / fair share | elapsed s |
 |---|---|---|---|---|---|

@@ -61,12 +61,33 @@ def test_trace_texts_are_disjoint():
 
 def test_routing_is_learned_on_held_out_text():
     """Adjacent layers' top-1 experts share >= 0.1 bits more information than the shuffled-token control,
-    and no layer sends more than 3x its fair share of tokens to one expert (held-out trace)."""
+    and no layer sends more than 3x its fair share of tokens to one expert (held-out trace).
+
+    An untrained model of the same config also routes by token identity, so its MI gap is positive too
+    (about 0.47 bits here) but its load is unbalanced (over 4x): training must beat it on both, by a
+    margin, for the routing to count as learned."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from placer.tracer.adapters import adapter_for, moe_routers
+    from placer.tracer.record import RouterRecorder, TraceOptions, trace_batches
+
     meta, b = read_trace(REPO_TRACES_DIR / "heldout.parquet")
     rep = routing_report(b.experts_TLK, meta.num_experts, seed=0)
     assert rep["tokens"] >= 3000
     assert rep["mi_gap_bits"] >= 0.1, rep
     assert rep["max_share_over_fair"] <= 3.0, rep
+
+    torch.manual_seed(0)
+    untrained = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(BUNDLED_MODEL_DIR)).eval()
+    data = (TEXTS / "heldout.txt").read_bytes()
+    seqs = [list(data[i : i + 224]) for i in range(0, len(data), 224)]
+    adapter = adapter_for("qwen3_moe")
+    with RouterRecorder([r for _, r in moe_routers(untrained, adapter)], 1, 2) as rec:
+        ex = np.concatenate([x.experts_TLK for x in trace_batches(untrained, rec, seqs, TraceOptions(batch_size=8), 256)])
+    base = routing_report(ex, meta.num_experts, seed=0)
+    assert rep["mi_gap_bits"] >= 2 * base["mi_gap_bits"], (rep, base)
+    assert base["max_share_over_fair"] > rep["max_share_over_fair"] + 1.0, (rep, base)
 
 
 def test_committed_traces_are_those_of_the_committed_model(tmp_path):
@@ -82,3 +103,18 @@ def test_committed_traces_are_those_of_the_committed_model(tmp_path):
     _, fresh = read_trace(res.path)
     same = (fresh.experts_TLK == committed.experts_TLK[: len(fresh)]).all(axis=(1, 2))
     assert same.mean() >= 0.99
+
+
+def test_demo_starts_by_tracing_the_bundled_model(tmp_path):
+    from rich.console import Console
+
+    from placer.demo import STEPS, DemoContext
+
+    name, step = STEPS[0]
+    assert name == "trace"
+    ctx = DemoContext(out=tmp_path, console=Console(file=open(tmp_path / "log.txt", "w")))
+    step(ctx)
+    meta, b = read_trace(ctx.files["trace"])
+    assert meta.model_name == "tiny-moe" and meta.source == "moeplace trace"
+    assert 0 < (b.phase_T == 0).sum() <= 512 and (b.phase_T == 1).sum() > 0
+    assert ctx.files["train_trace"].is_file() and ctx.files["heldout_trace"].is_file()
