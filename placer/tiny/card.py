@@ -45,9 +45,10 @@ transformers `Qwen3MoeForCausalLM` (`model_type: qwen3_moe`), loads with
 - Schedule: {c['steps']} steps of {c['batch_size']} random windows of {c['seq_len']} bytes
   ({summary['tokens_seen']:,} tokens), AdamW (lr {c['lr']}, betas 0.9/0.95, weight decay {c['weight_decay']}),
   {c['warmup']} warm-up steps then cosine to 10 %, gradient clipping 1.0, seed {c['seed']},
-  {c['threads']} torch threads.
+  torch threads: {c['threads']} (the weights depend on the thread count).
 - Command: `{command}`
-- Wall time: {summary['wall_time_s'] / 60:.1f} minutes on the shared 2-core development machine (no GPU);
+- Wall time: {summary['wall_time_s'] / 60:.1f} minutes on the 2-core development machine shared with other
+  jobs (no GPU);
   torch {v['torch']}, transformers {v['transformers']}, Python {v['python']}.
 
 ## Result
