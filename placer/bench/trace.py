@@ -1,7 +1,8 @@
 """``moeplace bench trace``: the tracer's cost as a ratio of the plain forward pass on the same batches.
 
 Both sides run the same sequences, batches and model call (left padding, ``logits_to_keep=1``), in the same
-process, alternating repeat by repeat so that the machine's load hits both alike:
+process, one after the other in every repeat (which goes first alternates), so that the machine's load
+hits both alike:
 
 1. **plain**: the forward passes alone.
 2. **traced**: the same passes with the router hooks on, the expert ids stacked, padding dropped, rank order
@@ -101,17 +102,18 @@ def bench_trace(
         out_path = Path(tmp) / "bench.parquet"
         _plain(lm.model, seqs, opts, lm.tokenizer.pad_id, lm.device)  # warm-up
         _traced(lm, seqs, opts, out_path)
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            _plain(lm.model, seqs, opts, lm.tokenizer.pad_id, lm.device)
-            sync()
-            plain_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            n = _traced(lm, seqs, opts, out_path)
-            sync()
-            traced_s.append(time.perf_counter() - t0)
-            assert n == tokens, (n, tokens)
+        for r in range(repeats):
+            # Alternate which side goes first, so that neither always runs on a warmer cache.
+            for side in (("plain", "traced") if r % 2 == 0 else ("traced", "plain")):
+                sync()
+                t0 = time.perf_counter()
+                if side == "plain":
+                    _plain(lm.model, seqs, opts, lm.tokenizer.pad_id, lm.device)
+                else:
+                    n = _traced(lm, seqs, opts, out_path)
+                    assert n == tokens, (n, tokens)
+                sync()
+                (plain_s if side == "plain" else traced_s).append(time.perf_counter() - t0)
     ratios = [t / p for t, p in zip(traced_s, plain_s)]
     result = {
         "model": lm.name, "family": lm.adapter.family, "device": lm.device, "dtype": lm.dtype,
