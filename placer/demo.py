@@ -21,18 +21,28 @@ class DemoContext:
 
 
 def step_trace(ctx: DemoContext) -> None:
-    """A synthetic trace with planted clusters (the bundled model's traces replace it once traced)."""
-    from placer.trace.synth import SynthConfig, generate
-    from placer.trace.writer import TraceWriter
+    """Trace the bundled tiny MoE model on held-out text (prefill and greedy decode), as `moeplace trace` does."""
+    from placer.errors import MoeplaceError
+    from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
+    from placer.tracer.record import TraceOptions
+    from placer.tracer.run import trace_model
 
-    cfg = SynthConfig(layers=8, experts=16, top_k=2, tokens=20000, seed=0, clusters=4, domains=2)
-    meta, batches = generate(cfg)
-    path = ctx.out / "synthetic.parquet"
-    with TraceWriter(path, meta, with_domain=True) as w:
-        for b in batches:
-            w.write(b)
+    text = REPO_TRACES_DIR / "text" / "heldout.txt"
+    if not text.is_file():
+        raise MoeplaceError(f"{text}: the demo runs from a clone of the repository (traces/ is missing)")
+    path = ctx.out / "trace.parquet"
+    opts = TraceOptions(batch_size=4, seq_len=128, max_tokens=512, generate=16)
+    res = trace_model(BUNDLED_MODEL_DIR, [text], path, opts)
     ctx.files["trace"] = path
-    ctx.console.print(f"wrote {path}: {cfg.tokens:,} tokens, {cfg.layers} layers x {cfg.experts} experts, top-{cfg.top_k}")
+    # The bundled traces (a few thousand tokens each, recorded by `make traces`) for the later steps.
+    ctx.files["train"] = REPO_TRACES_DIR / "train.parquet"
+    ctx.files["heldout"] = REPO_TRACES_DIR / "heldout.parquet"
+    m = res.meta
+    ctx.console.print(
+        f"wrote {path}: {res.prefill_tokens:,} prefill + {res.decode_tokens:,} decode tokens of {text.name}, "
+        f"{m.num_layers} MoE layers x {m.num_experts} experts, top-{m.top_k} ({m.model_name}, "
+        f"{res.wall_time_s:.1f} s); bundled traces: {ctx.files['train']}, {ctx.files['heldout']}"
+    )
 
 
 def step_info(ctx: DemoContext) -> None:
