@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.moeplace-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all clean traces tiny-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/moeplace demo --out demo-out
+
+# The two bundled traces of the bundled model (traces/README.md); seconds on 2 cores.
+TRACE_OPTS := --seq-len 224 --batch-size 8 --generate 32
+traces: $(STAMP)
+	$(VENV)/bin/moeplace -q trace --text traces/text/train.txt --out traces/train.parquet $(TRACE_OPTS)
+	$(VENV)/bin/moeplace -q trace --text traces/text/heldout.txt --out traces/heldout.parquet $(TRACE_OPTS)
+
+# Retrain the bundled model (placer/bundled/tiny-moe/README.md); 15-40 minutes on a shared 2-core machine.
+tiny-model: $(STAMP)
+	$(VENV)/bin/moeplace train-tiny
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -78,6 +78,24 @@ def token_paths(traces: Sequence[Path]):
     return ds.read_all(fields=("experts", "present", "seq"))
 
 
+def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep",
+                       paths=None):
+    """The ``PlacementProblem`` of some statistics on a topology (ValueError naming the values if it cannot
+    be placed: slots that do not divide by the GPUs, negative redundancy). ``paths``: the traces' tokens
+    (``token_paths``) for the solvers whose objective is exact on them."""
+    from solvers import PlacementProblem
+
+    return PlacementProblem(
+        load_LE=stats.load_LE, topology=topology, num_redundant=redundant, mode=mode,
+        top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,
+        source=", ".join(stats.sources) or None,
+        model_layer_indices=tuple(stats.moe_layer_indices) or None,
+        paths_TLK=None if paths is None else paths.experts_TLK,
+        present_TL=None if paths is None else paths.present_TL,
+        seq_T=None if paths is None else paths.seq_T,
+    )
+
+
 def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
                      default: Topology | None = None) -> Topology:
     """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else

@@ -62,7 +62,7 @@ def solve(
     from placer.cost import evaluate_load
     from placer.errors import UsageError
     from placer.fileio import prepare_output
-    from placer.inputs import read_statistics, resolve_topology, token_paths
+    from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
     from placer.placement_io import save_placement
     from solvers import PlacementProblem, SolveOptions, get_solver
 
@@ -83,15 +83,7 @@ def solve(
     stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
     paths = token_paths(traces) if traces and solver in PATH_SOLVERS else None
     try:
-        problem = PlacementProblem(
-            load_LE=stats.load_LE, topology=topo, num_redundant=redundant, mode=mode.value,
-            top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,
-            source=", ".join(stats.sources) or None,
-            model_layer_indices=tuple(stats.moe_layer_indices) or None,
-            paths_TLK=None if paths is None else paths.experts_TLK,
-            present_TL=None if paths is None else paths.present_TL,
-            seq_T=None if paths is None else paths.seq_T,
-        )
+        problem = problem_from_stats(stats, topo, redundant, mode.value, paths=paths)
         options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads, params=params)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -1,0 +1,163 @@
+"""Starting the ranks of a gloo or NCCL replay, watching them, and stopping them all when one fails.
+
+Without torchrun, ``launch`` starts one process per rank with torch.multiprocessing (spawn), rendezvous
+through a file in a private temporary folder (no port to collide with other runs). Ranks report progress
+and errors on a queue. When a rank raises (its error is reported), dies (a non-zero exit or a signal, with
+no report), or no rank reports progress for ``timeout_s`` seconds, every rank is stopped (SIGTERM, then
+SIGKILL), the temporary folder removed, and one error names the rank and what happened. Nothing is left
+running, on success or failure (Ctrl-C included).
+
+Under torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), the command runs as that one rank with the
+``env://`` rendezvous instead (``torchrun_env``); torchrun then stops the other ranks if one fails.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import tempfile
+import time
+from typing import Callable
+
+from placer.errors import MoeplaceError
+from placer.replay.config import ReplayConfig
+
+# The process ids of the last launch's ranks (tests check that none is left).
+LAST_RANK_PIDS: list[int] = []
+# The least time ranks get to start and join the group, whatever --timeout says.
+STARTUP_S = 120.0
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun (or any launcher setting the env:// variables)."""
+    env = os.environ
+    if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) and "MASTER_ADDR" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _threads(cfg: ReplayConfig, world: int) -> int:
+    return cfg.threads or max(1, (os.cpu_count() or 1) // world)
+
+
+def rank_entry(rank: int, world: int, backend: str, init_method: str, cfg: ReplayConfig, q) -> None:
+    """The body of a spawned rank process: run, report the result (rank 0) or the error, exit."""
+    os.environ["MOEPLACE_QUIET"] = "1"
+    code = 0
+    try:
+        import torch
+
+        torch.set_num_threads(_threads(cfg, world))
+        from placer.replay.worker import run_rank
+
+        result = run_rank(rank, world, backend, init_method, cfg,
+                          progress=lambda run: q.put(("progress", rank, run)))
+        q.put(("result", rank, result))
+    except BaseException as exc:  # every failure is reported, then the process exits non-zero
+        q.put(("error", rank, _one_line(exc)))
+        code = 1
+    finally:
+        q.close()
+        q.join_thread()
+    os._exit(code)
+
+
+def _describe_exit(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 5
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int], None] | None = None,
+           poll_s: float = 0.1, grace_s: float = 1.0) -> list[dict]:
+    """Run a gloo/NCCL replay with one spawned process per rank; return rank 0's case reports."""
+    import torch.multiprocessing as mp
+
+    world = cfg.world_size
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    tmp = tempfile.mkdtemp(prefix="moeplace-replay-")
+    init = f"file://{os.path.join(tmp, 'rendezvous')}"
+    procs = [ctx.Process(target=rank_entry, args=(r, world, backend, init, cfg, q), daemon=True,
+                         name=f"moeplace-replay-rank{r}") for r in range(world)]
+    LAST_RANK_PIDS.clear()
+    errors: list[tuple[int, str]] = []
+    result = None
+    reported: set[int] = set()
+    last = {r: -1 for r in range(world)}
+    try:
+        for p in procs:
+            p.start()
+        LAST_RANK_PIDS.extend(p.pid for p in procs)
+        quiet_since = time.monotonic()
+        failed_at = None
+        ready: set[int] = set()
+        # Start-up (spawning, importing torch, the rendezvous) may take a while on a busy machine.
+        startup_s = max(cfg.timeout_s, STARTUP_S)
+        while True:
+            try:
+                msg = q.get(timeout=poll_s)
+            except queue.Empty:
+                msg = None
+            now = time.monotonic()
+            if msg is not None:
+                kind, rank = msg[0], msg[1]
+                if kind == "progress":
+                    quiet_since = now
+                    if msg[2] < 0:
+                        ready.add(rank)
+                        continue
+                    last[rank] = msg[2]
+                    if rank == 0 and on_progress:
+                        on_progress(msg[2])
+                elif kind == "error":
+                    errors.append((rank, msg[2]))
+                    reported.add(rank)
+                elif kind == "result":
+                    reported.add(rank)
+                    if rank == 0:
+                        result = msg[2]
+            died = [(r, p.exitcode) for r, p in enumerate(procs)
+                    if p.exitcode not in (None, 0) and r not in reported]
+            if (errors or died) and failed_at is None:
+                failed_at = now  # collect a moment longer: find the rank that failed first, not its victims
+            if failed_at is not None and (now - failed_at >= grace_s):
+                if died and not any(r == died[0][0] for r, _ in errors):
+                    r, code = died[0]
+                    raise MoeplaceError(f"replay failed: rank {r} died ({_describe_exit(code)}) without an error "
+                                        f"report; all {world} ranks were stopped")
+                r, text = errors[0]
+                raise MoeplaceError(f"replay failed: rank {r}: {text}; all {world} ranks were stopped")
+            if failed_at is None and all(p.exitcode == 0 for p in procs) and 0 in reported:
+                break
+            limit = cfg.timeout_s if len(ready) == world else startup_s
+            if failed_at is None and now - quiet_since > limit:
+                behind = min(last.values())
+                where = "before the first step" if behind < 0 else f"after step {behind + 1}"
+                raise MoeplaceError(f"replay failed: no rank made progress for {limit:g} s ({where}); "
+                                    f"a rank is hung; all {world} ranks were stopped (--timeout)")
+    finally:
+        _stop(procs)
+        q.close()
+        q.cancel_join_thread()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result is None:
+        raise MoeplaceError("replay failed: rank 0 returned no result")
+    return result

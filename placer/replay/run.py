@@ -1,0 +1,227 @@
+"""A replay run from the command line's view: resolve the placements, validate everything before any process
+starts, run the chosen backend, and build the report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from placer.errors import MoeplaceError, UsageError
+from placer.placement import Placement
+from placer.replay.config import BACKENDS, Case, ReplayConfig
+from placer.topology import Topology
+
+
+@dataclass
+class ReplayRequest:
+    """What the user asked for (the command line's options, unvalidated)."""
+
+    trace: Path
+    placements: list[str]
+    backend: str = "gloo"
+    world_size: int | None = None
+    hidden: int | None = None
+    ffn: int | None = None
+    dtype: str = "float32"
+    model: Path | None = None
+    tokens_per_step: int = 1024
+    mode: str | None = None
+    steps: int = 4
+    warmup: int = 1
+    layers: int | None = None
+    seed: int = 0
+    weight_bank: int = 0
+    check: str = "all"
+    nodes: int | None = None
+    topology: Path | None = None
+    redundant: int = 0
+    timeout_s: float = 300.0
+    device: str = "auto"
+    threads: int = 0
+    fail_rank: int | None = None
+    fail_how: str = "raise"
+
+
+def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: str) -> Placement:
+    """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
+    in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test)."""
+    from placer.inputs import problem_from_stats, stats_from_traces
+    from placer.topology import preset
+    from solvers import SolveOptions, get_solver
+
+    try:
+        problem = problem_from_stats(stats_from_traces([trace]), preset(gpus, nodes), redundant, mode)
+    except ValueError as exc:
+        raise UsageError(f"solver {name}: {exc}") from None
+    return get_solver(name)(problem, SolveOptions(time_limit_s=60.0, seed=0))
+
+
+def _resolve(req: ReplayRequest, arg: str, mode: str) -> tuple[str, Placement, str | None]:
+    from placer.placement_io import load_placement
+    from solvers.registry import SOLVER_NAMES
+
+    path = Path(arg)
+    if path.exists():
+        return path.stem, load_placement(path), str(path)
+    name, _, r = arg.partition(":")
+    if name in SOLVER_NAMES and (not r or r.isdigit()):
+        if req.world_size is None:
+            raise UsageError(f"placement {arg!r} names a solver: give --world-size so it can be solved")
+        redundant = int(r) if r else req.redundant
+        p = solve_on_trace(name, req.trace, req.world_size, req.nodes or 1, redundant, mode)
+        return arg, p, None
+    raise UsageError(f"{arg}: placement file not found (nor a solver name: {', '.join(SOLVER_NAMES)}, "
+                     f"optionally NAME:REDUNDANT)")
+
+
+def prepare(req: ReplayRequest) -> ReplayConfig:
+    """Check the request against the trace and the placements and build the run's config (UsageError on any
+    mismatch: nothing has started yet)."""
+    from placer.replay.experts import CheckpointExperts
+    from placer.trace.reader import TraceReader
+
+    if req.backend not in BACKENDS:
+        raise UsageError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
+    if req.mode is not None and req.mode not in ("ep", "coherent"):
+        raise UsageError(f"--mode {req.mode!r} is not one of ep, coherent")
+    reader = TraceReader(req.trace)
+    meta = reader.meta
+    L = meta.num_layers if req.layers is None else req.layers
+    if not 1 <= L <= meta.num_layers:
+        raise UsageError(f"--layers {req.layers}: the trace {req.trace} has {meta.num_layers} MoE layers")
+    if not req.placements:
+        raise UsageError("give at least one placement")
+
+    mode = req.mode
+    cases, names = [], set()
+    for arg in req.placements:
+        name, p, path = _resolve(req, arg, mode or "ep")
+        where = path or f"solver {name}"
+        if mode is None:
+            mode = p.mode
+        if req.world_size is not None and p.num_gpus != req.world_size:
+            raise UsageError(f"{where}: placement is for {p.num_gpus} GPUs, --world-size is {req.world_size}")
+        if p.num_experts != meta.num_experts:
+            raise UsageError(f"{where}: placement has {p.num_experts} experts, trace {req.trace} has {meta.num_experts}")
+        if p.num_layers != meta.num_layers:
+            raise UsageError(f"{where}: placement has {p.num_layers} layers, trace {req.trace} has {meta.num_layers}")
+        if p.model_layer_indices is not None and tuple(p.model_layer_indices) != tuple(meta.moe_layer_indices):
+            raise UsageError(f"{where}: placement is for model layers {list(p.model_layer_indices)}, the trace "
+                             f"has {list(meta.moe_layer_indices)}")
+        if cases and p.num_gpus != cases[0].placement.num_gpus:
+            raise UsageError(f"{where}: placement is for {p.num_gpus} GPUs, {cases[0].name} for "
+                             f"{cases[0].placement.num_gpus}; compare placements of one world size")
+        while name in names:
+            name = f"{name}'"
+        names.add(name)
+        cases.append(Case(name=name, placement=p, mode=mode, path=path))
+    G = cases[0].placement.num_gpus
+
+    hidden, ffn = req.hidden or 128, req.ffn or 256
+    if req.model is not None:
+        ck = CheckpointExperts(req.model, meta.moe_layer_indices, meta.num_experts)
+        for opt, mine, theirs in (("--hidden", req.hidden, ck.hidden), ("--ffn", req.ffn, ck.ffn)):
+            if mine is not None and mine != theirs:
+                raise UsageError(f"{req.model}: {opt} {mine} differs from the checkpoint's {theirs}")
+        hidden, ffn = ck.hidden, ck.ffn
+        if req.weight_bank:
+            raise UsageError("--weight-bank applies to random weights, not to --model")
+
+    topo = None
+    if req.topology is not None:
+        topo = Topology.load(req.topology)
+        if topo.num_gpus != G:
+            raise UsageError(f"{req.topology}: topology has {topo.num_gpus} GPUs, the placements {G}")
+    elif cases[0].placement.topology is not None and cases[0].placement.topology.num_gpus == G:
+        topo = cases[0].placement.topology
+    nodes = req.nodes or (topo.num_nodes if topo is not None else cases[0].placement.num_nodes)
+    if G % nodes:
+        raise UsageError(f"--nodes {nodes}: world size {G} must divide evenly into nodes")
+    if req.backend == "virtual":
+        from placer.replay.experts import DTYPES
+        import torch
+
+        elem = torch.empty((), dtype=DTYPES.get(req.dtype, torch.float32)).element_size()
+        base = topo if topo is not None and topo.num_nodes == nodes else None
+        try:
+            topo = (base or Topology(num_gpus=G, num_nodes=nodes)).with_(hidden_size=hidden, dtype_bytes=elem)
+        except ValueError as exc:
+            raise UsageError(f"topology: {exc}") from None
+    if req.fail_rank is not None and req.backend == "virtual":
+        raise UsageError("--fail-rank is a test hook of the gloo and nccl backends")
+    try:
+        return ReplayConfig(
+            trace=str(req.trace), cases=tuple(cases), num_experts=meta.num_experts, num_layers=L,
+            num_tokens=max(1, min(reader.num_tokens, req.steps * req.tokens_per_step)),
+            moe_layer_indices=tuple(meta.moe_layer_indices), hidden=hidden, ffn=ffn, dtype=req.dtype,
+            model=None if req.model is None else str(req.model), tokens_per_step=req.tokens_per_step,
+            steps=req.steps, warmup=req.warmup, seed=req.seed, weight_bank=req.weight_bank, check=req.check,
+            nodes=nodes, topology=topo, timeout_s=req.timeout_s, device=req.device, threads=req.threads,
+            fail_rank=req.fail_rank, fail_how=req.fail_how,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_devices(cfg: ReplayConfig, backend: str) -> None:
+    """NCCL needs one GPU per rank on this machine (when the command starts the ranks itself)."""
+    if backend != "nccl":
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise UsageError("--backend nccl needs CUDA GPUs and none is visible (use gloo, or virtual)")
+    if n < cfg.world_size:
+        raise UsageError(f"--backend nccl needs one GPU per rank: world size {cfg.world_size} > {n} GPU(s) here "
+                         f"(use --backend virtual on one GPU, or torchrun across nodes)")
+
+
+def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | None:
+    """Run the replay and return the report (None on the ranks other than 0 under torchrun)."""
+    from placer.progress import progress_bar
+    from placer.replay.launch import launch, torchrun_env
+
+    total = len(cfg.schedule.runs())
+    weights = cfg.expert_source().describe()
+    t0 = time.perf_counter()
+    env = torchrun_env() if backend != "virtual" else None
+    if env is not None:
+        from placer.replay.worker import device_for, run_rank
+
+        rank, world, local = env
+        if world != cfg.world_size:
+            raise UsageError(f"torchrun started {world} ranks, the placements are for {cfg.world_size} GPUs")
+        with progress_bar(total, f"replay rank {rank}", unit="step", quiet=quiet if rank == 0 else True) as adv:
+            cases = run_rank(rank, world, backend, "env://", cfg, progress=lambda run: run >= 0 and adv(1),
+                             local_rank=local)
+        if rank != 0:
+            return None
+        device, timer = str(device_for(backend, local)), ("cuda-events" if backend == "nccl" else "perf_counter")
+    elif backend == "virtual":
+        from placer.replay.virtual import run_virtual
+
+        with progress_bar(total, "replay (virtual)", unit="step", quiet=quiet) as adv:
+            cases, device, timer = run_virtual(cfg, progress=lambda run: adv(1))
+    else:
+        check_devices(cfg, backend)
+        with progress_bar(total, f"replay ({backend}, {cfg.world_size} ranks)", unit="step", quiet=quiet) as adv:
+            cases = launch(cfg, backend, on_progress=lambda run: adv(1))
+        device = "cuda (one GPU per rank)" if backend == "nccl" else "cpu"
+        timer = "cuda-events" if backend == "nccl" else "perf_counter"
+    from placer.replay.report import build_report
+
+    return build_report(cfg, backend, device, timer, cases, time.perf_counter() - t0, weights)
+
+
+def verdict(report: dict) -> None:
+    """Raise a one-line failure naming the first placement whose outputs differ from the reference."""
+    for c in report["placements"]:
+        chk = c["check"]
+        if not chk.get("correct", True):
+            detail = chk.get("error") or (f"{chk['mismatched_tokens']} of {chk['tokens_checked']} tokens differ from "
+                                          f"the single-process reference (max relative error "
+                                          f"{chk['max_rel_error']:.2e} > tolerance {chk['tolerance']:.1e}, "
+                                          f"worst token {chk.get('worst_token')})")
+            raise MoeplaceError(f"placement {c['name']}: {detail}")
