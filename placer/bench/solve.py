@@ -30,7 +30,7 @@ import typer
 PARTS = ("mixtral", "deepseek", "scaling", "heldout")
 BASELINES = ("contiguous", "round_robin", "random", "greedy", "eplb")
 BALANCE_FIRST = 1000  # the balance weight of the balance-first run at equal redundancy
-LIGHT_BALANCE = 1  # a traffic-first run on the held-out part, beside the default weights
+TRAFFIC_FIRST = {"balance_weight": 1, "max_imbalance": 1.1}  # a traffic-first run beside the default weights
 
 
 def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int, affinity: float = 0.6):
@@ -185,9 +185,10 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
     for mode in ("ep", "coherent"):
         problem = _problem(tr, E, 4, 1, 0, mode)
         p, wall = _solve("auto", problem, time_limit)
-        light, _ = _solve("auto", problem, time_limit, {"balance_weight": LIGHT_BALANCE})
+        light, _ = _solve("auto", problem, time_limit, TRAFFIC_FIRST)
         placements = [p, light] + _baselines(problem)
-        names = ["auto", f"auto --balance-weight {LIGHT_BALANCE}"] + [b.solver for b in placements[2:]]
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in TRAFFIC_FIRST.items())
+        names = ["auto", f"auto {flags}"] + [b.solver for b in placements[2:]]
         res = evaluate_many(ho, placements, problem.topology, mode)
         rows = []
         for name, r in zip(names, res):
