@@ -43,7 +43,11 @@ C_ENTRY = 6
 C_NODE_ENTRY = 7
 C_EXIT = 8
 C_NODE_EXIT = 9
-NUM_COUNTERS = 10
+# ep: the distinct GPUs / nodes of S_l(t), home or not (what a placement controls; the home rank is set by
+# attention data parallelism): remote GPUs averaged over the G rotations of home ranks = (G-1)/G x these.
+C_DISPATCH_GPUS = 10
+C_DISPATCH_NODES = 11
+NUM_COUNTERS = 12
 
 # Rows of the per-GPU send counters (``sends_XLG``): messages GPU g sends for layer l, by phase and link.
 # ep: phase A = dispatch, phase B = combine. coherent: phase A = the arrival of layer l's inputs (entry
@@ -96,9 +100,12 @@ def _accumulate(ex_TLK, present_TL, home_T, t0, l2p_LER, cnt_LE, gpu_of_slot_P, 
                 # lowest GPU of S_l (GPUs of a node are consecutive, so they are adjacent in ``gl``).
                 prev_node = -1
                 arrival = -1
+                counts_CL[C_DISPATCH_GPUS, l] += ng
                 for j in range(ng):
                     u = gl[j]
                     n = node_of_gpu_G[u]
+                    if n != prev_node:
+                        counts_CL[C_DISPATCH_NODES, l] += 1
                     if u != h:
                         counts_CL[C_REMOTE_GPUS, l] += 1
                         if n == hn:
@@ -195,7 +202,8 @@ class EvalResult:
 
     load_LG: [L, G] tokens computed per GPU (exact counts on a trace; an even split of a load matrix).
     token_layers_L: [L] tokens present per layer (None for load-only input).
-    ep: remote_gpus_L / remote_nodes_L: [L] sums over tokens of the remote GPUs / nodes dispatched to.
+    ep: remote_gpus_L / remote_nodes_L: [L] sums over tokens of the remote GPUs / nodes dispatched to;
+        dispatch_gpus_L / dispatch_nodes_L: [L] the same counting the home GPU / node too (|S_l(t)|).
     coherent: messages_L1, node_messages_L1, pair_hops_L1, node_pair_hops_L1, pair_tokens_L1: [L-1] per
         transition l -> l+1; entry/exit: messages from home before layer 0 and back home after the last.
     intra_bytes_L / inter_bytes_L: [L] bytes over NVLink / the network (coherent: into layer l, plus the
@@ -218,6 +226,8 @@ class EvalResult:
     token_layers_L: np.ndarray | None = None
     remote_gpus_L: np.ndarray | None = None
     remote_nodes_L: np.ndarray | None = None
+    dispatch_gpus_L: np.ndarray | None = None
+    dispatch_nodes_L: np.ndarray | None = None
     messages_L1: np.ndarray | None = None
     node_messages_L1: np.ndarray | None = None
     pair_hops_L1: np.ndarray | None = None
@@ -475,6 +485,8 @@ class TraceEvaluator:
         if self.mode == "ep":
             res.remote_gpus_L = c[C_REMOTE_GPUS].copy()
             res.remote_nodes_L = c[C_REMOTE_NODES].copy()
+            res.dispatch_gpus_L = c[C_DISPATCH_GPUS].copy()
+            res.dispatch_nodes_L = c[C_DISPATCH_NODES].copy()
         else:
             res.messages_L1 = c[C_MESSAGES, 1:].copy()
             res.node_messages_L1 = c[C_NODE_MESSAGES, 1:].copy()
@@ -564,6 +576,8 @@ OBJECTIVES: dict[str, tuple[str | None, Any]] = {  # name -> (mode it needs, or 
     "max_over_mean_load": (None, lambda r: r.mean_imbalance),
     "ep_remote_gpus": ("ep", lambda r: float(r.remote_gpus_L.sum())),
     "ep_remote_nodes": ("ep", lambda r: float(r.remote_nodes_L.sum())),
+    "ep_dispatch_gpus": ("ep", lambda r: float(r.dispatch_gpus_L.sum())),
+    "ep_dispatch_nodes": ("ep", lambda r: float(r.dispatch_nodes_L.sum())),
     "coherent_messages": ("coherent", lambda r: float(r.messages_L1.sum())),
     "coherent_node_messages": ("coherent", lambda r: float(r.node_messages_L1.sum())),
     "coherent_pair_hops": ("coherent", lambda r: float(r.pair_hops_L1.sum())),
@@ -574,7 +588,23 @@ OBJECTIVES: dict[str, tuple[str | None, Any]] = {  # name -> (mode it needs, or 
 
 def measured_objective(result: EvalResult, name: str | None) -> float | None:
     """The value of objective ``name`` (see ``OBJECTIVES``) in ``result``; None if the name is unknown or the
-    result cannot measure it (another mode, or balance only for a traffic objective)."""
+    result cannot measure it (another mode, or balance only for a traffic objective).
+
+    A weighted sum of these names, written ``c1*name1+c2*name2`` (the optimising solvers' objectives), is
+    measured term by term."""
+    if name is not None and "*" in name:
+        total = 0.0
+        for term in name.split("+"):
+            coef, _, part = term.partition("*")
+            try:
+                c = float(coef)
+            except ValueError:
+                return None
+            v = measured_objective(result, part)
+            if v is None:
+                return None
+            total += c * v
+        return total
     if name not in OBJECTIVES:
         return None
     mode, value = OBJECTIVES[name]

@@ -206,12 +206,45 @@ def step_replay(ctx: DemoContext) -> None:
     verdict(report)
 
 
+AUTO_TIME_LIMIT = 5  # seconds per mode: the whole demo stays within 3 minutes on 2 cores
+
+
+def step_optimise(ctx: DemoContext) -> None:
+    """auto (the default solver) on the trace, per traffic mode, measured on the held-out trace next to the
+    baselines."""
+    import json
+
+    trace = ctx.files.get("train", ctx.files["trace"])
+    heldout = ctx.files.get("heldout", ctx.files["trace"])
+    baselines = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
+    for mode in ("ep", "coherent"):
+        out = ctx.out / "placements" / f"auto-{mode}.json"
+        s = json.loads(_moeplace("solve", trace, "--gpus", DEMO_GPUS, "--mode", mode, "--time-limit",
+                                 AUTO_TIME_LIMIT, "--out", out, "--json", capture=True))
+        ctx.files[f"placement-auto-{mode}"] = out
+        ctx.console.print(f"moeplace solve {trace} --gpus {DEMO_GPUS} --mode {mode} --time-limit "
+                          f"{AUTO_TIME_LIMIT} --out {out}: {s['status']} in {s['wall_time_s']:.1f} s, "
+                          f"objective {s['objective']:,.1f}, bound {s['bound']:,.1f} (gap {s['gap']:.1%})",
+                          soft_wrap=True, highlight=False)
+        _moeplace("evaluate", heldout, out, *baselines, "--mode", mode)
+        r = json.loads(_moeplace("evaluate", heldout, out, *baselines, "--mode", mode, "--json", capture=True))
+        key = "remote_gpus_per_token" if mode == "ep" else "pair_hops_per_token"
+        auto = next(d["summary"] for d in r["placements"] if d["solver"] == "auto")
+        best = min(d["summary"][key] for d in r["placements"] if d["solver"] != "auto")
+        ctx.console.print(f"held-out {key}: auto {auto[key]:.3f} vs best baseline {best:.3f} "
+                          f"({(auto[key] - best) / best:+.1%}); max/mean load {auto['mean_imbalance']:.3f}",
+                          highlight=False)
+    # Later steps (export, replay) use auto's ep placement.
+    ctx.files["placement"] = ctx.files["placement-auto-ep"]
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
     ("stats", step_stats),
     ("solve", step_solve),
     ("evaluate", step_evaluate),
+    ("optimise", step_optimise),
     ("export", step_export),
     ("replay", step_replay),
 ]

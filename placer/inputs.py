@@ -62,9 +62,27 @@ def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
     return stats
 
 
-def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep"):
+# Token paths are read for exact objectives up to this many (token, layer, rank) entries (about 1 GB).
+MAX_PATH_ENTRIES = 1_000_000_000
+
+
+def token_paths(traces: Sequence[Path]):
+    """The traces' tokens in order as one ``RoutingBatch`` (experts, present, seq) for solvers whose objective
+    is exact on token paths; None if the traces are too large to hold (statistics are then used)."""
+    from placer.trace.reader import TraceDataset
+
+    ds = TraceDataset(list(traces))
+    L, _, K = ds.meta.shape
+    if ds.num_tokens * L * K > MAX_PATH_ENTRIES:
+        return None
+    return ds.read_all(fields=("experts", "present", "seq"))
+
+
+def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep",
+                       paths=None):
     """The ``PlacementProblem`` of some statistics on a topology (ValueError naming the values if it cannot
-    be placed: slots that do not divide by the GPUs, negative redundancy)."""
+    be placed: slots that do not divide by the GPUs, negative redundancy). ``paths``: the traces' tokens
+    (``token_paths``) for the solvers whose objective is exact on them."""
     from solvers import PlacementProblem
 
     return PlacementProblem(
@@ -72,6 +90,9 @@ def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int =
         top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,
         source=", ".join(stats.sources) or None,
         model_layer_indices=tuple(stats.moe_layer_indices) or None,
+        paths_TLK=None if paths is None else paths.experts_TLK,
+        present_TL=None if paths is None else paths.present_TL,
+        seq_T=None if paths is None else paths.seq_T,
     )
 
 

@@ -82,7 +82,7 @@ class SolveOptions:
 
     time_limit_s: wall-clock budget; a solver stopped by it returns its best placement as FEASIBLE.
     seed: the same inputs and seed give the same placement.
-    threads: worker threads (0 = all cores).
+    threads: worker threads (0 = the solver's default; the optimising solvers use one, see docs/solvers.md).
     params: formulation-specific settings (weights such as ``balance_weight``, a MILP backend), documented
         by each solver.
     """

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from placer.placement import Placement
     from solvers.problem import PlacementProblem, SolveOptions
 
-SolverName = Literal["contiguous", "round_robin", "random", "greedy", "eplb"]
+SolverName = Literal["contiguous", "round_robin", "random", "greedy", "eplb", "cpsat", "auto", "moetuner", "exflow"]
 SOLVER_NAMES: tuple[str, ...] = get_args(SolverName)
 
 # Module of each solver (several names may share one module).
@@ -25,6 +25,10 @@ _MODULES: dict[str, str] = {
     "random": "solvers.random_layout",
     "greedy": "solvers.greedy",
     "eplb": "solvers.eplb",
+    "cpsat": "solvers.cpsat",
+    "auto": "solvers.auto",
+    "moetuner": "solvers.moetuner",
+    "exflow": "solvers.exflow",
 }
 
 SolverFn = Callable[["PlacementProblem", "SolveOptions"], "Placement"]

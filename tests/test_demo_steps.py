@@ -22,3 +22,26 @@ def test_demo_solves_the_baselines_and_evaluates_them(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mode ep" in out and "mode coherent" in out and "contiguous*" in out
     assert all(name in out for name, _ in DEMO_BASELINES)
+
+
+def test_demo_optimise_step_solves_auto_and_measures_the_gain(tmp_path, capsys, monkeypatch):
+    import placer.demo as demo
+    from placer.trace.synth import SynthConfig, generate
+    from placer.trace.writer import TraceWriter
+
+    monkeypatch.setattr(demo, "AUTO_TIME_LIMIT", 1)
+    ctx = DemoContext(out=tmp_path, console=Console(record=True, width=160))
+    meta, batches = generate(SynthConfig(layers=4, experts=8, top_k=2, tokens=3000, clusters=4, seed=1))
+    ctx.files["trace"] = tmp_path / "t.parquet"
+    with TraceWriter(ctx.files["trace"], meta) as w:
+        for b in batches:
+            w.write(b)
+    step_solve(ctx)
+    capsys.readouterr()
+    demo.step_optimise(ctx)
+    out = capsys.readouterr().out
+    text = ctx.console.export_text()
+    assert "auto-ep" in out and "auto-coherent" in out
+    assert "held-out remote_gpus_per_token: auto" in text and "held-out pair_hops_per_token: auto" in text
+    assert load_placement(ctx.files["placement"]).solver == "auto"
+    assert ("optimise", demo.step_optimise) in demo.STEPS

@@ -183,7 +183,7 @@ def test_evaluate_usage_errors(cli, trace, placements, tmp_path):
     (["TRACE", "--gpus", "4", "--redundant", "-4"], ["redundant (-4) must be >= 0"]),
     (["TRACE"], ["give the GPUs with --gpus G"]),
     (["TRACE", "--gpus", "4", "--solver", "nope"], ["unknown solver 'nope'", "greedy"]),
-    (["TRACE", "--gpus", "4", "--groups", "2"], ["--groups applies to the eplb solver only, not greedy"]),
+    (["TRACE", "--gpus", "4", "--groups", "2"], ["--groups applies to the eplb solver only, not auto"]),
     (["TRACE", "--gpus", "4", "--solver", "eplb", "--groups", "3"],
      ["eplb: experts (16) must divide evenly into groups (3)"]),
 ])

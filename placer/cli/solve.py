@@ -16,19 +16,38 @@ def solve(
     load_file: Optional[Path] = typer.Option(
         None, "--load", help="Load-only input: a .npy [layers, experts] matrix of expert loads."),
     solver: str = typer.Option(
-        "greedy", "--solver", "-s", callback=check_solver,
-        help="Registered solver (solvers.SOLVER_NAMES): the baselines contiguous, round_robin, random, greedy, "
-             "eplb, and the optimising solvers; an unknown name lists them all."),
+        "auto", "--solver", "-s", callback=check_solver,
+        help="Registered solver (solvers.SOLVER_NAMES): auto (default: exact where the structure allows, a "
+             "scalable decomposition otherwise), cpsat, moetuner, exflow, and the baselines contiguous, "
+             "round_robin, random, greedy, eplb; docs/solvers.md describes them."),
     gpus: Optional[int] = typer.Option(None, "--gpus", "-g", help=GPUS_HELP),
     nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help=NODES_HELP),
     topology_file: Optional[Path] = typer.Option(None, "--topology", help=TOPOLOGY_HELP),
     redundant: int = typer.Option(0, "--redundant", "-r", help="Redundant slots per layer (copies of hot experts)."),
     mode: ModeChoice = typer.Option(ModeChoice.ep, "--mode", help="Traffic model to solve for: ep or coherent."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
-    time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds a solver may run."),
-    threads: int = typer.Option(0, "--threads", help="Solver threads (0 = all cores)."),
+    time_limit: float = typer.Option(
+        60.0, "--time-limit", help="Seconds a solver may run (auto/cpsat: a budget in calibrated work units and "
+                                   "deterministic time, so results repeat; see docs/solvers.md)."),
+    threads: int = typer.Option(
+        0, "--threads", help="Solver threads (0 = the solver's default: one CP-SAT worker, one MILP thread; "
+                             "N > 1 CP-SAT workers are interleaved, so results stay deterministic)."),
     groups: Optional[int] = typer.Option(
         None, "--groups", help="eplb: expert groups (DeepSeek-V3's n_group); hierarchical if nodes divide them."),
+    balance_weight: Optional[float] = typer.Option(
+        None, "--balance-weight", help="auto/cpsat: weight of one token of a layer's largest GPU load (default 1)."),
+    intra_weight: Optional[float] = typer.Option(
+        None, "--intra-weight", help="auto/cpsat/exflow: weight of one NVLink message or hop (default 1)."),
+    inter_weight: Optional[float] = typer.Option(
+        None, "--inter-weight", help="auto/cpsat/exflow: weight of one message or hop across nodes (default: "
+                                     "intra weight x NVLink / network bandwidth, 9 with the H100 preset)."),
+    max_imbalance: Optional[float] = typer.Option(
+        None, "--max-imbalance", help="auto/cpsat: cap on each layer's largest GPU load as a multiple of its "
+                                      "mean (default 1.05; 0 = no cap)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="moetuner/exflow: MILP backend, cbc (bundled with PuLP, default) or highs."),
+    batches: Optional[int] = typer.Option(
+        None, "--batches", help="exflow: token batches added one solve at a time, with warm starts (default 4)."),
     out: Path = typer.Option(..., "--out", "-o", help="Placement JSON to write."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -43,13 +62,15 @@ def solve(
     from placer.cost import evaluate_load
     from placer.errors import UsageError
     from placer.fileio import prepare_output
-    from placer.inputs import problem_from_stats, read_statistics, resolve_topology
+    from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
     from placer.placement_io import save_placement
     from solvers import PlacementProblem, SolveOptions, get_solver
 
     topo = resolve_topology(gpus, nodes, topology_file)
     if groups is not None and solver != "eplb":
         raise UsageError(f"--groups applies to the eplb solver only, not {solver}")
+    params = solver_params(solver, groups=groups, balance_weight=balance_weight, intra_weight=intra_weight,
+                           inter_weight=inter_weight, max_imbalance=max_imbalance, backend=backend, batches=batches)
     prepare_output(out)
 
     def check_shape(num_layers: int, num_experts: int) -> None:
@@ -60,10 +81,10 @@ def solve(
             raise UsageError(str(exc)) from None
 
     stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
+    paths = token_paths(traces) if traces and solver in PATH_SOLVERS else None
     try:
-        problem = problem_from_stats(stats, topo, redundant, mode.value)
-        options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads,
-                               params={} if groups is None else {"groups": groups})
+        problem = problem_from_stats(stats, topo, redundant, mode.value, paths=paths)
+        options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads, params=params)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -102,6 +123,33 @@ def solve(
         ("max/mean load (input)", f"{bal.mean_imbalance:.3f} (mean of layers); worst: "
                                   f"{bal.imbalance_L[bal.worst_layer]:.3f} (layer {bal.worst_layer})"),
     ]))
+
+
+# Solvers whose objective is exact on token paths (the traces are then also read token by token).
+PATH_SOLVERS = ("auto", "cpsat", "exflow")
+# Which solvers take which option (the rest refuse it with a message).
+_PARAM_SOLVERS = {
+    "balance_weight": ("auto", "cpsat"), "max_imbalance": ("auto", "cpsat"),
+    "intra_weight": ("auto", "cpsat", "exflow"), "inter_weight": ("auto", "cpsat", "exflow"),
+    "backend": ("moetuner", "exflow"), "batches": ("exflow",), "groups": ("eplb",),
+}
+
+
+def solver_params(solver: str, **given: object) -> dict:
+    """``SolveOptions.params`` from the command line's solver options; an option the solver does not take is
+    a usage error naming the solvers that do."""
+    from placer.errors import UsageError
+
+    params = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        takers = _PARAM_SOLVERS[name]
+        if solver not in takers:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} applies to {', '.join(takers)}, not {solver}")
+        params[name] = value
+    return params
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,168 @@
+"""PuLP plumbing shared by the MILP formulations (``moetuner``, ``exflow``): the backend (CBC bundled with
+PuLP, or HiGHS through ``highspy``), time limit, threads, seed, warm start, and the status, objective and
+bound of a solve."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from placer.errors import MoeplaceError
+
+BACKENDS = ("cbc", "highs")
+# What still works when a backend is missing (for the error message).
+_STILL_WORKING = "auto, cpsat and the baselines (contiguous, round_robin, random, greedy, eplb)"
+
+
+class BackendMissing(MoeplaceError):
+    """A MILP backend (or PuLP itself) is not installed."""
+
+
+def backend_of(solver: str, params: dict[str, Any]) -> str:
+    b = params.get("backend", "cbc")
+    if b not in BACKENDS:
+        raise ValueError(f"{solver}: backend {b!r} is not one of {', '.join(BACKENDS)}")
+    return b
+
+
+def require(solver: str, backend: str) -> None:
+    """BackendMissing naming the package to install and the solvers that still work."""
+    try:
+        import pulp  # noqa: F401
+    except ImportError:
+        raise BackendMissing(f"{solver} needs the Python package pulp (pip install pulp); solvers that still "
+                             f"work: {_STILL_WORKING}") from None
+    if backend == "highs":
+        try:
+            import highspy  # noqa: F401
+        except ImportError:
+            raise BackendMissing(f"{solver} --backend highs needs the Python package highspy (pip install "
+                                 f"highspy); still working: {solver} --backend cbc, {_STILL_WORKING}") from None
+    else:
+        import pulp
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ok = pulp.PULP_CBC_CMD(msg=False).available()
+        if not ok:
+            raise BackendMissing(f"{solver} --backend cbc needs the CBC binary bundled with pulp (reinstall "
+                                 f"pulp); still working: {solver} --backend highs, {_STILL_WORKING}")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence what native solvers print on stdout (HiGHS prints a banner even when asked not to), so that
+    the command line's own output (JSON) stays clean."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+@dataclass
+class MilpResult:
+    status: str            # OPTIMAL (proven), FEASIBLE (stopped with a solution), NONE
+    objective: float | None
+    bound: float | None    # a proven lower bound (minimisation), when the backend reports one
+
+
+def solve(prob: Any, backend: str, time_limit_s: float, threads: int, seed: int, warm: bool = False) -> MilpResult:
+    """Solve a PuLP minimisation problem; variables hold the solution afterwards."""
+    import pulp
+
+    threads = threads or 1
+    if backend == "highs":
+        solver = _HighsWarm(msg=False, timeLimit=max(time_limit_s, 0.01), threads=threads, random_seed=seed,
+                            warm=warm)
+    else:
+        with warnings.catch_warnings():  # PuLP 3 announces CBC's move to an extra; the bundled binary works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(time_limit_s, 0.01), threads=threads,
+                                       warmStart=warm,
+                                       options=[f"randomSeed {seed + 1}", f"randomCbcSeed {seed + 1}"])
+    with quiet():
+        prob.solve(solver)
+    sol = prob.sol_status
+    if sol == pulp.LpSolutionOptimal:
+        status = "OPTIMAL"
+    elif sol == pulp.LpSolutionIntegerFeasible:
+        status = "FEASIBLE"
+    else:
+        status = "NONE"
+    obj = pulp.value(prob.objective) if status != "NONE" else None
+    bound = None
+    if status == "OPTIMAL":
+        bound = obj
+    elif backend == "highs" and status == "FEASIBLE":
+        try:
+            bound = float(prob.solverModel.getInfo().mip_dual_bound)
+        except Exception:  # noqa: BLE001 - a backend without the figure just has no bound
+            bound = None
+    return MilpResult(status, obj, bound)
+
+
+def _highs_class() -> Any:
+    import pulp
+
+    class HighsWarm(pulp.HiGHS):
+        """PuLP's HiGHS (highspy) with a warm start from the variables' current values."""
+
+        def __init__(self, warm: bool = False, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.warm = warm
+
+        def callSolver(self, lp: Any) -> None:
+            if self.warm:
+                import highspy
+
+                values = [v.varValue if v.varValue is not None else 0.0 for v in lp.variables()]
+                s = highspy.HighsSolution()
+                s.col_value = values
+                s.value_valid = True
+                lp.solverModel.setSolution(s)
+            lp.solverModel.run()
+
+    return HighsWarm
+
+
+def _HighsWarm(**kw: Any) -> Any:  # noqa: N802 - a factory that reads like the class it builds
+    return _highs_class()(**kw)
+
+
+def placement_of(problem: Any, options: Any, gpu_LE: Any, solver: str, start: float, proven: bool,
+                 objective: float, objective_name: str, bound: float | None, extra: dict) -> Any:
+    """The ``Placement`` of a MILP solver's expert-to-GPU assignment ``gpu_LE`` (one copy per expert):
+    status, bound and gap from the solve, and the project objective of the layout in ``extra["cost"]``."""
+    import numpy as np
+
+    from solvers.layout import placement_from_rows
+    from solvers.objective import gap_of
+    from solvers.project_cost import project_terms
+
+    L, E = gpu_LE.shape
+    G = problem.topology.num_gpus
+    assert all((np.bincount(gpu_LE[l], minlength=G) == E // G).all() for l in range(L))
+    rows = np.stack([np.argsort(gpu_LE[l] * E + np.arange(E), kind="stable") for l in range(L)])
+    extra.update(project_terms(problem, options, rows))
+    if proven:
+        bound, gap = objective, 0.0
+    else:
+        gap = None if bound is None else gap_of(objective, bound)
+    return placement_from_rows(problem, rows, solver, start, status="OPTIMAL" if proven else "FEASIBLE",
+                               objective=objective, objective_name=objective_name, bound=bound, gap=gap,
+                               extra=extra)

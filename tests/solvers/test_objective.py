@@ -1,0 +1,135 @@
+"""The optimising solvers' objective: equal to what the cost model measures, and bounded from below."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from placer.cost import evaluate_trace, measured_objective
+from placer.placement import Placement
+from placer.trace.schema import RoutingBatch
+from solvers.instance import Weights, build_instance, sort_copies
+from solvers.objective import (feasible, gpu_from_placement, lower_bound, objective_name, pair_weights,
+                               rows_from_gpu, star_lb, terms)
+from solvers.problem import SolveOptions
+from tests.solvers.helpers import brute_force, problem_of, trace
+
+
+def random_assignment(inst, rng):
+    return np.stack([sort_copies(rng.permutation(np.arange(inst.P) // inst.s), inst.item_expert_LP[l])
+                     for l in range(inst.L)])
+
+
+@pytest.mark.parametrize("mode", ["ep", "coherent"])
+@pytest.mark.parametrize("redundant,nodes", [(0, 1), (0, 2), (4, 2)])
+def test_objective_equals_cost_model(mode, redundant, nodes):
+    """Loads, dispatch GPUs/nodes (ep) and pair hops (coherent) of the item model are the cost model's, with
+    copies (the replica rule), nodes and dropped rows; the weighted objective is what evaluate measures."""
+    _, b = trace(3, 8, 3, 2500, seed=1, drop_rate=0.05)
+    problem = problem_of(b, 8, 4, nodes, redundant, mode)
+    inst = build_instance(problem, SolveOptions(params={"balance_weight": 0.5, "inter_weight": 5}))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        gpu = random_assignment(inst, rng)
+        t = terms(inst, gpu)
+        placement = Placement(rows_from_gpu(inst, gpu), 4, 8, nodes, topology=problem.topology)
+        assert np.array_equal(gpu_from_placement(inst, placement), gpu)
+        r = evaluate_trace(b, placement, problem.topology, mode)
+        assert np.array_equal(r.max_load_L, t.maxload_L)
+        if mode == "coherent":
+            assert np.array_equal(r.pair_hops_L1, t.gpus_L) and np.array_equal(r.node_pair_hops_L1, t.nodes_L)
+        else:
+            assert np.array_equal(r.dispatch_gpus_L, t.gpus_L) and np.array_equal(r.dispatch_nodes_L, t.nodes_L)
+        assert measured_objective(r, objective_name(inst)) == pytest.approx(t.value, rel=1e-12)
+
+
+def test_ep_objective_is_remote_fanout_averaged_over_home_ranks():
+    """Rotating every token's home rank through all G GPUs and averaging evaluate's remote GPUs / nodes gives
+    (G-1)/G x dispatch GPUs and (N-1)/N x dispatch nodes: the ep objective's traffic terms."""
+    _, b = trace(2, 8, 3, 1200, seed=2)
+    problem = problem_of(b, 8, 4, 2, 0, "ep")
+    inst = build_instance(problem, SolveOptions())
+    gpu = random_assignment(inst, np.random.default_rng(1))
+    placement = Placement(rows_from_gpu(inst, gpu), 4, 8, 2, topology=problem.topology)
+    remote = np.zeros(2)
+    for r in range(4):
+        shifted = RoutingBatch(experts_TLK=b.experts_TLK, seq_T=b.seq_T + r)
+        res = evaluate_trace(shifted, placement, problem.topology, "ep")
+        remote += [res.remote_gpus_L.sum(), res.remote_nodes_L.sum()]
+    t = terms(inst, gpu)
+    assert remote[0] / 4 == pytest.approx(t.gpus_L.sum() * 3 / 4)
+    assert remote[1] / 4 == pytest.approx(t.nodes_L.sum() * 1 / 2)
+
+
+def test_weighted_objective_names_are_measured():
+    _, b = trace(2, 8, 2, 500, seed=3)
+    problem = problem_of(b, 8, 4, 1, 0, "coherent")
+    placement = Placement(np.tile(np.arange(8), (2, 1)), 4, 8, topology=problem.topology)
+    r = evaluate_trace(b, placement, problem.topology, "coherent")
+    v = measured_objective(r, "2.5*coherent_pair_hops+1.0*max_load")
+    assert v == pytest.approx(2.5 * r.pair_hops_L1.sum() + r.max_load_L.sum())
+    assert measured_objective(r, "2*coherent_pair_hops+x*max_load") is None
+    assert measured_objective(r, "1*ep_dispatch_gpus") is None  # another mode
+
+
+@pytest.mark.parametrize("mode,L,E,K,G,N", [("ep", 2, 6, 3, 2, 1), ("coherent", 2, 6, 2, 3, 1),
+                                              ("ep", 2, 4, 2, 4, 2), ("coherent", 3, 4, 2, 2, 2)])
+def test_lower_bound_below_the_optimum(mode, L, E, K, G, N):
+    """The min-cost-flow / tangent bound never exceeds the true optimum found by enumeration."""
+    _, b = trace(L, E, K, 600, seed=4)
+    inst = build_instance(problem_of(b, E, G, N, 0, mode), SolveOptions(params={"max_imbalance": 0}))
+    best = brute_force(inst, lambda g: terms(inst, g).value, lambda g: feasible(inst, g))
+    lb, _ = lower_bound(inst)
+    assert lb <= best + 1e-6
+    assert lb > 0.5 * best  # and it is not trivial on these instances
+
+
+def test_star_bound_holds_for_every_assignment():
+    _, b = trace(1, 16, 4, 2000, seed=5, clusters=4)
+    inst = build_instance(problem_of(b, 16, 4, 2, 0, "ep"), SolveOptions())
+    t = inst.types_L[0]
+    W = pair_weights(inst, 0)
+    tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, 4), minlength=16)
+    lb_gpu, lb_node = star_lb(W, tot, 4, 4), star_lb(W, tot, 8, 4)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        g = terms(inst, random_assignment(inst, rng))
+        assert lb_gpu <= g.gpus_L[0] + 1e-6 and lb_node <= g.nodes_L[0] + 1e-6
+
+
+def test_statistics_without_paths_are_exact_for_top2_and_estimates_otherwise():
+    _, b = trace(2, 8, 2, 800, seed=6)
+    with_paths = build_instance(problem_of(b, 8, 4, 1, 0, "ep"), SolveOptions())
+    stats_only = build_instance(problem_of(b, 8, 4, 1, 0, "ep", paths=False), SolveOptions())
+    assert stats_only.exact and not stats_only.from_paths
+    gpu = random_assignment(with_paths, np.random.default_rng(2))
+    assert terms(stats_only, gpu).value == pytest.approx(terms(with_paths, gpu).value)
+    _, b3 = trace(2, 8, 3, 800, seed=6)
+    assert not build_instance(problem_of(b3, 8, 4, 1, 0, "ep", paths=False), SolveOptions()).exact
+    assert not build_instance(problem_of(b, 8, 4, 1, 4, "ep", paths=False), SolveOptions()).exact
+
+
+def test_weights_defaults_and_errors():
+    from placer.topology import Topology
+
+    w = Weights.from_params({}, Topology(8, 2))
+    # NVLink 450 GB/s vs network 50 GB/s; a token of expert compute (6 x 7168 x 2048 FLOP at 600 TFLOP/s)
+    # against a 14,336-byte NVLink message, spread over 8 GPUs, halved in ep mode (two messages per remote).
+    assert (w.intra_weight, w.inter_weight, w.balance_weight, w.max_imbalance) == (1.0, 9.0, 18.432, 1.05)
+    assert Weights.from_params({}, Topology(8, 2), "coherent").balance_weight == 36.864
+    for params, msg in [({"balance_weight": -1}, "balance_weight (-1) must be >= 0"),
+                        ({"intra_weight": -0.5}, "intra_weight (-0.5) must be >= 0"),
+                        ({"intra_weight": 2, "inter_weight": 1}, "inter_weight (1.0) must be >= intra_weight (2.0)"),
+                        ({"max_imbalance": 0.9}, "max_imbalance (0.9) must be >= 1"),
+                        ({"balance_weight": "x"}, "balance_weight must be a finite number")]:
+        with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            Weights.from_params(params, Topology(8, 2))
+
+
+def test_explicit_cap_below_what_any_placement_reaches_is_refused():
+    _, b = trace(2, 8, 2, 1000, seed=7, zipf=1.5)
+    problem = problem_of(b, 8, 4)
+    build_instance(problem, SolveOptions())  # the default cap adapts
+    with pytest.raises(ValueError, match=r"max_imbalance 1.0 caps layer \d's largest GPU load at .* but no "
+                                         r"placement goes below"):
+        build_instance(problem, SolveOptions(params={"max_imbalance": 1.0}))
