@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from placer.errors import UsageError
+from placer.fileio import read_model_config
 from placer.placement import Placement
 
 PROVENANCE = "moeplace-apply.json"
@@ -117,20 +118,7 @@ class Checkpoint:
 
 
 def _read_config(model: Path) -> dict[str, Any]:
-    if not model.exists():
-        raise UsageError(f"{model}: model folder not found")
-    if not model.is_dir():
-        raise UsageError(f"{model}: not a folder; --model takes a Hugging Face checkpoint folder")
-    cfg_path = model / "config.json"
-    if not cfg_path.is_file():
-        raise UsageError(f"{model}: no config.json; not a Hugging Face checkpoint folder")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f"{cfg_path}: expected a JSON object")
-    return cfg
+    return read_model_config(model)[1]
 
 
 def _shards(model: Path) -> list[str]:

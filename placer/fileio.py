@@ -77,3 +77,23 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     if p.is_dir():
         raise UsageError(f"{p}: is a directory, expected a {what}")
     return p
+
+
+def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The ``config.json`` of a Hugging Face checkpoint folder, as (its path, a dict), with one-line errors
+    for a missing folder, a file given instead, a missing or unreadable config."""
+    model = Path(model_dir)
+    if not model.exists():
+        raise UsageError(f"{model}: model folder not found")
+    if not model.is_dir():
+        raise UsageError(f"{model}: is a file; --model takes a Hugging Face checkpoint folder")
+    cfg_path = model / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"{model}: no config.json; not a Hugging Face checkpoint folder")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{cfg_path}: expected a JSON object")
+    return cfg_path, cfg

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from placer.errors import UsageError
+from placer.fileio import read_model_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -109,16 +110,8 @@ class CheckpointExperts:
 
     def __init__(self, path: str | Path, moe_layer_indices: tuple[int, ...], num_experts: int) -> None:
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise UsageError(f"{self.path}: --model must be a checkpoint folder (config.json + *.safetensors)")
-        cfg_path = self.path / "config.json"
-        if not cfg_path.is_file():
-            raise UsageError(f"{self.path}: no config.json in the model folder")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except ValueError as exc:
-            raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
-        cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+        cfg_path, cfg = read_model_config(self.path)
+        cfg = cfg.get("text_config", cfg)
         act = cfg.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise UsageError(f"{cfg_path}: field 'hidden_act' is {act!r}; replay runs SwiGLU (silu) experts only")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from placer.errors import UsageError
+from placer.fileio import read_model_config
 from placer.tracer.adapters import FamilyAdapter, adapter_for, moe_routers, router_shape, supported_families
 from placer.tracer.text import Tokenizer, load_tokenizer
 
@@ -53,18 +53,8 @@ def resolve_dtype(dtype: str, device: str):
 
 def read_config(model_dir: Path):
     """The folder's transformers config, with one-line errors for a missing folder, file or family."""
-    if not model_dir.exists():
-        raise UsageError(f"{model_dir}: model folder not found")
-    if not model_dir.is_dir():
-        raise UsageError(f"{model_dir}: is a file; --model takes a Hugging Face model folder")
-    cfg_file = model_dir / "config.json"
-    if not cfg_file.is_file():
-        raise UsageError(f"{model_dir}: no config.json; not a Hugging Face model folder")
-    try:
-        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{cfg_file}: not valid JSON ({exc})") from None
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    cfg_file, raw = read_model_config(model_dir)
+    model_type = raw.get("model_type")
     if not model_type:
         raise UsageError(f"{cfg_file}: field 'model_type' is missing")
     if not any(k in raw for k in EXPERT_COUNT_KEYS):

@@ -94,7 +94,7 @@ def test_fused_layout_and_refusals(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hidden_act": "gelu"}))
     with pytest.raises(UsageError, match="'hidden_act' is 'gelu'; replay runs SwiGLU"):
         CheckpointExperts(tmp_path, (1,), E)
-    with pytest.raises(UsageError, match="must be a checkpoint folder"):
+    with pytest.raises(UsageError, match="is a file; --model takes a Hugging Face checkpoint folder"):
         CheckpointExperts(tmp_path / "model.safetensors", (1,), E)
     np.testing.assert_equal(ck.key(0, 1), (1, 0, 1))
 
