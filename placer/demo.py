@@ -85,7 +85,7 @@ def _moeplace(*args: object, capture: bool = False) -> str:
 
 
 def step_solve(ctx: DemoContext) -> None:
-    """Baseline placements (greedy, eplb, round_robin, random) on 4 GPUs, solved on the trace."""
+    """Baseline placements (greedy, eplb, round_robin, random) on 4 GPUs, solved on the bundled train trace."""
     import json
 
     from rich.table import Table
@@ -107,7 +107,7 @@ def step_solve(ctx: DemoContext) -> None:
 
 
 def step_evaluate(ctx: DemoContext) -> None:
-    """The baselines measured on the held-out trace (the demo trace until held-out traces exist), both modes."""
+    """The baselines measured on the bundled held-out trace (another text than the train trace), both modes."""
     trace = ctx.files.get("heldout", ctx.files["trace"])
     placements = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
     for mode in ("ep", "coherent"):
