@@ -216,3 +216,22 @@ def test_click_usage_errors_exit_2(cli):
     assert res.code == 2 and "Missing argument" in res.err and "internal error" not in res.err
     res = cli("solve", "--bogus")
     assert res.code == 2 and "No such option" in res.err
+
+
+def test_readme_held_out_example(cli, tmp_path):
+    """README "Placements": greedy and eplb solved on the bundled train trace, evaluated on the held-out one."""
+    from pathlib import Path
+
+    traces = Path(__file__).resolve().parents[1] / "traces"
+    for name, extra in (("greedy", []), ("eplb", ["--redundant", "4"])):
+        res = cli("solve", traces / "train.parquet", "--solver", name, "--gpus", "4", *extra,
+                  "--out", tmp_path / f"{name}.json")
+        assert res.code == 0, res.err
+    res = cli("evaluate", traces / "heldout.parquet", tmp_path / "greedy.json", tmp_path / "eplb.json", "--json")
+    assert res.code == 0, res.err
+    got = {p["name"]: p["summary"] for p in json.loads(res.out)["placements"]}
+    assert got["greedy"]["mean_imbalance"] == pytest.approx(1.068, abs=5e-4)
+    assert got["eplb"]["mean_imbalance"] == pytest.approx(1.044, abs=5e-4)
+    assert got["contiguous"]["mean_imbalance"] == pytest.approx(1.179, abs=5e-4)
+    assert got["greedy"]["remote_gpus_per_token"] == pytest.approx(1.377, abs=5e-4)
+    assert got["eplb"]["remote_gpus_per_token"] == pytest.approx(1.314, abs=5e-4)
