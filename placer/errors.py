@@ -27,3 +27,11 @@ class UsageError(MoeplaceError):
 def where(path: object, field: str | None = None) -> str:
     """Format the ``file: field`` prefix of an error message."""
     return f"{path}: {field}" if field else f"{path}"
+
+
+def first_line(exc: BaseException, limit: int | None = 200, empty: str | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), for one-line errors that
+    quote a library's complaint; an empty message gives ``empty`` (default: the exception's type name)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else (type(exc).__name__ if empty is None else empty)
+    return line[:limit] if limit else line

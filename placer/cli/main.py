@@ -9,7 +9,7 @@ from typing import Sequence
 
 import click
 
-from placer.errors import MoeplaceError
+from placer.errors import MoeplaceError, first_line
 
 try:  # recent typer vendors its own click: its usage errors, Exit and Abort are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -54,7 +54,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected bug: still one line unless --debug
         if state.get("debug"):
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, None, empty="")
         _err(f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)")
         return 1
 

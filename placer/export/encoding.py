@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.fileio import atomic_path, require_file, write_text_atomic
 
 
@@ -71,7 +71,7 @@ def read_torch(path: Path, what: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise UsageError(f"{path}: not a readable torch file ({first[:160]})") from None
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors")

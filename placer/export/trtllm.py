@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
 from placer.fileio import require_file, write_text_atomic
@@ -40,7 +40,7 @@ def read(path: Path) -> StackMaps:
     try:
         d = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise UsageError(f"{path}: not valid YAML ({first})") from None
     if not isinstance(d, dict):
         raise UsageError(f"{path}: holds a {type(d).__name__}, expected a mapping with {', '.join(KEYS)}")

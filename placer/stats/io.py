@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.fileio import atomic_path, require_file
 from placer.stats.core import COUNT_FIELDS, RoutingStats, merge_stats
 
@@ -76,7 +76,7 @@ def load_stats(path: str | os.PathLike) -> RoutingStats:
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UsageError(f"{p}: not a moeplace stats file (.npz): {str(exc).splitlines()[0][:160]}") from None
+        raise UsageError(f"{p}: not a moeplace stats file (.npz): {first_line(exc, 160)}") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise UsageError(f"{p}: not a moeplace stats file: a single .npy array (for a load matrix use --load)")
     with z:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.fileio import require_file
 from placer.stats.core import RoutingStats
 
@@ -67,7 +67,7 @@ def _read_csv(path: Path) -> np.ndarray:
         except ValueError as exc:
             err = exc
     else:
-        raise UsageError(f"{path}: not a comma-separated matrix of numbers ({str(err).splitlines()[0][:120]})")
+        raise UsageError(f"{path}: not a comma-separated matrix of numbers ({first_line(err, 120)})")
     return arr
 
 
@@ -77,7 +77,7 @@ def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, 160)
         raise UsageError(f"{path}: not a readable torch file ({msg})") from None
     if isinstance(data, dict):
         if "logical_count" not in data:
@@ -116,7 +116,7 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
         try:
             raw = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{p}: not a readable .npy array ({str(exc).splitlines()[0][:160]})") from None
+            raise UsageError(f"{p}: not a readable .npy array ({first_line(exc, 160)})") from None
         load, info = _matrix(_as_counts(raw, p, "array"), p, "array"), {"load_source": "npy"}
     elif suffix == ".csv":
         load, info = _matrix(_as_counts(_read_csv(p), p, "matrix"), p, "matrix"), {"load_source": "csv"}

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.fileio import require_file
 from placer.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 
@@ -87,7 +87,7 @@ def _read_table(path: Path) -> pa.Table:
 
             return pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise UsageError(f"{path}: cannot parse as {suffix.lstrip('.')} ({msg})") from None
     raise UsageError(f"{path}: unknown log format '{path.suffix}'; expected .jsonl, .csv or .parquet "
                      f"(or an SGLang per-token dump .pt with --format sglang)")
@@ -336,7 +336,7 @@ def import_sglang_per_token(
         try:
             data = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
-            msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc, 160)
             raise UsageError(f"{p}: not a readable torch file ({msg})") from None
         if not isinstance(data, dict) or "records" not in data:
             keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.trace.schema import (
     META_KEY,
     OPTIONAL_COLUMNS,
@@ -62,7 +62,7 @@ class TraceReader:
             self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             schema = self._pf.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise UsageError(f"{self.path}: not a readable Parquet file ({_short(exc)})") from None
+            raise UsageError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
         self.meta = self._validate_schema(schema)
         self.num_tokens = int(self._pf.metadata.num_rows)
         if self.num_tokens == 0:
@@ -195,7 +195,7 @@ class TraceReader:
                 yield b
         except (pa.ArrowException, OSError) as exc:
             raise UsageError(f"{self.path}: cannot read rows after row {row}: file corrupt or truncated "
-                             f"({_short(exc)})") from None
+                             f"({first_line(exc)})") from None
 
     def read_all(self, fields: Iterable[str] = ALL_FIELDS, validate: bool = True) -> RoutingBatch:
         """The whole trace as one batch (for small traces: tests, the bundled traces)."""
@@ -275,11 +275,6 @@ def read_trace(path: str | os.PathLike, fields: Iterable[str] = ALL_FIELDS) -> t
     """Read a whole (small) trace: its metadata and one batch with ``fields``."""
     r = TraceReader(path)
     return r.meta, r.read_all(fields=fields)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 __all__ = [

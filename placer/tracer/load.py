@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.fileio import read_model_config
 from placer.tracer.adapters import FamilyAdapter, adapter_for, moe_routers, router_shape, supported_families
 from placer.tracer.text import Tokenizer, load_tokenizer
@@ -71,7 +71,7 @@ def read_config(model_dir: Path):
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:
-        raise UsageError(f"{cfg_file}: transformers cannot read it ({_first_line(exc)})") from None
+        raise UsageError(f"{cfg_file}: transformers cannot read it ({first_line(exc)})") from None
     return config, adapter
 
 
@@ -90,7 +90,7 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
     try:
         model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=torch_dtype)
     except Exception as exc:
-        raise UsageError(f"{d}: cannot load the model weights ({_first_line(exc)})") from None
+        raise UsageError(f"{d}: cannot load the model weights ({first_line(exc)})") from None
     model.to(dev).eval()
     found = moe_routers(model, adapter)
     if not found:
@@ -110,7 +110,3 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
         model_type=config.model_type, device=dev, dtype=dtype_name,
     )
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

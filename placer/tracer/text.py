@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from placer.errors import UsageError
+from placer.errors import UsageError, first_line
 from placer.fileio import require_file
 
 
@@ -82,7 +82,7 @@ def load_tokenizer(model_dir: str | os.PathLike, config=None) -> Tokenizer:
 
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise UsageError(f"{d}: no usable tokenizer in the model folder ({first[:160]})") from None
     eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(config, "eos_token_id", None)
     eos_ids = frozenset(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
