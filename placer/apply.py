@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from placer.errors import UsageError
-from placer.fileio import read_model_config
-from placer.placement import Placement
+from placer.core.errors import UsageError
+from placer.core.fileio import read_model_config
+from placer.core.placement import Placement
 
 PROVENANCE = "moeplace-apply.json"
 # Other copies of the weights (a .bin export, a consolidated file) would keep the old numbering: left out.
@@ -314,7 +314,7 @@ def apply_placement(p: Placement, model: str | os.PathLike, out: str | os.PathLi
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from placer.fileio import write_json_atomic
+    from placer.core.fileio import write_json_atomic
     from placer.progress import progress_bar
 
     model, out = Path(model), Path(out)

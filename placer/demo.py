@@ -22,7 +22,7 @@ class DemoContext:
 
 def step_trace(ctx: DemoContext) -> None:
     """Trace the bundled tiny MoE model on held-out text (prefill and greedy decode), as `moeplace trace` does."""
-    from placer.errors import MoeplaceError
+    from placer.core.errors import MoeplaceError
     from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
     from placer.tracer.record import TraceOptions
     from placer.tracer.run import trace_model
@@ -55,7 +55,7 @@ def step_info(ctx: DemoContext) -> None:
 def step_stats(ctx: DemoContext) -> None:
     """Routing statistics of the trace: summary, stats file, routing graph and heatmaps."""
     from placer.cli.stats import report
-    from placer.stats import stats_from_traces
+    from placer.inputs import stats_from_traces
 
     stats = stats_from_traces(ctx.files["trace"], by="phase")
     ctx.files["stats"] = ctx.out / "stats.npz"
@@ -74,7 +74,7 @@ def _moeplace(*args: object, capture: bool = False) -> str:
     import io
 
     from placer.cli.main import run
-    from placer.errors import MoeplaceError
+    from placer.core.errors import MoeplaceError
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
@@ -114,13 +114,13 @@ def step_evaluate(ctx: DemoContext) -> None:
         _moeplace("evaluate", trace, *placements, "--mode", mode)
 def _demo_placement(ctx: DemoContext):
     """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
-    from placer.placement_io import load_placement, save_placement
+    from placer.core.placement_io import load_placement, save_placement
 
     if ctx.files.get("placement"):
         return load_placement(ctx.files["placement"])
-    from placer.stats.core import compute_stats
-    from placer.topology import preset
-    from placer.trace.reader import TraceReader
+    from placer.core.stats.core import compute_stats
+    from placer.core.topology import preset
+    from placer.core.trace.reader import TraceReader
     from solvers.problem import PlacementProblem
     from solvers.registry import get_solver
 
@@ -155,9 +155,9 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
     """contiguous and the best placement at hand for 2-4 GPUs: an earlier step's placement if it fits, else the
     first registered of the preferred solvers solved on the training trace, else contiguous with G redundant
     slots (so the replay still compares two layouts)."""
-    from placer.placement_io import load_placement, save_placement
+    from placer.core.placement_io import load_placement, save_placement
     from placer.replay.run import solve_on_trace
-    from placer.trace.reader import TraceReader
+    from placer.core.trace.reader import TraceReader
     from solvers.registry import SOLVER_NAMES
 
     train = ctx.files.get("train", ctx.files["trace"])
@@ -184,7 +184,7 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
 
 def step_replay(ctx: DemoContext) -> None:
     """A gloo replay (CPU ranks) of the held-out trace: correctness of every token and the measured ratio."""
-    from placer.fileio import write_json_atomic
+    from placer.core.fileio import write_json_atomic
     from placer.replay.report import report_table
     from placer.replay.run import ReplayRequest, prepare, run, verdict
 

@@ -1,5 +1,5 @@
 """Comparing placements on one trace: validation that they fit it and each other, the ``contiguous``
-reference every comparison carries, and speedups over it. The numbers come from ``placer.cost``."""
+reference every comparison carries, and speedups over it. The numbers come from ``placer.core.cost``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from placer.cost import EvalResult, TraceSource, evaluate_load, evaluate_many, with_speedups
-from placer.errors import UsageError
-from placer.placement import Placement
-from placer.topology import Topology
+from placer.core.cost import EvalResult, TraceSource, evaluate_load, evaluate_many, with_speedups
+from placer.core.errors import UsageError
+from placer.core.placement import Placement
+from placer.core.topology import Topology
 
 REFERENCE = "contiguous"
 

@@ -9,40 +9,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from placer.errors import UsageError
-from placer.fileio import require_file
-from placer.stats import RoutingStats
-from placer.topology import Topology, preset
+from placer.core.errors import UsageError
+from placer.core.fileio import require_file
+from placer.core.stats import RoutingStats, load_only_stats, load_stats
+from placer.core.stats import stats_from_traces as compute_stats_from_traces
+from placer.core.topology import Topology, preset
+from placer.core.trace.reader import TraceDataset
+from placer.core.trace.schema import RoutingBatch
+from placer.progress import progress_bar
+from solvers import PlacementProblem
 
 
 ShapeCheck = Callable[[int, int], None]
 
 
-def stats_from_traces(paths: Sequence[str | os.PathLike], check: ShapeCheck | None = None) -> RoutingStats:
-    """Exact statistics of one or more traces read together (``placer.stats``, a progress bar on stderr).
+def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, check: ShapeCheck | None = None,
+                      **options: Any) -> RoutingStats:
+    """Exact statistics of one or more traces read together (``placer.core.stats.stats_from_traces``, which
+    takes ``options``: ``by``, ``sample_tokens``, ``batch_size``), with a progress bar on stderr.
     ``check(L, E)`` runs on the traces' metadata, before the pass over the tokens."""
-    from placer.stats import stats_from_traces as compute
-    from placer.trace.reader import TraceDataset
-
+    ds = TraceDataset(paths)
     if check is not None:
-        L, E, _ = TraceDataset(list(paths)).meta.shape
+        L, E, _ = ds.meta.shape
         check(L, E)
-    return compute(list(paths))
+    with progress_bar(ds.num_tokens, "stats", unit="tok") as advance:
+        return compute_stats_from_traces(paths, progress=advance, **options)
 
 
 def load_matrix(path: str | os.PathLike) -> RoutingStats:
     """Load-only statistics: a [layers, experts] matrix (.npy, .csv, .pt) or an SGLang ``stat`` dump."""
-    from placer.stats import load_only_stats
-
     return load_only_stats(path)
 
 
 def load_stats_file(path: str | os.PathLike) -> RoutingStats:
     """Statistics written by ``moeplace stats`` (read by the statistics module)."""
-    from placer.stats import load_stats
-
     return load_stats(require_file(path, "stats file"))
 
 
@@ -66,11 +68,9 @@ def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
 MAX_PATH_ENTRIES = 1_000_000_000
 
 
-def token_paths(traces: Sequence[Path]):
+def token_paths(traces: Sequence[Path]) -> RoutingBatch | None:
     """The traces' tokens in order as one ``RoutingBatch`` (experts, present, seq) for solvers whose objective
     is exact on token paths; None if the traces are too large to hold (statistics are then used)."""
-    from placer.trace.reader import TraceDataset
-
     ds = TraceDataset(list(traces))
     L, _, K = ds.meta.shape
     if ds.num_tokens * L * K > MAX_PATH_ENTRIES:
@@ -79,12 +79,10 @@ def token_paths(traces: Sequence[Path]):
 
 
 def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep",
-                       paths=None):
+                       paths: RoutingBatch | None = None) -> PlacementProblem:
     """The ``PlacementProblem`` of some statistics on a topology (ValueError naming the values if it cannot
     be placed: slots that do not divide by the GPUs, negative redundancy). ``paths``: the traces' tokens
     (``token_paths``) for the solvers whose objective is exact on them."""
-    from solvers import PlacementProblem
-
     return PlacementProblem(
         load_LE=stats.load_LE, topology=topology, num_redundant=redundant, mode=mode,
         top_k=max(stats.top_k, 1), coact_LEE=stats.coact_LEE, trans_LEE=stats.trans_LEE,

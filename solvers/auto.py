@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from solvers import exact
 from solvers.common import WALL_SAFETY, WallGuard, best_start
 from solvers.cpsat import model_size, run_cpsat

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import register
 

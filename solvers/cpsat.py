@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from placer.errors import MoeplaceError
-from placer.placement import Placement
+from placer.core.errors import MoeplaceError
+from placer.core.placement import Placement
 from solvers.common import DET_PER_SECOND, WALL_SAFETY, best_start, workers
 from solvers.instance import Instance, build_instance
 from solvers.objective import Outcome, layer_loads, make_placement, pair_weights

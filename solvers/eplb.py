@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from solvers.layout import pack_balanced, placement_from_rows, replicate_hottest
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import register

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from solvers.problem import PlacementProblem
 
 

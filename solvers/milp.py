@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from placer.errors import MoeplaceError
+from placer.core.errors import MoeplaceError
 
 BACKENDS = ("cbc", "highs")
 # What still works when a backend is missing (for the error message).

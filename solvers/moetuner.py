@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from placer.errors import MoeplaceError
-from placer.placement import Placement
+from placer.core.errors import MoeplaceError
+from placer.core.placement import Placement
 from solvers import milp
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import register

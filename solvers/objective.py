@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from solvers.instance import Instance
 
 REL_TOL = 1e-9
@@ -54,7 +54,7 @@ class Terms:
 
 
 def objective_name(inst: Instance) -> str:
-    """The objective as a weighted sum of the cost model's named quantities (``placer.cost.OBJECTIVES``),
+    """The objective as a weighted sum of the cost model's named quantities (``placer.core.cost.OBJECTIVES``),
     which ``evaluate`` measures (``objective_measured``)."""
     names = ("ep_dispatch_gpus", "ep_dispatch_nodes") if inst.mode == "ep" else \
         ("coherent_pair_hops", "coherent_node_pair_hops")
@@ -359,8 +359,8 @@ def make_placement(inst: Instance, out: Outcome, solver: str, start: float) -> P
 
 def check_with_cost_model(inst: Instance, gpu_LP: np.ndarray, t: Terms) -> None:
     """The loads (and coherent pair hops) of the item model equal the cost model's on the same tokens."""
-    from placer.cost import TraceEvaluator
-    from placer.trace.schema import RoutingBatch
+    from placer.core.cost import TraceEvaluator
+    from placer.core.trace.schema import RoutingBatch
 
     p = inst.problem
     placement = Placement(rows_from_gpu(inst, gpu_LP), inst.G, inst.E, inst.N, topology=p.topology)
@@ -369,7 +369,7 @@ def check_with_cost_model(inst: Instance, gpu_LP: np.ndarray, t: Terms) -> None:
     ev = TraceEvaluator(placement, p.topology, inst.mode)
     ev.add(RoutingBatch(experts_TLK=np.asarray(p.paths_TLK), present_TL=p.present_TL, seq_T=np.asarray(seq)))
     r = ev.result()
-    from placer.cost import measured_objective
+    from placer.core.cost import measured_objective
 
     measured = measured_objective(r, objective_name(inst))
     assert measured is not None and np.isclose(measured, t.value, rtol=1e-9, atol=1e-6), \

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from placer.topology import Topology
+from placer.core.topology import Topology
 
 Mode = Literal["ep", "coherent"]
 
@@ -19,7 +19,7 @@ class PlacementProblem:
     """A placement problem.
 
     load_LE: [L, E] expert load (tokens x ranks routed to each expert), always present.
-    coact_LEE, trans_LEE: co-activation and adjacent-layer transition counts (see ``placer.stats``), or
+    coact_LEE, trans_LEE: co-activation and adjacent-layer transition counts (see ``placer.core.stats``), or
         None for load-only statistics.
     paths_TLK / present_TL / seq_T: optional sampled token routing for token-level formulations.
     topology: GPUs, nodes, links. num_redundant: extra physical slots per layer (P = E + R).

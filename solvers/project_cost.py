@@ -12,7 +12,7 @@ from solvers.problem import PlacementProblem, SolveOptions
 
 def project_terms(problem: PlacementProblem, options: SolveOptions, rows_LP: np.ndarray) -> dict[str, Any]:
     """The project's objective and its terms for a layout (for comparison with the other solvers)."""
-    from placer.placement import Placement as P_
+    from placer.core.placement import Placement as P_
     from solvers.instance import build_instance
     from solvers.objective import gpu_from_placement, objective_name, terms
 

@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 if TYPE_CHECKING:
-    from placer.placement import Placement
+    from placer.core.placement import Placement
     from solvers.problem import PlacementProblem, SolveOptions
 
 SolverName = Literal["contiguous", "round_robin", "random", "greedy", "eplb", "cpsat", "auto", "moetuner", "exflow"]

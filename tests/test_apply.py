@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from placer.apply import PROVENANCE, apply_placement, read_checkpoint
-from placer.errors import UsageError
-from placer.placement import Placement
-from placer.placement_io import save_placement
+from placer.core.errors import UsageError
+from placer.core.placement import Placement
+from placer.core.placement_io import save_placement
 from tests.conftest import assert_one_line_error
 
 COMMON = dict(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
@@ -269,7 +269,7 @@ def _has_trace_command() -> bool:
 @pytest.mark.skipif(not (_bundled() / "config.json").exists() or not _has_trace_command(),
                     reason="needs the bundled model (placer/bundled/tiny-moe) and `moeplace trace` (issue 3)")
 def test_bundled_model_routing_read_by_the_tracer_is_renumbered(cli, tmp_path):
-    from placer.trace.reader import read_trace
+    from placer.core.trace.reader import read_trace
 
     src = _bundled()
     ck = read_checkpoint(src)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.topology import preset
+from placer.core.topology import preset
 from solvers import SOLVER_NAMES, PlacementProblem, SolveOptions, get_solver
 from solvers.layout import pack_balanced, replicate_hottest
 

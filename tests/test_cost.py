@@ -1,4 +1,4 @@
-"""The cost model (``placer.cost``) against a hand-worked example and a plain per-token simulation."""
+"""The cost model (``placer.core.cost``) against a hand-worked example and a plain per-token simulation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from placer.cost import (
+from placer.core.cost import (
     TraceEvaluator,
     evaluate_load,
     evaluate_many,
@@ -15,12 +15,12 @@ from placer.cost import (
     pair_hops_from_trans,
     with_speedups,
 )
-from placer.placement import Placement
-from placer.stats import compute_stats
-from placer.topology import Topology, preset
-from placer.trace.reader import concat_batches
-from placer.trace.schema import RoutingBatch
-from placer.trace.synth import SynthConfig, generate
+from placer.core.placement import Placement
+from placer.core.stats import compute_stats
+from placer.core.topology import Topology, preset
+from placer.core.trace.reader import concat_batches
+from placer.core.trace.schema import RoutingBatch
+from placer.synth import SynthConfig, generate
 
 # ---------------------------------------------------------------------------------------------------
 # The reference: the rules of docs/cost-model.md, token by token, with Python sets.
@@ -336,7 +336,7 @@ def test_mismatches_name_the_values():
 
 
 def test_measured_objectives_name_the_evaluated_quantities():
-    from placer.cost import OBJECTIVES, measured_objective
+    from placer.core.cost import OBJECTIVES, measured_objective
 
     batch = synth_batch(tokens=300)
     p = random_placement(4, 8, 4, 2, 0, seed=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from placer.demo import DEMO_BASELINES, DemoContext, step_evaluate, step_solve, step_trace
-from placer.placement_io import load_placement
+from placer.core.placement_io import load_placement
 
 
 def test_demo_solves_the_baselines_and_evaluates_them(tmp_path, capsys):
@@ -26,8 +26,8 @@ def test_demo_solves_the_baselines_and_evaluates_them(tmp_path, capsys):
 
 def test_demo_optimise_step_solves_auto_and_measures_the_gain(tmp_path, capsys, monkeypatch):
     import placer.demo as demo
-    from placer.trace.synth import SynthConfig, generate
-    from placer.trace.writer import TraceWriter
+    from placer.synth import SynthConfig, generate
+    from placer.core.trace.writer import TraceWriter
 
     monkeypatch.setattr(demo, "AUTO_TIME_LIMIT", 1)
     ctx = DemoContext(out=tmp_path, console=Console(record=True, width=160))

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from placer.errors import UsageError
-from placer.placement import Placement
-from placer.placement_io import load_placement, placement_to_dict, save_placement
-from placer.topology import Topology, home_gpu, preset
+from placer.core.errors import UsageError
+from placer.core.placement import Placement
+from placer.core.placement_io import load_placement, placement_to_dict, save_placement
+from placer.core.topology import Topology, home_gpu, preset
 from tests.conftest import assert_one_line_error
 
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from placer.cost import evaluate_trace
-from placer.placement_io import load_placement, placement_to_dict
-from placer.trace.synth import SynthConfig, generate
-from placer.trace.writer import TraceWriter
+from placer.core.cost import evaluate_trace
+from placer.core.placement_io import load_placement, placement_to_dict
+from placer.synth import SynthConfig, generate
+from placer.core.trace.writer import TraceWriter
 from tests.conftest import assert_one_line_error
 
 

@@ -14,7 +14,7 @@ Parts (``--part``, all by default):
   against ``eplb`` at equal redundancy. Uses the bundled model's ``traces/train.parquet`` and
   ``traces/heldout.parquet`` when they exist, else the two halves of one synthetic trace (said so).
 
-Every objective is measured by the cost model (``placer.cost.measured_objective``) on the trace the
+Every objective is measured by the cost model (``placer.core.cost.measured_objective``) on the trace the
 placement was solved on, so the solvers and the baselines are compared on one scale.
 """
 
@@ -34,8 +34,8 @@ TRAFFIC_FIRST = {"balance_weight": 1, "max_imbalance": 1.1}  # a traffic-first r
 
 
 def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int, affinity: float = 0.6):
-    from placer.trace.reader import concat_batches
-    from placer.trace.synth import SynthConfig, generate
+    from placer.core.trace.reader import concat_batches
+    from placer.synth import SynthConfig, generate
 
     meta, batches = generate(SynthConfig(layers=layers, experts=experts, top_k=top_k, tokens=tokens, seed=seed,
                                          clusters=clusters, affinity=affinity, domains=2))
@@ -43,7 +43,7 @@ def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, se
 
 
 def _problem(batch, experts: int, gpus: int, nodes: int, redundant: int, mode: str):
-    from placer.topology import Topology
+    from placer.core.topology import Topology
     from solvers.problem import PlacementProblem
 
     T, L, K = batch.experts_TLK.shape
@@ -68,7 +68,7 @@ def _solve(name: str, problem, time_limit: float, params: dict | None = None):
 
 def _measure(batch, placements, problem, objective_name: str) -> list[dict[str, Any]]:
     """Each placement's objective (as the cost model measures it) and headline figures on ``batch``."""
-    from placer.cost import evaluate_many, measured_objective
+    from placer.core.cost import evaluate_many, measured_objective
 
     out = []
     for p, r in zip(placements, evaluate_many(batch, placements, problem.topology, problem.mode)):
@@ -163,8 +163,8 @@ def part_scaling(tokens: int, time_limit: float, log) -> list[dict[str, Any]]:
 
 
 def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, log) -> dict[str, Any]:
-    from placer.cost import evaluate_many
-    from placer.trace.reader import TraceDataset, concat_batches
+    from placer.core.cost import evaluate_many
+    from placer.core.trace.reader import TraceDataset, concat_batches
 
     if train.exists() and heldout.exists():
         tr = TraceDataset([train]).read_all(fields=("experts", "present", "seq"))
@@ -174,7 +174,7 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
     else:
         meta, both = _trace(8, 16, 2, 12000, clusters=4, seed=2)
         half = len(both) // 2
-        from placer.trace.schema import RoutingBatch
+        from placer.core.trace.schema import RoutingBatch
 
         tr = RoutingBatch(experts_TLK=both.experts_TLK[:half], seq_T=both.seq_T[:half])
         ho = RoutingBatch(experts_TLK=both.experts_TLK[half:], seq_T=both.seq_T[half:])
@@ -246,7 +246,7 @@ def bench_solve(
     import sys
 
     from placer.cli.common import console, print_json
-    from placer.errors import UsageError
+    from placer.core.errors import UsageError
 
     unknown = [p for p in part if p not in PARTS]
     if unknown:

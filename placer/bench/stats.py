@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from placer.errors import MoeplaceError, UsageError
+from placer.core.errors import MoeplaceError, UsageError
 
 
 def pandas_counts(experts_TLK: np.ndarray, present_TL: np.ndarray | None, num_experts: int,
@@ -80,15 +80,15 @@ def _child(trace: str) -> None:
 
     os.environ["MOEPLACE_QUIET"] = "1"
     t0 = time.perf_counter()
-    from placer.stats.core import FastCounter
-    from placer.stats.stream import stats_from_traces
-    from placer.trace.reader import TraceReader
+    from placer.core.stats.core import FastCounter
+    from placer.core.stats.stream import stats_from_traces
+    from placer.core.trace.reader import TraceReader
 
     meta = TraceReader(trace).meta
     warm = FastCounter(*meta.shape)
     warm.add(np.zeros((1, meta.num_layers, meta.top_k), dtype=meta.id_dtype) + np.arange(meta.top_k, dtype=meta.id_dtype))
     t1 = time.perf_counter()
-    s = stats_from_traces(trace, sample_tokens=0, progress=False)
+    s = stats_from_traces(trace, sample_tokens=0)
     t2 = time.perf_counter()
     print(json.dumps({
         "setup_s": t1 - t0, "wall_s": t2 - t1, "tokens": int(s.tokens),
@@ -109,8 +109,8 @@ def _run_child(trace: Path) -> dict[str, Any]:
 
 def _synth(path: Path, layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int) -> float:
     from placer.progress import progress_bar
-    from placer.trace.synth import SynthConfig, generate
-    from placer.trace.writer import TraceWriter
+    from placer.synth import SynthConfig, generate
+    from placer.core.trace.writer import TraceWriter
 
     try:
         cfg = SynthConfig(layers=layers, experts=experts, top_k=top_k, tokens=tokens, clusters=clusters, domains=3,
@@ -150,8 +150,8 @@ def bench_stats(
     import shutil
 
     from placer.cli.common import console, kv_table, print_json
-    from placer.stats.core import FastCounter
-    from placer.trace.reader import TraceReader, concat_batches
+    from placer.core.stats.core import FastCounter
+    from placer.core.trace.reader import TraceReader, concat_batches
 
     if pandas_tokens < 1 or pandas_chunk < 1:
         raise UsageError(f"--pandas-tokens ({pandas_tokens}) and --pandas-chunk ({pandas_chunk}) must be positive")

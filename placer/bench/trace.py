@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import typer
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 def _plain(model, seqs, opts, pad_id: int, device: str) -> None:
@@ -39,8 +39,8 @@ def _plain(model, seqs, opts, pad_id: int, device: str) -> None:
 
 
 def _traced(lm, seqs, opts, out_path: Path) -> int:
-    from placer.trace.schema import TraceMeta
-    from placer.trace.writer import TraceWriter
+    from placer.core.trace.schema import TraceMeta
+    from placer.core.trace.writer import TraceWriter
     from placer.tracer.record import RouterRecorder, trace_batches
 
     meta = TraceMeta(num_layers=len(lm.routers), num_experts=lm.num_experts, top_k=lm.top_k,

@@ -15,7 +15,7 @@ def check_solver(name: str | None) -> str | None:
     ``moeplace --help`` does not import every solver)."""
     if name is None:
         return name
-    from placer.errors import UsageError
+    from placer.core.errors import UsageError
     from solvers import SOLVER_NAMES
 
     if name not in SOLVER_NAMES:
@@ -25,4 +25,4 @@ def check_solver(name: str | None) -> str | None:
 
 GPUS_HELP = "EP ranks (GPUs); the topology is the H100 preset of docs/cost-model.md."
 NODES_HELP = "Nodes the GPUs sit in (GPU g on node g // (G / N)); default 1."
-TOPOLOGY_HELP = "Topology JSON (num_gpus, num_nodes, bandwidths, latencies, expert compute; see placer/topology.py)."
+TOPOLOGY_HELP = "Topology JSON (num_gpus, num_nodes, bandwidths, latencies, expert compute; see placer/core/topology.py)."

@@ -25,7 +25,7 @@ def apply(
     from placer.apply import PROVENANCE, apply_placement
     from placer.cli.common import console, kv_table
     from placer.export.layers import layer_ranges
-    from placer.placement_io import load_placement
+    from placer.core.placement_io import load_placement
 
     p = load_placement(placement)
     r = apply_placement(p, model, out, force=force, placement_source=str(placement))

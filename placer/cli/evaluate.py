@@ -38,13 +38,13 @@ def evaluate(
     `contiguous` (always computed as the reference). Definitions: docs/cost-model.md.
     """
     from placer.cli.common import console, print_json
-    from placer.cost import measured_objective
-    from placer.errors import UsageError
+    from placer.core.cost import measured_objective
+    from placer.core.errors import UsageError
     from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
     from placer.inputs import read_statistics, resolve_topology
-    from placer.placement_io import load_placement
+    from placer.core.placement_io import load_placement
     from placer.progress import progress_bar
-    from placer.topology import preset
+    from placer.core.topology import preset
 
     balance_only = load_file is not None or stats_file is not None
     if balance_only:
@@ -66,7 +66,7 @@ def evaluate(
                          tuple(stats.moe_layer_indices) or None)
         results, ref_index, topo, tokens = compare_on_load(stats.load_LE, cands, mode_value), None, None, None
     else:
-        from placer.trace.reader import TraceDataset
+        from placer.core.trace.reader import TraceDataset
 
         ds = TraceDataset([input_path])
         meta = ds.meta

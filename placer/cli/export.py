@@ -37,10 +37,10 @@ def export(
     docs/export.md says what each format was checked against.
     """
     from placer.cli.common import console, kv_table, print_json
-    from placer.errors import UsageError
+    from placer.core.errors import UsageError
     from placer.export import export_placement
     from placer.export.layers import layer_ranges, parse_layer_list
-    from placer.placement_io import load_placement
+    from placer.core.placement_io import load_placement
 
     if num_model_layers is not None and num_model_layers < 1:
         raise UsageError(f"--num-model-layers must be positive, got {num_model_layers}")

@@ -50,9 +50,9 @@ def import_(
     with another token's routing.
     """
     from placer.cli.common import console, kv_table
-    from placer.errors import UsageError
-    from placer.trace.importers import FieldMap, import_long, import_sglang_per_token
-    from placer.trace.writer import write_trace
+    from placer.core.errors import UsageError
+    from placer.importers import FieldMap, import_long, import_sglang_per_token
+    from placer.core.trace.writer import write_trace
 
     if num_experts is not None and num_experts < 1:
         raise UsageError(f"--num-experts must be positive, got {num_experts}")

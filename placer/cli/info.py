@@ -13,7 +13,7 @@ def info(
 ) -> None:
     """Shape, tokens, sequences, phases and missing rows of a trace."""
     from placer.cli.common import console, kv_table, print_json
-    from placer.trace.summary import summarize
+    from placer.core.trace.summary import summarize
 
     s = summarize(trace)
     if as_json:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import click
 
-from placer.errors import MoeplaceError, first_line
+from placer.core.errors import MoeplaceError, first_line
 
 try:  # recent typer vendors its own click: its usage errors, Exit and Abort are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException

@@ -63,7 +63,7 @@ def replay(
     import json
 
     from placer.cli.common import console
-    from placer.fileio import prepare_output, write_json_atomic
+    from placer.core.fileio import prepare_output, write_json_atomic
     from placer.replay.report import report_table
     from placer.replay.run import ReplayRequest, prepare, run, verdict
 

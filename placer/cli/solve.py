@@ -59,11 +59,11 @@ def solve(
     import numpy as np
 
     from placer.cli.common import console, kv_table, print_json
-    from placer.cost import evaluate_load
-    from placer.errors import UsageError
-    from placer.fileio import prepare_output
+    from placer.core.cost import evaluate_load
+    from placer.core.errors import UsageError
+    from placer.core.fileio import prepare_output
     from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
-    from placer.placement_io import save_placement
+    from placer.core.placement_io import save_placement
     from solvers import PlacementProblem, SolveOptions, get_solver
 
     topo = resolve_topology(gpus, nodes, topology_file)
@@ -138,7 +138,7 @@ _PARAM_SOLVERS = {
 def solver_params(solver: str, **given: object) -> dict:
     """``SolveOptions.params`` from the command line's solver options; an option the solver does not take is
     a usage error naming the solvers that do."""
-    from placer.errors import UsageError
+    from placer.core.errors import UsageError
 
     params = {}
     for name, value in given.items():

@@ -40,7 +40,7 @@ stats_app = typer.Typer(cls=_ComputeByDefault, help=HELP, no_args_is_help=True, 
 
 
 def _parse_layers(text: str | None) -> list[int] | None:
-    from placer.errors import UsageError
+    from placer.core.errors import UsageError
 
     if text is None:
         return None
@@ -91,12 +91,13 @@ def compute(
 def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, by: str | None, sample_tokens: int,
                       batch_size: int, top_m: int | None, min_prob: float, graphs: list[Path], plot_layers: str | None):
     """Check the options, then read every input and add the statistics up."""
-    from placer.errors import UsageError
-    from placer.stats.core import merge_stats
-    from placer.stats.graph import GRAPH_SUFFIXES
-    from placer.stats.io import load_stats
-    from placer.stats.loadonly import load_only_stats
-    from placer.stats.stream import SplitBy, stats_from_traces
+    from placer.core.errors import UsageError
+    from placer.core.stats.core import merge_stats
+    from placer.plots.graph import GRAPH_SUFFIXES
+    from placer.core.stats.io import load_stats
+    from placer.core.stats.loadonly import load_only_stats
+    from placer.core.stats.stream import SplitBy
+    from placer.inputs import stats_from_traces
 
     # Step 1: options, checked before any long work.
     split = None
@@ -151,27 +152,27 @@ def report(stats, out: Path | None = None, as_json: bool = False, top_m: int | N
            per_layer: bool | None = None) -> dict[str, Any]:
     """Write the outputs asked for and print the summary (tables, or JSON); return the summary."""
     from placer.cli.common import console, print_json
-    from placer.stats.summary import summarize
+    from placer.core.stats.summary import summarize
 
     # Step 1: everything that can fail on bad options (graph of load-only stats, plot layers) before writing.
     if graph:
         stats.require_affinity("--graph")
     if out is not None:
-        from placer.fileio import prepare_output
+        from placer.core.fileio import prepare_output
 
         prepare_output(out)
     summary = summarize(stats, top_m=top_m)
     written: dict[str, Any] = {}
     if plots is not None:
-        from placer.stats.plots import write_plots
+        from placer.plots.stats import write_plots
 
         written["plots"] = [str(p) for p in write_plots(plots, stats, plot_layers)]
     for g in graph:
-        from placer.stats.graph import write_graph
+        from placer.plots.graph import write_graph
 
         written[str(g)] = write_graph(g, stats, min_prob)
     if out is not None:
-        from placer.stats.io import save_stats
+        from placer.core.stats.io import save_stats
 
         save_stats(out, stats)
         written["stats"] = str(out)
@@ -261,8 +262,8 @@ def merge(
     The result equals the statistics of the concatenated traces. Shapes must agree; splits are summed by name.
     """
     from placer.cli.common import console, kv_table, print_json
-    from placer.stats.io import merge_files, save_stats
-    from placer.stats.summary import summarize
+    from placer.core.stats.io import merge_files, save_stats
+    from placer.core.stats.summary import summarize
 
     s = merge_files(files)
     save_stats(out, s)

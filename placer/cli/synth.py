@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 def synth(
@@ -37,8 +37,8 @@ def synth(
     """
     from placer.cli.common import console, kv_table
     from placer.progress import progress_bar
-    from placer.trace.synth import SynthConfig, generate
-    from placer.trace.writer import TraceWriter
+    from placer.synth import SynthConfig, generate
+    from placer.core.trace.writer import TraceWriter
 
     try:
         cfg = SynthConfig(

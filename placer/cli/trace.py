@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 def trace(

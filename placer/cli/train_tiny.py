@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 def train_tiny(

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 from placer.export.layers import StackMaps, from_stack, to_stack
 from placer.export.registry import FORMAT_NAMES, NUMBERINGS, ExportFormat, get_format
-from placer.placement import Placement
+from placer.core.placement import Placement
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from placer.errors import UsageError, first_line
-from placer.fileio import atomic_path, require_file, write_text_atomic
+from placer.core.errors import UsageError, first_line
+from placer.core.fileio import atomic_path, require_file, write_text_atomic
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------

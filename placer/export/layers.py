@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from placer.errors import UsageError
-from placer.placement import Placement
+from placer.core.errors import UsageError
+from placer.core.placement import Placement
 
 
 @dataclass(frozen=True, eq=False)

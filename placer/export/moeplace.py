@@ -1,4 +1,4 @@
-"""The project's own placement JSON (``placer/placement_io.py``, schema ``placer/schemas/placement.v1.json``): the
+"""The project's own placement JSON (``placer/core/placement_io.py``, schema ``placer/core/schemas/placement.v1.json``): the
 only format that keeps the solver, status, objective, bound, gap, topology and model layer indices."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
-from placer.placement_io import load_placement, save_placement
+from placer.core.placement_io import load_placement, save_placement
 
 
 def write(maps: StackMaps, path: Path) -> None:

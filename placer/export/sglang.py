@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 from placer.export.encoding import check_keys, check_nonnegative, int_array, read_json, read_torch, write_json, write_torch
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 from placer.export.encoding import (
     check_inverse, check_keys, check_nonnegative, int_array, read_json, read_npz, read_torch, write_json, write_npz,
     write_torch,

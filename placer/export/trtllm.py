@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.errors import UsageError, first_line
+from placer.core.errors import UsageError, first_line
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
-from placer.fileio import require_file, write_text_atomic
+from placer.core.fileio import require_file, write_text_atomic
 
 KEYS = ("num_slots", "initial_global_assignments", "layer_updates_per_iter")
 

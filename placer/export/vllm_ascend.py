@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 from placer.export.encoding import read_json, write_json
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register

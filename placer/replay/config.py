@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from placer.replay.experts import DTYPES, CheckpointExperts, RandomExperts
 from placer.replay.reference import Schedule
-from placer.topology import Topology
+from placer.core.topology import Topology
 
 BACKENDS = ("gloo", "nccl", "virtual")
 CHECKS = ("all", "first", "none")

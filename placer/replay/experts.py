@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from placer.errors import UsageError
-from placer.fileio import read_model_config
+from placer.core.errors import UsageError
+from placer.core.fileio import read_model_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Callable
 
-from placer.errors import MoeplaceError
+from placer.core.errors import MoeplaceError
 from placer.replay.config import ReplayConfig
 
 # The process ids of the last launch's ranks (tests check that none is left).

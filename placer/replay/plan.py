@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from placer.placement import Placement
-from placer.topology import home_gpu
+from placer.core.placement import Placement
+from placer.core.topology import home_gpu
 
 MODES = ("ep", "coherent")
 

@@ -49,7 +49,7 @@ class Routing:
 
 def load_routing(path, num_tokens: int, num_layers: int) -> Routing:
     """Read the first ``num_tokens`` tokens of a trace (fewer if it is shorter), first ``num_layers`` layers."""
-    from placer.trace.reader import TraceReader, concat_batches
+    from placer.core.trace.reader import TraceReader, concat_batches
 
     reader = TraceReader(path)
     got, batches = 0, []

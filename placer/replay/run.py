@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from placer.errors import MoeplaceError, UsageError
-from placer.placement import Placement
+from placer.core.errors import MoeplaceError, UsageError
+from placer.core.placement import Placement
 from placer.replay.config import BACKENDS, Case, ReplayConfig
-from placer.topology import Topology
+from placer.core.topology import Topology
 
 
 @dataclass
@@ -47,7 +47,7 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int
     """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
     in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test)."""
     from placer.inputs import problem_from_stats, stats_from_traces
-    from placer.topology import preset
+    from placer.core.topology import preset
     from solvers import SolveOptions, get_solver
 
     try:
@@ -58,7 +58,7 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int
 
 
 def _resolve(req: ReplayRequest, arg: str, mode: str) -> tuple[str, Placement, str | None]:
-    from placer.placement_io import load_placement
+    from placer.core.placement_io import load_placement
     from solvers.registry import SOLVER_NAMES
 
     path = Path(arg)
@@ -79,7 +79,7 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
     """Check the request against the trace and the placements and build the run's config (UsageError on any
     mismatch: nothing has started yet)."""
     from placer.replay.experts import CheckpointExperts
-    from placer.trace.reader import TraceReader
+    from placer.core.trace.reader import TraceReader
 
     if req.backend not in BACKENDS:
         raise UsageError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")

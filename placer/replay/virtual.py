@@ -16,14 +16,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from placer.errors import MoeplaceError, UsageError
+from placer.core.errors import MoeplaceError, UsageError
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
 from placer.replay.experts import DTYPES, ExpertCache
 from placer.replay.plan import RankExchange, exchanges_of, link_bytes
 from placer.replay.reference import Checker, load_routing, planned_steps
 from placer.replay.report import CaseMeasure, case_report
-from placer.topology import Topology
+from placer.core.topology import Topology
 
 
 def virtual_device(choice: str) -> torch.device:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from placer.errors import MoeplaceError
+from placer.core.errors import MoeplaceError
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
 from placer.replay.experts import DTYPES, ExpertCache

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 from placer.tiny.vocab import EOS_ID
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "stdlib_manifest.json"
@@ -129,7 +129,7 @@ def load_corpus(manifest: dict | None = None, root: Path | None = None, allow_mi
 
 def write_manifest(path: Path = MANIFEST_PATH, root: Path | None = None) -> Path:
     """Write the manifest of this interpreter's corpus, one file per line (a new corpus: retrain after)."""
-    from placer.fileio import write_text_atomic
+    from placer.core.fileio import write_text_atomic
 
     m = make_manifest(root)
     head = [f'  "{k}": {json.dumps(m[k])},' for k in ("python", "implementation", "rule")]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 @dataclass(frozen=True)

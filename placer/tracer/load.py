@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from placer.errors import UsageError, first_line
-from placer.fileio import read_model_config
+from placer.core.errors import UsageError, first_line
+from placer.core.fileio import read_model_config
 from placer.tracer.adapters import FamilyAdapter, adapter_for, moe_routers, router_shape, supported_families
 from placer.tracer.text import Tokenizer, load_tokenizer
 

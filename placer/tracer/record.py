@@ -13,8 +13,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from placer.errors import MoeplaceError
-from placer.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch
+from placer.core.errors import MoeplaceError
+from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
-from placer.errors import UsageError
-from placer.trace.schema import TraceMeta
-from placer.trace.writer import TraceWriter
+from placer.core.errors import UsageError
+from placer.core.trace.schema import TraceMeta
+from placer.core.trace.writer import TraceWriter
 from placer.tracer.load import LoadedModel, load_model
 from placer.tracer.record import RouterRecorder, TraceOptions, count_planned, trace_batches
 from placer.tracer.text import make_sequences, read_prompts

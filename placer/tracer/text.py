@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from placer.errors import UsageError, first_line
-from placer.fileio import require_file
+from placer.core.errors import UsageError, first_line
+from placer.core.fileio import require_file
 
 
 def is_jsonl(path: Path, text_field: str | None) -> bool:

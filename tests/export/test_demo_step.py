@@ -6,9 +6,9 @@ from rich.console import Console
 
 from placer.demo import DemoContext, step_export
 from placer.export import FORMAT_NAMES, import_placement
-from placer.placement_io import load_placement
-from placer.trace.synth import SynthConfig, generate
-from placer.trace.writer import TraceWriter
+from placer.core.placement_io import load_placement
+from placer.synth import SynthConfig, generate
+from placer.core.trace.writer import TraceWriter
 
 
 def test_demo_export_step(tmp_path):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from placer.placement import Placement
-from placer.placement_io import save_placement
+from placer.core.placement import Placement
+from placer.core.placement_io import save_placement
 from tests.conftest import assert_one_line_error
 
 
@@ -179,7 +179,7 @@ def test_cli_round_trip_prints_the_loading_flag(cli, tmp_path):
     res = cli("import-placement", tmp_path / "s.pt", "--format", "sglang", "--gpus", 2, "--moe-layers", "3-4",
               "--out", tmp_path / "back.json")
     assert res.code == 0, res.err
-    from placer.placement_io import load_placement
+    from placer.core.placement_io import load_placement
 
     assert load_placement(tmp_path / "back.json").same_layout(p)
     res = cli("export", src, "--format", "trtllm", "--out", tmp_path / "t.yaml", "--json")

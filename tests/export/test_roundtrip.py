@@ -9,8 +9,8 @@ import pytest
 
 from placer.export import FORMAT_NAMES, export_placement, import_placement, read_stack
 from placer.export.registry import get_format
-from placer.placement import Placement
-from placer.topology import preset
+from placer.core.placement import Placement
+from placer.core.topology import preset
 
 # (format, file ending) for every encoding each format is written as.
 ENCODINGS = [(f, s) for f in FORMAT_NAMES for s in get_format(f).suffixes]

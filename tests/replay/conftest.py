@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.placement import Placement
-from placer.placement_io import save_placement
+from placer.core.placement import Placement
+from placer.core.placement_io import save_placement
 from placer.replay.config import Case, ReplayConfig
 
 L, E, G = 4, 8, 4
 
 
 def write_trace(path, tokens=600, layers=L, experts=E, top_k=2, drop_rate=0.05, seed=1):
-    from placer.trace.synth import SynthConfig, generate
-    from placer.trace.writer import TraceWriter
+    from placer.synth import SynthConfig, generate
+    from placer.core.trace.writer import TraceWriter
 
     meta, batches = generate(SynthConfig(layers=layers, experts=experts, top_k=top_k, tokens=tokens, seed=seed,
                                          clusters=2, seq_len=50, drop_rate=drop_rate))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from placer.errors import UsageError
-from placer.placement import Placement
-from placer.placement_io import save_placement
+from placer.core.errors import UsageError
+from placer.core.placement import Placement
+from placer.core.placement_io import save_placement
 from placer.replay.experts import CheckpointExperts, swiglu
 from tests.conftest import assert_one_line_error
 from tests.replay.conftest import write_trace

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from placer.placement import Placement
-from placer.placement_io import save_placement
+from placer.core.placement import Placement
+from placer.core.placement_io import save_placement
 from tests.conftest import assert_one_line_error
 
 

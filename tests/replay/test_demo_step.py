@@ -8,8 +8,8 @@ import io
 from rich.console import Console
 
 from placer.demo import DemoContext, _replay_placements
-from placer.placement import Placement
-from placer.placement_io import load_placement, save_placement
+from placer.core.placement import Placement
+from placer.core.placement_io import load_placement, save_placement
 from tests.replay.conftest import write_trace
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from placer.placement import Placement
-from placer.placement_io import save_placement
+from placer.core.placement import Placement
+from placer.core.placement_io import save_placement
 from tests.replay.conftest import write_trace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

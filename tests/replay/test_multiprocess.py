@@ -58,8 +58,8 @@ def test_gloo_four_ranks_correct_in_both_modes_and_catches_corruption(small_trac
 
 
 def _two_gpu_case(tmp_path):
-    from placer.placement import Placement
-    from placer.placement_io import save_placement
+    from placer.core.placement import Placement
+    from placer.core.placement_io import save_placement
     from tests.replay.conftest import write_trace
 
     trace = write_trace(tmp_path / "t.parquet", tokens=200, layers=2, experts=4, drop_rate=0.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.placement import Placement
+from placer.core.placement import Placement
 from placer.replay.plan import corrupt_plan, exchanges_of, link_bytes, plan_step
 
 # The README's worked example: 2 GPUs, 4 experts, 2 layers, top-2, three tokens.

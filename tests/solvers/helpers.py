@@ -6,11 +6,11 @@ import itertools
 
 import numpy as np
 
-from placer.stats.core import compute_stats
-from placer.topology import Topology
-from placer.trace.reader import concat_batches
-from placer.trace.schema import RoutingBatch
-from placer.trace.synth import SynthConfig, generate
+from placer.core.stats.core import compute_stats
+from placer.core.topology import Topology
+from placer.core.trace.reader import concat_batches
+from placer.core.trace.schema import RoutingBatch
+from placer.synth import SynthConfig, generate
 from solvers.problem import PlacementProblem
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.cost import evaluate_trace, measured_objective
+from placer.core.cost import evaluate_trace, measured_objective
 from solvers.instance import build_instance
 from solvers.objective import feasible, gpu_from_placement, lower_bound, terms
 from solvers.problem import SolveOptions
@@ -104,8 +104,8 @@ def test_auto_ep_large_layers_use_a_sample_and_stay_exact():
 
 def test_load_only_statistics_balance_only():
     """A load matrix (no routing): auto and cpsat balance the load, at least as well as greedy."""
-    from placer.cost import evaluate_load
-    from placer.topology import Topology
+    from placer.core.cost import evaluate_load
+    from placer.core.topology import Topology
     from solvers.problem import PlacementProblem
 
     load = np.random.default_rng(0).integers(1, 1000, size=(4, 64)).astype(float)

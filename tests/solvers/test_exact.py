@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from placer.topology import Topology
-from placer.trace.schema import RoutingBatch
+from placer.core.topology import Topology
+from placer.core.trace.schema import RoutingBatch
 from solvers import exact
 from solvers.instance import build_instance
 from solvers.objective import feasible, gpu_from_placement, terms
@@ -139,7 +139,7 @@ def test_worked_example_golden():
     assert p.phy2log_LP.tolist() == [[0, 1, 2, 3], [2, 3, 0, 1]]
     assert p.objective_name == "1.0*coherent_pair_hops+1.0*max_load"
     c = get_solver("contiguous")(problem)
-    from placer.cost import evaluate_trace, measured_objective
+    from placer.core.cost import evaluate_trace, measured_objective
 
     assert measured_objective(evaluate_trace(batch, c, mode="coherent"), p.objective_name) == 40.0
     r = evaluate_trace(batch, p, mode="coherent")

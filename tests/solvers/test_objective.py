@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.cost import evaluate_trace, measured_objective
-from placer.placement import Placement
-from placer.trace.schema import RoutingBatch
+from placer.core.cost import evaluate_trace, measured_objective
+from placer.core.placement import Placement
+from placer.core.trace.schema import RoutingBatch
 from solvers.instance import Weights, build_instance, sort_copies
 from solvers.objective import (feasible, gpu_from_placement, lower_bound, objective_name, pair_weights,
                                rows_from_gpu, star_lb, terms)
@@ -110,7 +110,7 @@ def test_statistics_without_paths_are_exact_for_top2_and_estimates_otherwise():
 
 
 def test_weights_defaults_and_errors():
-    from placer.topology import Topology
+    from placer.core.topology import Topology
 
     w = Weights.from_params({}, Topology(8, 2))
     # NVLink 450 GB/s vs network 50 GB/s; a token of expert compute (6 x 7168 x 2048 FLOP at 600 TFLOP/s)

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from placer.trace.synth import SynthConfig, generate
-from placer.trace.writer import TraceWriter
+from placer.synth import SynthConfig, generate
+from placer.core.trace.writer import TraceWriter
 from tests.conftest import assert_one_line_error
 
 

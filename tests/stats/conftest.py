@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.trace import RoutingBatch, TraceMeta, TraceWriter
-from placer.trace.synth import SynthConfig, generate
+from placer.core.trace import RoutingBatch, TraceMeta, TraceWriter
+from placer.synth import SynthConfig, generate
 
 
 def worked_example() -> tuple[TraceMeta, RoutingBatch]:
@@ -72,7 +72,7 @@ def write_synth(path, tokens=4000, seed=0, split_at: int | None = None, **kw):
     cfg = SynthConfig(**{"layers": 4, "experts": 16, "top_k": 2, "tokens": tokens, "seed": seed, "clusters": 4,
                          "domains": 2, "seq_len": 64, **kw})
     meta, batches = generate(cfg)
-    from placer.trace import concat_batches
+    from placer.core.trace import concat_batches
 
     b = concat_batches(list(batches))
     with_present = b.present_TL is not None

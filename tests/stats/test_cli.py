@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from placer.stats import load_stats, stats_from_traces
-from placer.trace import TraceMeta
-from placer.trace.schema import arrow_schema
+from placer.core.stats import load_stats, stats_from_traces
+from placer.core.trace import TraceMeta
+from placer.core.trace.schema import arrow_schema
 from tests.conftest import assert_one_line_error
 from tests.stats.conftest import write_synth
 
@@ -40,7 +40,7 @@ def test_stats_json_graph_plots_and_file(tmp_path, cli, synth_trace):
     s = load_stats(tmp_path / "s.npz")
     assert s.tokens == 4000 and set(s.splits) == set(out["splits"])
     # The same statistics as the library call, and the table form prints the headline figures.
-    np.testing.assert_array_equal(s.trans_LEE, stats_from_traces(path, progress=False).trans_LEE)
+    np.testing.assert_array_equal(s.trans_LEE, stats_from_traces(path).trans_LEE)
     res = cli("stats", path, "--top-m", "3")
     assert res.code == 0, res.err
     for fragment in ("4,000", "mutual information", "concentration top-3", "predictability top-3", "per layer"):
@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli):
 
 
 def test_by_domain_needs_a_domain_column(tmp_path, cli):
-    from placer.trace import write_trace
+    from placer.core.trace import write_trace
     from tests.stats.conftest import random_batch
 
     b = random_batch(50, 2, 4, 1, seed=0, drop=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.stats import FastCounter, RoutingStats, compute_stats, stats_from_batches
-from placer.stats.core import COUNT_FIELDS
-from placer.stats.stream import SplitBy
-from placer.trace import RoutingBatch
+from placer.core.stats import FastCounter, RoutingStats, compute_stats, stats_from_batches
+from placer.core.stats.core import COUNT_FIELDS
+from placer.core.stats.stream import SplitBy
+from placer.core.trace import RoutingBatch
 from tests.stats.conftest import loop_counts, random_batch, worked_example
 
 
@@ -76,7 +76,7 @@ def test_ids_outside_the_experts_are_refused():
 def test_splits_equal_statistics_of_their_tokens_and_sum_to_the_total(by):
     b = random_batch(600, 3, 8, 2, seed=5)
     meta_shape = (3, 8, 2)
-    from placer.trace import TraceMeta
+    from placer.core.trace import TraceMeta
 
     meta = TraceMeta(*meta_shape)
     split = SplitBy.parse(by)
@@ -102,7 +102,7 @@ def test_split_names():
 
 
 def test_sample_is_spread_over_the_stream():
-    from placer.trace import TraceMeta
+    from placer.core.trace import TraceMeta
 
     b = random_batch(1000, 2, 8, 2, seed=6, drop=0)
     s = stats_from_batches(TraceMeta(2, 8, 2), [b], sample_tokens=100, total_tokens=1000)

@@ -6,10 +6,10 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from placer.errors import UsageError
-from placer.stats import compute_stats
-from placer.stats.graph import build_graph, write_graph
-from placer.stats.plots import default_layers, write_plots
+from placer.core.errors import UsageError
+from placer.core.stats import compute_stats
+from placer.plots.graph import build_graph, write_graph
+from placer.plots.stats import default_layers, write_plots
 from tests.stats.conftest import worked_example
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from placer.stats import load_stats, merge_stats, save_stats, stats_from_traces
-from placer.stats.core import COUNT_FIELDS
+from placer.core.stats import load_stats, merge_stats, save_stats, stats_from_traces
+from placer.core.stats.core import COUNT_FIELDS
 from tests.conftest import assert_one_line_error
 from tests.stats.conftest import write_synth
 
@@ -24,7 +24,7 @@ def _same(a, b):
 
 def test_round_trip_keeps_counts_splits_and_metadata(tmp_path):
     path, meta, _ = write_synth(tmp_path / "t.parquet", drop_rate=0.1)
-    s = stats_from_traces(path, by="phase", progress=False)
+    s = stats_from_traces(path, by="phase")
     out = save_stats(tmp_path / "s.npz", s)
     got = load_stats(out)
     _same(s, got)
@@ -59,8 +59,8 @@ def test_merge_equals_statistics_of_the_concatenated_traces(tmp_path, cli):
 def test_merge_refuses_other_shapes_and_other_versions(tmp_path, cli):
     a, _, _ = write_synth(tmp_path / "a.parquet")
     c, _, _ = write_synth(tmp_path / "c.parquet", experts=8)
-    save_stats(tmp_path / "a.npz", stats_from_traces(a, progress=False))
-    save_stats(tmp_path / "c.npz", stats_from_traces(c, progress=False))
+    save_stats(tmp_path / "a.npz", stats_from_traces(a))
+    save_stats(tmp_path / "c.npz", stats_from_traces(c))
     res = cli("stats", "merge", tmp_path / "a.npz", tmp_path / "c.npz", "--out", tmp_path / "m.npz")
     assert_one_line_error(res, 2, "c.npz", "(4, 8, 2) differs", "(4, 16, 2)")
     assert not (tmp_path / "m.npz").exists()
@@ -95,8 +95,8 @@ def test_bad_stats_files_are_one_line_errors(tmp_path, cli, make, fragments):
 
 def test_merging_load_only_with_full_statistics_keeps_loads_and_says_so(tmp_path):
     a, _, _ = write_synth(tmp_path / "a.parquet")
-    full = stats_from_traces(a, progress=False)
-    from placer.stats import RoutingStats
+    full = stats_from_traces(a)
+    from placer.core.stats import RoutingStats
 
     loads = RoutingStats(4, 16, 2, load_LE=full.load_LE.copy(), sources=("loads.npy",))
     m = merge_stats([full, loads])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from placer.errors import UsageError
-from placer.stats import load_only_stats, load_stats
+from placer.core.errors import UsageError
+from placer.core.stats import load_only_stats, load_stats
 from tests.conftest import assert_one_line_error
 
 LOAD = np.array([[4, 0, 2, 2], [1, 3, 3, 1], [0, 0, 6, 2]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from placer.trace import TraceReader
+from placer.core.trace import TraceReader
 from tests.stats.conftest import write_synth
 
 

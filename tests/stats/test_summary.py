@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from placer.stats import compute_stats, stats_from_batches, summarize
-from placer.stats.summary import concentration, load_figures, mutual_information_bits
-from placer.trace import RoutingBatch, TraceMeta, concat_batches
-from placer.trace.synth import SynthConfig, generate
+from placer.core.stats import compute_stats, stats_from_batches, summarize
+from placer.core.stats.summary import concentration, load_figures, mutual_information_bits
+from placer.core.trace import RoutingBatch, TraceMeta, concat_batches
+from placer.synth import SynthConfig, generate
 from tests.stats.conftest import worked_example
 
 
@@ -80,7 +80,7 @@ def test_planted_clusters_show_in_coactivation_and_concentration():
 
 def test_splits_are_summarised_and_merged_stats_have_no_predictability():
     meta, b = worked_example()
-    s = stats_from_batches(meta, [b], by=__import__("placer.stats", fromlist=["SplitBy"]).SplitBy.parse("phase"),
+    s = stats_from_batches(meta, [b], by=__import__("placer.core.stats", fromlist=["SplitBy"]).SplitBy.parse("phase"),
                            sample_tokens=10)
     out = summarize(s)
     assert list(out["splits"]) == ["prefill", "decode"]

@@ -7,7 +7,7 @@ import pytest
 
 from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
 from placer.tiny.checks import routing_report
-from placer.trace.reader import read_trace
+from placer.core.trace.reader import read_trace
 
 TEXTS = REPO_TRACES_DIR / "text"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 from placer.tiny.corpus import load_corpus, load_manifest
 from tests.conftest import assert_one_line_error
 

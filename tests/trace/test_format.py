@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from placer.trace import RoutingBatch, TraceDataset, TraceMeta, TraceReader, TraceWriter, expert_dtype, write_trace
-from placer.trace.synth import SynthConfig, generate
+from placer.core.trace import RoutingBatch, TraceDataset, TraceMeta, TraceReader, TraceWriter, expert_dtype, write_trace
+from placer.synth import SynthConfig, generate
 from tests.conftest import assert_one_line_error
 
 
@@ -93,7 +93,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
 
 
 def test_an_empty_trace_is_never_written(tmp_path):
-    from placer.errors import UsageError
+    from placer.core.errors import UsageError
 
     with pytest.raises(UsageError, match="no tokens"):
         with TraceWriter(tmp_path / "e.parquet", TraceMeta(num_layers=1, num_experts=2, top_k=1)):
@@ -172,7 +172,7 @@ def test_info_json_contract(tmp_path, cli):
 def test_outputs_get_ordinary_permissions(tmp_path):
     import os
 
-    from placer.fileio import write_text_atomic
+    from placer.core.fileio import write_text_atomic
 
     umask = os.umask(0o022)
     try:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from placer.trace import TraceReader
+from placer.core.trace import TraceReader
 from tests.conftest import assert_one_line_error
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "routing-log.jsonl"
@@ -51,7 +51,7 @@ def test_dropped_rows_never_pair_tokens(tmp_path):
         {"token": 1, "layer": 0, "experts": [4, 5]},
         {"token": 2, "layer": 1, "experts": [6, 7]},
     ]
-    from placer.trace.importers import import_long
+    from placer.importers import import_long
 
     meta, b, rep = import_long([_jsonl(tmp_path / "d.jsonl", rows)])
     assert (rep.tokens, rep.missing_token_layers, rep.tokens_with_missing_layers) == (3, 2, 2)

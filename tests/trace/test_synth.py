@@ -11,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from placer.trace import TraceReader
-from placer.trace.synth import SynthConfig, generate
+from placer.core.trace import TraceReader
+from placer.synth import SynthConfig, generate
 from tests.conftest import assert_one_line_error
 
 
 def _all(cfg):
     meta, batches = generate(cfg)
-    from placer.trace import concat_batches
+    from placer.core.trace import concat_batches
 
     return meta, concat_batches(list(batches))
 

@@ -193,7 +193,7 @@ def test_decoding_stops_at_end_of_sequence():
 
 
 def test_recorder_refuses_a_pass_where_a_router_did_not_run():
-    from placer.errors import MoeplaceError
+    from placer.core.errors import MoeplaceError
 
     model = tiny_model("mixtral")
     adapter = adapter_for("mixtral")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from placer.trace.reader import read_trace
+from placer.core.trace.reader import read_trace
 from tests.conftest import assert_one_line_error
 from tests.tracer.tiny_models import tiny_model
 

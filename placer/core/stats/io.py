@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from placer.errors import UsageError, first_line
-from placer.fileio import atomic_path, require_file
-from placer.stats.core import COUNT_FIELDS, RoutingStats, merge_stats
+from placer.core.errors import UsageError, first_line
+from placer.core.fileio import atomic_path, require_file
+from placer.core.stats.core import COUNT_FIELDS, RoutingStats, merge_stats
 
 FORMAT = "moeplace-stats"
 FORMAT_VERSION = 1

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from placer.errors import MoeplaceError, UsageError
-from placer.fileio import prepare_output, temp_beside
-from placer.trace.schema import RoutingBatch, TraceMeta, arrow_schema
+from placer.core.errors import MoeplaceError, UsageError
+from placer.core.fileio import prepare_output, temp_beside
+from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema
 
 DEFAULT_ROW_GROUP = 65536
 

@@ -20,7 +20,7 @@ top-level counts are their sum. ``sample`` (not saved) is a small, evenly spread
 routing kept while streaming, for the token-level predictability figure of the summary.
 
 ``accumulate_reference`` is the specification (slow, obviously right); ``FastCounter`` (numba kernels in
-``placer.stats.fast``) gives the same counts and is what ``compute_stats`` and the CLI use.
+``placer.core.stats.fast``) gives the same counts and is what ``compute_stats`` and the CLI use.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from placer.errors import UsageError
-from placer.trace.schema import RoutingBatch, expert_dtype
+from placer.core.errors import UsageError
+from placer.core.trace.schema import RoutingBatch, expert_dtype
 
 # The count arrays of full statistics, in the order they are saved; all int64.
 COUNT_FIELDS = ("load_LE", "load1_LE", "coact_LEE", "trans_LEE", "trans1_LEE", "tokens_L", "pair_tokens_L")
@@ -111,7 +111,7 @@ def accumulate_reference(s: RoutingStats, b: RoutingBatch) -> None:
 
 
 class FastCounter:
-    """Streaming exact counts with the compiled kernels of ``placer.stats.fast`` (same result as the
+    """Streaming exact counts with the compiled kernels of ``placer.core.stats.fast`` (same result as the
     reference). ``add(batch)`` as often as needed, then ``result()``."""
 
     def __init__(self, num_layers: int, num_experts: int, top_k: int) -> None:
@@ -126,7 +126,7 @@ class FastCounter:
 
     def add(self, experts_TLK: np.ndarray, present_TL: np.ndarray | None = None) -> None:
         """Count a batch: ``experts_TLK`` [T, L, K] ids in rank order, ``present_TL`` [T, L] or None."""
-        from placer.stats.fast import count_batch
+        from placer.core.stats.fast import count_batch
 
         L, E, K = self.shape
         if experts_TLK.ndim != 3 or experts_TLK.shape[1:] != (L, K):
@@ -147,7 +147,7 @@ class FastCounter:
         self.tokens += T
 
     def result(self, **kw: Any) -> RoutingStats:
-        from placer.stats.fast import symmetrize_coact
+        from placer.core.stats.fast import symmetrize_coact
 
         L, E, K = self.shape
         return RoutingStats(L, E, K, load_LE=self.load_LE.copy(), tokens=self.tokens, load1_LE=self.load1_LE.copy(),

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from placer.errors import UsageError, first_line
-from placer.trace.schema import (
+from placer.core.errors import UsageError, first_line
+from placer.core.trace.schema import (
     META_KEY,
     OPTIONAL_COLUMNS,
     PHASES,

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from placer.errors import UsageError, first_line
-from placer.fileio import require_file
-from placer.stats.core import RoutingStats
+from placer.core.errors import UsageError, first_line
+from placer.core.fileio import require_file
+from placer.core.stats.core import RoutingStats
 
 SUFFIXES = (".npy", ".csv", ".pt", ".pth")
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 from numba import njit
 
-from placer.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
+from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 
 CHUNK = 16384  # tokens generated at a time; fixed so that output does not depend on any option
 

@@ -8,11 +8,11 @@ The one-call API for downstream code:
 - ``merge_stats([...])`` / ``merge_files([...])``: sums of shards; ``summarize(stats)``: the summary figures.
 """
 
-from placer.stats.core import COUNT_FIELDS, FastCounter, RoutingStats, compute_stats, merge_stats
-from placer.stats.io import load_stats, merge_files, save_stats
-from placer.stats.loadonly import load_only_stats
-from placer.stats.stream import SplitBy, stats_from_batches, stats_from_traces
-from placer.stats.summary import summarize
+from placer.core.stats.core import COUNT_FIELDS, FastCounter, RoutingStats, compute_stats, merge_stats
+from placer.core.stats.io import load_stats, merge_files, save_stats
+from placer.core.stats.loadonly import load_only_stats
+from placer.core.stats.stream import SplitBy, stats_from_batches, stats_from_traces
+from placer.core.stats.summary import summarize
 
 __all__ = [
     "COUNT_FIELDS",

@@ -9,10 +9,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from placer.errors import UsageError
-from placer.fileio import write_text_atomic
-from placer.placement import Placement
-from placer.topology import Topology
+from placer.core.errors import UsageError
+from placer.core.fileio import write_text_atomic
+from placer.core.placement import Placement
+from placer.core.topology import Topology
 
 FORMAT = "moeplace-placement"
 SCHEMA_VERSION = 1
@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 @lru_cache(maxsize=1)
 def placement_schema() -> dict[str, Any]:
     """The JSON Schema a placement file is validated against (shipped with the package)."""
-    text = resources.files("placer").joinpath("schemas/placement.v1.json").read_text(encoding="utf-8")
+    text = resources.files("placer.core").joinpath("schemas/placement.v1.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

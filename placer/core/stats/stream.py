@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from placer.errors import UsageError
-from placer.stats.core import FastCounter, RoutingStats, merge_stats
-from placer.trace.reader import DEFAULT_BATCH, TraceDataset, concat_batches
-from placer.trace.schema import PHASES, RoutingBatch, TraceMeta
+from placer.core.errors import UsageError
+from placer.core.stats.core import FastCounter, RoutingStats, merge_stats
+from placer.core.trace.reader import DEFAULT_BATCH, TraceDataset, concat_batches
+from placer.core.trace.schema import PHASES, RoutingBatch, TraceMeta
 
 DEFAULT_SAMPLE_TOKENS = 8192
 
@@ -176,16 +176,14 @@ def stats_from_batches(meta: TraceMeta, batches: Iterable[RoutingBatch], by: Spl
 
 def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by: SplitBy | str | None = None,
                       sample_tokens: int = DEFAULT_SAMPLE_TOKENS, batch_size: int = DEFAULT_BATCH,
-                      progress: bool | None = None) -> RoutingStats:
+                      progress: Callable[[int], None] | None = None) -> RoutingStats:
     """Exact statistics of one or more trace files (or directories of them) in one streaming pass.
 
     ``by`` splits the tokens (``"phase"``, ``"domain"``, ``"seq:1000"``, ``"position:512"``); the top-level
-    counts are the sum of the splits. A progress bar on stderr follows the tokens (``progress=False`` or
-    ``MOEPLACE_QUIET=1`` hides it). Raises ``UsageError`` for traces of different shapes, empty traces, or a
+    counts are the sum of the splits. ``progress(n)`` is called with the tokens of every batch read (the
+    command line passes a progress bar's ``advance``). Raises ``UsageError`` for traces of different shapes, empty traces, or a
     split field the traces lack.
     """
-    from placer.progress import progress_bar
-
     ds = TraceDataset(paths)
     if isinstance(by, str):
         try:
@@ -200,9 +198,8 @@ def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by
             if lacking:
                 raise UsageError(f"{lacking[0]}: column 'domain' is missing; --by domain needs traces with domains")
     builder = StatsBuilder(ds.meta, by, sample_stride(ds.num_tokens, sample_tokens))
-    quiet = None if progress is None else not progress
-    with progress_bar(ds.num_tokens, "stats", unit="tok", quiet=quiet) as advance:
-        for b in ds.iter_batches(batch_size=batch_size, fields=fields):
-            builder.add(b)
-            advance(len(b))
+    for b in ds.iter_batches(batch_size=batch_size, fields=fields):
+        builder.add(b)
+        if progress is not None:
+            progress(len(b))
     return builder.result(sources=[str(p) for p in ds.paths])

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.topology import Topology
+from placer.core.topology import Topology
 
 STATUSES = ("OPTIMAL", "FEASIBLE", "HEURISTIC")
 MODES = ("ep", "coherent")

@@ -1,4 +1,4 @@
-"""Compiled counting kernels (numba): the fast path of ``placer.stats.core``.
+"""Compiled counting kernels (numba): the fast path of ``placer.core.stats.core``.
 
 The reference counter (``accumulate_reference``) is the specification; these kernels give the same exact
 integer counts, tested against it and against a direct per-token loop.

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 @dataclass(frozen=True)

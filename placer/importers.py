@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from placer.errors import UsageError, first_line
-from placer.fileio import require_file
-from placer.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
+from placer.core.errors import UsageError, first_line
+from placer.core.fileio import require_file
+from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 
 
 @dataclass(frozen=True)

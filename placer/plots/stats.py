@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from placer.errors import UsageError
-from placer.fileio import atomic_path
-from placer.stats.core import RoutingStats
+from placer.core.errors import UsageError
+from placer.core.fileio import atomic_path
+from placer.core.stats.core import RoutingStats
 
 
 def default_layers(num_layers: int) -> list[int]:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from placer.errors import UsageError
+from placer.core.errors import UsageError
 
 
 def prepare_output(path: str | os.PathLike) -> Path:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.errors import UsageError
-from placer.fileio import atomic_path
-from placer.stats.core import RoutingStats
+from placer.core.errors import UsageError
+from placer.core.fileio import atomic_path
+from placer.core.stats.core import RoutingStats
 
 GRAPH_SUFFIXES = (".graphml", ".gexf")
 # Each token picks K experts, so the probabilities of one source sum to K (uniform: K / E). 0.2 keeps the

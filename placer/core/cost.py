@@ -24,9 +24,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from numba import njit
 
-from placer.placement import MODES, Placement
-from placer.topology import Topology, home_gpu
-from placer.trace.schema import RoutingBatch
+from placer.core.placement import MODES, Placement
+from placer.core.topology import Topology, home_gpu
+from placer.core.trace.schema import RoutingBatch
 
 # Rows of the per-layer counters (``counts_CL``).
 C_PRESENT = 0  # tokens present at the layer
@@ -503,7 +503,7 @@ TraceSource = Any  # a path, a list of paths, a TraceDataset/TraceReader, a Rout
 
 def iter_source(source: TraceSource, batch_size: int = 65536) -> Iterator[RoutingBatch]:
     """Batches (with expert ids, present mask and sequence ids) of a trace given in any accepted form."""
-    from placer.trace.reader import TraceDataset, TraceReader
+    from placer.core.trace.reader import TraceDataset, TraceReader
 
     if isinstance(source, RoutingBatch):
         yield source

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from placer.trace.reader import TraceReader
-from placer.trace.schema import PHASES
+from placer.core.trace.reader import TraceReader
+from placer.core.trace.schema import PHASES
 
 
 def summarize(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Pictures and graph files for people to read: heatmaps of routing statistics, routing graphs."""
