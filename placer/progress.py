@@ -44,6 +44,11 @@ class _Rate(TextColumn):
         return Text(f"{speed:.1f} {unit}/s", style="progress.data.speed")
 
 
+def _columns(*middle) -> list:
+    return [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), *middle, _Rate(),
+            TimeElapsedColumn(), TimeRemainingColumn()]
+
+
 @contextlib.contextmanager
 def progress_bar(
     total: float | None, description: str, unit: str = "it", quiet: bool | None = None
@@ -54,15 +59,34 @@ def progress_bar(
     if quiet:
         yield lambda n: None
         return
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=stderr_console, transient=False) as prog:
+    with Progress(*_columns(MofNCompleteColumn()), console=stderr_console, transient=False) as prog:
         task = prog.add_task(description, total=total, unit=unit)
         yield lambda n: prog.advance(task, n)
+
+
+@contextlib.contextmanager
+def shard_progress(
+    shards: int, total: float, description: str, unit: str = "entries", quiet: bool | None = None
+) -> Iterator[Callable[[float], None]]:
+    """Yield ``shard_done(n)``, called once per finished shard with its ``n`` items (of ``total``); shows the
+    shards done out of ``shards`` and the rate in ``unit``/s."""
+    if quiet is None:
+        quiet = quiet_default()
+    if quiet:
+        yield lambda n: None
+        return
+    with Progress(*_columns(TextColumn("{task.fields[done]}/" + f"{shards} shards")), console=stderr_console,
+                  transient=False) as prog:
+        task = prog.add_task(description, total=total, unit=unit, done=0)
+        done = [0]
+
+        def shard_done(n: float) -> None:
+            done[0] += 1
+            prog.update(task, advance=n, done=done[0])
+
+        yield shard_done
+
+
+def warn(message: str) -> None:
+    """One line on standard error: ``moeplace: warning: ...`` (printed with ``--quiet`` too: it is not progress)."""
+    stderr_console.print(f"moeplace: warning: {message}", markup=False, highlight=False, soft_wrap=True)
