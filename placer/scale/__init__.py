@@ -47,6 +47,21 @@ def require_engine(engine: str) -> None:
         raise UsageError("--engine dask needs Dask's distributed scheduler: pip install 'moeplace[dask]'") from None
 
 
+def plan(paths: Sequence[str | os.PathLike] | str | os.PathLike, by: SplitBy | str | None = None,
+         sample_tokens: int = DEFAULT_SAMPLE_TOKENS, batch_size: int = DEFAULT_BATCH,
+         shard_tokens: int | None = DEFAULT_SHARD_TOKENS) -> tuple[TraceDataset, list[Shard], CountJob]:
+    """The dataset, its shards and what each is counted with, from the files' footers (nothing is read yet;
+    the checks of the single pass: one shape, the split's column present)."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+    ds = TraceDataset(paths)
+    split = parse_split(by)
+    shards = plan_shards(ds, shard_tokens)
+    job = CountJob(meta=ds.meta, by=split, sample_stride=sample_stride(ds.num_tokens, sample_tokens),
+                   fields=tuple(count_fields(ds, split)), batch_size=batch_size)
+    return ds, shards, job
+
+
 def distributed_stats(paths: Sequence[str | os.PathLike] | str | os.PathLike, engine: str = "dask",
                       address: str | None = None, workers: int | None = None, by: SplitBy | str | None = None,
                       sample_tokens: int = DEFAULT_SAMPLE_TOKENS, batch_size: int = DEFAULT_BATCH,
@@ -66,20 +81,17 @@ def distributed_stats(paths: Sequence[str | os.PathLike] | str | os.PathLike, en
     require_engine(engine)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers} must be at least 1")
-    # Step 1: plan on the client, from the files' footers (nothing is read yet).
-    ds = TraceDataset(paths)
-    split = parse_split(by)
-    shards = plan_shards(ds, shard_tokens)
-    job = CountJob(meta=ds.meta, by=split, sample_stride=sample_stride(ds.num_tokens, sample_tokens),
-                   fields=tuple(count_fields(ds, split)), batch_size=batch_size, fault=fault)
+    # Step 1: plan on the client.
+    ds, shards, job = plan(paths, by, sample_tokens, batch_size, shard_tokens)
     # Step 2: count on the cluster and reduce; Step 3: the statistics, as the single pass makes them.
     with connect(address, workers, debug) as (client, threads):
         check_workers(client, shards[0].path)
-        job = dataclasses.replace(job, threads=threads)
+        job = dataclasses.replace(job, threads=threads, fault=fault)
         where = "local dask" if address is None else f"dask at {address}"
         with shard_progress(len(shards), total_entries(shards, ds.meta), f"stats on {where}", quiet=quiet) as done:
             builder = count_on_cluster(client, shards, job, done, warn)
     return builder.result(sources=[str(p) for p in ds.paths])
 
 
-__all__ = ["DEFAULT_SHARD_TOKENS", "ENGINES", "Fault", "Shard", "distributed_stats", "plan_shards", "require_engine"]
+__all__ = ["DEFAULT_SHARD_TOKENS", "ENGINES", "Fault", "Shard", "distributed_stats", "plan", "plan_shards",
+           "require_engine"]
