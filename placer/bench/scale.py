@@ -7,7 +7,9 @@ Parts (``--part``, all by default); each is a function ``part(options) -> dict``
   shard files by default) counted on Dask (``moeplace stats --engine dask``) with 1 and with ``--workers``
   local workers, against the single-process path (``stats_from_traces``) in a child process with one
   kernel thread and with all cores. Every run's statistics are checked equal (a digest of every count
-  array, split and sample token); the ratios compare wall times of the same run. The synthetic shards are
+  array, split and sample token); the ratios compare wall times of the same run. Beside wall time, each
+  run reports the CPU seconds its processes used (workers and client) and the load average before and
+  after: on a shared machine the wall time measures the neighbours too, CPU time much less. The synthetic shards are
   written first (not timed) and kept in ``--workdir`` if given.
 
 The large solves (Kimi-K2 and DeepSeek-V3 shapes on hundreds of GPUs) are to be added as a ``solve`` part.
@@ -74,6 +76,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system, every thread) this process has used."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _warm_kernels(L: int, E: int, K: int) -> None:
     """Load (or compile) the counting kernels in this process, so that timing starts with them ready."""
     import numpy as np
@@ -93,10 +103,11 @@ def _single_child(paths: list[str]) -> None:
     from placer.core.trace.reader import TraceDataset
 
     _warm_kernels(*TraceDataset(paths).meta.shape)
-    t0 = time.perf_counter()
+    load, cpu, t0 = os.getloadavg()[0], _cpu_s(), time.perf_counter()
     s = stats_from_traces(paths)
-    wall = time.perf_counter() - t0
-    print(json.dumps({"wall_s": wall, "digest": stats_digest(s), "peak_rss_mb": _peak_rss_mb()}))
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "load_before": load, "load_after": os.getloadavg()[0],
+                      "digest": stats_digest(s), "peak_rss_mb": _peak_rss_mb()}))
 
 
 def _single(paths: list[Path], threads: int) -> dict[str, Any]:
@@ -127,13 +138,16 @@ def _on_dask(paths: list[Path], workers: int, kernel_threads: int) -> dict[str, 
         client.run(_warm_kernels, *ds.meta.shape)
         check_workers(client, shards[0].path)
         start_s = time.perf_counter() - t0
+        load, cpu = os.getloadavg()[0], sum(client.run(_cpu_s).values()) + _cpu_s()
         t1 = time.perf_counter()
         builder = count_on_cluster(client, shards, dataclasses.replace(job, threads=kernel_threads))
         s = builder.result(sources=[str(p) for p in ds.paths])
         wall = time.perf_counter() - t1
+        cpu = sum(client.run(_cpu_s).values()) + _cpu_s() - cpu
         rss = max(client.run(_peak_rss_mb).values())
     return {"workers": workers, "kernel_threads_per_worker": kernel_threads, "start_s": start_s, "wall_s": wall,
-            "digest": stats_digest(s), "worker_peak_rss_mb": rss, "client_peak_rss_mb": _peak_rss_mb()}
+            "cpu_s": cpu, "load_before": load, "load_after": os.getloadavg()[0], "digest": stats_digest(s),
+            "worker_peak_rss_mb": rss, "client_peak_rss_mb": _peak_rss_mb()}
 
 
 def _synth_shards(o: ScaleOptions) -> tuple[list[Path], float]:
@@ -171,6 +185,7 @@ def part_stats(o: ScaleOptions) -> dict[str, Any]:
     }
     for r in runs.values():
         r["entries_per_s"] = round(entries / r["wall_s"])
+        r["entries_per_cpu_s"] = round(entries / r["cpu_s"])
     digests = {r.pop("digest") for r in runs.values()}
     if len(digests) != 1:
         raise MoeplaceError("the distributed and single-process statistics differ: " + ", ".join(sorted(digests)))
@@ -199,8 +214,10 @@ def rows_stats(r: dict[str, Any]) -> list[tuple[str, str]]:
                 else f"dask, {run['workers']} worker(s) x {run['kernel_threads_per_worker']} kernel thread "
                      f"(cluster start {run['start_s']:.1f} s, not timed)")
         rss = run.get("peak_rss_mb", run.get("worker_peak_rss_mb"))
-        rows.append((f"stats: {what}", f"{run['wall_s']:.1f} s, {run['entries_per_s'] / 1e6:.1f}M entries/s, "
-                                       f"peak RSS {rss:,.0f} MB" + (" per worker" if "workers" in run else "")))
+        rows.append((f"stats: {what}", f"{run['wall_s']:.1f} s, {run['entries_per_s'] / 1e6:.1f}M entries/s "
+                                       f"({run['entries_per_cpu_s'] / 1e6:.1f}M per CPU-second), peak RSS {rss:,.0f} MB"
+                                       + (" per worker" if "workers" in run else "")
+                                       + f", load average {run['load_before']:.1f} -> {run['load_after']:.1f}"))
     rows.append(("stats: equal to the single process", "yes (every count, split and sample token)"))
     rows += [(f"stats: ratio {k.replace('_', ' ')}", f"{v:.2f}x") for k, v in r["ratios"].items()]
     return rows
@@ -211,7 +228,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {"stats": r
 
 
 def bench_scale(
-    part: Optional[List[str]] = typer.Option(None, "--part", help=f"Parts to run: {', '.join(PARTS)} [default: all]."),
+    part: Optional[List[str]] = typer.Option(None, "--part", help=f"Parts to run: {', '.join(PARTS)} (default: all)."),
     tokens: int = typer.Option(4_000_000, "--tokens", "-T", help="stats: tokens of the synthetic trace, in all."),
     shards: int = typer.Option(8, "--shards", help="stats: shard files the tokens are written in."),
     workers: int = typer.Option(2, "--workers", help="stats: local Dask workers compared against one."),
@@ -221,8 +238,8 @@ def bench_scale(
     clusters: int = typer.Option(8, "--clusters", help="stats: planted clusters of the synthetic trace."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first synthetic shard (the next ones: seed + 1, ...)."),
     workdir: Optional[Path] = typer.Option(
-        None, "--workdir", help="Folder for the synthetic traces, kept for the next run [default: a temporary "
-        "folder, removed afterwards]."),
+        None, "--workdir", help="Folder for the synthetic traces, kept for the next run (default: a temporary "
+        "folder, removed afterwards)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
 ) -> None:
     """Time moeplace at fleet scale against baselines of the same run (ratios; see BENCHMARKS.md).
