@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from placer.core.cost import EvalResult, TraceSource, evaluate_load, evaluate_many, with_speedups
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.placement import Placement
 from placer.core.topology import Topology
 
@@ -27,22 +27,22 @@ class Candidate:
 
 def check_candidates(cands: Sequence[Candidate], num_layers: int, num_experts: int, input_name: str,
                      model_layer_indices: Sequence[int] | None = None) -> None:
-    """UsageError naming the file and the values if a placement does not fit the input or the first one."""
+    """InputError naming the file and the values if a placement does not fit the input or the first one."""
     if not cands:
-        raise UsageError("give at least one placement file to evaluate")
+        raise InputError("give at least one placement file to evaluate")
     first = cands[0]
     for c in cands:
         p = c.placement
         if (p.num_layers, p.num_experts) != (num_layers, num_experts):
-            raise UsageError(f"{c.where}: placement has {p.num_layers} layers x {p.num_experts} experts, "
+            raise InputError(f"{c.where}: placement has {p.num_layers} layers x {p.num_experts} experts, "
                              f"{input_name} {num_layers} layers x {num_experts} experts")
         if (model_layer_indices and p.model_layer_indices is not None
                 and tuple(p.model_layer_indices) != tuple(model_layer_indices)):
-            raise UsageError(f"{c.where}: placement is for the model's layers {_short(p.model_layer_indices)}, "
+            raise InputError(f"{c.where}: placement is for the model's layers {_short(p.model_layer_indices)}, "
                              f"{input_name} has layers {_short(model_layer_indices)}")
         f = first.placement
         if (p.num_gpus, p.num_nodes) != (f.num_gpus, f.num_nodes):
-            raise UsageError(f"{c.where}: placement is for {p.num_gpus} GPUs in {p.num_nodes} node(s), "
+            raise InputError(f"{c.where}: placement is for {p.num_gpus} GPUs in {p.num_nodes} node(s), "
                              f"{first.where} for {f.num_gpus} GPUs in {f.num_nodes} node(s); placements compared "
                              f"together need the same GPUs and nodes")
 
@@ -82,7 +82,7 @@ def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: 
     try:
         results = evaluate_many(source, placements, topology, mode, tokens_per_step, names=names, progress=progress)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     with_speedups(results, results[ref_index])
     return results, ref_index
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import require_file
 from placer.core.stats import RoutingStats, load_only_stats, load_stats
 from placer.core.stats import stats_from_traces as compute_stats_from_traces
@@ -54,7 +54,7 @@ def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
     validates the shape as soon as it is known (before a long pass over traces)."""
     given = [name for name, v in (("traces", traces), ("--stats", stats_file), ("--load", load_file)) if v]
     if len(given) != 1:
-        raise UsageError("give the input as trace file(s), --stats FILE or --load FILE"
+        raise InputError("give the input as trace file(s), --stats FILE or --load FILE"
                          + (f" (got {' and '.join(given)})" if given else ""))
     if traces:
         return stats_from_traces(traces, check)
@@ -97,12 +97,12 @@ def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int =
 def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
                      default: Topology | None = None) -> Topology:
     """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else
-    ``default``; a UsageError naming the values otherwise."""
+    ``default``; a InputError naming the values otherwise."""
     if topology_file is not None:
         topo = Topology.load(topology_file)
         for flag, field, value in (("--gpus", "num_gpus", gpus), ("--nodes", "num_nodes", nodes)):
             if value is not None and value != getattr(topo, field):
-                raise UsageError(f"{topology_file}: field '{field}' is {getattr(topo, field)}, but {flag} is {value}")
+                raise InputError(f"{topology_file}: field '{field}' is {getattr(topo, field)}, but {flag} is {value}")
         return topo
     if gpus is not None:
         return preset(gpus, nodes or 1)
@@ -110,4 +110,4 @@ def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | 
         return preset(default.num_gpus, nodes)
     if default is not None:
         return default
-    raise UsageError("give the GPUs with --gpus G (and --nodes N), or a topology file with --topology FILE")
+    raise InputError("give the GPUs with --gpus G (and --nodes N), or a topology file with --topology FILE")

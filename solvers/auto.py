@@ -133,8 +133,7 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     phases = extra["phase_end_s"] = {"start": round(time.perf_counter() - start, 3)}
 
     # Step 2: exact by structure.
-    method = exact.applicable(inst)
-    if method is not None:
+    if exact.applicable(inst) is not None:
         out = exact.solve(inst)
         if out is not None:
             phases["exact"] = round(time.perf_counter() - start, 3)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from solvers.instance import Instance
-from solvers.objective import Outcome, ep_layer, layer_loads
+from solvers.objective import Outcome
 
 MAX_WORK = 3e7  # the largest enumeration (partitions x types, partition pairs x bijections) attempted
 
@@ -174,8 +174,3 @@ def solve(inst: Instance) -> Outcome | None:
         return solve_dp(inst)
     return None
 
-
-def layer_cost(inst: Instance, l: int, gpu_P: np.ndarray) -> float:
-    """ep: the cost of one layer (used by tests)."""
-    g, n = ep_layer(inst, l, gpu_P)
-    return inst.c_gpu * g + inst.c_node * n + inst.c_bal * layer_loads(inst, l, gpu_P).max()

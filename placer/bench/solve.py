@@ -246,11 +246,11 @@ def bench_solve(
     import sys
 
     from placer.cli.common import console, print_json
-    from placer.core.errors import UsageError
+    from placer.core.errors import InputError
 
     unknown = [p for p in part if p not in PARTS]
     if unknown:
-        raise UsageError(f"--part {unknown[0]!r} is not one of {', '.join(PARTS)}")
+        raise InputError(f"--part {unknown[0]!r} is not one of {', '.join(PARTS)}")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

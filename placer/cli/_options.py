@@ -15,7 +15,7 @@ def check_solver(name: str | None) -> str | None:
     ``moeplace --help`` does not import every solver)."""
     if name is None:
         return name
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from solvers import SOLVER_NAMES
 
     if name not in SOLVER_NAMES:

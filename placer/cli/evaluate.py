@@ -39,7 +39,7 @@ def evaluate(
     """
     from placer.cli.common import console, print_json
     from placer.core.cost import measured_objective
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
     from placer.inputs import read_statistics, resolve_topology
     from placer.core.placement_io import load_placement

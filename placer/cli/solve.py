@@ -60,7 +60,7 @@ def solve(
 
     from placer.cli.common import console, kv_table, print_json
     from placer.core.cost import evaluate_load
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from placer.core.fileio import prepare_output
     from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
     from placer.core.placement_io import save_placement
@@ -138,7 +138,7 @@ _PARAM_SOLVERS = {
 def solver_params(solver: str, **given: object) -> dict:
     """``SolveOptions.params`` from the command line's solver options; an option the solver does not take is
     a usage error naming the solvers that do."""
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
 
     params = {}
     for name, value in given.items():

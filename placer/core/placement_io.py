@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import write_text_atomic
 from placer.core.placement import Placement
 from placer.core.topology import Topology
@@ -87,15 +87,15 @@ def placement_from_dict(d: Any, where: str = "placement") -> Placement:
     errors = sorted(validator.iter_errors(d), key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
-        raise UsageError(f"{where}: field '{_json_path(err)}': {err.message}")
+        raise InputError(f"{where}: field '{_json_path(err)}': {err.message}")
     rows = d["phy2log"]
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         l = next(i for i, r in enumerate(rows) if len(r) != len(rows[0]))
-        raise UsageError(f"{where}: field 'phy2log[{l}]' has {len(rows[l])} slots, layer 0 has {len(rows[0])}")
+        raise InputError(f"{where}: field 'phy2log[{l}]' has {len(rows[l])} slots, layer 0 has {len(rows[0])}")
     for key, value in (("num_layers", len(rows)), ("num_slots", len(rows[0]))):
         if key in d and d[key] != value:
-            raise UsageError(f"{where}: field '{key}' is {d[key]} but phy2log has {value}")
+            raise InputError(f"{where}: field '{key}' is {d[key]} but phy2log has {value}")
     topo = Topology.from_dict(d["topology"], where=f"{where}: field 'topology'") if d.get("topology") else None
     try:
         p = Placement(
@@ -105,24 +105,24 @@ def placement_from_dict(d: Any, where: str = "placement") -> Placement:
             model_layer_indices=d.get("model_layer_indices"), topology=topo, extra=d.get("extra", {}),
         )
     except ValueError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise InputError(f"{where}: {exc}") from None
     for key, value in (("slots_per_gpu", p.slots_per_gpu), ("num_redundant", p.num_redundant)):
         if key in d and d[key] != value:
-            raise UsageError(f"{where}: field '{key}' is {d[key]} but phy2log and num_gpus give {value}")
+            raise InputError(f"{where}: field '{key}' is {d[key]} but phy2log and num_gpus give {value}")
     return p
 
 
 def load_placement(path: str | os.PathLike) -> Placement:
-    """Read and validate a placement file; every problem is one UsageError naming file, field and value."""
+    """Read and validate a placement file; every problem is one InputError naming file, field and value."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{p}: placement file not found")
+        raise InputError(f"{p}: placement file not found")
     if p.is_dir():
-        raise UsageError(f"{p}: is a directory, expected a placement JSON file")
+        raise InputError(f"{p}: is a directory, expected a placement JSON file")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UsageError(f"{p}: not a text file; expected placement JSON") from None
+        raise InputError(f"{p}: not a text file; expected placement JSON") from None
     except ValueError as exc:
-        raise UsageError(f"{p}: not valid JSON ({exc})") from None
+        raise InputError(f"{p}: not valid JSON ({exc})") from None
     return placement_from_dict(d, where=str(p))

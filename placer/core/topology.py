@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,6 @@ class Topology:
         """[G] node of each GPU."""
         return np.arange(self.num_gpus) // self.gpus_per_node
 
-    def slots_per_gpu(self, num_slots: int) -> int:
-        """Physical expert slots per GPU for ``num_slots`` slots per layer (validated)."""
-        if num_slots % self.num_gpus:
-            raise ValueError(f"slots ({num_slots}) must divide by gpus ({self.num_gpus})")
-        return num_slots // self.num_gpus
-
     @property
     def token_bytes(self) -> int:
         return self.hidden_size * self.dtype_bytes
@@ -105,27 +99,27 @@ class Topology:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "topology") -> "Topology":
         if not isinstance(d, dict):
-            raise UsageError(f"{where}: expected a JSON object, got {type(d).__name__}")
+            raise InputError(f"{where}: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if "num_gpus" not in d:
-            raise UsageError(f"{where}: field 'num_gpus' is missing")
+            raise InputError(f"{where}: field 'num_gpus' is missing")
         try:
             return cls(**d)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: {exc}") from None
+            raise InputError(f"{where}: {exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Topology":
         p = Path(path)
         if not p.is_file():
-            raise UsageError(f"{p}: topology file not found")
+            raise InputError(f"{p}: topology file not found")
         try:
             d = json.loads(p.read_text())
         except ValueError as exc:
-            raise UsageError(f"{p}: not valid JSON ({exc})") from None
+            raise InputError(f"{p}: not valid JSON ({exc})") from None
         return cls.from_dict(d, where=str(p))
 
     def with_(self, **changes: Any) -> "Topology":
@@ -137,7 +131,7 @@ def preset(gpus: int, nodes: int = 1, **overrides: Any) -> Topology:
     try:
         return Topology(num_gpus=gpus, num_nodes=nodes, **overrides)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"topology: {exc}") from None
+        raise InputError(f"topology: {exc}") from None
 
 
 def home_gpu(seq_T: np.ndarray, num_gpus: int) -> np.ndarray:
