@@ -14,7 +14,9 @@ def solve(
     traces: Optional[List[Path]] = typer.Argument(None, help="Trace file(s) or folders, read together."),
     stats_file: Optional[Path] = typer.Option(None, "--stats", help="Statistics file written by `moeplace stats`."),
     load_file: Optional[Path] = typer.Option(
-        None, "--load", help="Load-only input: a .npy [layers, experts] matrix of expert loads."),
+        None, "--load", help="Load-only input (balance only): a [layers, experts] matrix (.npy, .csv, .pt) of "
+        "counts or real-valued loads (rates, averages), or an SGLang logical_count file (.pt stat dump, .json), as "
+        "`moeplace stats --load` reads them."),
     solver: str = typer.Option(
         "auto", "--solver", "-s", callback=check_solver,
         help="Registered solver (solvers.SOLVER_NAMES): auto (default: exact where the structure allows, a "
