@@ -182,3 +182,7 @@ def test_solve_evaluate_and_export_real_valued_loads(tmp_path, cli):
     assert res.code == 0, res.err
     rows = json.loads((tmp_path / "sg.json").read_text())["physical_to_logical_map"]
     assert len(rows) == 5 and rows[0] == rows[1] == [0, 1, 2, 3]
+    res = cli("export", tmp_path / "r.json", "--format", "sglang-eplb", "--out", tmp_path / "lc.json")
+    assert res.code == 0, res.err
+    lc = json.loads((tmp_path / "lc.json").read_text())["logical_count"]
+    assert lc[:2] == [[0.0] * 4] * 2 and np.allclose(lc[2:], rates)

@@ -101,6 +101,8 @@ def _logical_count(data: dict, path: Path, source: str) -> tuple[np.ndarray, dic
         if "records" in data:
             raise InputError(f"{path}: an SGLang per_token dump (records), not a stat dump; convert it with "
                              f"`moeplace import` and compute full statistics from the trace")
+        if "phy2log" in data:
+            raise InputError(f"{path}: a moeplace placement, not expert loads")
         if "physical_to_logical_map" in data:
             raise InputError(f"{path}: an SGLang placement (physical_to_logical_map), not expert loads; give it to "
                              f"the commands that take a placement (`moeplace import-placement --format sglang`)")
