@@ -56,6 +56,20 @@ def _numbering(fmt: ExportFormat, numbering: str | None) -> str:
     return numbering
 
 
+def _target(fmt_name: str, path: str | os.PathLike, numbering: str | None, takes: str) -> tuple[ExportFormat, Path, str]:
+    """The format (which must take ``takes``: "placement" or "loads"), the output path and the layer numbering."""
+    fmt = resolve_format(fmt_name)
+    if fmt.takes != takes:
+        if takes == "placement":
+            raise InputError(f"{fmt.name} files hold expert loads, not a placement: export statistics to it (a trace, "
+                             f"a stats file or a load file)")
+        raise InputError(f"{fmt.name} files hold a placement: solve one first (`moeplace solve`) and export it; the "
+                         f"formats of expert loads are {', '.join(LOAD_FORMATS)}")
+    path = Path(path)
+    _check_suffix(fmt, path)
+    return fmt, path, _numbering(fmt, numbering)
+
+
 def _numbering_note(fmt: ExportFormat, numbering: str) -> list[str]:
     if numbering == fmt.stack_numbering:
         return []
@@ -74,13 +88,7 @@ def export_placement(p: Placement, path: str | os.PathLike, fmt_name: str, numbe
     mtp_layers: MTP layers (decoder index >= num_hidden_layers) whose keys the stack looks up (formats with
     ``add_mtp_layers``).
     """
-    fmt = resolve_format(fmt_name)
-    if fmt.takes != "placement":
-        raise InputError(f"{fmt.name} files hold expert loads, not a placement: export statistics to it (a trace, a "
-                         f"stats file or a load file)")
-    path = Path(path)
-    _check_suffix(fmt, path)
-    numbering = _numbering(fmt, numbering)
+    fmt, path, numbering = _target(fmt_name, path, numbering, "placement")
     maps = to_stack(p, numbering, keyed=fmt.keyed, num_model_layers=num_model_layers, model_layer_indices=moe_layers)
     notes = _numbering_note(fmt, numbering)
     if mtp_layers:
@@ -109,13 +117,7 @@ def export_loads(stats: "RoutingStats", path: str | os.PathLike, fmt_name: str, 
     numbering, num_model_layers, moe_layers: as in ``export_placement``; dense layers of a row-per-layer file hold
     zero load.
     """
-    fmt = resolve_format(fmt_name)
-    if fmt.takes != "loads":
-        raise InputError(f"{fmt.name} files hold a placement: solve one first (`moeplace solve`) and export it; the "
-                         f"formats of expert loads are {', '.join(LOAD_FORMATS)}")
-    path = Path(path)
-    _check_suffix(fmt, path)
-    numbering = _numbering(fmt, numbering)
+    fmt, path, numbering = _target(fmt_name, path, numbering, "loads")
     loads = loads_to_stack(stats.load_LE, stats.moe_layer_indices, numbering, keyed=fmt.keyed,
                            num_model_layers=num_model_layers, model_layer_indices=moe_layers)
     fmt.write(loads, path)

@@ -29,7 +29,6 @@ only compares loads, and say that tokens are unknown (``extra["load_values"] = "
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from placer.core.errors import InputError, first_line
-from placer.core.fileio import require_file
+from placer.core.fileio import read_json, require_file
 from placer.core.stats.core import RoutingStats
 
 SUFFIXES = (".npy", ".csv", ".pt", ".pth", ".json")
@@ -148,12 +147,7 @@ def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _read_json(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file; expected JSON with logical_count") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({first_line(exc, 120)})") from None
+    data = read_json(path, "SGLang logical_count")
     if not isinstance(data, dict):
         raise InputError(f"{path}: holds a JSON {type(data).__name__}; expected an object with logical_count "
                          f"(SGLang's --init-expert-location loads)")
