@@ -10,8 +10,10 @@ import numpy as np
 
 from placer.core.cost import EvalResult, TraceSource, evaluate_load, evaluate_many, with_speedups
 from placer.core.errors import InputError
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.core.topology import Topology
+from solvers import PlacementProblem, get_solver
 
 REFERENCE = "contiguous"
 
@@ -54,16 +56,14 @@ def _short(idx: Sequence[int]) -> str:
 
 def reference_placement(cands: Sequence[Candidate], topology: Topology) -> Placement:
     """``contiguous`` for the candidates' shape and topology, with the fewest slots among them."""
-    from solvers import PlacementProblem, SolveOptions, get_solver
-
     first = cands[0].placement
     redundant = min(c.placement.num_redundant for c in cands)
     problem = PlacementProblem(np.zeros((first.num_layers, first.num_experts)), topology, num_redundant=redundant,
                                model_layer_indices=first.model_layer_indices)
-    return get_solver(REFERENCE)(problem, SolveOptions())
+    return get_solver(REFERENCE)(problem)
 
 
-def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: Topology, mode: str,
+def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: Topology, mode: TrafficMode,
                      tokens_per_step: int | None = None,
                      progress: Callable[[int], Any] | None = None) -> tuple[list[EvalResult], int]:
     """Evaluate the candidates and the ``contiguous`` reference in one pass over the trace.
@@ -74,7 +74,7 @@ def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: 
     ref = reference_placement(cands, topology)
     placements = [c.placement for c in cands]
     names = [c.name for c in cands]
-    ref_index = next((i for i, p in enumerate(placements) if p.same_layout(ref)), None)
+    ref_index = next((i for i, p in enumerate(placements) if p == ref), None)
     if ref_index is None:
         placements.append(ref)
         names.append(REFERENCE)
@@ -87,6 +87,6 @@ def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: 
     return results, ref_index
 
 
-def compare_on_load(load_LE: np.ndarray, cands: Sequence[Candidate], mode: str) -> list[EvalResult]:
+def compare_on_load(load_LE: np.ndarray, cands: Sequence[Candidate], mode: TrafficMode) -> list[EvalResult]:
     """Balance only, from an expert load matrix (no token routing: no traffic, no time)."""
     return [evaluate_load(load_LE, c.placement, mode=mode, name=c.name) for c in cands]

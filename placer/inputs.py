@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from placer.core.errors import InputError
 from placer.core.fileio import require_file
+from placer.core.mode import TrafficMode
 from placer.core.stats import RoutingStats, load_only_stats, load_stats
 from placer.core.stats import stats_from_traces as compute_stats_from_traces
 from placer.core.topology import Topology, preset
@@ -78,7 +79,8 @@ def token_paths(traces: Sequence[Path]) -> RoutingBatch | None:
     return ds.read_all(fields=("experts", "present", "seq"))
 
 
-def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep",
+def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0,
+                       mode: TrafficMode = TrafficMode.EP,
                        paths: RoutingBatch | None = None) -> PlacementProblem:
     """The ``PlacementProblem`` of some statistics on a topology (ValueError naming the values if it cannot
     be placed: slots that do not divide by the GPUs, negative redundancy). ``paths``: the traces' tokens

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from placer.core.errors import InputError
-from placer.core.placement import Placement
+from placer.core.objective import Objective, Quantity
+from placer.core.placement import Placement, SolveReport
 from placer.core.placement_io import load_placement, placement_to_dict, save_placement
 from placer.core.topology import Topology, home_gpu, preset
 from tests.conftest import assert_one_line_error
@@ -45,9 +46,12 @@ def test_invalid_placements_name_the_values(kw, msg):
 
 
 def test_json_round_trip_and_validation(tmp_path, cli):
-    p = _p(solver="greedy", objective=3.0, objective_name="max_load", topology=preset(2), model_layer_indices=(3, 4))
+    report = SolveReport(solver="greedy", objective=Objective.of(Quantity.MAX_LOAD), objective_value=3.0)
+    p = _p(report=report, topology=preset(2), model_layer_indices=(3, 4))
     path = save_placement(p, tmp_path / "p.json")
-    assert load_placement(path) == p
+    back = load_placement(path)
+    assert back == p and back.report == report and back.topology == p.topology
+    assert back.model_layer_indices == (3, 4)
     d = json.loads(path.read_text())
     assert d["phy2log"] == [[0, 1, 2, 3, 0, 1], [3, 2, 1, 0, 3, 3]] and d["num_gpus"] == 2
     d["phy2log"][1][2] = -1

@@ -56,7 +56,7 @@ def compute(
         None, help="Trace files (.parquet) or directories of them (read as one dataset), and stats files (.npz) to add in."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the statistics here (.npz; see docs/stats-format.md)."),
     load: Optional[List[Path]] = typer.Option(
-        None, "--load", help="Load-only input: a [layers, experts] load matrix (.npy, .csv, .pt) of token counts "
+        None, "--load", help="Load-only input: a \\[layers, experts] load matrix (.npy, .csv, .pt) of token counts "
         "or real-valued loads (rates, averages: balance only), or an SGLang logical_count file: the "
         "expert-distribution stat dump (.pt) or the --init-expert-location JSON (.json), summed over its steps, "
         "all-zero (dense) layers dropped. Repeatable."),

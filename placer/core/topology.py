@@ -73,13 +73,36 @@ class Topology:
     def token_bytes(self) -> int:
         return self.hidden_size * self.dtype_bytes
 
-    # -- time model (shared by the cost model and replay's modelled communication) ------------------
+    # -- time model (the one the cost model, the objective's default weights and replay's modelled
+    # communication use) --------------------------------------------------------------------------------
+    def _throughput_us(self, tokens: np.ndarray | float) -> np.ndarray:
+        """Expert compute of ``tokens`` tokens at ``expert_tflops`` (6 x hidden x ffn FLOPs per token)."""
+        return tokens * 6.0 * self.hidden_size * self.expert_ffn_size / (self.expert_tflops * 1e12) * 1e6
+
+    @property
+    def token_compute_us(self) -> float:
+        """Expert compute of one token above the knee, where time grows linearly with tokens."""
+        return float(self._throughput_us(1.0))
+
+    @property
+    def token_message_us(self) -> float:
+        """Transfer time of one token's hidden state over NVLink (bandwidth only, no latency)."""
+        return self.token_bytes / (self.intra_bw_gbs * 1e3)
+
     def expert_time_us(self, tokens: np.ndarray | float) -> np.ndarray:
         """Time of one expert's SwiGLU FFN on ``tokens`` tokens: flat at ``expert_floor_us`` below the knee,
-        linear above it (6 * hidden * ffn FLOPs per token at ``expert_tflops``); 0 for no tokens."""
+        linear above it (``token_compute_us`` per token); 0 for no tokens."""
         tokens = np.asarray(tokens, dtype=np.float64)
-        linear = tokens * 6.0 * self.hidden_size * self.expert_ffn_size / (self.expert_tflops * 1e12) * 1e6
-        return np.where(tokens > 0, np.maximum(self.expert_floor_us, linear), 0.0)
+        return np.where(tokens > 0, np.maximum(self.expert_floor_us, self._throughput_us(tokens)), 0.0)
+
+    def token_link_us_GG(self) -> np.ndarray:
+        """[G, G] transfer time of one token's hidden state from GPU g to GPU g' (NVLink inside a node, the
+        network across nodes; bandwidth only; 0 on the diagonal)."""
+        node = self.node_of_gpu()
+        bw = np.where(node[:, None] == node[None, :], self.intra_bw_gbs, self.inter_bw_gbs)  # GB/s
+        cost = self.token_bytes / (bw * 1e3)   # bytes / (bytes per us)
+        np.fill_diagonal(cost, 0.0)
+        return cost
 
     def link_time_us(self, intra_bytes: np.ndarray | float, inter_bytes: np.ndarray | float,
                      intra_msgs: np.ndarray | float = 0, inter_msgs: np.ndarray | float = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from placer.core.errors import InputError
-from placer.core.placement import Placement
+from placer.core.placement import Placement, SolveReport
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,7 +182,7 @@ def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_lay
     # Step 3: the placement validates every slot and expert; its message gets the file name.
     try:
         return Placement(phy2log_LP=rows[sel], num_gpus=int(G), num_experts=int(E), num_nodes=int(nodes or 1),
-                         solver=f"import:{fmt}", status="HEURISTIC", source=where, model_layer_indices=model_idx)
+                         model_layer_indices=model_idx, report=SolveReport(solver=f"import:{fmt}", source=where))
     except ValueError as exc:
         msg = str(exc)
         if model_idx is not None and msg.startswith("layer "):

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from placer.core.errors import MoeplaceError, InputError
+from placer.core.errors import InputError, MoeplaceError
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.replay.config import BACKENDS, Case, ReplayConfig
 from placer.core.topology import Topology
@@ -43,7 +44,7 @@ class ReplayRequest:
     fail_how: str = "raise"
 
 
-def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: str) -> Placement:
+def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: TrafficMode) -> Placement:
     """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
     in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test)."""
     from placer.inputs import problem_from_stats, stats_from_traces
@@ -57,7 +58,7 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int
     return get_solver(name)(problem, SolveOptions(time_limit_s=60.0, seed=0))
 
 
-def _resolve(req: ReplayRequest, arg: str, mode: str) -> tuple[str, Placement, str | None]:
+def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Placement, str | None]:
     from placer.core.placement_io import load_placement
     from solvers.registry import SOLVER_NAMES
 
@@ -83,8 +84,6 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
 
     if req.backend not in BACKENDS:
         raise InputError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
-    if req.mode is not None and req.mode not in ("ep", "coherent"):
-        raise InputError(f"--mode {req.mode!r} is not one of ep, coherent")
     reader = TraceReader(req.trace)
     meta = reader.meta
     L = meta.num_layers if req.layers is None else req.layers
@@ -93,13 +92,16 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
     if not req.placements:
         raise InputError("give at least one placement")
 
-    mode = req.mode
+    try:
+        mode = None if req.mode is None else TrafficMode.parse(req.mode)
+    except ValueError as exc:
+        raise InputError(f"--{exc}") from None
     cases, names = [], set()
     for arg in req.placements:
-        name, p, path = _resolve(req, arg, mode or "ep")
+        name, p, path = _resolve(req, arg, mode or TrafficMode.EP)
         where = path or f"solver {name}"
         if mode is None:
-            mode = p.mode
+            mode = p.report.mode
         if req.world_size is not None and p.num_gpus != req.world_size:
             raise InputError(f"{where}: placement is for {p.num_gpus} GPUs, --world-size is {req.world_size}")
         if p.num_experts != meta.num_experts:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from placer.core.objective import Quantity
 from placer.core.placement import Placement
 from placer.core.topology import Topology
 from solvers import SOLVER_NAMES, PlacementProblem, SolveOptions, get_solver
@@ -48,10 +49,12 @@ def test_every_load_only_solver_takes_rates(redundant):
         ran.append(name)
         assert p.num_slots == 8 + redundant and p.num_experts == 8, name
         assert (p.logcnt_LE >= 1).all(), name
-        if p.objective is not None and p.objective_name and p.objective_name.endswith("max_load"):
+        r = p.report
+        if r.objective is not None and r.objective_value is not None:
             # Load-only: the objective is the balance weight times the sum of the layers' largest GPU loads.
-            w = float(p.objective_name.split("*")[0])
-            assert p.objective == pytest.approx(w * _max_loads(p, load).sum(), rel=1e-9), name
+            assert [t.quantity for t in r.objective.terms] == [Quantity.MAX_LOAD], name
+            w = r.objective.weight(Quantity.MAX_LOAD)
+            assert r.objective_value == pytest.approx(w * _max_loads(p, load).sum(), rel=1e-9), name
     assert {"auto", "cpsat", "greedy", "eplb", "contiguous", "round_robin"} <= set(ran)
 
 
@@ -63,7 +66,7 @@ def test_optimising_solvers_reach_the_exhaustive_optimum_on_rates():
         got = _max_loads(p, load)
         # CP-SAT solves loads resolved to a millionth of a layer's load: at most that far from the optimum.
         np.testing.assert_allclose(got, best, rtol=1e-5, err_msg=name)
-        if p.status == "OPTIMAL":
+        if p.report.status == "OPTIMAL":
             np.testing.assert_allclose(got, best, rtol=1e-12, err_msg=name)
 
 
@@ -79,9 +82,10 @@ def test_cpsat_never_claims_optimal_for_a_rounded_problem():
     p = solve(PlacementProblem(finer, Topology(2)), SolveOptions(time_limit_s=5.0))
     q = solve(PlacementProblem(exact, Topology(2)), SolveOptions(time_limit_s=5.0))
     assert _max_loads(p, finer) == pytest.approx([1.1]) and _max_loads(q, exact) == pytest.approx([1.1])
-    assert q.status == "OPTIMAL" and q.gap == 0.0
-    assert p.status == "FEASIBLE" and p.bound is not None and p.bound < p.objective
-    assert p.extra["cpsat"]["statuses"] == {"OPTIMAL": 1}  # what CP-SAT said about the rounded model
+    assert q.report.status == "OPTIMAL" and q.report.gap == 0.0
+    r = p.report
+    assert r.status == "FEASIBLE" and r.bound is not None and r.bound < r.objective_value
+    assert r.extra["cpsat"]["statuses"] == {"OPTIMAL": 1}  # what CP-SAT said about the rounded model
 
 
 def test_cpsat_gives_the_same_balance_at_any_scale_of_the_loads():

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from placer.core.errors import InputError
+from placer.core.stats.fast import count_batch, symmetrize_coact
 from placer.core.trace.schema import RoutingBatch, expert_dtype
 
 # The count arrays of full statistics, in the order they are saved; all int64.
@@ -133,8 +134,6 @@ class FastCounter:
 
     def add(self, experts_TLK: np.ndarray, present_TL: np.ndarray | None = None) -> None:
         """Count a batch: ``experts_TLK`` [T, L, K] ids in rank order, ``present_TL`` [T, L] or None."""
-        from placer.core.stats.fast import count_batch
-
         L, E, K = self.shape
         if experts_TLK.ndim != 3 or experts_TLK.shape[1:] != (L, K):
             raise ValueError(f"batch has routing of shape {experts_TLK.shape[1:]}, expected (layers, top_k) = {(L, K)}")
@@ -154,8 +153,6 @@ class FastCounter:
         self.tokens += T
 
     def result(self, **kw: Any) -> RoutingStats:
-        from placer.core.stats.fast import symmetrize_coact
-
         L, E, K = self.shape
         return RoutingStats(L, E, K, load_LE=self.load_LE.copy(), tokens=self.tokens, load1_LE=self.load1_LE.copy(),
                             coact_LEE=symmetrize_coact(self.coact_up_LEE, self.load_LE),
