@@ -29,14 +29,18 @@ every layer takes the first of these that reaches it:
 1. the current layout: no weights move;
 2. the current layout repaired by swaps of two copies between the busiest GPU and another (each the swap that
    lowers the busiest GPU most; two copies move per swap): little drift of the load needs little change;
-3. the solver's layout with its GPUs renamed so that as many expert copies as possible stay on the GPU that holds
-   them (a maximum-weight assignment of new GPU blocks to current GPUs; renaming leaves the GPU loads as they
-   are), a staying expert left in its current slot (vLLM then copies nothing for it, as its own
+3. the solver's layout aligned to the current one, layer by layer (``placer.core.moves.align``: its GPUs renamed,
+   nodes kept whole, so that as many expert copies as possible stay on the GPU that holds them, which leaves the
+   GPU loads as they are; a staying expert left in its current slot, so vLLM copies nothing for it, as its own
    ``preserve_intragpu_slots`` does).
 
+Moves are counted as ``placer.core.moves.count_moves`` does: copies loaded onto a GPU that did not hold the expert.
+``solvers/rebalance.py`` steps from a current placement towards a full re-solve within a budget of moves, judged
+by the project objective; the repair above stops instead as soon as the busiest GPU reaches the target.
+
 On a DeepSeek-V3 shape (58 layers, 256 experts + 32 copies, 32 GPUs) whose load drifted by a log-normal factor of
-sigma 0.3, vLLM's default policy (DeepSeek's EPLB, from scratch) would move 16,010 of 16,704 copies for a busiest
-GPU 1.0045 x the mean, and the solver's layout alone 16,001 for 1.0017; the steps above moved 3,768 for 1.0015
+sigma 0.3, vLLM's default policy (DeepSeek's EPLB, from scratch) would move 15,981 of 16,704 copies for a busiest
+GPU 1.0045 x the mean, and the solver's layout alone 15,996 for 1.0017; the steps above moved 3,768 for 1.0015
 (tolerance 0.01: 2,345 moves for 1.010).
 
 Registering it (vLLM has one policy name, "default", which its config accepts; the policy is looked up from
@@ -100,40 +104,6 @@ def valid_map(phy2log_LP: Any, shape: tuple[int, int], num_experts: int) -> np.n
     return m
 
 
-def keep_in_place(new_P: np.ndarray, old_P: np.ndarray, num_ranks: int) -> np.ndarray:
-    """``new_P`` with its GPUs renamed so that the most expert copies stay on their current GPU, and with a staying
-    copy in its current slot; every GPU holds the same experts as a GPU of ``new_P`` (the same load)."""
-    from ortools.graph.python import linear_sum_assignment
-
-    G = num_ranks
-    S = new_P.size // G
-    E = int(max(new_P.max(), old_P.max())) + 1
-    new_GS, old_GS = new_P.reshape(G, S), old_P.reshape(G, S)
-    cnt_new, cnt_old = np.zeros((G, E), np.int64), np.zeros((G, E), np.int64)
-    np.add.at(cnt_new, (np.repeat(np.arange(G), S), new_GS.ravel()), 1)
-    np.add.at(cnt_old, (np.repeat(np.arange(G), S), old_GS.ravel()), 1)
-    stay_GG = np.minimum(cnt_new[:, None, :], cnt_old[None, :, :]).sum(axis=2)          # [new GPU, old GPU]
-    # Step 1: new GPU b becomes old GPU g, keeping the most copies where they are (maximum-weight assignment).
-    a = linear_sum_assignment.SimpleLinearSumAssignment()
-    bb, gg = np.meshgrid(np.arange(G), np.arange(G), indexing="ij")
-    a.add_arcs_with_cost(bb.ravel(), gg.ravel(), -stay_GG.ravel())
-    if a.solve() != a.OPTIMAL:  # cannot happen on a complete bipartite graph; keep the solver's names
-        return new_P.copy()
-    out = np.empty_like(old_GS)
-    for b in range(G):
-        g = a.right_mate(b)
-        # Step 2: staying experts keep their slots on g; the others fill the free slots in order.
-        todo = list(new_GS[b])
-        row = np.full(S, -1, dtype=np.int64)
-        for k, e in enumerate(old_GS[g]):
-            if e in todo:
-                row[k] = e
-                todo.remove(e)
-        row[row < 0] = todo
-        out[g] = row
-    return out.reshape(-1)
-
-
 def repair(old_P: np.ndarray, load_E: np.ndarray, num_ranks: int, target: float,
            max_swaps: int | None = None) -> np.ndarray:
     """``old_P`` improved by swaps of two expert copies between GPUs (the busiest GPU and another), each the swap
@@ -177,26 +147,14 @@ def repair(old_P: np.ndarray, load_E: np.ndarray, num_ranks: int, target: float,
     return row
 
 
-def copies_moved(new_LP: np.ndarray, old_LP: np.ndarray, num_ranks: int) -> int:
-    """Expert copies that land on a GPU that did not hold that expert (weights that must travel)."""
-    L, P = new_LP.shape
-    E = int(max(new_LP.max(), old_LP.max())) + 1
-    moved = 0
-    for new, old in zip(new_LP, old_LP):
-        g = np.repeat(np.arange(num_ranks), P // num_ranks)
-        c_new, c_old = np.zeros((num_ranks, E), np.int64), np.zeros((num_ranks, E), np.int64)
-        np.add.at(c_new, (g, new), 1)
-        np.add.at(c_old, (g, old), 1)
-        moved += int(np.maximum(c_new - c_old, 0).sum())
-    return moved
-
-
 def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks: int,
               old_phy2log_LP: np.ndarray | None = None, *, solver: str = "auto", time_limit_s: float = 0.5,
               tolerance: float = 0.0, seed: int = 0) -> tuple[np.ndarray, RebalanceReport]:
     """[L, num_replicas] logical expert of each physical slot (GPU-major) for the expert loads ``load_LE`` [L, E],
     from moeplace's solver ``solver`` (load only, ``time_limit_s``), migration-aware when ``old_phy2log_LP`` is the
     current map (see the module docstring)."""
+    from placer.core.moves import align, count_moves
+    from placer.core.placement import Placement
     from placer.core.topology import preset
     from solvers import PlacementProblem, SolveOptions, get_solver
 
@@ -205,9 +163,14 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
         raise ValueError(f"weight must be [layers, experts], got shape {list(load.shape)}")
     load = np.where(np.isfinite(load) & (load > 0), load, 0.0)  # a window of counts; NaN or negative: no load
     L, E = load.shape
-    if num_ranks % max(num_nodes, 1):
+    num_nodes = max(int(num_nodes), 1)
+    if num_ranks % num_nodes:
         num_nodes = 1  # as vLLM does when the ranks do not divide among the nodes
-    problem = PlacementProblem(load, preset(num_ranks, max(num_nodes, 1)), num_redundant=num_replicas - E)
+    problem = PlacementProblem(load, preset(num_ranks, num_nodes), num_redundant=num_replicas - E)
+
+    def placement(rows: np.ndarray) -> Placement:
+        return Placement(rows, num_gpus=num_ranks, num_experts=E, num_nodes=num_nodes)
+
     new = np.array(get_solver(solver)(problem, SolveOptions(time_limit_s=time_limit_s, seed=seed)).phy2log_LP,
                    dtype=np.int64)  # a writable copy: vLLM gets tensors that share its memory
     old = valid_map(old_phy2log_LP, (L, num_replicas), E)
@@ -229,10 +192,10 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
         if gpu_max_loads(fixed[None], load[l][None], num_ranks)[0] <= target:
             out[l] = fixed
             continue
-        # Step 3: the solver's layout, its GPUs renamed to keep what stays in place.
-        out[l] = keep_in_place(new[l], old[l], num_ranks)
+        # Step 3: the solver's layout, its GPUs renamed (nodes kept whole) to keep what stays in place.
+        out[l] = align(placement(old[l:l + 1]), placement(new[l:l + 1])).phy2log_LP[0]
     final = gpu_max_loads(out, load, num_ranks)
-    return out, RebalanceReport(changed, L - changed, copies_moved(out, old, num_ranks),
+    return out, RebalanceReport(changed, L - changed, count_moves(placement(old), placement(out)).total,
                                 float((before / mean).mean()), float((final / mean).mean()))
 
 
