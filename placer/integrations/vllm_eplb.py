@@ -13,7 +13,7 @@ vLLM's contract (``vllm/distributed/eplb/policy/abstract.py``, ``AbstractEplbPol
   answer is one int64 tensor [layers, num_replicas] on the CPU (the async worker asserts the CPU device); vLLM
   derives the inverse maps itself. ``MoeplaceEplbPolicy``.
 - vLLM 0.13 to 0.18 (checked: 0.13.0, 0.15.0, 0.17.0, 0.18.0): the same arguments (0.13 without the current map,
-  0.17 and 0.18 pass it on the device) and the answer ``(phy2log, log2phy, logcnt)``: int64 [L, P], [L, E,
+  0.15 to 0.18 pass it on the device) and the answer ``(phy2log, log2phy, logcnt)``: int64 [L, P], [L, E,
   num_redundant + 1] padded with -1, [L, E], on ``weight``'s device (``DefaultEplbPolicy`` there; ``EplbState``
   pads ``log2phy`` to its own width and copies it in). ``MoeplaceEplbPolicyTriple``. vLLM 0.12 and earlier had no
   policy class (``rebalance_algo.rebalance_experts``, a function).
