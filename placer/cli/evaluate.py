@@ -28,8 +28,8 @@ def evaluate(
         None, "--tokens-per-step", help="Cut the trace into steps of this many tokens for the time estimate "
                                         "(default: the whole trace is one step)."),
     load_files: Optional[List[Path]] = typer.Option(
-        None, "--load", help="Evaluate on a [layers, experts] load matrix instead of a trace: balance only "
-                             "(repeatable: summed, or each one a scenario)."),
+        None, "--load", help="Evaluate on expert loads instead of a trace: balance only (repeatable: summed, or "
+                             "each one a scenario); the inputs of `moeplace stats --load`."),
     stats_files: Optional[List[Path]] = typer.Option(
         None, "--stats", help="Evaluate on a stats file's expert loads instead of a trace: balance only "
                               "(repeatable: summed, or each one a scenario)."),
@@ -311,6 +311,11 @@ def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, n
     con.print(t)
 
 
+def _load(v: float) -> str:
+    """A GPU load: whole tokens, or four significant digits for real-valued loads (rates) below 1000."""
+    return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4g}"
+
+
 def _layer_table(r):
     from rich.table import Table
 
@@ -326,7 +331,7 @@ def _layer_table(r):
     for c in cols:
         t.add_column(c, justify="right")
     for l in range(r.num_layers):
-        row = [str(l), f"{r.max_load_L[l]:,.0f}", f"{r.mean_load_L[l]:,.0f}", f"{r.imbalance_L[l]:.3f}"]
+        row = [str(l), _load(r.max_load_L[l]), _load(r.mean_load_L[l]), f"{r.imbalance_L[l]:.3f}"]
         if not r.balance_only:
             if r.mode is TrafficMode.EP:
                 n, counts = r.token_layers_L[l], [r.remote_gpus_L[l]] + ([r.remote_nodes_L[l]] if multi_node else [])
