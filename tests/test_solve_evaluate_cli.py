@@ -219,7 +219,8 @@ def test_click_usage_errors_exit_2(cli):
 
 
 def test_readme_held_out_example(cli, tmp_path):
-    """README "Placements": greedy and eplb solved on the bundled train trace, evaluated on the held-out one."""
+    """The README's worked example: greedy and eplb solved on the bundled train trace, evaluated on the held-out
+    one (the README shows the table)."""
     from pathlib import Path
 
     traces = Path(__file__).resolve().parents[1] / "traces"

@@ -43,7 +43,8 @@ def solve(
     groups: Optional[int] = typer.Option(
         None, "--groups", help="eplb: expert groups (DeepSeek-V3's n_group); hierarchical if nodes divide them."),
     balance_weight: Optional[float] = typer.Option(
-        None, "--balance-weight", help="auto/cpsat: weight of one token of a layer's largest GPU load (default 1)."),
+        None, "--balance-weight", help="auto/cpsat: weight of one token of a layer's largest GPU load (default: from the "
+                                       "topology's time model; docs/solvers.md)."),
     intra_weight: Optional[float] = typer.Option(
         None, "--intra-weight", help="auto/cpsat/exflow: weight of one NVLink message or hop (default 1)."),
     inter_weight: Optional[float] = typer.Option(
