@@ -30,7 +30,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from placer.core.errors import MoeplaceError, UsageError
+from placer.core.errors import InputError, MoeplaceError
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,9 @@ def _synth_shards(o: ScaleOptions) -> tuple[list[Path], float]:
 
 def part_stats(o: ScaleOptions) -> dict[str, Any]:
     if o.shards < 1 or o.tokens < o.shards:
-        raise UsageError(f"--tokens {o.tokens} in --shards {o.shards}: give at least one token per shard")
+        raise InputError(f"--tokens {o.tokens} in --shards {o.shards}: give at least one token per shard")
     if o.workers < 2:
-        raise UsageError(f"--workers {o.workers}: compare at least 2 workers against 1")
+        raise InputError(f"--workers {o.workers}: compare at least 2 workers against 1")
     from placer.scale import require_engine
 
     require_engine("dask")
@@ -256,7 +256,7 @@ def bench_scale(
     chosen = list(dict.fromkeys(part or PARTS))
     unknown = [p for p in chosen if p not in PARTS]
     if unknown:
-        raise UsageError(f"--part {unknown[0]!r}: choose from {', '.join(PARTS)}")
+        raise InputError(f"--part {unknown[0]!r}: choose from {', '.join(PARTS)}")
     tmp = None if workdir is not None else Path(tempfile.mkdtemp(prefix="moeplace-bench-scale-"))
     folder = workdir if workdir is not None else tmp
     try:

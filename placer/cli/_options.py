@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
-
-class ModeChoice(str, Enum):
-    ep = "ep"
-    coherent = "coherent"
+from placer.cli.common import UsageError
 
 
 def check_solver(name: str | None) -> str | None:
-    """Validate ``--solver`` against ``solvers.SOLVER_NAMES`` (imported only when the option is used, so
-    ``moeplace --help`` does not import every solver)."""
+    """Validate ``--solver`` against the solver registry (imported only when the option is used, so that
+    ``moeplace --help`` does not import every solver and OR-Tools)."""
     if name is None:
         return name
-    from placer.core.errors import UsageError
     from solvers import SOLVER_NAMES
 
     if name not in SOLVER_NAMES:
@@ -26,3 +20,11 @@ def check_solver(name: str | None) -> str | None:
 GPUS_HELP = "EP ranks (GPUs); the topology is the H100 preset of docs/cost-model.md."
 NODES_HELP = "Nodes the GPUs sit in (GPU g on node g // (G / N)); default 1."
 TOPOLOGY_HELP = "Topology JSON (num_gpus, num_nodes, bandwidths, latencies, expert compute; see placer/core/topology.py)."
+STATS_HELP = "Statistics file written by `moeplace stats` (repeatable: summed, or each one a scenario)."
+LOAD_HELP = ("Load-only input (balance only): a \\[layers, experts] matrix (.npy, .csv, .pt) of counts or real-valued "
+             "loads (rates, averages), or an SGLang logical_count file (.pt stat dump, .json), as `moeplace stats --load` "
+             "reads them; repeatable: summed, or each one a scenario.")
+SCENARIOS_HELP = ("Workloads the placement must all serve: inputs (each input one scenario), domain or phase (split "
+                  "traces by that column), window:N (consecutive windows of N tokens in trace order). Without it the "
+                  "inputs are summed. docs/robust.md.")
+ROBUST_HELP = "With --scenarios: minimise the worst scenario (default) or the mean, each per token."

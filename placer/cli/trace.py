@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from placer.core.errors import UsageError
+from placer.cli.common import UsageError
 
 
 def trace(

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from typing import Sequence
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.stats.core import RoutingStats
 from placer.core.stats.stream import (
     DEFAULT_SAMPLE_TOKENS,
@@ -26,6 +26,8 @@ from placer.core.stats.stream import (
     sample_stride,
 )
 from placer.core.trace.reader import DEFAULT_BATCH, TraceDataset
+from placer.progress import shard_progress, warn
+from placer.scale.dask_runner import check_workers, connect, count_on_cluster
 from placer.scale.shards import CountJob, Fault, Shard, plan_shards, total_entries
 
 ENGINES = ("dask", "ray")
@@ -35,16 +37,16 @@ DEFAULT_SHARD_TOKENS = 1 << 20
 
 
 def require_engine(engine: str) -> None:
-    """A one-line UsageError (exit 2) unless ``engine`` is supported and installed."""
+    """A one-line InputError (exit 2) unless ``engine`` is supported and installed."""
     if engine == "ray":
-        raise UsageError("--engine ray is not supported: moeplace counts shards on Dask (docs/scale.md says "
+        raise InputError("--engine ray is not supported: moeplace counts shards on Dask (docs/scale.md says "
                          "why); use --engine dask")
     if engine not in ENGINES:
-        raise UsageError(f"--engine {engine!r}: choose dask")
+        raise InputError(f"--engine {engine!r}: choose dask")
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise UsageError("--engine dask needs Dask's distributed scheduler: pip install 'moeplace[dask]'") from None
+        raise InputError("--engine dask needs Dask's distributed scheduler: pip install 'moeplace[dask]'") from None
 
 
 def plan(paths: Sequence[str | os.PathLike] | str | os.PathLike, by: SplitBy | str | None = None,
@@ -53,7 +55,7 @@ def plan(paths: Sequence[str | os.PathLike] | str | os.PathLike, by: SplitBy | s
     """The dataset, its shards and what each is counted with, from the files' footers (nothing is read yet;
     the checks of the single pass: one shape, the split's column present)."""
     if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+        raise InputError(f"--batch-size {batch_size} must be at least 1")
     ds = TraceDataset(paths)
     split = parse_split(by)
     shards = plan_shards(ds, shard_tokens)
@@ -75,12 +77,9 @@ def distributed_stats(paths: Sequence[str | os.PathLike] | str | os.PathLike, en
     boundaries; None: one shard per file). Progress (shards done, entries/s) goes to stderr unless
     ``quiet``; a retried shard is a one-line warning there. ``fault``: a failure to inject, for tests.
     """
-    from placer.progress import shard_progress, warn
-    from placer.scale.dask_runner import check_workers, connect, count_on_cluster
-
     require_engine(engine)
     if workers is not None and workers < 1:
-        raise UsageError(f"--workers {workers} must be at least 1")
+        raise InputError(f"--workers {workers} must be at least 1")
     # Step 1: plan on the client.
     ds, shards, job = plan(paths, by, sample_tokens, batch_size, shard_tokens)
     # Step 2: count on the cluster and reduce; Step 3: the statistics, as the single pass makes them.

@@ -23,7 +23,8 @@ import logging
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-from placer.core.errors import MoeplaceError, UsageError, first_line
+import placer
+from placer.core.errors import InputError, MoeplaceError, first_line
 from placer.core.stats.stream import StatsBuilder
 from placer.scale.shards import CountJob, Shard, count_shard, merge_counts, probe_worker
 
@@ -77,7 +78,7 @@ def _connect(address: str | None, workers: int | None, debug: bool) -> Iterator[
     try:
         client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
     except (OSError, TimeoutError, ValueError) as exc:
-        raise UsageError(f"--address {address}: cannot reach a dask scheduler there ({first_line(exc)})") from None
+        raise InputError(f"--address {address}: cannot reach a dask scheduler there ({first_line(exc)})") from None
     with client:
         want = workers or 1
         try:
@@ -91,19 +92,17 @@ def _connect(address: str | None, workers: int | None, debug: bool) -> Iterator[
 
 def check_workers(client: Any, path: str) -> None:
     """Every worker imports moeplace and can read ``path``; else one line saying what to fix."""
-    import placer
-
     try:
         seen = client.run(probe_worker, path)
     except Exception as exc:  # a worker that cannot unpickle placer's function raises here
-        raise UsageError(f"the dask workers cannot run moeplace ({first_line(exc)}); install moeplace[dask] on "
+        raise InputError(f"the dask workers cannot run moeplace ({first_line(exc)}); install moeplace[dask] on "
                          f"every worker") from None
     for worker, (version, readable) in sorted(seen.items()):
         if version != placer.__version__:
-            raise UsageError(f"dask worker {worker} runs moeplace {version}, this client {placer.__version__}; "
+            raise InputError(f"dask worker {worker} runs moeplace {version}, this client {placer.__version__}; "
                              f"install one version everywhere")
         if not readable:
-            raise UsageError(f"dask worker {worker} cannot read {path}: the traces must be at the same path on "
+            raise InputError(f"dask worker {worker} cannot read {path}: the traces must be at the same path on "
                              f"every worker (a shared file system)")
 
 
@@ -161,7 +160,7 @@ def count_on_cluster(client: Any, shards: Sequence[Shard], job: CountJob,
                     warn(f"{what} failed ({_why(exc)}); retrying")
                     submit(covers, args, attempt + 1)
                     continue
-                cls = UsageError if isinstance(exc, UsageError) else MoeplaceError
+                cls = InputError if isinstance(exc, InputError) else MoeplaceError
                 raise cls(f"{what} failed {ATTEMPTS} times, nothing written; last cause: {_why(exc)}")
             if is_count:
                 counting -= 1

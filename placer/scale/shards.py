@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from placer.core.errors import UsageError
+import placer
+from placer.core.errors import InputError
 from placer.core.stats.stream import SplitBy, StatsBuilder
 from placer.core.trace.reader import TraceDataset, TraceReader
 from placer.core.trace.schema import TraceMeta
@@ -55,7 +56,7 @@ def plan_shards(ds: TraceDataset, shard_tokens: int | None = None) -> list[Shard
     """One shard per file of ``ds``, a file of more than ``shard_tokens`` tokens cut into ranges of whole
     row groups of at most ``shard_tokens`` tokens (a row group larger than that is a shard of its own)."""
     if shard_tokens is not None and shard_tokens < 1:
-        raise UsageError(f"--shard-tokens {shard_tokens} must be a positive number of tokens")
+        raise InputError(f"--shard-tokens {shard_tokens} must be a positive number of tokens")
     pieces: list[tuple[TraceReader, range, int, int]] = []
     offset = 0
     for reader in ds.readers:
@@ -121,14 +122,14 @@ def count_shard(shard: Shard, job: CountJob) -> StatsBuilder:
         job.fault.maybe_fail(shard)
     reader = TraceReader(shard.path)
     if reader.meta.shape != job.meta.shape:
-        raise UsageError(f"{shard.source}: shape (layers, experts, top_k) = {reader.meta.shape} on the worker, "
+        raise InputError(f"{shard.source}: shape (layers, experts, top_k) = {reader.meta.shape} on the worker, "
                          f"but {job.meta.shape} when the shards were planned; was the file replaced?")
     builder = StatsBuilder(job.meta, job.by, job.sample_stride, first_token=shard.first_token)
     for batch in reader.iter_batches(batch_size=job.batch_size, fields=job.fields, row_groups=shard.row_groups):
         with _KERNEL_LOCK:
             builder.add(batch)
     if builder.seen - shard.first_token != shard.tokens:
-        raise UsageError(f"{shard.describe()}: read {builder.seen - shard.first_token:,} tokens, expected "
+        raise InputError(f"{shard.describe()}: read {builder.seen - shard.first_token:,} tokens, expected "
                          f"{shard.tokens:,}; was the file replaced while counting?")
     return builder
 
@@ -142,8 +143,6 @@ def merge_counts(a: StatsBuilder, b: StatsBuilder) -> StatsBuilder:
 def probe_worker(path: str) -> tuple[str, bool]:
     """What a worker sees (runs on each worker before counting): its moeplace version and whether it can
     read the first shard's file."""
-    import placer
-
     return getattr(placer, "__version__", "unknown"), os.access(path, os.R_OK)
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from placer.core.errors import MoeplaceError, UsageError
+from placer.core.errors import InputError, MoeplaceError
 from placer.core.stats import load_stats, stats_from_traces
 from placer.core.stats.stream import count_fields, parse_split, sample_stride
 from placer.core.trace.reader import TraceDataset
@@ -74,7 +74,7 @@ def test_shards_are_files_or_row_group_ranges(traces):
         (range(0, 2), 0, 2000), (range(0, 2), 2000, 2000), (range(2, 3), 4000, 1000)]
     assert cut[2].describe() == f"shard 3 of 3 ({traces[1]}, row group 2)"
     assert [s.tokens for s in plan_shards(ds, 1)] == [1000] * 5  # a row group is never cut
-    with pytest.raises(UsageError, match="--shard-tokens 0"):
+    with pytest.raises(InputError, match="--shard-tokens 0"):
         plan_shards(ds, 0)
 
 
@@ -134,7 +134,7 @@ def test_a_shard_that_fails_twice_is_named(tmp_path, traces, cluster):
             distributed_stats(traces, address=cluster, shard_tokens=1000,
                               fault=Fault(shard=3, kind=kind, times=2, marker_dir=str(marks)))
         msg = str(err.value)
-        assert "\n" not in msg and not isinstance(err.value, UsageError)
+        assert "\n" not in msg and not isinstance(err.value, InputError)
         assert msg.startswith(f"shard 4 of 5 ({traces[1]}, row group 1) failed 2 times, nothing written"), msg
         assert msg.endswith(cause + " (attempt 2)" if kind == "raise" else cause), msg
 

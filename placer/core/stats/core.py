@@ -12,8 +12,10 @@ Shapes (L MoE layers, E experts):
 - ``trans1_LEE`` [L-1, E, E] the same for top-1 to top-1.
 - ``tokens_L``  [L]         tokens present at layer l; ``pair_tokens_L`` [L-1]: present at l and l+1.
 
-``load_only`` statistics (from a load matrix or an SGLang ``stat`` dump) have only ``load_LE``; anything that
-needs affinity must refuse them with a clear message (``require_affinity``).
+``load_only`` statistics (from a load matrix or an SGLang ``logical_count`` file) have only ``load_LE``;
+anything that needs affinity must refuse them with a clear message (``require_affinity``). Their ``load_LE``
+is int64 counts, or float64 when the file held real-valued loads (rates, averages: ``real_valued``), which
+serve balance only.
 
 ``splits`` holds the same statistics per group of tokens (``--by phase``: "prefill", "decode"); the
 top-level counts are their sum. ``sample`` (not saved) is a small, evenly spread sample of the tokens'
@@ -30,7 +32,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
+from placer.core.stats.fast import count_batch, symmetrize_coact
 from placer.core.trace.schema import RoutingBatch, expert_dtype
 
 # The count arrays of full statistics, in the order they are saved; all int64.
@@ -65,11 +68,16 @@ class RoutingStats:
     def load_only(self) -> bool:
         return self.trans_LEE is None or self.coact_LEE is None
 
+    @property
+    def real_valued(self) -> bool:
+        """True if ``load_LE`` holds real-valued loads (rates, averages) rather than token counts."""
+        return bool(np.issubdtype(self.load_LE.dtype, np.floating))
+
     def require_affinity(self, what: str) -> None:
-        """Raise a UsageError naming ``what`` if these statistics hold loads only."""
+        """Raise a InputError naming ``what`` if these statistics hold loads only."""
         if self.load_only:
             src = ", ".join(self.sources) or "these statistics"
-            raise UsageError(f"{what} needs co-activation and transition counts, but {src} holds expert loads "
+            raise InputError(f"{what} needs co-activation and transition counts, but {src} holds expert loads "
                              f"only (a load matrix or an SGLang stat dump); give a trace or a full stats file")
 
     @classmethod
@@ -126,8 +134,6 @@ class FastCounter:
 
     def add(self, experts_TLK: np.ndarray, present_TL: np.ndarray | None = None) -> None:
         """Count a batch: ``experts_TLK`` [T, L, K] ids in rank order, ``present_TL`` [T, L] or None."""
-        from placer.core.stats.fast import count_batch
-
         L, E, K = self.shape
         if experts_TLK.ndim != 3 or experts_TLK.shape[1:] != (L, K):
             raise ValueError(f"batch has routing of shape {experts_TLK.shape[1:]}, expected (layers, top_k) = {(L, K)}")
@@ -157,8 +163,6 @@ class FastCounter:
         return self
 
     def result(self, **kw: Any) -> RoutingStats:
-        from placer.core.stats.fast import symmetrize_coact
-
         L, E, K = self.shape
         return RoutingStats(L, E, K, load_LE=self.load_LE.copy(), tokens=self.tokens, load1_LE=self.load1_LE.copy(),
                             coact_LEE=symmetrize_coact(self.coact_up_LEE, self.load_LE),
@@ -202,19 +206,24 @@ def merge_stats(parts: Sequence[RoutingStats]) -> RoutingStats:
         where_a = ", ".join(first.sources) or "first statistics"
         where_b = ", ".join(p.sources) or "other statistics"
         if p.shape != first.shape:
-            raise UsageError(f"{where_b}: shape (layers, experts, top_k) = {p.shape} differs from {where_a}: "
+            raise InputError(f"{where_b}: shape (layers, experts, top_k) = {p.shape} differs from {where_a}: "
                              f"{first.shape}; only statistics of one model can be merged")
         if p.moe_layer_indices and first.moe_layer_indices and p.moe_layer_indices != first.moe_layer_indices:
-            raise UsageError(f"{where_b}: moe_layer_indices {list(p.moe_layer_indices)} differ from {where_a}: "
+            raise InputError(f"{where_b}: moe_layer_indices {list(p.moe_layer_indices)} differ from {where_a}: "
                              f"{list(first.moe_layer_indices)}")
     load_only = any(p.load_only for p in parts)
     names = [n for n in COUNT_FIELDS if all(getattr(p, n) is not None for p in parts)]
     if load_only:
         names = [n for n in names if n in ("load_LE", "tokens_L")]
-    sums = {n: np.sum([getattr(p, n) for p in parts], axis=0, dtype=np.int64) for n in names}
+    # Counts add up exactly; real-valued loads (rates, averages) add up as reals.
+    sums = {n: np.sum([getattr(p, n) for p in parts], axis=0,
+                      dtype=np.float64 if any(getattr(p, n).dtype.kind == "f" for p in parts) else np.int64)
+            for n in names}
     notes = []
     for p in parts:
         notes += [n for n in p.extra.get("notes", []) if n not in notes]
+    if len({p.real_valued for p in parts}) > 1:
+        notes.append("token counts and real-valued loads added together: the sum weighs each input by its scale")
     if load_only and not all(p.load_only for p in parts):
         notes.append("some merged statistics held loads only: co-activation and transitions dropped")
     sources: list[str] = []
