@@ -78,7 +78,7 @@ def test_shards_are_files_or_row_group_ranges(traces):
         plan_shards(ds, 0)
 
 
-@pytest.mark.parametrize("by", [None, "phase", "domain"])
+@pytest.mark.parametrize("by", [None, "phase", "domain", "window:1500"])
 def test_shards_merged_in_any_order_equal_the_single_pass(traces, by):
     """The worker functions, run here: every shard counted alone, merged in scrambled orders and tree shapes."""
     want = stats_from_traces(traces, by=by, sample_tokens=700)
