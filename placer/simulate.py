@@ -163,7 +163,7 @@ def _measure(policy: str, window: Window, p: Placement, topology: Topology, mode
     """One policy's figures on one window."""
     if window.batch is not None:
         r = evaluate_trace(window.batch, p, topology, mode, tokens_per_step)
-        traffic = r.remote_gpus_per_token if mode is TrafficMode.EP else r.pair_hops_per_token
+        traffic = r.headline_traffic
         time_ms = r.total_us / 1e3
     else:
         r = evaluate_load(window.stats.load_LE, p, mode)
