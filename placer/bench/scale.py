@@ -244,7 +244,7 @@ def bench_scale(
 ) -> None:
     """Time moeplace at fleet scale against baselines of the same run (ratios; see BENCHMARKS.md).
 
-    [bold]stats[/bold]: statistics of a DeepSeek-V3-shaped trace (4M tokens in 8 shard files: about 6 minutes
+    The stats part: statistics of a DeepSeek-V3-shaped trace (4M tokens in 8 shard files: 6-10 minutes
     and 5 GB of disk to synthesise on 2 cores, not timed) counted on Dask with 1 and with --workers local
     workers (one kernel thread each), against the single-process path with one kernel thread and with every
     core; every run's statistics must be equal bit for bit. Small runs: --tokens 4000 -L 4 -E 16 -K 2.
