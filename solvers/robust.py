@@ -147,13 +147,19 @@ def _no_cap(options: SolveOptions) -> SolveOptions:
     return SolveOptions(options.time_limit_s, options.seed, options.threads, {**options.params, "max_imbalance": 0})
 
 
-def scenario_figures(scn: Scenarios, options: SolveOptions, placement: Placement) -> dict[str, Any]:
+def scenario_figures(scn: Scenarios, options: SolveOptions, placement: Placement,
+                     insts: list[Instance] | None = None) -> dict[str, Any]:
     """Every scenario's figures for ``placement`` (exact, from its own copies): the objective per token, the
     max/mean GPU load (mean over layers, and the worst layer) and the traffic terms per token; then the worst
-    and the mean of each figure over the scenarios."""
+    and the mean of each figure over the scenarios. ``insts``: the scenarios' instances of the placement's copies,
+    if already built."""
     rows = []
-    for name, p, tokens in zip(scn.names, scn.problems, scn.tokens):
-        inst, t = judge(p, _no_cap(options), placement)
+    for k, (name, p, tokens) in enumerate(zip(scn.names, scn.problems, scn.tokens)):
+        if insts is None:
+            inst, t = judge(p, _no_cap(options), placement)
+        else:
+            inst = insts[k]
+            t = terms(inst, gpu_from_placement(inst, placement))
         mean_L = inst.load_LP.sum(axis=1) / inst.G
         ratio = np.divide(t.maxload_L, mean_L, out=np.ones_like(mean_L), where=mean_L > 0)
         row = {"name": name, "tokens": tokens, "objective_per_token": t.value / tokens,
@@ -475,6 +481,16 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") ->
             baselines.append(spec(summed, SolveOptions(time_limit_s=1.0)))
         except ValueError:
             continue
+    # Step 0: the baselines judged by the robust objective with their own copies (each set of copies built once).
+    others: list[tuple[RobustSearch, list[Placement]]] = []
+    for p in baselines:
+        if np.array_equal(p.logcnt_LE, search.copies):
+            continue
+        group = next((g for g in others if np.array_equal(g[0].copies, p.logcnt_LE)), None)
+        if group is None:
+            others.append((RobustSearch(scn, options, copies_LE=p.logcnt_LE), [p]))
+        else:
+            group[1].append(p)
 
     # Step 1: the best start by the robust objective, auto's local search on the scenarios' mean among them.
     budget = WORK_PER_SECOND * options.time_limit_s
@@ -488,17 +504,14 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") ->
     # Step 3: the better of the search's placement and the baselines on the sum (their own copies), and a bound
     # valid for every set of copies considered.
     placement = inst.problem.placement(gpu, inst.item_expert_LP, SolveReport())
-    bounds, chosen, exact = [search.bound()], "robust search (hedged copies)", all(i.exact for i in search.insts)
-    seen = [search.copies]
-    for p in baselines:
-        other = RobustSearch(scn, options, copies_LE=p.logcnt_LE)
-        v = other.value(gpu_from_placement(other.insts[0], p))
-        if not any(np.array_equal(p.logcnt_LE, c) for c in seen):
-            seen.append(p.logcnt_LE)
-            bounds.append(other.bound())
-        if v < value - 1e-12:
-            placement, value, chosen = p, v, f"{p.report.solver} on the scenarios' sum"
-            exact = all(i.exact for i in other.insts)
+    bounds, chosen, judged = [search.bound()], "robust search (hedged copies)", search
+    for other, group in others:
+        bounds.append(other.bound())
+        for p in group:
+            v = other.value(gpu_from_placement(other.insts[0], p))
+            if v < value - 1e-12:
+                placement, value, chosen, judged = p, v, f"{p.report.solver} on the scenarios' sum", other
+    exact = all(i.exact for i in judged.insts)
     bound = min(min(bounds), value)
     gap = gap_of(value, bound)
     proven = exact and gap <= 1e-9
@@ -509,7 +522,7 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") ->
         "chosen": chosen, "weights": {**inst.weights.to_dict(), "max_imbalance": inst.max_imbalance},
         "objective_is_estimate": not exact,
     }
-    extra["scenarios"] = scenario_figures(scn, options, placement)
+    extra["scenarios"] = scenario_figures(scn, options, placement, insts=judged.insts)
     report = scn.first.report(solver, start, status=SolveStatus.OPTIMAL if proven else SolveStatus.FEASIBLE,
                               objective=objective, objective_value=float(value),
                               bound=float(value if proven else bound) if exact else None,
