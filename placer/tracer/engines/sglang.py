@@ -58,12 +58,14 @@ class SGLang(Engine):
         assert shape is not None, "SGLang routing has no shape on the wire"
         items = body if isinstance(body, list) else [body]
         out = []
-        for n, item in enumerate(items):
+        for item in items:
             if not isinstance(item, dict):
                 raise BadResponse("the response is not a JSON object")
             if "meta_info" in item:  # native /generate (one object per prompt)
                 meta = item["meta_info"]
                 raw = meta.get("routed_experts") if isinstance(meta, dict) else None
+                if raw is None:
+                    raise NoRouting("no 'meta_info.routed_experts' in the response")
                 where, prompt_ids, output_ids = "meta_info.routed_experts", None, id_list(item.get("output_ids"))
                 prompt = int_field(meta, "prompt_tokens", "meta_info.")
                 completion = meta.get("completion_tokens") if isinstance(meta.get("completion_tokens"), int) else None
@@ -71,6 +73,8 @@ class SGLang(Engine):
                 ext = item.get("sglext")
                 raw = ext.get("routed_experts") if isinstance(ext, dict) else None
                 where = "sglext.routed_experts"
+                if raw is None:
+                    raise NoRouting(f"no '{where}' in the response")
                 choices = item.get("choices")
                 if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
                     raise BadResponse("field 'choices' is empty or not a list of objects")
@@ -86,8 +90,6 @@ class SGLang(Engine):
                 usage = item.get("usage")
                 completion = len(output_ids) if output_ids is not None else (
                     usage.get("completion_tokens") if len(choices) == 1 and isinstance(usage, dict) else None)
-            if raw is None:
-                raise NoRouting(f"no '{where}' in the response" + (f" (item {n})" if len(items) > 1 else ""))
             flat = np.frombuffer(b64_bytes(raw, where), dtype="<i4")
             per_token = shape.layers * shape.top_k
             rows, rest = divmod(flat.size, per_token)
