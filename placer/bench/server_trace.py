@@ -7,9 +7,12 @@ does (``trace_server``). The figure is trace tokens (prefill + decode) per secon
 request to the trace's rename into place. The model shape defaults to DeepSeek-V3 (61 decoder layers, the first
 3 dense, 256 routed experts, top-8): vLLM and SGLang send all 61 layers.
 
+Baseline, same run: the trace written again from memory by ``TraceWriter`` alone (no server, no decoding),
+which bounds what any client can reach on the machine.
+
 Memory: ``responses held`` is the most responses received but not yet written at any moment (bounded by the
-queue of ``--concurrency`` places); ``peak RSS`` is this process's (``ru_maxrss``), which does not grow with
-``--tokens`` (compare two sizes). CPU seconds of the client (this process, every thread) and of the fake
+queue of ``--concurrency`` places); ``peak RSS`` is this process's (``ru_maxrss``, so far: the second engine's
+figure includes the first's), which does not grow with ``--tokens`` (compare two sizes). CPU seconds of the client (this process, every thread) and of the fake
 server (the child) are reported beside the wall time: on a shared machine the wall time counts other people's
 work too.
 """
@@ -31,6 +34,23 @@ from placer.core.errors import UsageError
 def _cpu(who: int) -> float:
     u = resource.getrusage(who)
     return u.ru_utime + u.ru_stime
+
+
+def _writer_alone(trace: Path, out: Path) -> float:
+    """Seconds to write the same trace again from memory with ``TraceWriter`` (batches of 16,384 tokens, weights
+    absent): the baseline that bounds ``trace --server`` whatever the network and decoding cost."""
+    from placer.core.trace.reader import read_trace
+    from placer.core.trace.schema import RoutingBatch
+    from placer.core.trace.writer import TraceWriter
+
+    meta, b = read_trace(trace)
+    t0 = time.perf_counter()
+    with TraceWriter(out, meta, with_token_id=True, row_group_size=16384) as w:
+        for s in range(0, len(b), 16384):
+            part = slice(s, s + 16384)
+            w.write(RoutingBatch(b.experts_TLK[part], seq_T=b.seq_T[part], position_T=b.position_T[part],
+                                 phase_T=b.phase_T[part], token_T=b.token_T[part]))
+    return time.perf_counter() - t0
 
 
 def _prompts(path: Path, n: int, words: int) -> None:
@@ -100,6 +120,9 @@ def bench_server_trace(
                 "responses_held_max": res.max_held, "trace_mb": round((d / f"{e}.parquet").stat().st_size / 2**20, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             })
+        for r in results:  # after every run: reading a whole trace back would inflate the peak RSS above
+            r["writer_alone_tokens_per_s"] = round(r["tokens"] / _writer_alone(d / f"{r['engine']}.parquet",
+                                                                                d / "again.parquet"))
     info = {"machine": platform.machine(), "python": platform.python_version(), "concurrency": concurrency,
             "shape": f"{layers} layers ({dense} dense) x {experts} experts x top-{top_k}",
             "prompt_tokens": prompt_tokens, "generate": generate, "results": results}
@@ -110,7 +133,8 @@ def bench_server_trace(
                                                     f"generated, {concurrency} in flight")]
     for r in results:
         rows.append((r["engine"], f"{r['tokens']:,} tokens in {r['wall_s']:.2f} s: {r['tokens_per_s']:,} tok/s "
-                                  f"({r['requests_per_s']} req/s); CPU: client {r['client_cpu_s']} s "
+                                  f"({r['requests_per_s']} req/s; the writer alone: "
+                                  f"{r['writer_alone_tokens_per_s']:,} tok/s); CPU: client {r['client_cpu_s']} s "
                                   f"({r['client_tokens_per_cpu_s']:,} tok per CPU-s), fake server {r['server_cpu_s']} s; "
                                   f"{r['failed']} failed, held <= "
                                   f"{r['responses_held_max']} responses, trace {r['trace_mb']} MB, "

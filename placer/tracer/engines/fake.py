@@ -31,6 +31,7 @@ import contextlib
 import io
 import json
 import re
+import socket
 import threading
 import time
 import zlib
@@ -261,6 +262,10 @@ class FakeServer:
 def _handler(fake: FakeServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports
 
         def _reply(self, status: int, raw: bytes) -> None:
             self.send_response(status)
