@@ -12,7 +12,6 @@ whole or not at all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import threading
@@ -23,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from placer.core.errors import UsageError
-from placer.core.fileio import read_model_config, require_file
+from placer.core.fileio import read_model_config
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 from placer.core.trace.writer import TraceWriter
 from placer.tracer.engines.base import BadResponse, Engine, Routed, WireShape
@@ -69,15 +68,13 @@ def moe_layer_indices(cfg: dict[str, Any], num_layers: int) -> tuple[int, ...]:
 
 def read_model_shape(path: str | os.PathLike) -> ModelShape:
     """``--model-config``: a ``config.json`` file, or a checkpoint folder holding one."""
-    p = Path(path)
-    if p.is_dir():
-        cfg_path, cfg = read_model_config(p)
+    from placer.export.encoding import read_json
+
+    cfg_path = Path(path)
+    if cfg_path.is_dir():
+        cfg_path, cfg = read_model_config(cfg_path)
     else:
-        cfg_path = require_file(p, "model config")
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
+        cfg = read_json(cfg_path, "model config")
         if not isinstance(cfg, dict):
             raise UsageError(f"{cfg_path}: expected a JSON object")
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg  # multimodal wrappers

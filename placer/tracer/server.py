@@ -35,7 +35,7 @@ from placer.tracer.engines import BadResponse, Engine, NoRouting, Routed, ShapeM
 from placer.tracer.routing import (
     LayerPlan, ModelShape, RoutedSink, SinkCounts, check_rows, read_model_shape, routed_rows,
 )
-from placer.tracer.text import PromptRecord, read_prompt_records
+from placer.tracer.text import PromptRecord, is_jsonl, read_prompt_records
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -261,6 +261,9 @@ def load_prompts(texts: Sequence[str | Path], text_field: str | None, domain_fie
     prompts: list[Prompt] = []
     names: dict[str, int] = {}
     for path in texts:
+        if not is_jsonl(Path(path), text_field):
+            raise UsageError(f"{path}: --server sends JSONL prompts, one request each (a .jsonl file, or "
+                             f"--text-field NAME); plain text is cut into pieces by the local tracer only")
         recs: list[PromptRecord] = read_prompt_records(path, text_field, domain_field)
         for r in recs:
             code = names.setdefault(r.domain, len(names)) if r.domain is not None else None

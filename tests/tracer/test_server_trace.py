@@ -203,6 +203,13 @@ def test_bad_options(cli, files, tmp_path, args, fragments):
     assert_one_line_error(res, 2, *fragments)
 
 
+def test_plain_text_is_refused(cli, tmp_path):
+    (tmp_path / "doc.txt").write_text("one long document")
+    res = cli("trace", "--server", "http://127.0.0.1:9", "--engine", "vllm", "--num-experts", "16",
+              "--text", tmp_path / "doc.txt", "--out", tmp_path / "t.parquet")
+    assert_one_line_error(res, 2, "doc.txt: --server sends JSONL prompts")
+
+
 def test_server_options_without_server(cli, files, tmp_path):
     prompts, _ = files
     res = cli("trace", "--text", prompts, "--out", tmp_path / "t.parquet", "--engine", "vllm")
