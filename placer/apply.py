@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import read_model_config
 from placer.core.placement import Placement
 
@@ -127,15 +127,15 @@ def _shards(model: Path) -> list[str]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{index}: field 'weight_map' unreadable ({exc})") from None
+            raise InputError(f"{index}: field 'weight_map' unreadable ({exc})") from None
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (model / s).is_file()]
         if missing:
-            raise UsageError(f"{index}: names shard {missing[0]}, which is not in {model}")
+            raise InputError(f"{index}: names shard {missing[0]}, which is not in {model}")
         return shards
     shards = sorted(p.name for p in model.glob("*.safetensors"))
     if not shards:
-        raise UsageError(f"{model}: no .safetensors files (apply rewrites safetensors checkpoints only)")
+        raise InputError(f"{model}: no .safetensors files (apply rewrites safetensors checkpoints only)")
     return shards
 
 
@@ -148,12 +148,12 @@ def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
     model_type = str(cfg.get("model_type", ""))
     fam = family_of(model_type)
     if fam is None:
-        raise UsageError(f"{model / 'config.json'}: model_type {model_type!r} has no checkpoint adapter; "
+        raise InputError(f"{model / 'config.json'}: model_type {model_type!r} has no checkpoint adapter; "
                          f"supported: {supported_families()}")
     key = next((k for k in fam.experts_keys if cfg.get(k) is not None), fam.experts_keys[0])
     E = cfg.get(key)
     if not isinstance(E, int) or E < 1:
-        raise UsageError(f"{model / 'config.json'}: field '{key}' is {E!r}; expected the number of experts")
+        raise InputError(f"{model / 'config.json'}: field '{key}' is {E!r}; expected the number of experts")
 
     shards = _shards(model)
     shard_of: dict[str, str] = {}
@@ -163,10 +163,10 @@ def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
             with safe_open(model / s, framework="pt") as f:
                 names = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types for a damaged header
-            raise UsageError(f"{model / s}: not a readable safetensors file ({str(exc)[:160]})") from None
+            raise InputError(f"{model / s}: not a readable safetensors file ({str(exc)[:160]})") from None
         for k, shape in names.items():
             if k in shard_of:
-                raise UsageError(f"{model}: tensor '{k}' is in both {shard_of[k]} and {s}; without a "
+                raise InputError(f"{model}: tensor '{k}' is in both {shard_of[k]} and {s}; without a "
                                  f"model.safetensors.index.json it is unclear which files form the checkpoint")
             shard_of[k], shapes[k] = s, shape
 
@@ -190,22 +190,22 @@ def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
     moe = {i: l for i, l in layers.items() if any(n.endswith("." + router0) for n in l.routers)}
     for i, l in layers.items():
         if i not in moe and (l.per_expert or l.fused):
-            raise UsageError(f"{model}: layer {i} has expert tensors but no router '{l.prefix}{router0}'")
+            raise InputError(f"{model}: layer {i} has expert tensors but no router '{l.prefix}{router0}'")
     if not moe:
-        raise UsageError(f"{model}: no MoE layer found (no tensor named like "
+        raise InputError(f"{model}: no MoE layer found (no tensor named like "
                          f"'model.layers.N.{fam.blocks[0]}.{router0}'); is this a {fam.name} checkpoint?")
 
     # Every expert-indexed tensor must be indexed by exactly E experts, or renumbering could not be exact.
     for l in moe.values():
         for name in l.routers + l.fused:
             if not shapes[name] or shapes[name][0] != E:
-                raise UsageError(f"{model}: tensor '{name}' has shape {list(shapes[name])}; expected {E} experts "
+                raise InputError(f"{model}: tensor '{name}' has shape {list(shapes[name])}; expected {E} experts "
                                  f"in its first dimension")
         for suffix, by_e in l.per_expert.items():
             if sorted(by_e) != list(range(E)):
                 absent = sorted(set(range(E)) - set(by_e))
                 what = f"expert {absent[0]} is missing" if absent else f"expert ids {sorted(by_e)[-1]} exceed {E - 1}"
-                raise UsageError(f"{model}: layer {l.model_index}: '{l.prefix}experts.N.{suffix}': {what}")
+                raise InputError(f"{model}: layer {l.model_index}: '{l.prefix}experts.N.{suffix}': {what}")
     n_hidden = cfg.get("num_hidden_layers")
     keep = sorted(i for i in moe if not isinstance(n_hidden, int) or i < n_hidden)
     skipped = sorted(set(moe) - set(keep))
@@ -216,17 +216,17 @@ def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
 def check_applicable(p: Placement, ck: Checkpoint, where: str = "placement") -> None:
     """Refuse placements the checkpoint cannot be renumbered into, with one line saying why."""
     if p.num_redundant:
-        raise UsageError(f"{where}: has {p.num_redundant} redundant slots per layer ({p.num_slots} slots for "
+        raise InputError(f"{where}: has {p.num_redundant} redundant slots per layer ({p.num_slots} slots for "
                          f"{p.num_experts} experts); apply renumbers a checkpoint's experts and cannot copy them: "
                          f"only placements without redundant copies can be applied")
     if p.num_experts != ck.num_experts:
-        raise UsageError(f"{where}: places {p.num_experts} experts, {ck.path} has {ck.num_experts}")
+        raise InputError(f"{where}: places {p.num_experts} experts, {ck.path} has {ck.num_experts}")
     idx = [l.model_index for l in ck.moe_layers]
     if p.num_layers != len(idx):
-        raise UsageError(f"{where}: has {p.num_layers} MoE layers, {ck.path} has {len(idx)} (decoder layers "
+        raise InputError(f"{where}: has {p.num_layers} MoE layers, {ck.path} has {len(idx)} (decoder layers "
                          f"{_short(idx)})")
     if p.model_layer_indices is not None and list(p.model_layer_indices) != idx:
-        raise UsageError(f"{where}: its MoE layers are decoder layers {_short(p.model_layer_indices)}, "
+        raise InputError(f"{where}: its MoE layers are decoder layers {_short(p.model_layer_indices)}, "
                          f"{ck.path}'s are {_short(idx)}")
     groups = ck.family.groups(ck.config)
     if groups is None:
@@ -236,7 +236,7 @@ def check_applicable(p: Placement, ck: Checkpoint, where: str = "placement") -> 
         return
     E = ck.num_experts
     if E % n_group:
-        raise UsageError(f"{ck.path}: {E} experts do not split into n_group {n_group} groups")
+        raise InputError(f"{ck.path}: {E} experts do not split into n_group {n_group} groups")
     size = E // n_group
     for l in range(p.num_layers):
         old_group = (p.phy2log_LP[l] // size).reshape(n_group, size)
@@ -244,7 +244,7 @@ def check_applicable(p: Placement, ck: Checkpoint, where: str = "placement") -> 
             if (old_group[g] != old_group[g, 0]).any():
                 j = int(np.nonzero(old_group[g] != old_group[g, 0])[0][0])
                 a, b = int(p.phy2log_LP[l, g * size]), int(p.phy2log_LP[l, g * size + j])
-                raise UsageError(
+                raise InputError(
                     f"{where}: layer {l} (decoder layer {idx[l]}) puts old experts {a} and {b} (groups {a // size} "
                     f"and {b // size}) in new group {g}; {ck.family.name} routing is group-limited (n_group "
                     f"{n_group}, topk_group {topk_group}, groups of {size} consecutive experts), so that would "
@@ -261,12 +261,12 @@ def _short(idx) -> str:
 def _check_output(model: Path, out: Path, force: bool) -> None:
     m, o = model.resolve(), out.resolve()
     if o == m or m in o.parents or o in m.parents:
-        raise UsageError(f"{out}: the output folder must be outside the input checkpoint {model} (and not contain it)")
+        raise InputError(f"{out}: the output folder must be outside the input checkpoint {model} (and not contain it)")
     if out.exists() or out.is_symlink():
         if not force:
-            raise UsageError(f"{out}: already exists; pass --force to replace it")
+            raise InputError(f"{out}: already exists; pass --force to replace it")
         if not out.is_dir():
-            raise UsageError(f"{out}: exists and is not a folder; refusing to replace it")
+            raise InputError(f"{out}: exists and is not a folder; refusing to replace it")
 
 
 # -- rewriting -----------------------------------------------------------------------------------------------------

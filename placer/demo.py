@@ -12,6 +12,8 @@ from typing import Callable
 
 from rich.console import Console
 
+from placer.core.mode import TrafficMode
+
 
 @dataclass
 class DemoContext:
@@ -110,7 +112,7 @@ def step_evaluate(ctx: DemoContext) -> None:
     """The baselines measured on the bundled held-out trace (another text than the train trace), both modes."""
     trace = ctx.files.get("heldout", ctx.files["trace"])
     placements = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
-    for mode in ("ep", "coherent"):
+    for mode in TrafficMode:
         _moeplace("evaluate", trace, *placements, "--mode", mode)
 def _demo_placement(ctx: DemoContext):
     """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
@@ -140,13 +142,13 @@ def step_export(ctx: DemoContext) -> None:
 
     p = _demo_placement(ctx)
     ctx.console.print(f"placement {ctx.files['placement']}: {p.num_layers} MoE layers x {p.num_slots} slots on "
-                      f"{p.num_gpus} GPUs ({p.solver})")
+                      f"{p.num_gpus} GPUs ({p.report.solver})")
     for fmt in FORMAT_NAMES:
         numbering = None if p.model_layer_indices is not None else "moe"
         r = export_placement(p, ctx.out / "export" / f"placement-{fmt}{get_format(fmt).suffixes[0]}", fmt, numbering)
         back = import_placement(r.path, fmt, r.numbering, moe_layers=list(p.model_layer_indices or ()) or None,
                                 gpus=p.num_gpus)
-        assert back.same_layout(p), f"{fmt}: the exported file does not read back as the same placement"
+        assert back == p, f"{fmt}: the exported file does not read back as the same placement"
         ctx.files[f"export-{fmt}"] = r.path
         ctx.console.print(f"[bold]{fmt}[/bold] {r.path} ({r.numbering} numbering, {len(r.layer_ids)} rows; "
                           f"reads back as the same placement)")
@@ -162,11 +164,11 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
 
     train = ctx.files.get("train", ctx.files["trace"])
     meta = TraceReader(train).meta
-    best_path, gpus, mode = ctx.files.get("placement"), 4, "ep"
+    best_path, gpus, mode = ctx.files.get("placement"), 4, TrafficMode.EP
     if best_path is not None:
         p = load_placement(best_path)
         if 2 <= p.num_gpus <= 4 and (p.num_layers, p.num_experts) == (meta.num_layers, meta.num_experts):
-            gpus, mode = p.num_gpus, p.mode
+            gpus, mode = p.num_gpus, p.report.mode
         else:
             best_path = None
     if best_path is None:
@@ -217,7 +219,7 @@ def step_optimise(ctx: DemoContext) -> None:
     trace = ctx.files.get("train", ctx.files["trace"])
     heldout = ctx.files.get("heldout", ctx.files["trace"])
     baselines = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
-    for mode in ("ep", "coherent"):
+    for mode in TrafficMode:
         out = ctx.out / "placements" / f"auto-{mode}.json"
         s = json.loads(_moeplace("solve", trace, "--gpus", DEMO_GPUS, "--mode", mode, "--time-limit",
                                  AUTO_TIME_LIMIT, "--out", out, "--json", capture=True))
@@ -228,7 +230,7 @@ def step_optimise(ctx: DemoContext) -> None:
                           soft_wrap=True, highlight=False)
         _moeplace("evaluate", heldout, out, *baselines, "--mode", mode)
         r = json.loads(_moeplace("evaluate", heldout, out, *baselines, "--mode", mode, "--json", capture=True))
-        key = "remote_gpus_per_token" if mode == "ep" else "pair_hops_per_token"
+        key = "remote_gpus_per_token" if mode is TrafficMode.EP else "pair_hops_per_token"
         auto = next(d["summary"] for d in r["placements"] if d["solver"] == "auto")
         best = min(d["summary"][key] for d in r["placements"] if d["solver"] != "auto")
         ctx.console.print(f"held-out {key}: auto {auto[key]:.3f} vs best baseline {best:.3f} "

@@ -9,9 +9,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from placer.core.cost import EvalResult, TraceSource, evaluate_load, evaluate_many, with_speedups
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.core.topology import Topology
+from solvers import PlacementProblem, get_solver
 
 REFERENCE = "contiguous"
 
@@ -27,22 +29,22 @@ class Candidate:
 
 def check_candidates(cands: Sequence[Candidate], num_layers: int, num_experts: int, input_name: str,
                      model_layer_indices: Sequence[int] | None = None) -> None:
-    """UsageError naming the file and the values if a placement does not fit the input or the first one."""
+    """InputError naming the file and the values if a placement does not fit the input or the first one."""
     if not cands:
-        raise UsageError("give at least one placement file to evaluate")
+        raise InputError("give at least one placement file to evaluate")
     first = cands[0]
     for c in cands:
         p = c.placement
         if (p.num_layers, p.num_experts) != (num_layers, num_experts):
-            raise UsageError(f"{c.where}: placement has {p.num_layers} layers x {p.num_experts} experts, "
+            raise InputError(f"{c.where}: placement has {p.num_layers} layers x {p.num_experts} experts, "
                              f"{input_name} {num_layers} layers x {num_experts} experts")
         if (model_layer_indices and p.model_layer_indices is not None
                 and tuple(p.model_layer_indices) != tuple(model_layer_indices)):
-            raise UsageError(f"{c.where}: placement is for the model's layers {_short(p.model_layer_indices)}, "
+            raise InputError(f"{c.where}: placement is for the model's layers {_short(p.model_layer_indices)}, "
                              f"{input_name} has layers {_short(model_layer_indices)}")
         f = first.placement
         if (p.num_gpus, p.num_nodes) != (f.num_gpus, f.num_nodes):
-            raise UsageError(f"{c.where}: placement is for {p.num_gpus} GPUs in {p.num_nodes} node(s), "
+            raise InputError(f"{c.where}: placement is for {p.num_gpus} GPUs in {p.num_nodes} node(s), "
                              f"{first.where} for {f.num_gpus} GPUs in {f.num_nodes} node(s); placements compared "
                              f"together need the same GPUs and nodes")
 
@@ -54,16 +56,14 @@ def _short(idx: Sequence[int]) -> str:
 
 def reference_placement(cands: Sequence[Candidate], topology: Topology) -> Placement:
     """``contiguous`` for the candidates' shape and topology, with the fewest slots among them."""
-    from solvers import PlacementProblem, SolveOptions, get_solver
-
     first = cands[0].placement
     redundant = min(c.placement.num_redundant for c in cands)
     problem = PlacementProblem(np.zeros((first.num_layers, first.num_experts)), topology, num_redundant=redundant,
                                model_layer_indices=first.model_layer_indices)
-    return get_solver(REFERENCE)(problem, SolveOptions())
+    return get_solver(REFERENCE)(problem)
 
 
-def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: Topology, mode: str,
+def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: Topology, mode: TrafficMode,
                      tokens_per_step: int | None = None,
                      progress: Callable[[int], Any] | None = None) -> tuple[list[EvalResult], int]:
     """Evaluate the candidates and the ``contiguous`` reference in one pass over the trace.
@@ -74,7 +74,7 @@ def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: 
     ref = reference_placement(cands, topology)
     placements = [c.placement for c in cands]
     names = [c.name for c in cands]
-    ref_index = next((i for i, p in enumerate(placements) if p.same_layout(ref)), None)
+    ref_index = next((i for i, p in enumerate(placements) if p == ref), None)
     if ref_index is None:
         placements.append(ref)
         names.append(REFERENCE)
@@ -82,11 +82,11 @@ def compare_on_trace(source: TraceSource, cands: Sequence[Candidate], topology: 
     try:
         results = evaluate_many(source, placements, topology, mode, tokens_per_step, names=names, progress=progress)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     with_speedups(results, results[ref_index])
     return results, ref_index
 
 
-def compare_on_load(load_LE: np.ndarray, cands: Sequence[Candidate], mode: str) -> list[EvalResult]:
+def compare_on_load(load_LE: np.ndarray, cands: Sequence[Candidate], mode: TrafficMode) -> list[EvalResult]:
     """Balance only, from an expert load matrix (no token routing: no traffic, no time)."""
     return [evaluate_load(load_LE, c.placement, mode=mode, name=c.name) for c in cands]

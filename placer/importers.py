@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import require_file
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 
@@ -88,8 +88,8 @@ def _read_table(path: Path) -> pa.Table:
             return pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         msg = first_line(exc)
-        raise UsageError(f"{path}: cannot parse as {suffix.lstrip('.')} ({msg})") from None
-    raise UsageError(f"{path}: unknown log format '{path.suffix}'; expected .jsonl, .csv or .parquet "
+        raise InputError(f"{path}: cannot parse as {suffix.lstrip('.')} ({msg})") from None
+    raise InputError(f"{path}: unknown log format '{path.suffix}'; expected .jsonl, .csv or .parquet "
                      f"(or an SGLang per-token dump .pt with --format sglang)")
 
 
@@ -97,7 +97,7 @@ def _column(table: pa.Table, path: Path, name: str, option: str, required: bool)
     if name in table.column_names:
         return table.column(name)
     if required:
-        raise UsageError(f"{path}: field '{name}' ({option}) not found; the records have fields: "
+        raise InputError(f"{path}: field '{name}' ({option}) not found; the records have fields: "
                          f"{', '.join(table.column_names)}")
     return None
 
@@ -111,37 +111,37 @@ def _lists(col: pa.ChunkedArray, path: Path, name: str, kind: type) -> tuple[np.
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
         if arr.null_count:
             row = int(np.nonzero(arr.is_null().to_numpy(zero_copy_only=False))[0][0])
-            raise UsageError(f"{path}: record {row}: field '{name}' is empty (null)")
+            raise InputError(f"{path}: record {row}: field '{name}' is empty (null)")
         lengths = arr.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
         flat = arr.flatten()
         if flat.null_count:
-            raise UsageError(f"{path}: field '{name}' holds a null inside a list")
+            raise InputError(f"{path}: field '{name}' holds a null inside a list")
         values = flat.to_numpy(zero_copy_only=False)
         return values, lengths
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         parts = []
         for i, s in enumerate(arr.to_pylist()):
             if s is None:
-                raise UsageError(f"{path}: record {i}: field '{name}' is empty")
+                raise InputError(f"{path}: record {i}: field '{name}' is empty")
             toks = [t for t in _SPLIT.split(s.strip().strip("[]()")) if t]
             try:
                 parts.append(np.array([kind(t) for t in toks]))
             except ValueError:
-                raise UsageError(f"{path}: record {i}: field '{name}' = {s!r} is not a list of numbers") from None
+                raise InputError(f"{path}: record {i}: field '{name}' = {s!r} is not a list of numbers") from None
         lengths = np.array([len(p) for p in parts], dtype=np.int64)
         values = np.concatenate(parts) if parts else np.zeros(0)
         return values, lengths
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         values = arr.to_numpy(zero_copy_only=False)
         return values, np.ones(len(values), dtype=np.int64)
-    raise UsageError(f"{path}: field '{name}' has type {arr.type}; expected a list of numbers")
+    raise InputError(f"{path}: field '{name}' has type {arr.type}; expected a list of numbers")
 
 
 def _keys(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     """An identifying field (token, sequence) as int64 codes that keep the values' order."""
     values = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else None
     if values is None:
-        raise UsageError(f"{path}: field '{name}' has {col.null_count} empty values")
+        raise InputError(f"{path}: field '{name}' has {col.null_count} empty values")
     if np.issubdtype(values.dtype, np.integer):
         return values.astype(np.int64)
     codes, _ = pd.factorize(pd.Series(values), sort=True)
@@ -154,14 +154,14 @@ def _phase_codes(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
         bad = ~np.isin(values, [0, 1])
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
-            raise UsageError(f"{path}: record {i}: field '{name}' = {values[i]}, expected 0/1 or prefill/decode")
+            raise InputError(f"{path}: record {i}: field '{name}' = {values[i]}, expected 0/1 or prefill/decode")
         return values.astype(np.int8)
     lowered = pd.Series(values).astype(str).str.lower()
     mapping = {"prefill": PHASE_PREFILL, "extend": PHASE_PREFILL, "decode": PHASE_DECODE}
     codes = lowered.map(mapping)
     if codes.isna().any():
         i = int(np.nonzero(codes.isna().to_numpy())[0][0])
-        raise UsageError(f"{path}: record {i}: field '{name}' = {values[i]!r}, expected prefill or decode")
+        raise InputError(f"{path}: record {i}: field '{name}' = {values[i]!r}, expected prefill or decode")
     return codes.to_numpy().astype(np.int8)
 
 
@@ -178,7 +178,7 @@ def import_long(
         require_file(p, "routing log")
         t = _read_table(p)
         if t.num_rows == 0:
-            raise UsageError(f"{p}: the log has no records")
+            raise InputError(f"{p}: the log has no records")
         tables.append((p, t))
     path = tables[0][0]
     resolved = {}
@@ -196,7 +196,7 @@ def import_long(
         have = [c is not None for c in cols[attr]]
         if any(have) and not all(have):
             missing = tables[have.index(False)][0]
-            raise UsageError(f"{missing}: field '{resolved[attr][0]}' is missing here but present in other logs")
+            raise InputError(f"{missing}: field '{resolved[attr][0]}' is missing here but present in other logs")
     report = ImportReport(source_format="long")
     n_records = sum(t.num_rows for _, t in tables)
     report.records = n_records
@@ -209,7 +209,7 @@ def import_long(
     layer_col, token_col, experts_col = cat("layer"), cat("token"), cat("experts")
     layer_name, token_name, experts_name = resolved["layer"][0], resolved["token"][0], resolved["experts"][0]
     if not pa.types.is_integer(layer_col.type):
-        raise UsageError(f"{path}: field '{layer_name}' has type {layer_col.type}, expected integer layer indices")
+        raise InputError(f"{path}: field '{layer_name}' has type {layer_col.type}, expected integer layer indices")
     layer_vals = layer_col.to_numpy(zero_copy_only=False).astype(np.int64)
     moe_layers = np.unique(layer_vals)
     layer_idx = np.searchsorted(moe_layers, layer_vals)
@@ -222,15 +222,15 @@ def import_long(
     if bad.size:
         i = int(bad[0])
         src = "--top-k" if top_k else "record 0"
-        raise UsageError(f"{path}: record {i}: field '{experts_name}' has {int(ex_len[i])} expert ids, "
+        raise InputError(f"{path}: record {i}: field '{experts_name}' has {int(ex_len[i])} expert ids, "
                          f"expected top_k = {K} (from {src})")
     if not np.issubdtype(ex_flat.dtype, np.integer):
         if not np.all(np.mod(ex_flat, 1) == 0):
-            raise UsageError(f"{path}: field '{experts_name}' holds non-integer expert ids")
+            raise InputError(f"{path}: field '{experts_name}' holds non-integer expert ids")
     ex = ex_flat.astype(np.int64).reshape(n_records, K)
     if (ex < 0).any():
         r, k = (int(v[0]) for v in np.nonzero(ex < 0))
-        raise UsageError(f"{path}: record {r}: field '{experts_name}' holds expert id {int(ex[r, k])}, "
+        raise InputError(f"{path}: record {r}: field '{experts_name}' holds expert id {int(ex[r, k])}, "
                          f"outside [0, num_experts)")
     if num_experts is None:
         E = int(ex.max()) + 1
@@ -240,14 +240,14 @@ def import_long(
         E = int(num_experts)
         if (ex >= E).any():
             r, k = (int(v[0]) for v in np.nonzero(ex >= E))
-            raise UsageError(f"{path}: record {r}: field '{experts_name}' holds expert id {int(ex[r, k])}, "
+            raise InputError(f"{path}: record {r}: field '{experts_name}' holds expert id {int(ex[r, k])}, "
                              f"outside [0, {E}) (--num-experts {E})")
     if K > E:
-        raise UsageError(f"{path}: top_k ({K}) exceeds num_experts ({E})")
+        raise InputError(f"{path}: top_k ({K}) exceeds num_experts ({E})")
     dup_rows = np.nonzero((np.sort(ex, axis=1)[:, 1:] == np.sort(ex, axis=1)[:, :-1]).any(axis=1))[0]
     if dup_rows.size:
         i = int(dup_rows[0])
-        raise UsageError(f"{path}: record {i}: field '{experts_name}' = {ex[i].tolist()} repeats an expert")
+        raise InputError(f"{path}: record {i}: field '{experts_name}' = {ex[i].tolist()} repeats an expert")
 
     # Weights (optional).
     wcol = cat("weights")
@@ -256,7 +256,7 @@ def import_long(
         bad = np.nonzero(w_len != K)[0]
         if bad.size:
             i = int(bad[0])
-            raise UsageError(f"{path}: record {i}: field '{resolved['weights'][0]}' has {int(w_len[i])} "
+            raise InputError(f"{path}: record {i}: field '{resolved['weights'][0]}' has {int(w_len[i])} "
                              f"weights, expected {K}")
         w = w_flat.astype(np.float32).reshape(n_records, K)
     else:
@@ -277,7 +277,7 @@ def import_long(
     dup = np.nonzero(np.diff(slot[order]) == 0)[0]
     if dup.size:
         a, b = int(order[dup[0]]), int(order[dup[0] + 1])
-        raise UsageError(f"{path}: records {a} and {b} both route token ({resolved['sequence'][0]}="
+        raise InputError(f"{path}: records {a} and {b} both route token ({resolved['sequence'][0]}="
                          f"{seq[a]}, {token_name}={tok[a]}) at {layer_name} {int(layer_vals[a])}")
 
     experts = np.zeros((T, L, K), dtype=np.int64)
@@ -337,35 +337,35 @@ def import_sglang_per_token(
             data = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
             msg = first_line(exc, 160)
-            raise UsageError(f"{p}: not a readable torch file ({msg})") from None
+            raise InputError(f"{p}: not a readable torch file ({msg})") from None
         if not isinstance(data, dict) or "records" not in data:
             keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
-            raise UsageError(f"{p}: no 'records' key; not an SGLang per_token dump (found: {keys}). "
+            raise InputError(f"{p}: no 'records' key; not an SGLang per_token dump (found: {keys}). "
                              f"A 'stat' dump (logical_count) holds loads only: use it with `moeplace stats --load`")
         for i, rec in enumerate(data["records"]):
             if not isinstance(rec, dict) or "topk_ids_of_layer" not in rec:
-                raise UsageError(f"{p}: records[{i}] has no 'topk_ids_of_layer'")
+                raise InputError(f"{p}: records[{i}] has no 'topk_ids_of_layer'")
             records.append((p, i, rec))
         m = data.get("last_physical_to_logical_map")
         if m is not None:
             m = np.asarray(m.cpu() if hasattr(m, "cpu") else m, dtype=np.int64)
             if p2l is not None and m.shape != p2l.shape:
-                raise UsageError(f"{p}: last_physical_to_logical_map shape {m.shape} differs from other dumps {p2l.shape}")
+                raise InputError(f"{p}: last_physical_to_logical_map shape {m.shape} differs from other dumps {p2l.shape}")
             p2l = m
     if not records:
-        raise UsageError(f"{paths[0]}: the dump has no records")
+        raise InputError(f"{paths[0]}: the dump has no records")
     records.sort(key=lambda r: (int(r[2].get("forward_pass_id", 0)), int(r[2].get("rank", 0))))
     blocks = [np.asarray(r[2]["topk_ids_of_layer"], dtype=np.int64) for r in records]
     nl = {b.shape[0] for b in blocks}
     if len(nl) != 1 or any(b.ndim != 3 for b in blocks):
-        raise UsageError(f"{records[0][0]}: topk_ids_of_layer blocks have differing shapes "
+        raise InputError(f"{records[0][0]}: topk_ids_of_layer blocks have differing shapes "
                          f"{sorted({b.shape for b in blocks})}")
     ids = np.concatenate(blocks, axis=1)  # [all layers, tokens, 8]
     layer_used = (ids >= 0).any(axis=(1, 2))
     k_used = (ids >= 0).any(axis=(0, 1))
     moe_layers = np.nonzero(layer_used)[0]
     if moe_layers.size == 0:
-        raise UsageError(f"{records[0][0]}: every topk id is -1; nothing was recorded")
+        raise InputError(f"{records[0][0]}: every topk id is -1; nothing was recorded")
     K = int(np.nonzero(k_used)[0].max()) + 1
     ids = ids[moe_layers][:, :, :K].transpose(1, 0, 2)  # [T, L, K]
     present = (ids >= 0).all(axis=2)
@@ -373,7 +373,7 @@ def import_sglang_per_token(
         p2l_moe = p2l[moe_layers]
         P = p2l_moe.shape[1]
         if (ids >= P).any():
-            raise UsageError(f"{records[0][0]}: physical expert id {int(ids.max())} outside the map's {P} slots")
+            raise InputError(f"{records[0][0]}: physical expert id {int(ids.max())} outside the map's {P} slots")
         logical = p2l_moe[np.arange(len(moe_layers))[None, :, None], np.where(ids >= 0, ids, 0)]
         ids = np.where(ids >= 0, logical, -1)
         E = int(p2l_moe.max()) + 1 if num_experts is None else int(num_experts)
@@ -382,7 +382,7 @@ def import_sglang_per_token(
     report = ImportReport(source_format="sglang-per-token", weights_from_source=False,
                           num_experts_inferred=num_experts is None)
     if (ids >= E).any():
-        raise UsageError(f"{records[0][0]}: expert id {int(ids.max())} outside [0, {E}) (--num-experts {E})")
+        raise InputError(f"{records[0][0]}: expert id {int(ids.max())} outside [0, {E}) (--num-experts {E})")
     T = ids.shape[0]
     seq = np.empty(T, dtype=np.int64)
     pos = np.empty(T, dtype=np.int64)
@@ -405,7 +405,7 @@ def import_sglang_per_token(
         else:
             seg = [int(s) for s in seg]
             if sum(seg) != n:
-                raise UsageError(f"{p}: records[{i}]: extend_seq_lens sum to {sum(seg)}, the pass has {n} tokens")
+                raise InputError(f"{p}: records[{i}]: extend_seq_lens sum to {sum(seg)}, the pass has {n} tokens")
             seq[off:off + n] = np.repeat(np.arange(next_seq, next_seq + len(seg)), seg)
             phase[off:off + n] = PHASE_PREFILL
             next_seq += len(seg)

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import require_file
 from placer.core.trace.schema import TraceMeta
 from placer.tracer.engines import BadResponse, NoRouting, Routed, ShapeMismatch, engine_for
@@ -52,13 +52,13 @@ def _jsonl_bodies(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield f"{path}: line {n}", json.loads(line)
             except ValueError as exc:
-                raise UsageError(f"{path}: line {n}: not valid JSON ({first_line(exc, 80)})") from None
+                raise InputError(f"{path}: line {n}: not valid JSON ({first_line(exc, 80)})") from None
 
 
 def _ints(value: Any, where: str, name: str) -> np.ndarray:
     arr = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise UsageError(f"{where}: '{name}' is not a list of token ids")
+        raise InputError(f"{where}: '{name}' is not a list of token ids")
     return arr.astype(np.int64)
 
 
@@ -68,23 +68,23 @@ def _torch_records(path: Path) -> Iterator[tuple[str, Routed | None]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad or unsafe file
-        raise UsageError(f"{path}: not a torch file of plain records ({first_line(exc, 160)}); save lists, dicts, "
+        raise InputError(f"{path}: not a torch file of plain records ({first_line(exc, 160)}); save lists, dicts, "
                          f"ints and tensors (torch.as_tensor(routed_experts)), not output objects") from None
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list):
-        raise UsageError(f"{path}: expected a list of records (dicts with 'routed_experts'), found "
+        raise InputError(f"{path}: expected a list of records (dicts with 'routed_experts'), found "
                          f"{type(records).__name__}")
     for i, rec in enumerate(records):
         where = f"{path}: record {i}"
         if not isinstance(rec, dict):
-            raise UsageError(f"{where}: is {type(rec).__name__}, expected a dict with 'routed_experts'")
+            raise InputError(f"{where}: is {type(rec).__name__}, expected a dict with 'routed_experts'")
         routes = rec.get("routed_experts")
         if routes is None:
             yield where, None
             continue
         experts = np.asarray(routes.cpu() if hasattr(routes, "cpu") else routes)
         if experts.ndim != 3 or not np.issubdtype(experts.dtype, np.integer):
-            raise UsageError(f"{where}: 'routed_experts' has shape {list(experts.shape)} and type {experts.dtype}, "
+            raise InputError(f"{where}: 'routed_experts' has shape {list(experts.shape)} and type {experts.dtype}, "
                              f"expected integers [tokens, layers, top_k]")
         if rec.get("prompt_token_ids") is not None:
             prompt_ids = _ints(rec["prompt_token_ids"], where, "prompt_token_ids")
@@ -92,7 +92,7 @@ def _torch_records(path: Path) -> Iterator[tuple[str, Routed | None]]:
         elif isinstance(rec.get("prompt_tokens"), int):
             prompt_ids, prompt = None, int(rec["prompt_tokens"])
         else:
-            raise UsageError(f"{where}: no 'prompt_token_ids' (or int 'prompt_tokens'): prefill and decode rows "
+            raise InputError(f"{where}: no 'prompt_token_ids' (or int 'prompt_tokens'): prefill and decode rows "
                              f"cannot be told apart")
         out_ids = _ints(rec["token_ids"], where, "token_ids") if rec.get("token_ids") is not None else None
         tokens = np.concatenate([prompt_ids, out_ids]) if prompt_ids is not None and out_ids is not None else None
@@ -112,7 +112,7 @@ def import_routed(
 ) -> tuple[Path, TraceMeta, RoutedImportReport]:
     """Convert saved outputs of ``fmt``'s stack into the trace ``out`` (written atomically)."""
     if fmt not in FORMATS:
-        raise UsageError(f"--format: unknown routed format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise InputError(f"--format: unknown routed format {fmt!r}; choose from {', '.join(FORMATS)}")
     engine = engine_for(FORMATS[fmt])
     files = [require_file(p, "routed-experts file") for p in paths]
     shape = read_model_shape(model_config) if model_config is not None else None
@@ -143,7 +143,7 @@ def import_routed(
         sink.abort()
         raise
     if path is None:
-        raise UsageError(f"{files[0]}: none of the {report.records} records carries routing (was the server started "
+        raise InputError(f"{files[0]}: none of the {report.records} records carries routing (was the server started "
                          f"with {engine.server_flag}?)")
     report.counts = sink.counts
     report.notes.append("gate weights are not returned by the stack: marked absent, stored as 1/K")
@@ -156,11 +156,11 @@ def _records(path: Path, engine, plan: LayerPlan) -> Iterator[tuple[str, Routed 
     """(where, routed sequence or None when the record has no routing), checked, in file order."""
     if path.suffix == ".pt":
         if engine.name == "sglang":
-            raise UsageError(f"{path}: sglang-routed reads JSONL response bodies; a .pt file with --format "
+            raise InputError(f"{path}: sglang-routed reads JSONL response bodies; a .pt file with --format "
                              f"sglang is SGLang's per-token expert-distribution dump")
         items = _torch_records(path)
     elif engine.name == "trtllm":
-        raise UsageError(f"{path}: TensorRT-LLM's server responses carry no routing; save the LLM API outputs "
+        raise InputError(f"{path}: TensorRT-LLM's server responses carry no routing; save the LLM API outputs "
                          f"with torch.save as .pt records (docs/server-trace.md)")
     else:
         items = ((where, body) for where, body in _jsonl_bodies(path))
@@ -171,11 +171,11 @@ def _records(path: Path, engine, plan: LayerPlan) -> Iterator[tuple[str, Routed 
             yield where, None
             continue
         except (BadResponse, ShapeMismatch) as exc:
-            raise UsageError(f"{where}: {exc}") from None
+            raise InputError(f"{where}: {exc}") from None
         for i, r in enumerate(seqs):
             if r is not None:
                 try:
                     check_rows(r)
                 except BadResponse as exc:
-                    raise UsageError(f"{where}{f', choice {i}' if len(seqs) > 1 else ''}: {exc}") from None
+                    raise InputError(f"{where}{f', choice {i}' if len(seqs) > 1 else ''}: {exc}") from None
             yield where, r

@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import require_file
+from placer.core.mode import TrafficMode
 from placer.core.stats import RoutingStats, load_only_stats, load_stats
 from placer.core.stats import stats_from_traces as compute_stats_from_traces
 from placer.core.topology import Topology, preset
@@ -54,7 +55,7 @@ def read_statistics(traces: Sequence[Path] = (), stats_file: Path | None = None,
     validates the shape as soon as it is known (before a long pass over traces)."""
     given = [name for name, v in (("traces", traces), ("--stats", stats_file), ("--load", load_file)) if v]
     if len(given) != 1:
-        raise UsageError("give the input as trace file(s), --stats FILE or --load FILE"
+        raise InputError("give the input as trace file(s), --stats FILE or --load FILE"
                          + (f" (got {' and '.join(given)})" if given else ""))
     if traces:
         return stats_from_traces(traces, check)
@@ -78,7 +79,8 @@ def token_paths(traces: Sequence[Path]) -> RoutingBatch | None:
     return ds.read_all(fields=("experts", "present", "seq"))
 
 
-def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0, mode: str = "ep",
+def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int = 0,
+                       mode: TrafficMode = TrafficMode.EP,
                        paths: RoutingBatch | None = None) -> PlacementProblem:
     """The ``PlacementProblem`` of some statistics on a topology (ValueError naming the values if it cannot
     be placed: slots that do not divide by the GPUs, negative redundancy). ``paths``: the traces' tokens
@@ -97,12 +99,12 @@ def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int =
 def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
                      default: Topology | None = None) -> Topology:
     """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else
-    ``default``; a UsageError naming the values otherwise."""
+    ``default``; a InputError naming the values otherwise."""
     if topology_file is not None:
         topo = Topology.load(topology_file)
         for flag, field, value in (("--gpus", "num_gpus", gpus), ("--nodes", "num_nodes", nodes)):
             if value is not None and value != getattr(topo, field):
-                raise UsageError(f"{topology_file}: field '{field}' is {getattr(topo, field)}, but {flag} is {value}")
+                raise InputError(f"{topology_file}: field '{field}' is {getattr(topo, field)}, but {flag} is {value}")
         return topo
     if gpus is not None:
         return preset(gpus, nodes or 1)
@@ -110,4 +112,4 @@ def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | 
         return preset(default.num_gpus, nodes)
     if default is not None:
         return default
-    raise UsageError("give the GPUs with --gpus G (and --nodes N), or a topology file with --topology FILE")
+    raise InputError("give the GPUs with --gpus G (and --nodes N), or a topology file with --topology FILE")

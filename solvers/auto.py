@@ -16,7 +16,7 @@
 
 Always feasible, never worse than the start (every step keeps the incumbent unless it improves), and
 reported with a valid lower bound: the best of CP-SAT's and the min-cost-flow relaxation's
-(``objective.lower_bound``). Work is counted in elementary updates and derived from ``--time-limit`` with
+(``bounds.lower_bound``). Work is counted in elementary updates and derived from ``--time-limit`` with
 a calibration (``WORK_PER_SECOND``), so the same inputs and seed give the same placement.
 ``extra["phase_end_s"]`` records when each step ended (seconds since the start).
 """
@@ -26,16 +26,17 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from ortools.graph.python import linear_sum_assignment
 
 from placer.core.placement import Placement
 from solvers import exact
+from solvers.assignment import Outcome, finish, terms
 from solvers.common import WALL_SAFETY, WallGuard, best_start
 from solvers.cpsat import model_size, run_cpsat
 from solvers.instance import Instance, build_instance, sort_copies
 from solvers.localsearch import improve, layer_value
-from solvers.objective import Outcome, make_placement, terms
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 # Local-search work units (elementary updates) per second of --time-limit, calibrated on the project's
 # 2-core reference machine under load (docs/solvers.md).
@@ -54,8 +55,6 @@ def assignment_sweep(inst: Instance, gpu_LP: np.ndarray) -> tuple[np.ndarray, in
     """coherent: for each layer in turn, the best assignment of its items to GPUs given its neighbours
     (capacity s per GPU; linear sum assignment over slots), kept if the objective improves within the cap.
     Returns the assignment and the number of layers changed."""
-    from ortools.graph.python import linear_sum_assignment
-
     gpu = gpu_LP.copy()
     L, P, G, s = inst.L, inst.P, inst.G, inst.s
     node = inst.node_of_gpu
@@ -120,8 +119,9 @@ def perturb(inst: Instance, gpu_LP: np.ndarray, layer: int, swaps: int, rng: np.
     return gpu
 
 
-@register("auto")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("auto", summary="the default: exact where the structure allows, local search and CP-SAT with a bound otherwise",
+        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     wall = WallGuard(options.time_limit_s * WALL_SAFETY)
     inst = build_instance(problem, options)
@@ -133,24 +133,23 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     phases = extra["phase_end_s"] = {"start": round(time.perf_counter() - start, 3)}
 
     # Step 2: exact by structure.
-    method = exact.applicable(inst)
-    if method is not None:
+    if exact.applicable(inst) is not None:
         out = exact.solve(inst)
         if out is not None:
             phases["exact"] = round(time.perf_counter() - start, 3)
             out.extra.update(extra)
-            return make_placement(inst, out, "auto", start)
+            return finish(inst, out, "auto", start)
 
     # Step 3: local search (coherent: alternating with layer-by-layer assignment). Budgets are nominal
     # (work units, deterministic time), not wall-clock, so that results are reproducible.
-    size = max(model_size(inst, [l]) for l in range(inst.L)) if inst.mode == "ep" \
+    size = max(model_size(inst, [l]) for l in range(inst.L)) if inst.decomposes \
         else model_size(inst, list(range(inst.L)))
     use_cpsat = inst.traffic and size <= CPSAT_MAX_VARIABLES
     work_total = WORK_PER_SECOND * options.time_limit_s
     first = (SEARCH_SHARE_BEFORE_CPSAT if use_cpsat else FIRST_SEARCH_SHARE) * work_total
     gpu, work = improve(inst, gpu, first, options.seed)
     sweeps = 0
-    if inst.mode == "coherent" and inst.traffic and inst.L > 1:
+    if not inst.decomposes and inst.L > 1:
         while work < first and not wall.over():
             gpu2, changed = assignment_sweep(inst, gpu)
             work += inst.L * inst.P ** 2 * 4
@@ -180,12 +179,12 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
         while work < work_total and not wall.over():
             layer = int(rng.integers(inst.L))
             trial = perturb(inst, gpu, layer, swaps=max(2, inst.P // 50), rng=rng)
-            one = [layer] if inst.mode == "ep" else None
+            one = [layer] if inst.decomposes else None
             trial, w = improve(inst, trial, max(1.0, min(work_total - work, work_total / 20)),
                                options.seed + rounds, one)
             work += w + ROUND_OVERHEAD
             rounds += 1
-            if inst.mode == "ep":
+            if inst.decomposes:
                 better = layer_value(inst, layer, trial[layer]) < layer_value(inst, layer, gpu[layer]) - 1e-9
             else:
                 v = terms(inst, trial).value
@@ -199,4 +198,4 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
         phases["iterated_local_search"] = round(time.perf_counter() - start, 3)
     extra["stopped_by_wall_clock"] = wall.fired
     extra["work"] = int(work)
-    return make_placement(inst, Outcome(gpu, proven=proven, bound=bound, extra=extra), "auto", start)
+    return finish(inst, Outcome(gpu, proven=proven, bound=bound, extra=extra), "auto", start)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
+from solvers import registry
+from solvers.assignment import feasible, gpu_from_placement, terms
 from solvers.instance import Instance
-from solvers.objective import feasible, gpu_from_placement, terms
 from solvers.problem import PlacementProblem, SolveOptions
 
 # CP-SAT's deterministic time per wall-clock second, measured on the project's 2-core reference machine
@@ -16,23 +18,20 @@ from solvers.problem import PlacementProblem, SolveOptions
 DET_PER_SECOND = 0.75
 WALL_SAFETY = 2.0
 
-WARM_START_BASELINES = ("greedy", "eplb", "contiguous", "round_robin")
-
 
 def starts(inst: Instance, problem: PlacementProblem) -> list[tuple[str, np.ndarray]]:
-    """Feasible starting assignments: the LPT packing of items, then every fast baseline whose copies
-    match the instance's and whose loads stay within the cap."""
-    from solvers.registry import get_solver
-
+    """Feasible starting assignments: the LPT packing of items, then every registered warm-start baseline (in
+    their order) whose copies match the instance's and whose loads stay within the cap. The registry is asked at call
+    time: the solvers register as the package loads."""
     out = [("lpt", inst.start_gpu_LP.copy())]
-    for name in WARM_START_BASELINES:
+    for spec in registry.warm_starts():
         try:
-            placement = get_solver(name)(problem, SolveOptions(time_limit_s=1.0))
+            placement = spec(problem, SolveOptions(time_limit_s=1.0))
         except ValueError:
             continue
         gpu = gpu_from_placement(inst, placement)
         if gpu is not None and feasible(inst, gpu):
-            out.append((name, gpu))
+            out.append((spec.name, gpu))
     return out
 
 

@@ -11,24 +11,13 @@ import numpy as np
 
 from placer.core.placement import Placement
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 
-@register("contiguous")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("contiguous", summary="vLLM's and Megatron's linear layout: GPU g holds experts g*E/G to (g+1)*E/G - 1",
+        warm_start=3)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     L, E, P = problem.num_layers, problem.num_experts, problem.num_slots
-    row = np.arange(P) % E
-    return Placement(
-        phy2log_LP=np.tile(row, (L, 1)),
-        num_gpus=problem.topology.num_gpus,
-        num_nodes=problem.topology.num_nodes,
-        num_experts=E,
-        solver="contiguous",
-        status="HEURISTIC",
-        wall_time_s=time.perf_counter() - start,
-        mode=problem.mode,
-        source=problem.source,
-        model_layer_indices=problem.model_layer_indices,
-        topology=problem.topology,
-    )
+    slot = np.tile(np.arange(P), (L, 1))
+    return problem.placement(slot // problem.slots_per_gpu, slot % E, problem.report("contiguous", start))

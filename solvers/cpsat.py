@@ -1,6 +1,6 @@
 """``cpsat``: one joint CP-SAT model of load balance, traffic and redundant copies (OR-Tools).
 
-The model minimises the project's objective (``solvers/objective.py``, ``docs/solvers.md``) over the items
+The model minimises the project's objective (``placer/core/objective.py``, ``docs/solvers.md``) over the items
 of ``solvers/instance.py`` (copies of the hottest experts are made by EPLB's rule first; the model places
 them):
 
@@ -25,14 +25,16 @@ import time
 from typing import Any
 
 import numpy as np
+from ortools.sat.python import cp_model
 
 from placer.core.errors import MoeplaceError
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
+from solvers.assignment import Outcome, finish, layer_loads
 from solvers.common import DET_PER_SECOND, WALL_SAFETY, best_start, workers
 from solvers.instance import Instance, build_instance
-from solvers.objective import Outcome, layer_loads, make_placement, pair_weights
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 MAX_LITERALS = 2_000_000  # a larger model is refused with a message (use ``auto``)
 
@@ -43,7 +45,7 @@ def model_size(inst: Instance, layers: list[int]) -> int:
     if not inst.traffic:
         return n
     per_item = inst.G + (inst.N if inst.N > 1 else 0)
-    if inst.mode == "ep":
+    if inst.mode is TrafficMode.EP:
         for l in layers:
             t = inst.types_L[l]
             X, K = t.items_XK.shape
@@ -84,8 +86,6 @@ class CpsatModel:
     """The CP-SAT model of some layers of an instance (all layers in ``coherent`` mode)."""
 
     def __init__(self, inst: Instance, layers: list[int], hint_LP: np.ndarray | None) -> None:
-        from ortools.sat.python import cp_model
-
         self.inst, self.layers = inst, layers
         m = self.model = cp_model.CpModel()
         G, N, P, s = inst.G, inst.N, inst.P, inst.s
@@ -130,14 +130,14 @@ class CpsatModel:
         # whose order would conflict); every layer in ep mode, layer 0 in coherent mode.
         self.symmetry = not inst.redundant
         if self.symmetry:
-            for l in (layers if inst.mode == "ep" else layers[:1]):
+            for l in (layers if inst.mode is TrafficMode.EP else layers[:1]):
                 for g in range(1, G):
                     if g % gpn == 0:
                         continue
                     for i in range(P):
                         m.Add(self.x[l][i][g] <= sum(self.x[l][j][g - 1] for j in range(i)))
 
-        if inst.traffic and inst.mode == "ep":
+        if inst.traffic and inst.mode is TrafficMode.EP:
             self._ep_traffic(layers, cg, cn, objective)
         elif inst.traffic:
             # coherent: z_{l}_{i}_{j}_{g} only if item i of layer l and item j of layer l+1 both sit on GPU g
@@ -208,7 +208,7 @@ class CpsatModel:
                 continue
             # y_{l}_{i}_{j}_{g}: items i and j of a common type both sit on GPU g (yn: on node n); an item
             # shares its GPU with at most s - 1 others (its node with s G/N - 1): co-located pairs.
-            W = pair_weights(inst, l)
+            W = inst.pair_weights(l)
             iu, ju = np.nonzero(np.triu(W, k=1) > 0)
             deg: dict[tuple[int, int], list] = {}
             degn: dict[tuple[int, int], list] = {}
@@ -304,8 +304,6 @@ class CpsatModel:
         """Solve within ``det_time`` deterministic seconds (wall-clock safety: det_time / DET_PER_SECOND x
         WALL_SAFETY); returns status name, assignment of the model's layers (or None), value and bound (in
         objective units, constant included), and how it stopped."""
-        from ortools.sat.python import cp_model
-
         solver = cp_model.CpSolver()
         p = solver.parameters
         p.num_workers = num_workers
@@ -351,9 +349,9 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
         raise ValueError(f"cpsat: the model would have {size} boolean variables (layers {inst.L} x items "
                          f"{inst.P} x GPUs {inst.G} plus traffic indicators), more than {MAX_LITERALS}; "
                          f"use --solver auto, which decomposes large instances")
-    hint = canonical(inst, hint_LP, per_layer=inst.mode == "ep") if not inst.redundant else hint_LP.copy()
+    hint = canonical(inst, hint_LP, per_layer=inst.mode is TrafficMode.EP) if not inst.redundant else hint_LP.copy()
     gpu = hint.copy()
-    blocks = [[l] for l in layers] if inst.mode == "ep" or not inst.traffic else [layers]
+    blocks = [[l] for l in layers] if inst.decomposes else [layers]
     proven = True
     bound = 0.0
     statuses: dict[str, int] = {}
@@ -377,11 +375,12 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
     return Outcome(gpu, proven=proven, bound=bound if len(layers) == inst.L else None, extra=extra)
 
 
-@register("cpsat")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("cpsat", summary="one joint CP-SAT model of balance, traffic and redundant copies, with CP-SAT's bound",
+        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     inst = build_instance(problem, options)
     name, hint, _ = best_start(inst, problem)
     out = run_cpsat(inst, hint, options, options.time_limit_s)
     out.extra["warm_start"] = name
-    return make_placement(inst, out, "cpsat", start)
+    return finish(inst, out, "cpsat", start)

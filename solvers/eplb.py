@@ -21,13 +21,14 @@ import time
 import numpy as np
 
 from placer.core.placement import Placement
-from solvers.layout import pack_balanced, placement_from_rows, replicate_hottest
+from solvers.layout import pack_balanced, replicate_hottest
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 
-def rebalance_layer(load_E: np.ndarray, num_slots: int, groups: int, nodes: int, gpus: int) -> np.ndarray:
-    """[P] logical expert of each physical slot (GPU-major) for one layer's expert load."""
+def rebalance_layer(load_E: np.ndarray, num_slots: int, groups: int, nodes: int,
+                    gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's physical experts as ([P] logical expert, [P] GPU, [P] position on the GPU) for its load."""
     E = load_E.shape[0]
     if E % groups:
         raise ValueError(f"experts ({E}) must divide evenly into groups ({groups})")
@@ -43,25 +44,28 @@ def rebalance_layer(load_E: np.ndarray, num_slots: int, groups: int, nodes: int,
     order = np.lexsort((rank_of_group, node_of_group))
     local_experts = (order[:, None] * group_size + np.arange(group_size)).reshape(nodes, -1)
 
-    row = np.empty(num_slots, dtype=np.int64)
+    parts = []
     for n in range(nodes):
         experts = local_experts[n]
         # Step 2: replicate the node's hottest experts to fill its num_slots / nodes slots.
         phy, cnt = replicate_hottest(load_E[experts], num_slots // nodes)
         # Step 3: pack the node's physical experts to its GPUs by load per replica.
         gpu, rank = pack_balanced(load_E[experts][phy] / cnt[phy], gpus_per_node, slots_per_gpu)
-        row[(n * gpus_per_node + gpu) * slots_per_gpu + rank] = experts[phy]
-    return row
+        parts.append((experts[phy], n * gpus_per_node + gpu, rank))
+    return tuple(np.concatenate(a) for a in zip(*parts))
 
 
-@register("eplb")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("eplb", summary="DeepSeek's expert-parallelism load balancer (hierarchical when nodes divide the groups)",
+        params=("groups",), warm_start=2)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     groups = options.params.get("groups", 1)
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"eplb: groups must be a positive integer, got {groups!r}")
     topo = problem.topology
-    rows = [rebalance_layer(problem.load_LE[l], problem.num_slots, int(groups), topo.num_nodes, topo.num_gpus)
-            for l in range(problem.num_layers)]
+    expert, gpu, rank = (np.stack(a) for a in zip(*(rebalance_layer(problem.load_LE[l], problem.num_slots, int(groups),
+                                                                  topo.num_nodes, topo.num_gpus)
+                                                  for l in range(problem.num_layers))))
     policy = "hierarchical" if groups > 1 and groups % topo.num_nodes == 0 else "global"
-    return placement_from_rows(problem, rows, "eplb", start, extra={"groups": int(groups), "policy": policy})
+    report = problem.report("eplb", start, extra={"groups": int(groups), "policy": policy})
+    return problem.placement(gpu, expert, report, order_LX=rank)

@@ -22,9 +22,10 @@ import itertools
 import math
 
 import numpy as np
+from ortools.graph.python import linear_sum_assignment
 
+from solvers.assignment import Outcome
 from solvers.instance import Instance
-from solvers.objective import Outcome, ep_layer, layer_loads
 
 MAX_WORK = 3e7  # the largest enumeration (partitions x types, partition pairs x bijections) attempted
 
@@ -63,7 +64,7 @@ def applicable(inst: Instance) -> str | None:
     if inst.N != 1 or inst.redundant or not inst.exact:
         return None
     n = num_partitions(inst.P, inst.G)
-    if inst.mode == "ep" or not inst.traffic:
+    if inst.decomposes:
         X = max((t.items_XK.shape[0] for t in inst.types_L), default=1) if inst.traffic else 1
         return "enumerate" if n * max(X, 1) * inst.K <= MAX_WORK else None
     if inst.s == 1:
@@ -100,8 +101,6 @@ def solve_ep(inst: Instance) -> Outcome:
 def solve_assignment(inst: Instance) -> Outcome:
     """One item per GPU: layer 0 in item order, then for every pair of layers the bijection that keeps the
     most transitions on one GPU (max-weight assignment)."""
-    from ortools.graph.python import linear_sum_assignment
-
     P = inst.P
     gpu = np.empty((inst.L, P), dtype=np.int64)
     gpu[0] = np.arange(P)
@@ -167,15 +166,10 @@ def solve_dp(inst: Instance) -> Outcome:
 def solve(inst: Instance) -> Outcome | None:
     method = applicable(inst)
     if method == "enumerate":
-        return solve_ep(inst) if inst.mode == "ep" or not inst.traffic else None
+        return solve_ep(inst) if inst.decomposes else None
     if method == "assignment":
         return solve_assignment(inst)
     if method == "dp":
         return solve_dp(inst)
     return None
 
-
-def layer_cost(inst: Instance, l: int, gpu_P: np.ndarray) -> float:
-    """ep: the cost of one layer (used by tests)."""
-    g, n = ep_layer(inst, l, gpu_P)
-    return inst.c_gpu * g + inst.c_node * n + inst.c_bal * layer_loads(inst, l, gpu_P).max()

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from placer.core.errors import MoeplaceError
+from placer.core.objective import Quantity
 from placer.core.placement import Placement
 from solvers import milp
+from solvers.instance import weights_of
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 
 def hop_counts(paths_TLK: np.ndarray, present_TL: np.ndarray | None, E: int, top1: bool) -> np.ndarray:
@@ -92,22 +94,19 @@ def build(hops_LEE: np.ndarray, G: int, N: int, w_gpu: float, w_node: float) -> 
     return prob, x, objective
 
 
-@register("exflow")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
-    from solvers.instance import Weights
-
+@solver("exflow", summary="ExFlow's integer program on traced token paths: fewest cross-GPU hops between layers",
+        params=("backend", "batches", "top1", "intra_weight", "inter_weight"), token_paths=True, affinity=True,
+        copies=False)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     backend = milp.backend_of("exflow", options.params)
     milp.require("exflow", backend)
     L, E, G, N = problem.num_layers, problem.num_experts, problem.topology.num_gpus, problem.topology.num_nodes
-    if problem.num_redundant:
-        raise ValueError(f"exflow places each expert once; redundant ({problem.num_redundant}) must be 0 "
-                         f"(auto and cpsat place redundant copies)")
     batches = options.params.get("batches", 4)
     if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 1:
         raise ValueError(f"exflow: batches must be a positive integer, got {batches!r}")
     top1 = bool(options.params.get("top1", False))
-    weights = Weights.from_params(options.params, problem.topology)
+    weights = weights_of(options.params, problem)
     w_gpu, w_node = weights.intra_weight, weights.inter_weight - weights.intra_weight
 
     # The token batches: cumulative hop counts after each batch.
@@ -148,8 +147,9 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     gpu_LE = np.array([[next(g for g in range(G) if x[l, e, g].value() > 0.5) for e in range(E)] for l in range(L)])
     extra: dict[str, Any] = {"backend": backend, "batches": history, "top1": top1,
                              "weights": {"intra_weight": weights.intra_weight, "inter_weight": weights.inter_weight}}
-    return milp.placement_of(problem, options, gpu_LE, "exflow", start, res.status == "OPTIMAL",
-                             float(res.objective), "exflow_hops" + ("_top1" if top1 else ""), res.bound, extra)
+    quantity = Quantity.EXFLOW_HOPS_TOP1 if top1 else Quantity.EXFLOW_HOPS
+    return milp.placement_of(problem, options, gpu_LE, "exflow", start, res.status == "OPTIMAL", quantity,
+                             float(res.objective), res.bound, extra)
 
 
 def _crossing_value(name: str, x: dict, shape: tuple, G: int, N: int) -> float:

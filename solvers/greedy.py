@@ -17,26 +17,25 @@ import time
 import numpy as np
 
 from placer.core.placement import Placement
-from solvers.layout import pack_balanced, placement_from_rows, replicate_hottest
+from solvers.layout import pack_balanced, replicate_hottest
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 
-def greedy_row(load_E: np.ndarray, num_slots: int, num_gpus: int) -> np.ndarray:
-    """[P] one layer's slots (GPU-major) from its expert load."""
-    spg = num_slots // num_gpus
+def greedy_layer(load_E: np.ndarray, num_slots: int, num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's replicas as ([P] expert, [P] GPU, [P] position on the GPU) from its expert load."""
     # Step 1: replicate the hottest experts.
     phy, cnt = replicate_hottest(load_E, num_slots)
     # Step 2: pack replicas in decreasing load to the least-loaded GPU with room.
-    gpu, rank = pack_balanced(load_E[phy] / cnt[phy], num_gpus, spg, label_N=phy)
-    row = np.empty(num_slots, dtype=np.int64)
-    row[gpu * spg + rank] = phy
-    return row
+    gpu, rank = pack_balanced(load_E[phy] / cnt[phy], num_gpus, num_slots // num_gpus, label_N=phy)
+    return phy, gpu, rank
 
 
-@register("greedy")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("greedy", summary="longest-processing-time balance of expert load, hottest experts replicated first",
+        warm_start=1)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
-    rows = [greedy_row(problem.load_LE[l], problem.num_slots, problem.topology.num_gpus)
-            for l in range(problem.num_layers)]
-    return placement_from_rows(problem, rows, "greedy", start)
+    phy, gpu, rank = (np.stack(a) for a in zip(*(greedy_layer(problem.load_LE[l], problem.num_slots,
+                                                               problem.topology.num_gpus)
+                                                  for l in range(problem.num_layers))))
+    return problem.placement(gpu, phy, problem.report("greedy", start), order_LX=rank)

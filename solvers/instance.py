@@ -22,88 +22,41 @@ and, for top-k > 2 in ``ep`` mode, the distinct-GPU count is replaced by its pai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from placer.core.mode import TrafficMode
+from placer.core.objective import TRAFFIC_QUANTITIES, WEIGHT_DECIMALS, Objective, Quantity, Weights
 from solvers.layout import pack_balanced, replicate_hottest
 from solvers.problem import PlacementProblem, SolveOptions
 
-WEIGHT_DECIMALS = 3  # weights are rounded to 0.001 so that integer models (CP-SAT) optimise them exactly
+DEFAULT_MAX_IMBALANCE = 1.05
 
 
-def _weight(params: dict[str, Any], name: str, default: float | None) -> float | None:
-    v = params.get(name, default)
-    if v is None:
+def weights_of(params: dict[str, Any], problem: PlacementProblem) -> Weights:
+    """The objective's weights: those in ``params`` (``intra_weight``, ``inter_weight``, ``balance_weight``), the
+    others from the problem's topology (``Weights.for_topology``)."""
+    return Weights.for_topology(problem.topology, problem.mode, intra_weight=params.get("intra_weight"),
+                                inter_weight=params.get("inter_weight"), balance_weight=params.get("balance_weight"))
+
+
+def max_imbalance_of(params: dict[str, Any]) -> float | None:
+    """The cap on each layer's largest GPU load as a multiple of the layer's mean (``max_imbalance``, default
+    1.05; 0 or None: no cap), raised where the starting LPT packing does not reach it, so it is always
+    feasible; an explicit cap below what any placement can reach is refused as infeasible (``build_instance``)."""
+    cap = params.get("max_imbalance", DEFAULT_MAX_IMBALANCE)
+    if cap is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    if v < 0:
-        raise ValueError(f"{name} ({v}) must be >= 0")
-    return round(float(v), WEIGHT_DECIMALS)
-
-
-@dataclass(frozen=True)
-class Weights:
-    """The weights of the objective (see ``docs/solvers.md``).
-
-    intra_weight: cost of one message over NVLink (a remote GPU inside the node, a hop inside the node).
-    inter_weight: cost of one message across nodes; default ``intra_weight x intra_bw / inter_bw`` (9 with
-        the default H100 links), so a network message weighs what its transfer time does.
-    balance_weight: cost of one token of the busiest GPU's load, per layer; default from the topology's time
-        model (``default_balance_weight``): what one token of expert compute on the slowest GPU costs in
-        NVLink messages spread over the G GPUs' links.
-    max_imbalance: cap on each layer's largest GPU load, as a multiple of the layer's mean, raised where the
-        starting LPT packing does not reach it (so it is always feasible). An explicit cap below what any
-        placement can reach is refused as infeasible; the default (1.05) adapts. None: no cap.
-    """
-
-    intra_weight: float = 1.0
-    inter_weight: float = 9.0
-    balance_weight: float = 1.0
-    max_imbalance: float | None = 1.05
-
-    KEYS = ("intra_weight", "inter_weight", "balance_weight", "max_imbalance")
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], topology: Any, mode: str = "ep") -> "Weights":
-        intra = _weight(params, "intra_weight", 1.0)
-        inter = _weight(params, "inter_weight", None)
-        if inter is None:
-            inter = round(intra * topology.intra_bw_gbs / topology.inter_bw_gbs, WEIGHT_DECIMALS)
-        if inter < intra:
-            raise ValueError(f"inter_weight ({inter}) must be >= intra_weight ({intra}): a network message "
-                             f"never costs less than an NVLink one")
-        balance = _weight(params, "balance_weight", default_balance_weight(topology, mode))
-        cap = params.get("max_imbalance", 1.05)
-        if cap is not None:
-            if isinstance(cap, bool) or not isinstance(cap, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(cap):
-                raise ValueError(f"max_imbalance must be a finite number, got {cap!r}")
-            if cap == 0:
-                cap = None
-            elif cap < 1:
-                raise ValueError(f"max_imbalance ({cap}) must be >= 1 (a multiple of the mean load), or 0 for "
-                                 f"no cap")
-            else:
-                cap = float(cap)
-        return cls(intra, inter, balance, cap)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.KEYS}
-
-
-def default_balance_weight(topology: Any, mode: str) -> float:
-    """One token more on a layer's busiest GPU adds ``t_tok`` = 6 x hidden x ffn / FLOP/s of expert compute
-    (the linear regime of ``Topology.expert_time_us``); one message more adds about ``t_msg / G`` to the
-    slowest GPU's link time (messages spread over the G GPUs; t_msg = token bytes / NVLink bandwidth), and a
-    remote GPU in ep mode is two messages (dispatch and combine). So, in units of ``intra_weight``:
-    ``G t_tok / t_msg`` (coherent) or half that (ep): 18.4 / 9.2 on 4 GPUs with the H100 preset."""
-    t_tok = 6.0 * topology.hidden_size * topology.expert_ffn_size / (topology.expert_tflops * 1e12)
-    t_msg = topology.token_bytes / (topology.intra_bw_gbs * 1e9)
-    w = topology.num_gpus * t_tok / t_msg / (2.0 if mode == "ep" else 1.0)
-    return round(w, WEIGHT_DECIMALS)
+    if isinstance(cap, bool) or not isinstance(cap, (int, float, np.integer, np.floating)) or not math.isfinite(cap):
+        raise ValueError(f"max_imbalance must be a finite number, got {cap!r}")
+    if cap == 0:
+        return None
+    if cap < 1:
+        raise ValueError(f"max_imbalance ({cap}) must be >= 1 (a multiple of the mean load), or 0 for no cap")
+    return float(cap)
 
 
 @dataclass
@@ -119,8 +72,10 @@ class Instance:
     """Everything a solver needs, in items (see the module docstring)."""
 
     problem: PlacementProblem
+    objective: Objective        # the project objective the solvers minimise (weights from ``weights_of``)
     weights: Weights
-    mode: str
+    max_imbalance: float | None
+    mode: TrafficMode
     cnt_LE: np.ndarray          # [L, E] copies of each expert
     base_LE: np.ndarray         # [L, E] first item of each expert
     item_expert_LP: np.ndarray  # [L, P] expert of each item
@@ -175,27 +130,33 @@ class Instance:
 
     # -- objective coefficients ----------------------------------------------------------------------
     @property
+    def decomposes(self) -> bool:
+        """The objective is a sum of independent per-layer terms (``ep`` traffic, or balance alone)."""
+        return self.mode.decomposes_by_layer or not self.traffic
+
+    @property
     def c_gpu(self) -> float:
         """Weight of one distinct GPU of a token-layer (ep) or one cross-GPU pair hop (coherent)."""
-        w = self.weights.intra_weight
-        return w * (self.G - 1) / self.G if self.mode == "ep" else w
+        return self.objective.weight(TRAFFIC_QUANTITIES[self.mode][0])
 
     @property
     def c_node(self) -> float:
         """Weight of one distinct node of a token-layer (ep) or one cross-node pair hop (coherent)."""
-        w = self.weights.inter_weight - self.weights.intra_weight
-        if self.N == 1:
-            return 0.0
-        return w * (self.N - 1) / self.N if self.mode == "ep" else w
+        return self.objective.weight(TRAFFIC_QUANTITIES[self.mode][1])
 
     @property
     def c_bal(self) -> float:
-        return self.weights.balance_weight
+        return self.objective.weight(Quantity.MAX_LOAD)
+
+    def value(self, gpus: float, nodes: float, maxload: float) -> float:
+        """The objective of the traffic counts (distinct GPUs and nodes, or pair hops) and the largest loads,
+        summed over layers (the terms in the objective's order, as ``Objective.measure`` adds them)."""
+        return self.c_gpu * gpus + self.c_node * nodes + self.c_bal * maxload
 
     def scale(self) -> int:
         """An integer that makes every coefficient times an integer count an integer (for CP-SAT)."""
         base = 10 ** WEIGHT_DECIMALS
-        return base * self.G * self.N if self.mode == "ep" else base
+        return base * self.G * self.N if self.mode is TrafficMode.EP else base
 
     # -- items -------------------------------------------------------------------------------------
     def prev_next_LP(self) -> tuple[np.ndarray, np.ndarray]:
@@ -218,6 +179,19 @@ class Instance:
     def capacity_ok(self, gpu_LP: np.ndarray) -> bool:
         counts = np.stack([np.bincount(g, minlength=self.G) for g in gpu_LP])
         return bool((counts == self.s).all())
+
+    def pair_weights(self, l: int) -> np.ndarray:
+        """ep: [P, P] tokens of layer l using both items i and j (i != j), from its types (symmetric)."""
+        t = self.types_L[l]
+        P = self.P
+        X, K = t.items_XK.shape
+        W = np.zeros(P * P)
+        if X and K > 1:
+            a, b = np.triu_indices(K, k=1)
+            flat = (t.items_XK[:, a].astype(np.int64) * P + t.items_XK[:, b]).ravel()
+            W = np.bincount(flat, weights=np.repeat(t.count_X, len(a)), minlength=P * P)
+        W = W.reshape(P, P)
+        return W + W.T
 
 
 def _items(cnt_LE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,12 +272,13 @@ def sort_copies(gpu_P: np.ndarray, item_expert_P: np.ndarray) -> np.ndarray:
     return gpu
 
 
-def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str | None = None) -> Instance:
-    """The items, their exact counts (from token paths when the problem has them), weights and cap."""
-    mode = mode or problem.mode
-    weights = Weights.from_params(options.params, problem.topology, mode)
+def build_instance(problem: PlacementProblem, options: SolveOptions) -> Instance:
+    """The items, their exact counts (from token paths when the problem has them), objective and cap."""
+    mode = problem.mode
+    weights = weights_of(options.params, problem)
+    max_imbalance = max_imbalance_of(options.params)
     L, E, P, K = problem.num_layers, problem.num_experts, problem.num_slots, problem.top_k
-    G = problem.topology.num_gpus
+    G, N = problem.topology.num_gpus, problem.topology.num_nodes
 
     # Step 1: copies of the hottest experts (EPLB's rule), then items expert-major.
     cnt = np.stack([replicate_hottest(problem.load_LE[l], P)[1] for l in range(L)])
@@ -312,22 +287,22 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str |
     from_paths = paths is not None
     traffic = from_paths or (problem.coact_LEE is not None and problem.trans_LEE is not None)
     # Statistics are exact without copies, except ep with top-k > 2 (distinct GPUs need whole token sets).
-    exact = from_paths or (P == E and (mode == "coherent" or K <= 2 or not traffic))
-    inst = Instance(problem, weights, mode, cnt, base, item_expert, np.zeros((L, P)), exact=exact,
-                    from_paths=from_paths, traffic=traffic)
+    exact = from_paths or (P == E and (mode is TrafficMode.COHERENT or K <= 2 or not traffic))
+    objective = Objective.weighted(mode, weights, G, N, traffic)
+    inst = Instance(problem, objective, weights, max_imbalance, mode, cnt, base, item_expert, np.zeros((L, P)),
+                    exact=exact, from_paths=from_paths, traffic=traffic)
 
     # Step 2: item loads and the affinity counts of the mode, exact from the token paths when given.
     if from_paths:
         T = paths.shape[0]
-        tindex = np.arange(T, dtype=np.int64)
         present = None if problem.present_TL is None else np.asarray(problem.present_TL, dtype=bool)
         prev_items = prev_rows = None
-        types, trans = [], np.zeros((max(L - 1, 0), P, P)) if mode == "coherent" else None
+        types, trans = [], np.zeros((max(L - 1, 0), P, P)) if mode is TrafficMode.COHERENT else None
         for l in range(L):
             rows = np.arange(T) if present is None else np.nonzero(present[:, l])[0]
             items = token_items(paths[rows, l, :], l, cnt, base, rows)
             inst.load_LP[l] = np.bincount(items.ravel(), minlength=P)
-            if mode == "ep":
+            if mode is TrafficMode.EP:
                 types.append(layer_types(items))
             elif l > 0:
                 if present is None:
@@ -339,7 +314,7 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str |
                 flat = (a[:, :, None] * P + b[:, None, :]).ravel()
                 trans[l - 1] = np.bincount(flat, minlength=P * P).reshape(P, P)
             prev_items, prev_rows = items, rows
-        if mode == "ep":
+        if mode is TrafficMode.EP:
             inst.types_L = types
             inst.offset_L = np.zeros(L)
         else:
@@ -348,23 +323,23 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str |
         inst.load_LP = problem.load_LE[np.arange(L)[:, None], item_expert] / cnt[np.arange(L)[:, None], item_expert]
         if inst.traffic:
             split = 1.0 / cnt[np.arange(L)[:, None], item_expert]  # [L, P]
-            if mode == "ep":
+            if mode is TrafficMode.EP:
                 inst.types_L, inst.offset_L = _pair_types(problem, inst, split)
             else:
                 tr = np.asarray(problem.trans_LEE, dtype=np.float64)
                 inst.trans_LPP = np.stack([
                     tr[l][np.ix_(item_expert[l], item_expert[l + 1])] * split[l][:, None] * split[l + 1][None, :]
                     for l in range(L - 1)]) if L > 1 else np.zeros((0, P, P))
-            if K > 2 and mode == "ep":
+            if K > 2 and mode is TrafficMode.EP:
                 inst.extra["surrogate"] = "pairwise (K - co-located pairs), a lower bound on distinct GPUs"
     # Step 3: the balance cap, never below the LPT packing's largest load (so it is always feasible).
     inst.start_gpu_LP = lpt_start(inst.load_LP, item_expert, G)
     start_max = np.array([np.bincount(inst.start_gpu_LP[l], weights=inst.load_LP[l], minlength=G).max()
                           for l in range(L)])
-    if weights.max_imbalance is None:
+    if max_imbalance is None:
         inst.cap_L = np.full(L, np.inf)
     else:
-        asked = weights.max_imbalance * inst.load_LP.sum(axis=1) / G
+        asked = max_imbalance * inst.load_LP.sum(axis=1) / G
         # A cap below what any placement reaches is an infeasible request (the heaviest item with the s - 1
         # lightest others is on some GPU).
         srt = np.sort(inst.load_LP, axis=1)
@@ -372,8 +347,8 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, mode: str |
         bad = np.nonzero(asked < least - 1e-9)[0]
         if bad.size and "max_imbalance" in options.params:  # the default adapts; an explicit cap is a request
             l = int(bad[0])
-            raise ValueError(f"max_imbalance {weights.max_imbalance} caps layer {l}'s largest GPU load at "
-                             f"{asked[l]:.1f} tokens ({weights.max_imbalance} x mean {asked[l] / weights.max_imbalance:.1f}), "
+            raise ValueError(f"max_imbalance {max_imbalance} caps layer {l}'s largest GPU load at "
+                             f"{asked[l]:.1f} tokens ({max_imbalance} x mean {asked[l] / max_imbalance:.1f}), "
                              f"but no placement goes below {least[l]:.1f} (its heaviest expert copy with the "
                              f"{P // G - 1} lightest others); raise --max-imbalance or add --redundant copies")
         inst.cap_L = np.maximum(asked, start_max)

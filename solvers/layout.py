@@ -1,15 +1,9 @@
-"""Building blocks the baseline solvers share: hot-expert replication, balanced packing, and wrapping
-rows of slots into a ``Placement``. Pure functions on arrays."""
+"""Building blocks the baseline solvers share: hot-expert replication and balanced packing. Pure functions on
+arrays."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import numpy as np
-
-from placer.core.placement import Placement
-from solvers.problem import PlacementProblem
 
 
 def replicate_hottest(load_E: np.ndarray, num_slots: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,22 +60,3 @@ def pack_balanced(weight_N: np.ndarray, num_packs: int, items_per_pack: int,
         if label_N is not None:
             held[b].add(label_N[i])
     return pack, rank
-
-
-def placement_from_rows(problem: PlacementProblem, rows_LP: Any, solver: str, start: float,
-                        **fields: Any) -> Placement:
-    """A HEURISTIC placement of ``problem`` with slot rows ``rows_LP`` (wall time counted from ``start``)."""
-    return Placement(
-        phy2log_LP=np.asarray(rows_LP, dtype=np.int64),
-        num_gpus=problem.topology.num_gpus,
-        num_nodes=problem.topology.num_nodes,
-        num_experts=problem.num_experts,
-        solver=solver,
-        status=fields.pop("status", "HEURISTIC"),
-        wall_time_s=time.perf_counter() - start,
-        mode=problem.mode,
-        source=problem.source,
-        model_layer_indices=problem.model_layer_indices,
-        topology=problem.topology,
-        **fields,
-    )

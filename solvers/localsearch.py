@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from solvers.assignment import distinct_of, ep_layer, layer_loads
 from solvers.instance import Instance
-from solvers.objective import combine, distinct_of, ep_layer, layer_loads, pair_weights
 
 EPS = 1e-9
 SAMPLE_TYPES = 16384  # the exact ep search works on at most this many token types per layer
@@ -300,7 +300,7 @@ def ep_pair_search(W, gpu, node, G, N, w, cap, prev, nxt, cg, cn, cb, order, bud
 def layer_value(inst: Instance, l: int, row: np.ndarray) -> float:
     """ep: the objective of one layer."""
     g, n = ep_layer(inst, l, row) if inst.traffic else (0.0, 0.0)
-    return combine(inst, g, n, layer_loads(inst, l, row).max())
+    return inst.value(g, n, layer_loads(inst, l, row).max())
 
 
 def csr_of(types: np.ndarray, P: int) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +346,7 @@ def improve_ep(inst: Instance, gpu_LP: np.ndarray, budget: float, seed: int = 0,
         if keep and pair_first:
             # Step 1: the pairwise surrogate from the start, cheaply (kept only if exactly better below).
             row = rows[0].copy()
-            done += ep_pair_search(pair_weights(inst, l), row, node, inst.G, inst.N, w, cap, prev[l], nxt[l],
+            done += ep_pair_search(inst.pair_weights(l), row, node, inst.G, inst.N, w, cap, prev[l], nxt[l],
                                    cg, cn, inst.c_bal, order, max(share / 4, 1.0))
             rows.append(row)
         # Step 2: exact swaps from each candidate; the best by the exact objective wins (never the start
@@ -479,6 +479,6 @@ def improve_coherent(inst: Instance, gpu_LP: np.ndarray, budget: float, seed: in
 def improve(inst: Instance, gpu_LP: np.ndarray, budget: float, seed: int = 0,
             layers: list[int] | None = None, pair_first: bool = True) -> tuple[np.ndarray, int]:
     """Local search in the instance's mode (ep: only ``layers`` if given)."""
-    if inst.mode == "ep" or not inst.traffic:
+    if inst.decomposes:
         return improve_ep(inst, gpu_LP, budget, seed, layers, pair_first)
     return improve_coherent(inst, gpu_LP, budget, seed)

@@ -11,7 +11,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
+
 from placer.core.errors import MoeplaceError
+from placer.core.objective import Objective, Quantity
+from placer.core.placement import Placement, SolveStatus
+from solvers.assignment import project_terms
+from solvers.bounds import gap_of
+from solvers.problem import PlacementProblem, SolveOptions
 
 BACKENDS = ("cbc", "highs")
 # What still works when a backend is missing (for the error message).
@@ -144,25 +151,19 @@ def _HighsWarm(**kw: Any) -> Any:  # noqa: N802 - a factory that reads like the 
     return _highs_class()(**kw)
 
 
-def placement_of(problem: Any, options: Any, gpu_LE: Any, solver: str, start: float, proven: bool,
-                 objective: float, objective_name: str, bound: float | None, extra: dict) -> Any:
-    """The ``Placement`` of a MILP solver's expert-to-GPU assignment ``gpu_LE`` (one copy per expert):
-    status, bound and gap from the solve, and the project objective of the layout in ``extra["cost"]``."""
-    import numpy as np
-
-    from solvers.layout import placement_from_rows
-    from solvers.objective import gap_of
-    from solvers.project_cost import project_terms
-
+def placement_of(problem: PlacementProblem, options: SolveOptions, gpu_LE: np.ndarray, solver: str, start: float,
+                 proven: bool, objective: Quantity, value: float, bound: float | None, extra: dict) -> Placement:
+    """The ``Placement`` of a MILP solver's expert-to-GPU assignment ``gpu_LE`` (one copy per expert): status,
+    bound and gap of its own ``objective``, and the project objective of the layout in ``extra["cost"]``."""
     L, E = gpu_LE.shape
-    G = problem.topology.num_gpus
-    assert all((np.bincount(gpu_LE[l], minlength=G) == E // G).all() for l in range(L))
-    rows = np.stack([np.argsort(gpu_LE[l] * E + np.arange(E), kind="stable") for l in range(L)])
-    extra.update(project_terms(problem, options, rows))
+    expert = np.broadcast_to(np.arange(E), (L, E))
+    layout = problem.placement(gpu_LE, expert, problem.report(solver, start))
+    extra.update(project_terms(problem, options, layout))
     if proven:
-        bound, gap = objective, 0.0
+        bound, gap = value, 0.0
     else:
-        gap = None if bound is None else gap_of(objective, bound)
-    return placement_from_rows(problem, rows, solver, start, status="OPTIMAL" if proven else "FEASIBLE",
-                               objective=objective, objective_name=objective_name, bound=bound, gap=gap,
-                               extra=extra)
+        gap = None if bound is None else gap_of(value, bound)
+    report = problem.report(solver, start, status=SolveStatus.OPTIMAL if proven else SolveStatus.FEASIBLE,
+                            objective=Objective.of(objective), objective_value=value, bound=bound, gap=gap,
+                            extra=extra)
+    return layout.with_(report=report)

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from placer.core.errors import MoeplaceError
+from placer.core.objective import Quantity
 from placer.core.placement import Placement
 from solvers import milp
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 JOINT_LIMIT = 20_000  # linearisation variables of the joint stage 2
 
@@ -71,15 +72,6 @@ def stage1(load_E: np.ndarray, G: int, backend: str, time_limit_s: float, thread
         raise MoeplaceError(f"moetuner: stage 1 of layer {name} found no solution within {time_limit_s:.1f} s; raise --time-limit")
     cluster = np.array([next(c for c in range(G) if (e, c) in y and y[e, c].value() > 0.5) for e in range(E)])
     return cluster, float(res.objective), res
-
-
-def link_cost_us(topology: Any) -> np.ndarray:
-    """[G, G] microseconds per token on the link from GPU g to GPU g' (0 on the diagonal)."""
-    node = topology.node_of_gpu()
-    bw = np.where(node[:, None] == node[None, :], topology.intra_bw_gbs, topology.inter_bw_gbs)  # GB/s
-    cost = topology.token_bytes / (bw * 1e3)   # bytes / (bytes per us)
-    np.fill_diagonal(cost, 0.0)
-    return cost
 
 
 def cluster_traffic(trans_EE: np.ndarray, ca: np.ndarray, cb: np.ndarray, G: int) -> np.ndarray:
@@ -186,8 +178,9 @@ def stage2_sequential(C_LCC: np.ndarray, cost_GG: np.ndarray, backend: str, time
     return gpu, worst, results
 
 
-@register("moetuner")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("moetuner", summary="MoETuner's two integer programs: balanced clusters, then clusters to GPUs by link time",
+        params=("backend", "stage2"), affinity=True, copies=False)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     backend = milp.backend_of("moetuner", options.params)
     milp.require("moetuner", backend)
@@ -195,12 +188,6 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     if mode2 not in ("auto", "joint", "sequential"):
         raise ValueError(f"moetuner: stage2 {mode2!r} is not one of auto, joint, sequential")
     L, E, G = problem.num_layers, problem.num_experts, problem.topology.num_gpus
-    if problem.num_redundant:
-        raise ValueError(f"moetuner places each expert once; redundant ({problem.num_redundant}) must be 0 "
-                         f"(auto and cpsat place redundant copies)")
-    if problem.trans_LEE is None and L > 1:
-        raise ValueError("moetuner needs transition counts (a trace or a full statistics file), not expert "
-                         "loads only")
     threads = options.threads or 1
 
     # Stage 1: balanced clusters, layer by layer (half the time).
@@ -215,7 +202,7 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     # Stage 2: clusters to GPUs (the other half).
     C = np.stack([cluster_traffic(np.asarray(problem.trans_LEE[l], dtype=np.float64), clusters[l],
                                   clusters[l + 1], G) for l in range(L - 1)]) if L > 1 else np.zeros((0, G, G))
-    cost = link_cost_us(problem.topology)
+    cost = problem.topology.token_link_us_GG()
     size = (L - 1) * G ** 4
     joint = mode2 == "joint" or (mode2 == "auto" and size <= JOINT_LIMIT)
     bound = None
@@ -235,5 +222,5 @@ def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> 
     gpu_LE = np.take_along_axis(gpu_LC, clusters, axis=1)
     extra: dict[str, Any] = {"backend": backend, "stage1_deviation": dev_total,
                              "stage2": "joint" if joint else "sequential"}
-    return milp.placement_of(problem, options, gpu_LE, "moetuner", start, proven, t_max, "moetuner_max_link_us",
-                             bound, extra)
+    return milp.placement_of(problem, options, gpu_LE, "moetuner", start, proven, Quantity.MOETUNER_MAX_LINK_US,
+                             t_max, bound, extra)

@@ -1,17 +1,18 @@
 """What every solver takes: the placement problem (statistics, topology, redundancy, traffic mode) and the
-solve options (time limit, seed, threads, weights). Validated on construction; user mistakes are
+solve options (time limit, seed, threads, solver parameters). Validated on construction; user mistakes are
 ``ValueError``s whose message names the values."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from placer.core.mode import TrafficMode
+from placer.core.placement import Placement, SolveReport
 from placer.core.topology import Topology
-
-Mode = Literal["ep", "coherent"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,7 +29,7 @@ class PlacementProblem:
     load_LE: np.ndarray
     topology: Topology
     num_redundant: int = 0
-    mode: Mode = "ep"
+    mode: TrafficMode = TrafficMode.EP
     top_k: int = 1
     coact_LEE: np.ndarray | None = None
     trans_LEE: np.ndarray | None = None
@@ -45,6 +46,7 @@ class PlacementProblem:
         if (load < 0).any() or not np.isfinite(load).all():
             raise ValueError("load must hold finite, non-negative counts")
         object.__setattr__(self, "load_LE", load)
+        object.__setattr__(self, "mode", TrafficMode.parse(self.mode))
         L, E = load.shape
         G = self.topology.num_gpus
         if self.num_redundant < 0:
@@ -52,8 +54,6 @@ class PlacementProblem:
         P = E + self.num_redundant
         if P % G:
             raise ValueError(f"experts ({E}) + redundant ({self.num_redundant}) must divide by gpus ({G})")
-        if self.mode not in ("ep", "coherent"):
-            raise ValueError(f"mode {self.mode!r} must be 'ep' or 'coherent'")
         for name, shape in (("coact_LEE", (L, E, E)), ("trans_LEE", (max(L - 1, 0), E, E))):
             v = getattr(self, name)
             if v is not None and np.shape(v) != shape:
@@ -75,6 +75,19 @@ class PlacementProblem:
     def slots_per_gpu(self) -> int:
         return self.num_slots // self.topology.num_gpus
 
+    def report(self, solver: str, start: float, **fields: Any) -> SolveReport:
+        """The report of a solve of this problem by ``solver`` that began at ``start`` (``time.perf_counter()``):
+        its mode and source, the wall time until now, and ``fields``."""
+        return SolveReport(solver=solver, mode=self.mode, source=self.source,
+                           wall_time_s=time.perf_counter() - start, **fields)
+
+    def placement(self, gpu_LX: Any, expert_LX: Any, report: SolveReport, order_LX: Any = None) -> Placement:
+        """The placement of an assignment of items (copies of experts) to GPUs for this problem's topology and
+        layers (``Placement.from_assignment``), with its report."""
+        return Placement.from_assignment(gpu_LX, expert_LX, self.topology.num_gpus, self.num_experts,
+                                         self.topology.num_nodes, order_LX=order_LX, topology=self.topology,
+                                         model_layer_indices=self.model_layer_indices, report=report)
+
 
 @dataclass(frozen=True)
 class SolveOptions:
@@ -83,8 +96,8 @@ class SolveOptions:
     time_limit_s: wall-clock budget; a solver stopped by it returns its best placement as FEASIBLE.
     seed: the same inputs and seed give the same placement.
     threads: worker threads (0 = the solver's default; the optimising solvers use one, see docs/solvers.md).
-    params: formulation-specific settings (weights such as ``balance_weight``, a MILP backend), documented
-        by each solver.
+    params: the solver's own settings, named in its registration (``solvers.registry.SolverSpec.params``):
+        weights such as ``balance_weight``, a MILP backend, EPLB's groups.
     """
 
     time_limit_s: float = 60.0

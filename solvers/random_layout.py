@@ -11,15 +11,15 @@ import time
 import numpy as np
 
 from placer.core.placement import Placement
-from solvers.layout import placement_from_rows
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 
-@register("random")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("random", summary="a seeded random layout, the floor any real solver must beat")
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     rng = np.random.default_rng(options.seed)
     items = np.arange(problem.num_slots) % problem.num_experts
-    rows = [rng.permutation(items) for _ in range(problem.num_layers)]
-    return placement_from_rows(problem, rows, "random", start, extra={"seed": options.seed})
+    expert = np.stack([rng.permutation(items) for _ in range(problem.num_layers)])
+    gpu = np.broadcast_to(np.arange(problem.num_slots) // problem.slots_per_gpu, expert.shape)
+    return problem.placement(gpu, expert, problem.report("random", start, extra={"seed": options.seed}))

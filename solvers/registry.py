@@ -1,66 +1,98 @@
-"""The solver registry, keyed by the ``SolverName`` literal.
+"""The solver registry: one registration per solver, carrying what the command line needs.
 
-Add a solver: write ``solvers/<name>.py`` with a ``@register("<name>")`` function
-``solve(problem, options) -> Placement``, and add the name to ``SolverName`` and ``_MODULES``. At import
-the registry checks that the literal, the modules and the registered functions agree, so the command
-line's choices and the code cannot drift.
+Add a solver: write ``solvers/<name>.py`` with a function ``solve(problem, options) -> Placement`` decorated with
+``@solver("<name>", summary=..., params=(...), ...)``. Every module of this package is imported when the registry
+loads, so the new solver appears in ``SOLVER_NAMES``, in ``moeplace solve --solver`` and its parameters in the
+command line's checks, with no other list to edit.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable, Literal, get_args
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
 
-if TYPE_CHECKING:
-    from placer.core.placement import Placement
-    from solvers.problem import PlacementProblem, SolveOptions
+from placer.core.placement import Placement
+from solvers.problem import PlacementProblem, SolveOptions
 
-SolverName = Literal["contiguous", "round_robin", "random", "greedy", "eplb", "cpsat", "auto", "moetuner", "exflow"]
-SOLVER_NAMES: tuple[str, ...] = get_args(SolverName)
-
-# Module of each solver (several names may share one module).
-_MODULES: dict[str, str] = {
-    "contiguous": "solvers.contiguous",
-    "round_robin": "solvers.round_robin",
-    "random": "solvers.random_layout",
-    "greedy": "solvers.greedy",
-    "eplb": "solvers.eplb",
-    "cpsat": "solvers.cpsat",
-    "auto": "solvers.auto",
-    "moetuner": "solvers.moetuner",
-    "exflow": "solvers.exflow",
-}
-
-SolverFn = Callable[["PlacementProblem", "SolveOptions"], "Placement"]
-_REGISTRY: dict[str, SolverFn] = {}
+SolveFn = Callable[[PlacementProblem, SolveOptions], Placement]
 
 
-def register(name: str) -> Callable[[SolverFn], SolverFn]:
-    if name not in SOLVER_NAMES:
-        raise AssertionError(f"solver {name!r} is not in SolverName {SOLVER_NAMES}")
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver; call it like its solve function, ``spec(problem, options)``.
 
-    def deco(fn: SolverFn) -> SolverFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+    summary: one line for ``--help`` and the docs.
+    params: the ``SolveOptions.params`` it takes; any other is refused (``ValueError`` naming it).
+    token_paths: its objective is exact on the traces' token paths, which ``solve`` then reads token by token.
+    affinity: it needs co-activation / transition counts or token paths (load-only input is refused).
+    copies: it places redundant copies of hot experts (``--redundant`` > 0).
+    warm_start: a fast baseline the optimising solvers may start from, in this order (lower first; among starts
+        of equal objective the first wins), or None.
+    """
+
+    name: str
+    solve: SolveFn
+    summary: str
+    params: tuple[str, ...] = ()
+    token_paths: bool = False
+    affinity: bool = False
+    copies: bool = True
+    warm_start: int | None = None
+
+    def __call__(self, problem: PlacementProblem, options: SolveOptions | None = None) -> Placement:
+        options = SolveOptions() if options is None else options
+        unknown = sorted(set(options.params) - set(self.params))
+        if unknown:
+            takes = ", ".join(self.params) or "none"
+            raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; it takes: {takes}")
+        if problem.num_redundant and not self.copies:
+            raise ValueError(f"{self.name} places each expert once; redundant ({problem.num_redundant}) must be 0 "
+                             f"(solvers that place copies: {', '.join(s.name for s in specs() if s.copies)})")
+        if self.affinity and problem.paths_TLK is None and problem.trans_LEE is None and problem.num_layers > 1:
+            raise ValueError(f"{self.name} needs transition counts (a trace or a full statistics file), not expert "
+                             f"loads only")
+        return self.solve(problem, options)
+
+
+_REGISTRY: dict[str, SolverSpec] = {}
+
+
+def solver(name: str, **spec: object) -> Callable[[SolveFn], SolveFn]:
+    """Register the decorated ``solve(problem, options)`` under ``name`` (``SolverSpec``'s other fields in ``spec``)."""
+    def deco(fn: SolveFn) -> SolveFn:
+        if name in _REGISTRY and _REGISTRY[name].solve is not fn:
             raise AssertionError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = SolverSpec(name, fn, **spec)  # type: ignore[arg-type]
         return fn
 
     return deco
 
 
-def get_solver(name: str) -> SolverFn:
-    """The solve function registered under ``name`` (ValueError listing the choices otherwise)."""
-    if name not in SOLVER_NAMES:
-        raise ValueError(f"unknown solver {name!r}; choose from {', '.join(SOLVER_NAMES)}")
+def specs() -> list[SolverSpec]:
+    """Every registered solver, by name."""
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def warm_starts() -> list[SolverSpec]:
+    """The solvers the optimising ones may start from, in their ``warm_start`` order."""
+    return sorted((s for s in _REGISTRY.values() if s.warm_start is not None), key=lambda s: s.warm_start)
+
+
+def get_solver(name: str) -> SolverSpec:
+    """The solver registered under ``name`` (ValueError listing the choices otherwise)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def _load_all() -> None:
-    assert set(_MODULES) == set(SOLVER_NAMES), f"_MODULES {sorted(_MODULES)} != SolverName {sorted(SOLVER_NAMES)}"
-    for module in sorted(set(_MODULES.values())):
-        importlib.import_module(module)
-    missing = set(SOLVER_NAMES) - set(_REGISTRY)
-    assert not missing, f"solvers named but not registered: {sorted(missing)}"
+    """Import every module of the package, so that each registers its solvers."""
+    package = importlib.import_module("solvers")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"solvers.{info.name}")
 
 
 _load_all()
+SOLVER_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))

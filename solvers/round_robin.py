@@ -12,29 +12,33 @@ import time
 import numpy as np
 
 from placer.core.placement import Placement
-from solvers.layout import placement_from_rows
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.registry import register
+from solvers.registry import solver
 
 
-def round_robin_row(num_experts: int, num_slots: int, num_gpus: int) -> np.ndarray:
-    """[P] one layer's slots (GPU-major) with expert e on GPU e mod G and redundant copies spread after."""
+def round_robin_gpus(num_experts: int, num_slots: int, num_gpus: int) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's items (experts 0..E-1, then the redundant copies) as ([P] GPU of each item, [P] expert of each
+    item), with expert e on GPU e mod G and each copy on the first GPU after its expert's with room."""
     spg = num_slots // num_gpus
-    per_gpu: list[list[int]] = [[] for _ in range(num_gpus)]
-    for e in range(num_experts):
-        per_gpu[e % num_gpus].append(e)
-    for r in range(num_slots - num_experts):
-        e = r % num_experts
-        home = e % num_gpus
-        order = [(home + i) % num_gpus for i in range(1, num_gpus + 1)]
-        room = [g for g in order if len(per_gpu[g]) < spg]
-        g = next((g for g in room if e not in per_gpu[g]), room[0])
-        per_gpu[g].append(e)
-    return np.concatenate([np.array(x, dtype=np.int64) for x in per_gpu])
+    expert = np.arange(num_slots) % num_experts
+    gpu = np.empty(num_slots, dtype=np.int64)
+    gpu[:num_experts] = np.arange(num_experts) % num_gpus
+    held: list[set[int]] = [set(np.nonzero(gpu[:num_experts] == g)[0].tolist()) for g in range(num_gpus)]
+    filled = np.bincount(gpu[:num_experts], minlength=num_gpus)
+    for item in range(num_experts, num_slots):
+        e = int(expert[item])
+        order = [(e % num_gpus + i) % num_gpus for i in range(1, num_gpus + 1)]
+        room = [g for g in order if filled[g] < spg]
+        g = next((g for g in room if e not in held[g]), room[0])
+        gpu[item] = g
+        held[g].add(e)
+        filled[g] += 1
+    return gpu, expert
 
 
-@register("round_robin")
-def solve(problem: PlacementProblem, options: SolveOptions = SolveOptions()) -> Placement:
+@solver("round_robin", summary="vLLM's round-robin layout: expert e on GPU e mod G", warm_start=4)
+def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
-    row = round_robin_row(problem.num_experts, problem.num_slots, problem.topology.num_gpus)
-    return placement_from_rows(problem, np.tile(row, (problem.num_layers, 1)), "round_robin", start)
+    gpu, expert = round_robin_gpus(problem.num_experts, problem.num_slots, problem.topology.num_gpus)
+    L = problem.num_layers
+    return problem.placement(np.tile(gpu, (L, 1)), np.tile(expert, (L, 1)), problem.report("round_robin", start))

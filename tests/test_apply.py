@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from placer.apply import PROVENANCE, apply_placement, read_checkpoint
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.placement import Placement
 from placer.core.placement_io import save_placement
 from tests.conftest import assert_one_line_error
@@ -181,7 +181,7 @@ def test_group_limited_routing_refuses_cross_group_moves(models, tmp_path):
     rows = p.phy2log_LP.copy()
     rows[1, [0, 7]] = rows[1, [7, 0]]  # swap an expert of new group 0 with one of new group 1
     bad = p.with_(phy2log_LP=rows)
-    with pytest.raises(UsageError, match=r"layer 1 \(decoder layer 2\) puts old experts .* in new group 0; "
+    with pytest.raises(InputError, match=r"layer 1 \(decoder layer 2\) puts old experts .* in new group 0; "
                                          r"deepseek_v3 routing is group-limited \(n_group 2, topk_group 1"):
         apply_placement(bad, src, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()

@@ -15,7 +15,7 @@ from placer.core.cost import (
     pair_hops_from_trans,
     with_speedups,
 )
-from placer.core.placement import Placement
+from placer.core.placement import Placement, SolveReport
 from placer.core.stats import compute_stats
 from placer.core.topology import Topology, preset
 from placer.core.trace.reader import concat_batches
@@ -152,7 +152,7 @@ def random_placement(L, E, G, N=1, redundant=0, seed=0) -> Placement:
     rng = np.random.default_rng(seed)
     P = E + redundant
     rows = [rng.permutation(np.arange(P) % E) for _ in range(L)]
-    return Placement(rows, num_gpus=G, num_experts=E, num_nodes=N, solver=f"random{seed}")
+    return Placement(rows, num_gpus=G, num_experts=E, num_nodes=N, report=SolveReport(solver=f"random{seed}"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,17 +335,20 @@ def test_mismatches_name_the_values():
         TraceEvaluator(random_placement(4, 8, 4), preset(4), tokens_per_step=0)
 
 
-def test_measured_objectives_name_the_evaluated_quantities():
-    from placer.core.cost import OBJECTIVES, measured_objective
+def test_quantities_measure_the_evaluated_figures():
+    from placer.core.objective import Quantity
 
     batch = synth_batch(tokens=300)
     p = random_placement(4, 8, 4, 2, 0, seed=4)
     ep = evaluate_trace(batch, p, preset(4, 2), mode="ep")
     co = evaluate_trace(batch, p, preset(4, 2), mode="coherent")
-    assert measured_objective(co, "coherent_pair_hops") == co.pair_hops_L1.sum()
-    assert measured_objective(ep, "ep_remote_gpus") == ep.remote_gpus_L.sum()
-    assert measured_objective(ep, "max_load") == ep.load_LG.max(1).sum() == measured_objective(co, "max_load")
-    assert measured_objective(ep, "coherent_pair_hops") is None and measured_objective(ep, "nope") is None
+    assert Quantity.COHERENT_PAIR_HOPS.measure(co) == co.pair_hops_L1.sum()
+    assert Quantity.EP_REMOTE_GPUS.measure(ep) == ep.remote_gpus_L.sum()
+    assert Quantity.MAX_LOAD.measure(ep) == ep.load_LG.max(1).sum() == Quantity.MAX_LOAD.measure(co)
+    assert Quantity.COHERENT_PAIR_HOPS.measure(ep) is None  # another traffic model
     bal = evaluate_load(np.ones((4, 8)), p)
-    assert measured_objective(bal, "max_load") == 4 * 2.0 and measured_objective(bal, "time_us") is None
-    assert all(measured_objective(ep if m in (None, "ep") else co, n) is not None for n, (m, _) in OBJECTIVES.items())
+    assert Quantity.MAX_LOAD.measure(bal) == 4 * 2.0 and Quantity.TIME_US.measure(bal) is None
+    solver_only = {Quantity.MOETUNER_MAX_LINK_US, Quantity.EXFLOW_HOPS, Quantity.EXFLOW_HOPS_TOP1}
+    for q in Quantity:
+        value = q.measure(ep if q.mode in (None, "ep") else co)
+        assert (value is None) == (q in solver_only), q

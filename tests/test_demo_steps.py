@@ -13,7 +13,7 @@ def test_demo_solves_the_baselines_and_evaluates_them(tmp_path, capsys):
     step_trace(ctx)
     step_solve(ctx)
     for name, _ in DEMO_BASELINES:
-        assert load_placement(ctx.files[f"placement-{name}"]).solver == name
+        assert load_placement(ctx.files[f"placement-{name}"]).report.solver == name
     assert ctx.files["placement"] == ctx.files["placement-greedy"]
     solved = ctx.console.export_text()
     assert "eplb" in solved and "--redundant 4" in solved
@@ -43,5 +43,5 @@ def test_demo_optimise_step_solves_auto_and_measures_the_gain(tmp_path, capsys, 
     text = ctx.console.export_text()
     assert "auto-ep" in out and "auto-coherent" in out
     assert "held-out remote_gpus_per_token: auto" in text and "held-out pair_hops_per_token: auto" in text
-    assert load_placement(ctx.files["placement"]).solver == "auto"
+    assert load_placement(ctx.files["placement"]).report.solver == "auto"
     assert ("optimise", demo.step_optimise) in demo.STEPS

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from placer.core.errors import UsageError
-from placer.core.placement import Placement
+from placer.core.errors import InputError
+from placer.core.objective import Objective, Quantity
+from placer.core.placement import Placement, SolveReport
 from placer.core.placement_io import load_placement, placement_to_dict, save_placement
 from placer.core.topology import Topology, home_gpu, preset
 from tests.conftest import assert_one_line_error
@@ -45,33 +46,36 @@ def test_invalid_placements_name_the_values(kw, msg):
 
 
 def test_json_round_trip_and_validation(tmp_path, cli):
-    p = _p(solver="greedy", objective=3.0, objective_name="max_load", topology=preset(2), model_layer_indices=(3, 4))
+    report = SolveReport(solver="greedy", objective=Objective.of(Quantity.MAX_LOAD), objective_value=3.0)
+    p = _p(report=report, topology=preset(2), model_layer_indices=(3, 4))
     path = save_placement(p, tmp_path / "p.json")
-    assert load_placement(path) == p
+    back = load_placement(path)
+    assert back == p and back.report == report and back.topology == p.topology
+    assert back.model_layer_indices == (3, 4)
     d = json.loads(path.read_text())
     assert d["phy2log"] == [[0, 1, 2, 3, 0, 1], [3, 2, 1, 0, 3, 3]] and d["num_gpus"] == 2
     d["phy2log"][1][2] = -1
     path.write_text(json.dumps(d))
-    with pytest.raises(UsageError, match=r"p.json: field 'phy2log\[1\]\[2\]': -1 is less than the minimum of 0"):
+    with pytest.raises(InputError, match=r"p.json: field 'phy2log\[1\]\[2\]': -1 is less than the minimum of 0"):
         load_placement(path)
     d = placement_to_dict(p)
     d["status"] = "GREAT"
     path.write_text(json.dumps(d))
-    with pytest.raises(UsageError, match="field 'status'"):
+    with pytest.raises(InputError, match="field 'status'"):
         load_placement(path)
     d = placement_to_dict(p)
     d["phy2log"][0] = [0, 1, 2, 2, 0, 1]
     path.write_text(json.dumps(d))
-    with pytest.raises(UsageError, match="p.json: layer 0: expert 3 has no slot"):
+    with pytest.raises(InputError, match="p.json: layer 0: expert 3 has no slot"):
         load_placement(path)
 
 
 def test_topology_validation_and_homes():
     t = preset(16, 2)
     assert t.gpus_per_node == 8 and list(t.node_of_gpu()[[0, 7, 8, 15]]) == [0, 0, 1, 1]
-    with pytest.raises(UsageError, match=r"gpus \(12\) must divide evenly into nodes \(5\)"):
+    with pytest.raises(InputError, match=r"gpus \(12\) must divide evenly into nodes \(5\)"):
         preset(12, 5)
-    with pytest.raises(UsageError, match="unknown field"):
+    with pytest.raises(InputError, match="unknown field"):
         Topology.from_dict({"num_gpus": 4, "gpus": 4})
     np.testing.assert_array_equal(home_gpu(np.array([0, 1, 2, 3, 4, 5]), 4), [0, 1, 2, 3, 0, 1])
 

@@ -28,7 +28,7 @@ from typing import Optional
 
 import typer
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 
 
 def _cpu(who: int) -> float:
@@ -82,9 +82,9 @@ def bench_server_trace(
     engines = [engine] if engine else ["vllm", "sglang"]
     for e in engines:
         if e not in ("vllm", "sglang"):
-            raise UsageError(f"--engine: {e!r} has no fake server that returns routing; choose vllm or sglang")
+            raise InputError(f"--engine: {e!r} has no fake server that returns routing; choose vllm or sglang")
     if min(tokens, prompt_tokens, concurrency, layers - dense, experts, top_k) < 1 or generate < 0 or dense < 0:
-        raise UsageError("--tokens, --prompt-tokens, --concurrency, --experts, --top-k and layers - dense must be positive")
+        raise InputError("--tokens, --prompt-tokens, --concurrency, --experts, --top-k and layers - dense must be positive")
     model = FakeModel(num_hidden_layers=layers, moe_layers=tuple(range(dense, layers)), num_experts=experts, top_k=top_k)
     per_prompt = prompt_tokens + generate
     n_prompts = -(-tokens // per_prompt)
@@ -101,7 +101,7 @@ def bench_server_trace(
             try:
                 url = parent.recv() if parent.poll(60) else None
                 if url is None:
-                    raise UsageError("the fake server did not start within 60 s")
+                    raise InputError("the fake server did not start within 60 s")
                 opts = ServerOptions(url=url, engine=e, generate=generate, concurrency=concurrency, retries=0)
                 child0 = _cpu(resource.RUSAGE_CHILDREN)
                 t0, cpu0 = time.perf_counter(), _cpu(resource.RUSAGE_SELF)

@@ -27,6 +27,8 @@ from typing import Any, List
 import numpy as np
 import typer
 
+from placer.core.mode import TrafficMode
+
 PARTS = ("mixtral", "deepseek", "scaling", "heldout")
 BASELINES = ("contiguous", "round_robin", "random", "greedy", "eplb")
 BALANCE_FIRST = 1000  # the balance weight of the balance-first run at equal redundancy
@@ -66,15 +68,14 @@ def _solve(name: str, problem, time_limit: float, params: dict | None = None):
     return p, time.perf_counter() - t0
 
 
-def _measure(batch, placements, problem, objective_name: str) -> list[dict[str, Any]]:
-    """Each placement's objective (as the cost model measures it) and headline figures on ``batch``."""
-    from placer.core.cost import evaluate_many, measured_objective
+def _measure(batch, placements, problem, objective) -> list[dict[str, Any]]:
+    """Each placement's ``objective`` (as the cost model measures it) and headline figures on ``batch``."""
+    from placer.core.cost import evaluate_many
 
     out = []
     for p, r in zip(placements, evaluate_many(batch, placements, problem.topology, problem.mode)):
-        d = {"solver": p.solver, "objective": measured_objective(r, objective_name),
-             "max_over_mean": r.mean_imbalance}
-        if problem.mode == "ep":
+        d = {"solver": p.report.solver, "objective": objective.measure(r), "max_over_mean": r.mean_imbalance}
+        if problem.mode is TrafficMode.EP:
             d["remote_gpus_per_token"] = r.remote_gpus_per_token
             d["remote_nodes_per_token"] = r.remote_nodes_per_token
         else:
@@ -96,22 +97,22 @@ def part_mixtral(tokens: int, time_limit: float, log) -> list[dict[str, Any]]:
     meta, batch = _trace(32, 8, 2, tokens, clusters=4, seed=0)
     rows = []
     for gpus in (4, 8):
-        for mode in ("ep", "coherent"):
+        for mode in TrafficMode:
             problem = _problem(batch, 8, gpus, 1, 0, mode)
             runs = {}
             for solver in ("auto", "cpsat"):
                 p, wall = _solve(solver, problem, time_limit)
                 runs[solver] = (p, wall)
             base = _baselines(problem)
-            name = runs["auto"][0].objective_name
-            measured = _measure(batch, [runs["auto"][0], *base], problem, name)
+            objective = runs["auto"][0].report.objective
+            measured = _measure(batch, [runs["auto"][0], *base], problem, objective)
             best_base = min(m["objective"] for m in measured[1:])
-            row = {"gpus": gpus, "mode": mode, "objective_name": name,
-                   "auto": {"status": runs["auto"][0].status, "wall_s": runs["auto"][1],
-                            "objective": runs["auto"][0].objective, "gap": runs["auto"][0].gap,
-                            "method": runs["auto"][0].extra.get("method")},
-                   "cpsat": {"status": runs["cpsat"][0].status, "wall_s": runs["cpsat"][1],
-                             "objective": runs["cpsat"][0].objective, "gap": runs["cpsat"][0].gap},
+            row = {"gpus": gpus, "mode": mode, "objective_name": objective.name,
+                   "auto": {"status": runs["auto"][0].report.status, "wall_s": runs["auto"][1],
+                            "objective": runs["auto"][0].report.objective_value, "gap": runs["auto"][0].report.gap,
+                            "method": runs["auto"][0].report.extra.get("method")},
+                   "cpsat": {"status": runs["cpsat"][0].report.status, "wall_s": runs["cpsat"][1],
+                             "objective": runs["cpsat"][0].report.objective_value, "gap": runs["cpsat"][0].report.gap},
                    "baselines": {m["solver"]: m["objective"] for m in measured[1:]},
                    "auto_vs_best_baseline": measured[0]["objective"] / best_base}
             rows.append(row)
@@ -127,15 +128,15 @@ def part_deepseek(tokens: int, time_limit: float, redundant: int, gpus: int, nod
     gen = time.perf_counter() - t0
     problem = _problem(batch, 256, gpus, nodes, redundant, mode)
     p, wall = _solve("auto", problem, time_limit)
-    log(f"deepseek: auto {p.status} in {wall:.1f} s, gap {p.gap:.1%}")
+    log(f"deepseek: auto {p.report.status} in {wall:.1f} s, gap {p.report.gap:.1%}")
     base = _baselines(problem)
-    measured = _measure(batch, [p, *base], problem, p.objective_name)
+    measured = _measure(batch, [p, *base], problem, p.report.objective)
     best = min(m["objective"] for m in measured[1:])
     return {"shape": {"layers": 58, "experts": 256, "top_k": 8, "tokens": tokens, "gpus": gpus, "nodes": nodes,
                       "redundant": redundant, "mode": mode},
             "trace_generation_s": gen,
-            "auto": {"status": p.status, "wall_s": wall, "objective": p.objective, "bound": p.bound, "gap": p.gap,
-                     "phase_end_s": p.extra.get("phase_end_s"), "stopped_by_wall_clock": p.extra.get("stopped_by_wall_clock")},
+            "auto": {"status": p.report.status, "wall_s": wall, "objective": p.report.objective_value, "bound": p.report.bound, "gap": p.report.gap,
+                     "phase_end_s": p.report.extra.get("phase_end_s"), "stopped_by_wall_clock": p.report.extra.get("stopped_by_wall_clock")},
             "measured": measured, "auto_vs_best_baseline": measured[0]["objective"] / best}
 
 
@@ -147,18 +148,18 @@ def part_scaling(tokens: int, time_limit: float, log) -> list[dict[str, Any]]:
     rows = []
     for L, E, K, G, N in SCALING_SHAPES:
         meta, batch = _trace(L, E, K, tokens, clusters=max(G, 4), seed=1)
-        for mode in ("ep", "coherent"):
+        for mode in TrafficMode:
             problem = _problem(batch, E, G, N, 0, mode)
             p, wall = _solve("auto", problem, time_limit)
             base = _baselines(problem)
-            measured = _measure(batch, [p, *base], problem, p.objective_name)
+            measured = _measure(batch, [p, *base], problem, p.report.objective)
             best = min(m["objective"] for m in measured[1:])
-            ph = p.extra.get("phase_end_s", {})
+            ph = p.report.extra.get("phase_end_s", {})
             rows.append({"layers": L, "experts": E, "top_k": K, "gpus": G, "nodes": N, "mode": mode,
-                         "size": L * E * G, "status": p.status, "wall_s": wall,
+                         "size": L * E * G, "status": p.report.status, "wall_s": wall,
                          "first_local_optimum_s": ph.get("local_search", ph.get("exact")),
-                         "gap": p.gap, "auto_vs_best_baseline": measured[0]["objective"] / best})
-            log(f"scaling {L}x{E}x{G} {mode}: {wall:.1f} s, gap {p.gap:.1%}")
+                         "gap": p.report.gap, "auto_vs_best_baseline": measured[0]["objective"] / best})
+            log(f"scaling {L}x{E}x{G} {mode}: {wall:.1f} s, gap {p.report.gap:.1%}")
     return rows
 
 
@@ -182,7 +183,7 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
         source = "synthetic stand-in (8 x 16, top-2, 4 clusters): first half train, second half held-out"
     _ = concat_batches
     out: dict[str, Any] = {"source": source, "gpus": 4}
-    for mode in ("ep", "coherent"):
+    for mode in TrafficMode:
         problem = _problem(tr, E, 4, 1, 0, mode)
         p, wall = _solve("auto", problem, time_limit)
         params = dict(TRAFFIC_FIRST)
@@ -193,30 +194,30 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
             light, _ = _solve("auto", problem, time_limit, params)
         placements = [p, light] + _baselines(problem)
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in params.items())
-        names = ["auto", f"auto {flags}"] + [b.solver for b in placements[2:]]
+        names = ["auto", f"auto {flags}"] + [b.report.solver for b in placements[2:]]
         res = evaluate_many(ho, placements, problem.topology, mode)
         rows = []
         for name, r in zip(names, res):
             d = {"solver": name, "max_over_mean": r.mean_imbalance, "worst_max_over_mean": float(r.imbalance_L.max()),
                  "time_ms": r.total_us / 1e3}
-            if mode == "ep":
+            if mode is TrafficMode.EP:
                 d["remote_gpus_per_token"] = r.remote_gpus_per_token
             else:
                 d["pair_hops_per_token"] = r.pair_hops_per_token
                 d["messages_per_token"] = r.messages_per_token
             rows.append(d)
-        out[mode] = {"auto_status": p.status, "auto_wall_s": wall, "auto_gap": p.gap, "heldout": rows}
-        log(f"heldout {mode}: auto {p.status} in {wall:.1f} s")
+        out[mode] = {"auto_status": p.report.status, "auto_wall_s": wall, "auto_gap": p.report.gap, "heldout": rows}
+        log(f"heldout {mode}: auto {p.report.status} in {wall:.1f} s")
     # Equal redundancy: auto (default weights, and balance first) and eplb with the same redundant slots:
     # balance on the train and the held-out trace.
-    problem = _problem(tr, E, 4, 1, redundant, "ep")
+    problem = _problem(tr, E, 4, 1, redundant, TrafficMode.EP)
     pa, _ = _solve("auto", problem, time_limit)
     pb, _ = _solve("auto", problem, time_limit, {"balance_weight": BALANCE_FIRST})
     pe, _ = _solve("eplb", problem, time_limit)
     rows = []
     for name, p, r, t in zip(("auto", f"auto --balance-weight {BALANCE_FIRST}", "eplb"), (pa, pb, pe),
-                             evaluate_many(ho, [pa, pb, pe], problem.topology, "ep"),
-                             evaluate_many(tr, [pa, pb, pe], problem.topology, "ep")):
+                             evaluate_many(ho, [pa, pb, pe], problem.topology, TrafficMode.EP),
+                             evaluate_many(tr, [pa, pb, pe], problem.topology, TrafficMode.EP)):
         rows.append({"placement": name, "train_max_over_mean": t.mean_imbalance,
                      "heldout_max_over_mean": r.mean_imbalance, "heldout_remote_gpus_per_token": r.remote_gpus_per_token})
     out["redundant"] = {"slots": redundant, "rows": rows}
@@ -246,11 +247,11 @@ def bench_solve(
     import sys
 
     from placer.cli.common import console, print_json
-    from placer.core.errors import UsageError
+    from placer.core.errors import InputError
 
     unknown = [p for p in part if p not in PARTS]
     if unknown:
-        raise UsageError(f"--part {unknown[0]!r} is not one of {', '.join(PARTS)}")
+        raise InputError(f"--part {unknown[0]!r} is not one of {', '.join(PARTS)}")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -307,7 +308,7 @@ def _print(results: dict[str, Any], con) -> None:
         con.print(t)
     if "heldout" in results:
         h = results["heldout"]
-        for mode in ("ep", "coherent"):
+        for mode in TrafficMode:
             t = Table(title=f"held-out, {mode}, 4 GPUs ({h['source']})", title_justify="left")
             cols = [k for k in h[mode]["heldout"][0] if k != "solver"]
             t.add_column("solver")

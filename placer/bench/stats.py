@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from placer.core.errors import MoeplaceError, UsageError
+from placer.core.errors import MoeplaceError, InputError
 
 
 def pandas_counts(experts_TLK: np.ndarray, present_TL: np.ndarray | None, num_experts: int,
@@ -116,7 +116,7 @@ def _synth(path: Path, layers: int, experts: int, top_k: int, tokens: int, clust
         cfg = SynthConfig(layers=layers, experts=experts, top_k=top_k, tokens=tokens, clusters=clusters, domains=3,
                           seed=seed)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     t0 = time.perf_counter()
     meta, batches = generate(cfg)
     with TraceWriter(path, meta, with_domain=True) as w, progress_bar(tokens, "synth", unit="tok") as advance:
@@ -154,7 +154,7 @@ def bench_stats(
     from placer.core.trace.reader import TraceReader, concat_batches
 
     if pandas_tokens < 1 or pandas_chunk < 1:
-        raise UsageError(f"--pandas-tokens ({pandas_tokens}) and --pandas-chunk ({pandas_chunk}) must be positive")
+        raise InputError(f"--pandas-tokens ({pandas_tokens}) and --pandas-chunk ({pandas_chunk}) must be positive")
     tmp = None
     result: dict[str, Any] = {}
     try:

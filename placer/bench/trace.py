@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import typer
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 
 
 def _plain(model, seqs, opts, pad_id: int, device: str) -> None:
@@ -81,14 +81,14 @@ def bench_trace(
     from placer.tracer.run import load_sequences
 
     if repeats < 1:
-        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
     if threads > 0:
         torch.set_num_threads(threads)
     texts = text or [REPO_TRACES_DIR / "text" / "heldout.txt"]
     try:
         opts = TraceOptions(batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, device=device, dtype=dtype)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     lm = load_model(model or BUNDLED_MODEL_DIR, opts.device, opts.dtype)
     seqs = load_sequences(texts, None, lm, opts)
     tokens = sum(len(s) for s in seqs)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
-
-class ModeChoice(str, Enum):
-    ep = "ep"
-    coherent = "coherent"
+from placer.cli.common import UsageError
 
 
 def check_solver(name: str | None) -> str | None:
-    """Validate ``--solver`` against ``solvers.SOLVER_NAMES`` (imported only when the option is used, so
-    ``moeplace --help`` does not import every solver)."""
+    """Validate ``--solver`` against the solver registry (imported only when the option is used, so that
+    ``moeplace --help`` does not import every solver and OR-Tools)."""
     if name is None:
         return name
-    from placer.core.errors import UsageError
     from solvers import SOLVER_NAMES
 
     if name not in SOLVER_NAMES:

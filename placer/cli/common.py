@@ -8,6 +8,12 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
+from placer.core.errors import InputError
+
+
+class UsageError(InputError):
+    """A command-line mistake: an option out of range, options that do not fit together; exit code 2."""
+
 
 def console() -> Console:
     """A console on the current standard output (looked up at call time, so tests can capture it)."""
@@ -26,7 +32,3 @@ def kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
     for k, v in rows:
         t.add_row(str(k), str(v))
     return t
-
-
-def fmt_int(n: int) -> str:
-    return f"{n:,}"

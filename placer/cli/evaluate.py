@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP, ModeChoice
+from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP
+from placer.cli.common import UsageError, console, print_json
+from placer.core.mode import TrafficMode
 
 
 def evaluate(
@@ -15,7 +17,7 @@ def evaluate(
         ..., metavar="TRACE PLACEMENT...",
         help="A trace (file or folder), normally held out, then placement JSON files. With --load or --stats "
              "all are placements."),
-    mode: Optional[ModeChoice] = typer.Option(
+    mode: Optional[TrafficMode] = typer.Option(
         None, "--mode", help="Traffic model: ep (dispatch/combine) or coherent (ExFlow); default: the first "
                              "placement's mode."),
     gpus: Optional[int] = typer.Option(None, "--gpus", "-g", help=GPUS_HELP + " Default: the placements'."),
@@ -37,9 +39,7 @@ def evaluate(
     layers; bytes over NVLink and the network; an estimated MoE time per layer and the speedup over
     `contiguous` (always computed as the reference). Definitions: docs/cost-model.md.
     """
-    from placer.cli.common import console, print_json
-    from placer.core.cost import measured_objective
-    from placer.core.errors import UsageError
+    # Imported on use: the cost model loads numba and the reference placement the solvers (placer/cli/__init__.py).
     from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
     from placer.inputs import read_statistics, resolve_topology
     from placer.core.placement_io import load_placement
@@ -57,7 +57,7 @@ def evaluate(
     if not cands:
         raise UsageError("give at least one placement file to evaluate")
     first = cands[0].placement
-    mode_value = mode.value if mode is not None else first.mode
+    mode_value = mode if mode is not None else first.report.mode
 
     if balance_only:
         stats = read_statistics((), stats_file, load_file)
@@ -87,15 +87,16 @@ def evaluate(
         for i, r in enumerate(results):
             d = r.to_dict()
             if i < len(cands):
-                p = cands[i].placement
-                d = {"file": cands[i].where, "solver": p.solver, "status": p.status, "objective": p.objective,
-                     "objective_name": p.objective_name,
-                     "objective_measured": measured_objective(r, p.objective_name), **d}
+                rep = cands[i].placement.report
+                objective = rep.objective
+                d = {"file": cands[i].where, "solver": rep.solver, "status": rep.status.value,
+                     "objective": rep.objective_value, "objective_name": None if objective is None else objective.name,
+                     "objective_measured": None if objective is None else objective.measure(r), **d}
             else:
                 d = {"file": None, "solver": "contiguous", **d}
             rows.append(d)
         print_json({
-            "input": source_name, "mode": mode_value, "balance_only": balance_only, "tokens": tokens,
+            "input": source_name, "mode": mode_value.value, "balance_only": balance_only, "tokens": tokens,
             "tokens_per_step": tokens_per_step, "topology": topo.to_dict() if topo else None,
             "reference": None if ref_index is None else results[ref_index].name, "placements": rows,
         })
@@ -119,7 +120,7 @@ def _label(r, cands, i) -> str:
     """The row label: the file's stem, with the solver when the stem does not say it."""
     if i >= len(cands):
         return "contiguous*"
-    solver = cands[i].placement.solver
+    solver = cands[i].placement.report.solver
     return r.name if solver in r.name else f"{r.name} ({solver})"
 
 
@@ -133,7 +134,7 @@ def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, 
         title = (f"evaluate on {source}: {tokens:,} tokens, mode {mode}, {topo.num_gpus} GPUs in "
                  f"{topo.num_nodes} node(s)")
         step = "whole trace as one step" if tokens_per_step is None else f"steps of {tokens_per_step:,} tokens"
-        traffic = ("remote GPUs/nodes: distinct remote GPUs/nodes a token is dispatched to per layer" if mode == "ep"
+        traffic = ("remote GPUs/nodes: distinct remote GPUs/nodes a token is dispatched to per layer" if mode is TrafficMode.EP
                    else "msgs (cross-node msgs): messages (across nodes) per token between adjacent layers; hops: "
                         "expert-pair hops per token")
         caption = (f"max/mean: GPU load, mean over layers; worst: the worst layer's; {traffic}; time: slowest "
@@ -143,7 +144,7 @@ def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, 
     multi_node = topo is not None and topo.num_nodes > 1
     cols = ["placement", "max/mean", "worst"]
     if not balance_only:
-        if mode == "ep":
+        if mode is TrafficMode.EP:
             cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
         else:
             cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
@@ -155,7 +156,7 @@ def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, 
     for i, r in enumerate(results):
         row = [labels[i], f"{r.mean_imbalance:.3f}", f"{r.imbalance_L[r.worst_layer]:.3f} L{r.worst_layer}"]
         if not balance_only:
-            if mode == "ep":
+            if mode is TrafficMode.EP:
                 row += [f"{r.remote_gpus_per_token:.3f}"] + ([f"{r.remote_nodes_per_token:.3f}"] if multi_node else [])
             else:
                 row += [f"{r.messages_per_token:.3f}", f"{r.pair_hops_per_token:.3f}"]
@@ -174,7 +175,7 @@ def _layer_table(r):
     multi_node = r.num_nodes > 1
     cols = ["layer", "max load", "mean load", "max/mean"]
     if not r.balance_only:
-        if r.mode == "ep":
+        if r.mode is TrafficMode.EP:
             cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
         else:
             cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
@@ -184,7 +185,7 @@ def _layer_table(r):
     for l in range(r.num_layers):
         row = [str(l), f"{r.max_load_L[l]:,.0f}", f"{r.mean_load_L[l]:,.0f}", f"{r.imbalance_L[l]:.3f}"]
         if not r.balance_only:
-            if r.mode == "ep":
+            if r.mode is TrafficMode.EP:
                 n, counts = r.token_layers_L[l], [r.remote_gpus_L[l]] + ([r.remote_nodes_L[l]] if multi_node else [])
             else:
                 n = r.pair_tokens_L1[l - 1] if l else 0

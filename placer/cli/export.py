@@ -37,7 +37,7 @@ def export(
     docs/export.md says what each format was checked against.
     """
     from placer.cli.common import console, kv_table, print_json
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from placer.export import export_placement
     from placer.export.layers import layer_ranges, parse_layer_list
     from placer.core.placement_io import load_placement

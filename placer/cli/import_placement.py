@@ -32,7 +32,7 @@ def import_placement(
     The file is checked (shape, every expert placed, inverse maps, slots per GPU); a problem is one line.
     """
     from placer.cli.common import console, kv_table
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from placer.export import import_placement as do_import
     from placer.export.layers import layer_ranges, parse_layer_list
     from placer.core.placement_io import save_placement

@@ -62,7 +62,7 @@ def import_(
     with another token's routing.
     """
     from placer.cli.common import console, kv_table
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from placer.importers import FieldMap, import_long, import_sglang_per_token
     from placer.core.trace.writer import write_trace
 

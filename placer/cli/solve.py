@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP, ModeChoice, check_solver
+from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP, check_solver
+from placer.cli.common import UsageError, console, kv_table, print_json
+from placer.core.mode import TrafficMode
 
 
 def solve(
@@ -24,7 +26,7 @@ def solve(
     nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help=NODES_HELP),
     topology_file: Optional[Path] = typer.Option(None, "--topology", help=TOPOLOGY_HELP),
     redundant: int = typer.Option(0, "--redundant", "-r", help="Redundant slots per layer (copies of hot experts)."),
-    mode: ModeChoice = typer.Option(ModeChoice.ep, "--mode", help="Traffic model to solve for: ep or coherent."),
+    mode: TrafficMode = typer.Option(TrafficMode.EP, "--mode", help="Traffic model to solve for: ep or coherent."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
     time_limit: float = typer.Option(
         60.0, "--time-limit", help="Seconds a solver may run (auto/cpsat: a budget in calibrated work units and "
@@ -56,48 +58,47 @@ def solve(
     Writes a placement JSON (docs/cost-model.md explains what evaluate then measures) and prints a
     summary: solver, status, objective, bound, gap, wall time and the max/mean GPU load on the input.
     """
+    # Imported on use: the cost model and the solvers load numba and OR-Tools (placer/cli/__init__.py).
     import numpy as np
 
-    from placer.cli.common import console, kv_table, print_json
     from placer.core.cost import evaluate_load
-    from placer.core.errors import UsageError
     from placer.core.fileio import prepare_output
-    from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
     from placer.core.placement_io import save_placement
+    from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
     from solvers import PlacementProblem, SolveOptions, get_solver
 
     topo = resolve_topology(gpus, nodes, topology_file)
-    if groups is not None and solver != "eplb":
-        raise UsageError(f"--groups applies to the eplb solver only, not {solver}")
-    params = solver_params(solver, groups=groups, balance_weight=balance_weight, intra_weight=intra_weight,
+    spec = get_solver(solver)
+    params = solver_params(spec, groups=groups, balance_weight=balance_weight, intra_weight=intra_weight,
                            inter_weight=inter_weight, max_imbalance=max_imbalance, backend=backend, batches=batches)
     prepare_output(out)
 
     def check_shape(num_layers: int, num_experts: int) -> None:
         """Refuse a shape that cannot be placed before a long pass over the traces."""
         try:
-            PlacementProblem(np.zeros((num_layers, num_experts)), topo, num_redundant=redundant, mode=mode.value)
+            PlacementProblem(np.zeros((num_layers, num_experts)), topo, num_redundant=redundant, mode=mode)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
     stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
-    paths = token_paths(traces) if traces and solver in PATH_SOLVERS else None
+    paths = token_paths(traces) if traces and spec.token_paths else None
     try:
-        problem = problem_from_stats(stats, topo, redundant, mode.value, paths=paths)
+        problem = problem_from_stats(stats, topo, redundant, mode, paths=paths)
         options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads, params=params)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        placement = get_solver(solver)(problem, options)
+        placement = spec(problem, options)
     except ValueError as exc:
         raise UsageError(f"{solver}: {exc}") from None
     save_placement(placement, out)
 
     bal = evaluate_load(stats.load_LE, placement)
+    r = placement.report
     summary = {
-        "out": str(out), "solver": placement.solver, "status": placement.status, "mode": placement.mode,
-        "objective": placement.objective, "objective_name": placement.objective_name,
-        "bound": placement.bound, "gap": placement.gap, "wall_time_s": placement.wall_time_s,
+        "out": str(out), "solver": r.solver, "status": r.status.value, "mode": r.mode.value,
+        "objective": r.objective_value, "objective_name": None if r.objective is None else r.objective.name,
+        "bound": r.bound, "gap": r.gap, "wall_time_s": r.wall_time_s,
         "shape": {"layers": placement.num_layers, "experts": placement.num_experts,
                   "slots": placement.num_slots, "gpus": placement.num_gpus, "nodes": placement.num_nodes},
         "input": problem.source, "input_load_only": stats.load_only,
@@ -111,13 +112,13 @@ def solve(
     def num(v, fmt="{:,.4g}"):
         return "-" if v is None else fmt.format(v)
 
-    objective = num(placement.objective) + (f" ({placement.objective_name})" if placement.objective_name else "")
+    objective = num(r.objective_value) + (f" ({summary['objective_name']})" if r.objective is not None else "")
     console().print(kv_table(f"wrote {out}", [
-        ("solver", f"{placement.solver} ({placement.mode})"),
-        ("status", placement.status),
+        ("solver", f"{r.solver} ({r.mode})"),
+        ("status", r.status),
         ("objective", objective),
-        ("bound / gap", f"{num(placement.bound)} / {num(placement.gap, '{:.2%}')}"),
-        ("wall time", f"{placement.wall_time_s:.3f} s"),
+        ("bound / gap", f"{num(r.bound)} / {num(r.gap, '{:.2%}')}"),
+        ("wall time", f"{r.wall_time_s:.3f} s"),
         ("shape", f"{placement.num_layers} x {placement.num_experts} experts + {placement.num_redundant} "
                   f"redundant, {placement.num_gpus} GPUs, {placement.num_nodes} node(s)"),
         ("max/mean load (input)", f"{bal.mean_imbalance:.3f} (mean of layers); worst: "
@@ -125,29 +126,19 @@ def solve(
     ]))
 
 
-# Solvers whose objective is exact on token paths (the traces are then also read token by token).
-PATH_SOLVERS = ("auto", "cpsat", "exflow")
-# Which solvers take which option (the rest refuse it with a message).
-_PARAM_SOLVERS = {
-    "balance_weight": ("auto", "cpsat"), "max_imbalance": ("auto", "cpsat"),
-    "intra_weight": ("auto", "cpsat", "exflow"), "inter_weight": ("auto", "cpsat", "exflow"),
-    "backend": ("moetuner", "exflow"), "batches": ("exflow",), "groups": ("eplb",),
-}
-
-
-def solver_params(solver: str, **given: object) -> dict:
-    """``SolveOptions.params`` from the command line's solver options; an option the solver does not take is
-    a usage error naming the solvers that do."""
-    from placer.core.errors import UsageError
+def solver_params(spec, **given: object) -> dict:
+    """``SolveOptions.params`` from the command line's solver options; an option the solver does not take (its
+    registration's ``params``) is a usage error naming the solvers that do."""
+    from solvers import specs
 
     params = {}
     for name, value in given.items():
         if value is None:
             continue
-        takers = _PARAM_SOLVERS[name]
-        if solver not in takers:
+        if name not in spec.params:
+            takers = [s.name for s in specs() if name in s.params]
             flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} applies to {', '.join(takers)}, not {solver}")
+            raise UsageError(f"{flag} applies to {', '.join(takers)}, not {spec.name}")
         params[name] = value
     return params
 

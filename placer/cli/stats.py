@@ -40,7 +40,7 @@ stats_app = typer.Typer(cls=_ComputeByDefault, help=HELP, no_args_is_help=True, 
 
 
 def _parse_layers(text: str | None) -> list[int] | None:
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
 
     if text is None:
         return None
@@ -91,7 +91,7 @@ def compute(
 def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, by: str | None, sample_tokens: int,
                       batch_size: int, top_m: int | None, min_prob: float, graphs: list[Path], plot_layers: str | None):
     """Check the options, then read every input and add the statistics up."""
-    from placer.core.errors import UsageError
+    from placer.cli.common import UsageError
     from placer.core.stats.core import merge_stats
     from placer.plots.graph import GRAPH_SUFFIXES
     from placer.core.stats.io import load_stats

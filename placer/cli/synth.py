@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from placer.core.errors import UsageError
+from placer.cli.common import UsageError
 
 
 def synth(

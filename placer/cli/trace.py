@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from placer.core.errors import UsageError
+from placer.cli.common import UsageError
 
 LOCAL_DEFAULTS = {"batch_size": 8, "seq_len": 256, "device": "cpu", "dtype": "auto"}
 

@@ -24,8 +24,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from numba import njit
 
-from placer.core.placement import MODES, Placement
+from placer.core.mode import TrafficMode
+from placer.core.placement import Placement
 from placer.core.topology import Topology, home_gpu
+from placer.core.trace.reader import TraceDataset, TraceReader
 from placer.core.trace.schema import RoutingBatch
 
 # Rows of the per-layer counters (``counts_CL``).
@@ -212,7 +214,7 @@ class EvalResult:
     """
 
     name: str
-    mode: str
+    mode: TrafficMode
     num_layers: int
     num_experts: int
     num_slots: int
@@ -313,7 +315,7 @@ class EvalResult:
         }
         if self.balance_only:
             return d
-        if self.mode == "ep":
+        if self.mode is TrafficMode.EP:
             d["remote_gpus_per_token"] = self.remote_gpus_per_token
             d["remote_nodes_per_token"] = self.remote_nodes_per_token
         else:
@@ -336,7 +338,7 @@ class EvalResult:
 
         d: dict[str, Any] = {
             "name": self.name,
-            "mode": self.mode,
+            "mode": self.mode.value,
             "balance_only": self.balance_only,
             "shape": {"layers": self.num_layers, "experts": self.num_experts, "slots": self.num_slots,
                       "gpus": self.num_gpus, "nodes": self.num_nodes},
@@ -353,7 +355,7 @@ class EvalResult:
         if self.balance_only:
             d["note"] = "load-only statistics: only load balance was evaluated (traffic and time need a trace)"
             return d
-        if self.mode == "ep":
+        if self.mode is TrafficMode.EP:
             d["ep"] = {"token_layers_L": arr(self.token_layers_L), "remote_gpus_L": arr(self.remote_gpus_L),
                        "remote_nodes_L": arr(self.remote_nodes_L)}
         else:
@@ -392,17 +394,17 @@ class TraceEvaluator:
     consecutive tokens for the time estimate (None: the whole trace is one step).
     """
 
-    def __init__(self, placement: Placement, topology: Topology | None = None, mode: str = "ep",
-                 tokens_per_step: int | None = None, name: str | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    def __init__(self, placement: Placement, topology: Topology | None = None,
+                 mode: TrafficMode | str = TrafficMode.EP, tokens_per_step: int | None = None,
+                 name: str | None = None) -> None:
+        mode = TrafficMode.parse(mode)
         if tokens_per_step is not None and tokens_per_step < 1:
             raise ValueError(f"tokens per step ({tokens_per_step}) must be positive")
         topology = topology or placement.topology or Topology(placement.num_gpus, placement.num_nodes)
         _check_topology(placement, topology)
         self.placement, self.topology, self.mode = placement, topology, mode
         self.tokens_per_step = tokens_per_step
-        self.name = name or placement.solver
+        self.name = name or placement.report.solver
         L, P, G = placement.num_layers, placement.num_slots, placement.num_gpus
         self._l2p = placement.log2phy_LER()
         self._cnt = placement.logcnt_LE
@@ -442,7 +444,7 @@ class TraceEvaluator:
                 n = min(n, self.tokens_per_step - self._step_tokens)
             sl = slice(start, start + n)
             _accumulate(ex[sl], present[sl], home[sl], self.tokens + start, self._l2p, self._cnt,
-                        self._gpu_of_slot, self._node_of_gpu, self.mode == "coherent",
+                        self._gpu_of_slot, self._node_of_gpu, self.mode is TrafficMode.COHERENT,
                         self._step_slot_tok, self._step_sends, self._counts)
             self._step_tokens += n
             start += n
@@ -482,7 +484,7 @@ class TraceEvaluator:
             inter_bytes_G=(s[A_INTER] + s[B_INTER]).sum(0) * tb,
             compute_us_L=self._compute_L.copy(), comm_us_L=self._comm_L.copy(),
         )
-        if self.mode == "ep":
+        if self.mode is TrafficMode.EP:
             res.remote_gpus_L = c[C_REMOTE_GPUS].copy()
             res.remote_nodes_L = c[C_REMOTE_NODES].copy()
             res.dispatch_gpus_L = c[C_DISPATCH_GPUS].copy()
@@ -503,8 +505,6 @@ TraceSource = Any  # a path, a list of paths, a TraceDataset/TraceReader, a Rout
 
 def iter_source(source: TraceSource, batch_size: int = 65536) -> Iterator[RoutingBatch]:
     """Batches (with expert ids, present mask and sequence ids) of a trace given in any accepted form."""
-    from placer.core.trace.reader import TraceDataset, TraceReader
-
     if isinstance(source, RoutingBatch):
         yield source
         return
@@ -518,7 +518,8 @@ def iter_source(source: TraceSource, batch_size: int = 65536) -> Iterator[Routin
 
 
 def evaluate_many(source: TraceSource, placements: Sequence[Placement], topology: Topology | None = None,
-                  mode: str = "ep", tokens_per_step: int | None = None, names: Sequence[str] | None = None,
+                  mode: TrafficMode | str = TrafficMode.EP, tokens_per_step: int | None = None,
+                  names: Sequence[str] | None = None,
                   progress: Any = None) -> list[EvalResult]:
     """Evaluate several placements in one pass over the trace. ``progress(n)`` is called per batch."""
     names = list(names) if names is not None else [None] * len(placements)
@@ -534,20 +535,22 @@ def evaluate_many(source: TraceSource, placements: Sequence[Placement], topology
 
 
 def evaluate_trace(source: TraceSource, placement: Placement, topology: Topology | None = None,
-                   mode: str = "ep", tokens_per_step: int | None = None, name: str | None = None) -> EvalResult:
+                   mode: TrafficMode | str = TrafficMode.EP, tokens_per_step: int | None = None,
+                   name: str | None = None) -> EvalResult:
     """Evaluate one placement on a trace (see ``docs/cost-model.md``)."""
     return evaluate_many(source, [placement], topology, mode, tokens_per_step,
                          names=None if name is None else [name])[0]
 
 
-def evaluate_load(load_LE: np.ndarray, placement: Placement, mode: str = "ep", name: str | None = None) -> EvalResult:
+def evaluate_load(load_LE: np.ndarray, placement: Placement, mode: TrafficMode | str = TrafficMode.EP,
+                  name: str | None = None) -> EvalResult:
     """Load balance of ``placement`` for an expert load matrix (even split among replicas); balance only."""
     load_LE = np.asarray(load_LE, dtype=np.float64)
     if load_LE.ndim != 2:
         raise ValueError(f"load must be a [layers, experts] matrix, got shape {load_LE.shape}")
     check_fits(placement, *load_LE.shape, what="the load matrix")
     p = placement
-    return EvalResult(name=name or p.solver, mode=mode, num_layers=p.num_layers, num_experts=p.num_experts,
+    return EvalResult(name=name or p.report.solver, mode=TrafficMode.parse(mode), num_layers=p.num_layers, num_experts=p.num_experts,
                       num_slots=p.num_slots, num_gpus=p.num_gpus, num_nodes=p.num_nodes,
                       load_LG=p.gpu_load_LG(load_LE), balance_only=True)
 
@@ -567,50 +570,6 @@ def pair_hops_from_trans(trans_LEE: np.ndarray, placement: Placement) -> tuple[n
     diff_gpu = gpu_LE[:-1, :, None] != gpu_LE[1:, None, :]
     diff_node = node_LE[:-1, :, None] != node_LE[1:, None, :]
     return (trans * diff_gpu).sum(axis=(1, 2)), (trans * diff_node).sum(axis=(1, 2))
-
-
-# Objective names a solver may report (``Placement.objective_name``), each measured here on a trace, so that a
-# solver's reported objective can be checked against evaluate (``measured_objective``).
-OBJECTIVES: dict[str, tuple[str | None, Any]] = {  # name -> (mode it needs, or None for both; its value)
-    "max_load": (None, lambda r: float(r.max_load_L.sum())),  # sum over layers of the largest GPU load
-    "max_over_mean_load": (None, lambda r: r.mean_imbalance),
-    "ep_remote_gpus": ("ep", lambda r: float(r.remote_gpus_L.sum())),
-    "ep_remote_nodes": ("ep", lambda r: float(r.remote_nodes_L.sum())),
-    "ep_dispatch_gpus": ("ep", lambda r: float(r.dispatch_gpus_L.sum())),
-    "ep_dispatch_nodes": ("ep", lambda r: float(r.dispatch_nodes_L.sum())),
-    "coherent_messages": ("coherent", lambda r: float(r.messages_L1.sum())),
-    "coherent_node_messages": ("coherent", lambda r: float(r.node_messages_L1.sum())),
-    "coherent_pair_hops": ("coherent", lambda r: float(r.pair_hops_L1.sum())),
-    "coherent_node_pair_hops": ("coherent", lambda r: float(r.node_pair_hops_L1.sum())),
-    "time_us": (None, lambda r: r.total_us),
-}
-
-
-def measured_objective(result: EvalResult, name: str | None) -> float | None:
-    """The value of objective ``name`` (see ``OBJECTIVES``) in ``result``; None if the name is unknown or the
-    result cannot measure it (another mode, or balance only for a traffic objective).
-
-    A weighted sum of these names, written ``c1*name1+c2*name2`` (the optimising solvers' objectives), is
-    measured term by term."""
-    if name is not None and "*" in name:
-        total = 0.0
-        for term in name.split("+"):
-            coef, _, part = term.partition("*")
-            try:
-                c = float(coef)
-            except ValueError:
-                return None
-            v = measured_objective(result, part)
-            if v is None:
-                return None
-            total += c * v
-        return total
-    if name not in OBJECTIVES:
-        return None
-    mode, value = OBJECTIVES[name]
-    if (mode is not None and mode != result.mode) or (result.balance_only and name not in ("max_load", "max_over_mean_load")):
-        return None
-    return value(result)
 
 
 def with_speedups(results: Iterable[EvalResult], reference: EvalResult) -> None:

@@ -1,12 +1,15 @@
-"""Errors a user sees as one line on the terminal.
+"""The project's errors: what a user sees as one line on the terminal.
 
-Every command catches these at the edge (``placer.cli.main``) and prints ``moeplace: error: <message>``
+The command line catches these at its edge (``placer.cli.main``) and prints ``moeplace: error: <message>``
 without a traceback (``--debug`` shows it). Messages name the file, the field and the value.
 
-- ``UsageError`` (exit code 2): the user handed in something wrong: a missing or malformed file, an option
-  value out of range, inputs that do not fit together.
+- ``InputError`` (exit code 2): the input is wrong: a missing or malformed file, a value out of range,
+  inputs that do not fit together. The command line's own ``UsageError`` (an option it cannot use) is one.
 - ``MoeplaceError`` (exit code 1): a failure while doing valid work (a solver that found nothing, a rank
   that died).
+
+Configuration dataclasses (``Topology``, ``PlacementProblem``, ...) raise ``ValueError`` naming the values, as
+Python code expects; the layer that read the values from a file or an option turns it into ``InputError``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ class MoeplaceError(Exception):
     exit_code = 1
 
 
-class UsageError(MoeplaceError):
-    """Bad input from the user (files, options, values); exit code 2."""
+class InputError(MoeplaceError):
+    """Bad input (files, values, combinations); exit code 2."""
 
     exit_code = 2
 

@@ -13,19 +13,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 
 
 def prepare_output(path: str | os.PathLike) -> Path:
     """Check that ``path`` can be written as a file and create its parent folder."""
     out = Path(path)
     if out.exists() and out.is_dir():
-        raise UsageError(f"{out}: output path is a directory, expected a file name")
+        raise InputError(f"{out}: output path is a directory, expected a file name")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"{out}: cannot create output folder {parent} ({exc.strerror})") from None
+        raise InputError(f"{out}: cannot create output folder {parent} ({exc.strerror})") from None
     return out
 
 
@@ -70,12 +70,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """Return ``path`` as a Path if it is an existing file, else raise a UsageError naming it."""
+    """Return ``path`` as a Path if it is an existing file, else raise a InputError naming it."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{p}: {what} not found")
+        raise InputError(f"{p}: {what} not found")
     if p.is_dir():
-        raise UsageError(f"{p}: is a directory, expected a {what}")
+        raise InputError(f"{p}: is a directory, expected a {what}")
     return p
 
 
@@ -84,16 +84,16 @@ def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any
     for a missing folder, a file given instead, a missing or unreadable config."""
     model = Path(model_dir)
     if not model.exists():
-        raise UsageError(f"{model}: model folder not found")
+        raise InputError(f"{model}: model folder not found")
     if not model.is_dir():
-        raise UsageError(f"{model}: is a file; --model takes a Hugging Face checkpoint folder")
+        raise InputError(f"{model}: is a file; --model takes a Hugging Face checkpoint folder")
     cfg_path = model / "config.json"
     if not cfg_path.is_file():
-        raise UsageError(f"{model}: no config.json; not a Hugging Face checkpoint folder")
+        raise InputError(f"{model}: no config.json; not a Hugging Face checkpoint folder")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
+        raise InputError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(cfg, dict):
-        raise UsageError(f"{cfg_path}: expected a JSON object")
+        raise InputError(f"{cfg_path}: expected a JSON object")
     return cfg_path, cfg

@@ -1,53 +1,98 @@
-"""The ``Placement``: which logical expert each physical slot of each layer holds.
+"""The ``Placement``: which logical expert each physical slot of each layer holds, and how it was solved.
 
 Slots are GPU-major: slot p of a layer sits on GPU ``p // (P / G)``; this is the layout SGLang, vLLM and
 DeepSeek's EPLB use, so every export is a reshaping. With redundant copies (P > E) a logical expert has
 several slots; its tokens are split **evenly** among its replicas (as SGLang and vLLM dispatch), which is
 what load balance is computed with (``gpu_load_LG``).
+
+A ``Placement`` is the layout (``phy2log_LP``, the maps derived from it, the layer numbering and the topology it
+was made for); how it was solved travels beside it as a ``SolveReport`` (``placement.report``), which equality
+ignores: two placements are equal when they put the same experts in the same slots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from placer.core.mode import TrafficMode
+from placer.core.objective import Objective
 from placer.core.topology import Topology
 
-STATUSES = ("OPTIMAL", "FEASIBLE", "HEURISTIC")
-MODES = ("ep", "coherent")
+
+class SolveStatus(str, Enum):
+    """OPTIMAL: proved optimal for its objective; FEASIBLE: a solver's best, with bound and gap; HEURISTIC: a
+    baseline with no bound."""
+
+    OPTIMAL = "OPTIMAL"
+    FEASIBLE = "FEASIBLE"
+    HEURISTIC = "HEURISTIC"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+@dataclass(frozen=True)
+class SolveReport:
+    """How a placement was obtained.
+
+    solver: the solver's name ("manual" for a placement made by hand).
+    mode: the traffic model it was solved for.
+    objective / objective_value: what the solver optimised and the value it reached (None for baselines that
+        optimise nothing); bound: a proven lower bound on it; gap: (objective - bound) / objective.
+    wall_time_s: the solve's wall time. source: the input it was fitted to. extra: solver-specific details.
+    """
+
+    solver: str = "manual"
+    status: SolveStatus = SolveStatus.HEURISTIC
+    mode: TrafficMode = TrafficMode.EP
+    objective: Objective | None = None
+    objective_value: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    wall_time_s: float = 0.0
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "status", SolveStatus(self.status))
+        except ValueError:
+            raise ValueError(f"status {self.status!r} is not one of "
+                             f"{', '.join(s.value for s in SolveStatus)}") from None
+        object.__setattr__(self, "mode", TrafficMode.parse(self.mode))
+
+    def with_(self, **changes: Any) -> "SolveReport":
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True, eq=False)
 class Placement:
-    """A placement of every layer's experts on GPUs, with how it was obtained.
+    """A placement of every layer's experts on GPUs.
 
     phy2log_LP: [L, P] logical expert held by each physical slot, slots GPU-major.
-    status: OPTIMAL (proved optimal for its objective), FEASIBLE (a solver's best, with bound and gap),
-        HEURISTIC (a baseline with no bound).
-    objective / objective_name: the value the solver optimised and what it is (for example
-        ``coherent_pair_hops``); bound: a proven lower bound on it; gap: (objective - bound) / objective.
-    mode: the traffic model solved for ("ep" or "coherent").
     model_layer_indices: the model's decoder-layer index of each MoE layer (from the trace).
+    topology: the machines it was made for (their GPUs and nodes are ``num_gpus`` and ``num_nodes``).
+    report: how it was solved.
+
+    Equality is the layout's (``__eq__``).
     """
 
     phy2log_LP: np.ndarray
     num_gpus: int
     num_experts: int
     num_nodes: int = 1
-    solver: str = "manual"
-    status: str = "HEURISTIC"
-    objective: float | None = None
-    objective_name: str | None = None
-    bound: float | None = None
-    gap: float | None = None
-    wall_time_s: float = 0.0
-    mode: str = "ep"
-    source: str | None = None
     model_layer_indices: tuple[int, ...] | None = None
     topology: Topology | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    report: SolveReport = field(default_factory=SolveReport)
 
     def __post_init__(self) -> None:
         arr = np.array(self.phy2log_LP, dtype=np.int64, copy=True)
@@ -72,10 +117,6 @@ class Placement:
         if (counts == 0).any():
             l, e = (int(v[0]) for v in np.nonzero(counts == 0))
             raise ValueError(f"layer {l}: expert {e} has no slot")
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.model_layer_indices is not None:
             idx = tuple(int(i) for i in self.model_layer_indices)
             if len(idx) != L:
@@ -84,6 +125,34 @@ class Placement:
         if self.topology is not None and (self.topology.num_gpus, self.topology.num_nodes) != (G, N):
             raise ValueError(f"topology has {self.topology.num_gpus} GPUs in {self.topology.num_nodes} nodes, "
                              f"the placement {G} GPUs in {N} nodes")
+
+    @classmethod
+    def from_assignment(cls, gpu_LX: Any, expert_LX: Any, num_gpus: int, num_experts: int, num_nodes: int = 1,
+                        order_LX: Any = None, **fields: Any) -> "Placement":
+        """The placement that puts item x of layer l (a copy of expert ``expert_LX[l, x]``) on GPU ``gpu_LX[l, x]``;
+        the slots of a GPU hold its items in increasing ``order_LX[l, x]`` (default: item order, so that an
+        expert's copies keep their order). ``fields``: the other fields of ``Placement``.
+
+        Every GPU must receive the same number of items, P / G (ValueError naming the layer and GPU otherwise).
+        """
+        gpu = np.asarray(gpu_LX, dtype=np.int64)
+        expert = np.asarray(expert_LX, dtype=np.int64)
+        if gpu.ndim != 2 or gpu.shape != expert.shape:
+            raise ValueError(f"GPU assignment {gpu.shape} and experts {expert.shape} must be [layers, items] alike")
+        L, X = gpu.shape
+        order = np.broadcast_to(np.arange(X), (L, X)) if order_LX is None else np.asarray(order_LX)
+        if gpu.size and (gpu.min() < 0 or gpu.max() >= num_gpus):
+            raise ValueError(f"GPU assignment names GPU {int(gpu.min() if gpu.min() < 0 else gpu.max())}, "
+                             f"outside [0, {num_gpus})")
+        rows = np.empty((L, X), dtype=np.int64)
+        for l in range(L):
+            counts = np.bincount(gpu[l], minlength=num_gpus)
+            if X % num_gpus or (counts != X // num_gpus).any():
+                g = int(np.argmax(counts != X // num_gpus)) if not X % num_gpus else 0
+                raise ValueError(f"layer {l}: GPU {g} receives {int(counts[g])} items, every GPU needs "
+                                 f"{X / num_gpus:g} ({X} items on {num_gpus} GPUs)")
+            rows[l] = expert[l][np.lexsort((order[l], gpu[l]))]
+        return cls(rows, num_gpus, num_experts, num_nodes, **fields)
 
     # -- shape -------------------------------------------------------------------------------------
     @property
@@ -181,19 +250,13 @@ class Placement:
     def with_(self, **changes: Any) -> "Placement":
         return replace(self, **changes)
 
-    def same_layout(self, other: "Placement") -> bool:
-        """True if both place the same experts in the same slots on the same GPUs and nodes."""
-        return (self.phy2log_LP.shape == other.phy2log_LP.shape
-                and bool((self.phy2log_LP == other.phy2log_LP).all())
-                and (self.num_gpus, self.num_nodes, self.num_experts) == (other.num_gpus, other.num_nodes, other.num_experts))
-
     def __eq__(self, other: object) -> bool:
+        """The same experts in the same slots on the same GPUs and nodes (the layout; the layer numbering, the
+        topology and the report are descriptions of it and do not count)."""
         if not isinstance(other, Placement):
             return NotImplemented
-        a, b = self.__dict__.copy(), other.__dict__.copy()
-        a.pop("_l2p", None)
-        b.pop("_l2p", None)
-        pa_, pb_ = a.pop("phy2log_LP"), b.pop("phy2log_LP")
-        return pa_.shape == pb_.shape and bool((pa_ == pb_).all()) and a == b
+        return ((self.num_gpus, self.num_nodes, self.num_experts) == (other.num_gpus, other.num_nodes, other.num_experts)
+                and self.phy2log_LP.shape == other.phy2log_LP.shape
+                and bool((self.phy2log_LP == other.phy2log_LP).all()))
 
     __hash__ = None  # type: ignore[assignment]

@@ -9,9 +9,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from placer.core.errors import UsageError
+import jsonschema
+
+from placer.core.errors import InputError
 from placer.core.fileio import write_text_atomic
-from placer.core.placement import Placement
+from placer.core.objective import Objective
+from placer.core.placement import Placement, SolveReport
 from placer.core.topology import Topology
 
 FORMAT = "moeplace-placement"
@@ -30,7 +33,8 @@ def _num(x: float | None) -> float | None:
 
 
 def placement_to_dict(p: Placement) -> dict[str, Any]:
-    """The JSON object of a placement (keys in a fixed order)."""
+    """The JSON object of a placement and its report (keys in a fixed order)."""
+    r = p.report
     return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -41,19 +45,20 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
         "num_gpus": p.num_gpus,
         "num_nodes": p.num_nodes,
         "slots_per_gpu": p.slots_per_gpu,
-        "mode": p.mode,
-        "solver": p.solver,
-        "status": p.status,
-        "objective": _num(p.objective),
-        "objective_name": p.objective_name,
-        "bound": _num(p.bound),
-        "gap": _num(p.gap),
-        "wall_time_s": round(float(p.wall_time_s), 6),
-        "source": p.source,
+        "mode": r.mode.value,
+        "solver": r.solver,
+        "status": r.status.value,
+        "objective": _num(r.objective_value),
+        "objective_name": None if r.objective is None else r.objective.name,
+        "objective_terms": None if r.objective is None else r.objective.to_dict(),
+        "bound": _num(r.bound),
+        "gap": _num(r.gap),
+        "wall_time_s": round(float(r.wall_time_s), 6),
+        "source": r.source,
         "replica_split": "even",
         "model_layer_indices": list(p.model_layer_indices) if p.model_layer_indices is not None else None,
         "topology": p.topology.to_dict() if p.topology is not None else None,
-        "extra": p.extra,
+        "extra": r.extra,
         "phy2log": p.phy2log_LP.tolist(),
     }
 
@@ -80,49 +85,53 @@ def _json_path(error) -> str:
 
 
 def placement_from_dict(d: Any, where: str = "placement") -> Placement:
-    """Validate a placement object (schema, then meaning) and build the ``Placement``."""
-    import jsonschema
+    """Validate a placement object (schema, then meaning) and build the ``Placement`` with its report.
 
+    The objective is read from ``objective_terms``; ``objective_name`` is only its rendering for people (a file
+    written before the terms were recorded reports no objective)."""
     validator = jsonschema.Draft202012Validator(placement_schema())
     errors = sorted(validator.iter_errors(d), key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
-        raise UsageError(f"{where}: field '{_json_path(err)}': {err.message}")
+        raise InputError(f"{where}: field '{_json_path(err)}': {err.message}")
     rows = d["phy2log"]
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         l = next(i for i, r in enumerate(rows) if len(r) != len(rows[0]))
-        raise UsageError(f"{where}: field 'phy2log[{l}]' has {len(rows[l])} slots, layer 0 has {len(rows[0])}")
+        raise InputError(f"{where}: field 'phy2log[{l}]' has {len(rows[l])} slots, layer 0 has {len(rows[0])}")
     for key, value in (("num_layers", len(rows)), ("num_slots", len(rows[0]))):
         if key in d and d[key] != value:
-            raise UsageError(f"{where}: field '{key}' is {d[key]} but phy2log has {value}")
+            raise InputError(f"{where}: field '{key}' is {d[key]} but phy2log has {value}")
     topo = Topology.from_dict(d["topology"], where=f"{where}: field 'topology'") if d.get("topology") else None
     try:
-        p = Placement(
-            phy2log_LP=rows, num_gpus=d["num_gpus"], num_experts=d["num_experts"], num_nodes=d["num_nodes"],
-            solver=d["solver"], status=d["status"], objective=d["objective"], objective_name=d.get("objective_name"),
-            bound=d["bound"], gap=d["gap"], wall_time_s=d["wall_time_s"], mode=d["mode"], source=d["source"],
-            model_layer_indices=d.get("model_layer_indices"), topology=topo, extra=d.get("extra", {}),
-        )
+        objective = None if d.get("objective_terms") is None else Objective.from_dict(d["objective_terms"])
     except ValueError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise InputError(f"{where}: field 'objective_terms': {exc}") from None
+    try:
+        report = SolveReport(solver=d["solver"], status=d["status"], mode=d["mode"], objective=objective,
+                             objective_value=d["objective"], bound=d["bound"], gap=d["gap"],
+                             wall_time_s=d["wall_time_s"], source=d["source"], extra=d.get("extra", {}))
+        p = Placement(phy2log_LP=rows, num_gpus=d["num_gpus"], num_experts=d["num_experts"], num_nodes=d["num_nodes"],
+                      model_layer_indices=d.get("model_layer_indices"), topology=topo, report=report)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
     for key, value in (("slots_per_gpu", p.slots_per_gpu), ("num_redundant", p.num_redundant)):
         if key in d and d[key] != value:
-            raise UsageError(f"{where}: field '{key}' is {d[key]} but phy2log and num_gpus give {value}")
+            raise InputError(f"{where}: field '{key}' is {d[key]} but phy2log and num_gpus give {value}")
     return p
 
 
 def load_placement(path: str | os.PathLike) -> Placement:
-    """Read and validate a placement file; every problem is one UsageError naming file, field and value."""
+    """Read and validate a placement file; every problem is one InputError naming file, field and value."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{p}: placement file not found")
+        raise InputError(f"{p}: placement file not found")
     if p.is_dir():
-        raise UsageError(f"{p}: is a directory, expected a placement JSON file")
+        raise InputError(f"{p}: is a directory, expected a placement JSON file")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UsageError(f"{p}: not a text file; expected placement JSON") from None
+        raise InputError(f"{p}: not a text file; expected placement JSON") from None
     except ValueError as exc:
-        raise UsageError(f"{p}: not valid JSON ({exc})") from None
+        raise InputError(f"{p}: not valid JSON ({exc})") from None
     return placement_from_dict(d, where=str(p))

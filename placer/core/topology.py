@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -69,23 +69,40 @@ class Topology:
         """[G] node of each GPU."""
         return np.arange(self.num_gpus) // self.gpus_per_node
 
-    def slots_per_gpu(self, num_slots: int) -> int:
-        """Physical expert slots per GPU for ``num_slots`` slots per layer (validated)."""
-        if num_slots % self.num_gpus:
-            raise ValueError(f"slots ({num_slots}) must divide by gpus ({self.num_gpus})")
-        return num_slots // self.num_gpus
-
     @property
     def token_bytes(self) -> int:
         return self.hidden_size * self.dtype_bytes
 
-    # -- time model (shared by the cost model and replay's modelled communication) ------------------
+    # -- time model (the one the cost model, the objective's default weights and replay's modelled
+    # communication use) --------------------------------------------------------------------------------
+    def _throughput_us(self, tokens: np.ndarray | float) -> np.ndarray:
+        """Expert compute of ``tokens`` tokens at ``expert_tflops`` (6 x hidden x ffn FLOPs per token)."""
+        return tokens * 6.0 * self.hidden_size * self.expert_ffn_size / (self.expert_tflops * 1e12) * 1e6
+
+    @property
+    def token_compute_us(self) -> float:
+        """Expert compute of one token above the knee, where time grows linearly with tokens."""
+        return float(self._throughput_us(1.0))
+
+    @property
+    def token_message_us(self) -> float:
+        """Transfer time of one token's hidden state over NVLink (bandwidth only, no latency)."""
+        return self.token_bytes / (self.intra_bw_gbs * 1e3)
+
     def expert_time_us(self, tokens: np.ndarray | float) -> np.ndarray:
         """Time of one expert's SwiGLU FFN on ``tokens`` tokens: flat at ``expert_floor_us`` below the knee,
-        linear above it (6 * hidden * ffn FLOPs per token at ``expert_tflops``); 0 for no tokens."""
+        linear above it (``token_compute_us`` per token); 0 for no tokens."""
         tokens = np.asarray(tokens, dtype=np.float64)
-        linear = tokens * 6.0 * self.hidden_size * self.expert_ffn_size / (self.expert_tflops * 1e12) * 1e6
-        return np.where(tokens > 0, np.maximum(self.expert_floor_us, linear), 0.0)
+        return np.where(tokens > 0, np.maximum(self.expert_floor_us, self._throughput_us(tokens)), 0.0)
+
+    def token_link_us_GG(self) -> np.ndarray:
+        """[G, G] transfer time of one token's hidden state from GPU g to GPU g' (NVLink inside a node, the
+        network across nodes; bandwidth only; 0 on the diagonal)."""
+        node = self.node_of_gpu()
+        bw = np.where(node[:, None] == node[None, :], self.intra_bw_gbs, self.inter_bw_gbs)  # GB/s
+        cost = self.token_bytes / (bw * 1e3)   # bytes / (bytes per us)
+        np.fill_diagonal(cost, 0.0)
+        return cost
 
     def link_time_us(self, intra_bytes: np.ndarray | float, inter_bytes: np.ndarray | float,
                      intra_msgs: np.ndarray | float = 0, inter_msgs: np.ndarray | float = 0) -> np.ndarray:
@@ -105,27 +122,27 @@ class Topology:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "topology") -> "Topology":
         if not isinstance(d, dict):
-            raise UsageError(f"{where}: expected a JSON object, got {type(d).__name__}")
+            raise InputError(f"{where}: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if "num_gpus" not in d:
-            raise UsageError(f"{where}: field 'num_gpus' is missing")
+            raise InputError(f"{where}: field 'num_gpus' is missing")
         try:
             return cls(**d)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: {exc}") from None
+            raise InputError(f"{where}: {exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Topology":
         p = Path(path)
         if not p.is_file():
-            raise UsageError(f"{p}: topology file not found")
+            raise InputError(f"{p}: topology file not found")
         try:
             d = json.loads(p.read_text())
         except ValueError as exc:
-            raise UsageError(f"{p}: not valid JSON ({exc})") from None
+            raise InputError(f"{p}: not valid JSON ({exc})") from None
         return cls.from_dict(d, where=str(p))
 
     def with_(self, **changes: Any) -> "Topology":
@@ -137,7 +154,7 @@ def preset(gpus: int, nodes: int = 1, **overrides: Any) -> Topology:
     try:
         return Topology(num_gpus=gpus, num_nodes=nodes, **overrides)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"topology: {exc}") from None
+        raise InputError(f"topology: {exc}") from None
 
 
 def home_gpu(seq_T: np.ndarray, num_gpus: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.export.layers import StackMaps, from_stack, to_stack
 from placer.export.registry import FORMAT_NAMES, NUMBERINGS, ExportFormat, get_format
 from placer.core.placement import Placement
@@ -32,21 +32,21 @@ def resolve_format(name: str) -> ExportFormat:
     try:
         return get_format(name)
     except ValueError:
-        raise UsageError(f"--format: unknown format {name!r}; choose from {', '.join(FORMAT_NAMES)}") from None
+        raise InputError(f"--format: unknown format {name!r}; choose from {', '.join(FORMAT_NAMES)}") from None
 
 
 def _check_suffix(fmt: ExportFormat, path: Path) -> None:
     if path.suffix.lower() not in fmt.suffixes:
-        raise UsageError(f"{path}: a {fmt.name} file is written as {' or '.join(fmt.suffixes)}, "
+        raise InputError(f"{path}: a {fmt.name} file is written as {' or '.join(fmt.suffixes)}, "
                          f"not {path.suffix or 'a name without ending'!r}")
 
 
 def _numbering(fmt: ExportFormat, numbering: str | None) -> str:
     numbering = numbering or fmt.stack_numbering
     if numbering not in NUMBERINGS:
-        raise UsageError(f"--layer-numbering: {numbering!r} is not one of {', '.join(NUMBERINGS)}")
+        raise InputError(f"--layer-numbering: {numbering!r} is not one of {', '.join(NUMBERINGS)}")
     if fmt.name == "moeplace" and numbering != "moe":
-        raise UsageError("--layer-numbering model does not apply to the moeplace format: it stores MoE layers with "
+        raise InputError("--layer-numbering model does not apply to the moeplace format: it stores MoE layers with "
                          "their model layer indices")
     return numbering
 
@@ -101,10 +101,10 @@ def import_placement(path: str | os.PathLike, fmt_name: str, numbering: str | No
         for name, given, known in (("gpus", gpus, p.num_gpus), ("experts", experts, p.num_experts),
                                    ("nodes", nodes, p.num_nodes)):
             if given is not None and int(given) != known:
-                raise UsageError(f"{path}: the placement has {known} {name}, --{name} says {given}")
+                raise InputError(f"{path}: the placement has {known} {name}, --{name} says {given}")
         if moe_layers is not None:
             if isinstance(moe_layers, str) or len(moe_layers) != p.num_layers:
-                raise UsageError(f"{path}: --moe-layers must list the placement's {p.num_layers} MoE layers")
+                raise InputError(f"{path}: --moe-layers must list the placement's {p.num_layers} MoE layers")
             p = p.with_(model_layer_indices=tuple(moe_layers))
         return p
     return from_stack(maps, str(path), fmt.name, numbering, moe_layers=moe_layers, gpus=gpus, nodes=nodes,

@@ -1,5 +1,5 @@
 """Reading and writing the containers the formats use (JSON, torch ``.pt``, NumPy ``.npz``) and validating the
-integer matrices inside them. Every problem becomes one ``UsageError`` naming the file, the field and the value.
+integer matrices inside them. Every problem becomes one ``InputError`` naming the file, the field and the value.
 
 Writes are atomic and byte-for-byte reproducible: ``.pt`` files are serialised in memory first (``torch.save`` to
 a path names the archive after the temporary file), ``.npz`` members get a fixed timestamp.
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import atomic_path, require_file, write_text_atomic
 
 
@@ -45,9 +45,9 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a text file; expected {what} JSON") from None
+        raise InputError(f"{path}: not a text file; expected {what} JSON") from None
     except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
 # -- torch .pt -----------------------------------------------------------------------------------------------------
@@ -72,9 +72,9 @@ def read_torch(path: Path, what: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
         first = first_line(exc, None)
-        raise UsageError(f"{path}: not a readable torch file ({first[:160]})") from None
+        raise InputError(f"{path}: not a readable torch file ({first[:160]})") from None
     if not isinstance(obj, dict):
-        raise UsageError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors")
+        raise InputError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors")
     return {str(k): (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}
 
 
@@ -97,7 +97,7 @@ def read_npz(path: Path, what: str) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{path}: not a readable .npz file ({str(exc)[:160]})") from None
+        raise InputError(f"{path}: not a readable .npz file ({str(exc)[:160]})") from None
 
 
 # -- validation ----------------------------------------------------------------------------------------------------
@@ -107,11 +107,11 @@ def check_keys(d: Mapping[str, Any], where: Path, fmt: str, required: Iterable[s
     missing = [k for k in required if k not in d]
     if missing:
         found = ", ".join(map(str, d)) or "nothing"
-        raise UsageError(f"{where}: field '{missing[0]}' missing; a {fmt} file holds {', '.join(required)} "
+        raise InputError(f"{where}: field '{missing[0]}' missing; a {fmt} file holds {', '.join(required)} "
                          f"(found: {found})")
     extra = [k for k in d if k not in required]
     if extra:
-        raise UsageError(f"{where}: field '{extra[0]}' is not part of a {fmt} file (it holds exactly "
+        raise InputError(f"{where}: field '{extra[0]}' is not part of a {fmt} file (it holds exactly "
                          f"{', '.join(required)}){why_exact}")
 
 
@@ -120,23 +120,23 @@ def int_array(value: Any, where: Path, field: str, ndim: int, what: str) -> np.n
     try:
         arr = np.asarray(value)
     except ValueError:
-        raise UsageError(f"{where}: field '{field}' has rows of different lengths; expected a {what} matrix") from None
+        raise InputError(f"{where}: field '{field}' has rows of different lengths; expected a {what} matrix") from None
     if arr.dtype == object:
-        raise UsageError(f"{where}: field '{field}' has rows of different lengths; expected a {what} matrix")
+        raise InputError(f"{where}: field '{field}' has rows of different lengths; expected a {what} matrix")
     if arr.ndim != ndim or arr.size == 0:
-        raise UsageError(f"{where}: field '{field}' has shape {list(arr.shape)}; expected a non-empty {what} matrix")
+        raise InputError(f"{where}: field '{field}' has shape {list(arr.shape)}; expected a non-empty {what} matrix")
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
             arr = arr.astype(np.int64)
         else:
-            raise UsageError(f"{where}: field '{field}' holds {arr.dtype} values; expected integer expert ids")
+            raise InputError(f"{where}: field '{field}' holds {arr.dtype} values; expected integer expert ids")
     return arr.astype(np.int64)
 
 
 def check_nonnegative(arr: np.ndarray, where: Path, field: str) -> None:
     if (arr < 0).any():
         idx = tuple(int(v[0]) for v in np.nonzero(arr < 0))
-        raise UsageError(f"{where}: field '{field}{_index(idx)}' is {int(arr[idx])}; expert ids are >= 0")
+        raise InputError(f"{where}: field '{field}{_index(idx)}' is {int(arr[idx])}; expert ids are >= 0")
 
 
 def _index(idx: tuple[int, ...]) -> str:
@@ -153,24 +153,24 @@ def check_inverse(p2l: np.ndarray, l2p: np.ndarray, cnt: np.ndarray, where: Path
     n_p2l, n_l2p, n_cnt = names
     X, P = p2l.shape
     if l2p.shape[0] != X or cnt.shape[0] != X:
-        raise UsageError(f"{where}: '{n_p2l}' has {X} layers, '{n_l2p}' {l2p.shape[0]} and '{n_cnt}' {cnt.shape[0]}")
+        raise InputError(f"{where}: '{n_p2l}' has {X} layers, '{n_l2p}' {l2p.shape[0]} and '{n_cnt}' {cnt.shape[0]}")
     E = cnt.shape[1]
     if l2p.shape[1] != E:
-        raise UsageError(f"{where}: '{n_l2p}' has {l2p.shape[1]} experts per layer, '{n_cnt}' {E}")
+        raise InputError(f"{where}: '{n_l2p}' has {l2p.shape[1]} experts per layer, '{n_cnt}' {E}")
     if p2l.max() >= E:
         x, s = (int(v[0]) for v in np.nonzero(p2l >= E))
-        raise UsageError(f"{where}: field '{n_p2l}[{x}][{s}]' is {int(p2l[x, s])}, outside the {E} experts of '{n_cnt}'")
+        raise InputError(f"{where}: field '{n_p2l}[{x}][{s}]' is {int(p2l[x, s])}, outside the {E} experts of '{n_cnt}'")
     for x in range(X):
         true_cnt = np.bincount(p2l[x], minlength=E)
         bad = np.nonzero(true_cnt != cnt[x])[0]
         if bad.size:
             e = int(bad[0])
-            raise UsageError(f"{where}: field '{n_cnt}[{x}][{e}]' is {int(cnt[x, e])} but '{n_p2l}[{x}]' holds "
+            raise InputError(f"{where}: field '{n_cnt}[{x}][{e}]' is {int(cnt[x, e])} but '{n_p2l}[{x}]' holds "
                              f"expert {e} in {int(true_cnt[e])} slots")
         for e in range(E):
             row = l2p[x, e]
             valid = row[row != -1]
             if len(valid) != true_cnt[e] or (len(valid) and (row[: len(valid)] == -1).any()) \
                     or sorted(valid.tolist()) != np.nonzero(p2l[x] == e)[0].tolist():
-                raise UsageError(f"{where}: field '{n_l2p}[{x}][{e}]' is {row.tolist()} but '{n_p2l}[{x}]' holds "
+                raise InputError(f"{where}: field '{n_l2p}[{x}][{e}]' is {row.tolist()} but '{n_p2l}[{x}]' holds "
                                  f"expert {e} in slots {np.nonzero(p2l[x] == e)[0].tolist()}")

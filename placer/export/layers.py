@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError
-from placer.core.placement import Placement
+from placer.core.errors import InputError
+from placer.core.placement import Placement, SolveReport
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +58,7 @@ def parse_layer_list(spec: str, option: str = "--moe-layers") -> list[int]:
     for part in spec.replace(" ", "").split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise UsageError(f"{option}: {spec!r} is not a layer list like 3-60 or 1,3,5-7")
+            raise InputError(f"{option}: {spec!r} is not a layer list like 3-60 or 1,3,5-7")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         out.update(range(lo, hi + 1))
     return sorted(out)
@@ -76,17 +76,17 @@ def to_stack(p: Placement, numbering: str, *, keyed: bool, num_model_layers: int
         return StackMaps(p.phy2log_LP.copy(), tuple(range(L)), p.num_gpus, E, placement=p)
     idx = tuple(int(i) for i in (model_layer_indices if model_layer_indices is not None else p.model_layer_indices or ()))
     if not idx:
-        raise UsageError("the placement records no model layer indices (its trace did not say which decoder layers "
+        raise InputError("the placement records no model layer indices (its trace did not say which decoder layers "
                          "are MoE layers); pass them with --moe-layers (for example 3-60) or use --layer-numbering moe")
     if len(idx) != L:
-        raise UsageError(f"--moe-layers lists {len(idx)} layers, the placement has {L} MoE layers")
+        raise InputError(f"--moe-layers lists {len(idx)} layers, the placement has {L} MoE layers")
     if len(set(idx)) != L:
-        raise UsageError(f"model layer indices {list(idx)} repeat a layer")
+        raise InputError(f"model layer indices {list(idx)} repeat a layer")
     if keyed:
         return StackMaps(p.phy2log_LP.copy(), idx, p.num_gpus, E, placement=p)
     total = int(num_model_layers) if num_model_layers is not None else max(idx) + 1
     if total <= max(idx):
-        raise UsageError(f"--num-model-layers {total} leaves out MoE layer {max(idx)}")
+        raise InputError(f"--num-model-layers {total} leaves out MoE layer {max(idx)}")
     rows = np.tile(trivial_row(P, E), (total, 1))
     rows[list(idx)] = p.phy2log_LP
     return StackMaps(rows, tuple(range(total)), p.num_gpus, E, placement=p)
@@ -104,18 +104,18 @@ def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_lay
     # Step 1: the numbers the file records win; the options fill the gaps and must agree with the file.
     for name, given, known in (("gpus", gpus, maps.num_gpus), ("experts", experts, maps.num_experts)):
         if given is not None and known is not None and int(given) != int(known):
-            raise UsageError(f"{where}: the file records {known} {name}, --{name} says {given}")
+            raise InputError(f"{where}: the file records {known} {name}, --{name} says {given}")
     G = maps.num_gpus if maps.num_gpus is not None else gpus
     if G is None:
-        raise UsageError(f"{where}: {fmt} files do not record the number of GPUs (EP size); pass --gpus")
+        raise InputError(f"{where}: {fmt} files do not record the number of GPUs (EP size); pass --gpus")
     E = maps.num_experts if maps.num_experts is not None else (experts if experts is not None else int(rows.max()) + 1)
 
     # Step 2: pick the MoE layers' rows.
     if numbering == "moe":
         if isinstance(moe_layers, str):
-            raise UsageError(f"--moe-layers {moe_layers} applies only with --layer-numbering model")
+            raise InputError(f"--moe-layers {moe_layers} applies only with --layer-numbering model")
         if moe_layers is not None and len(moe_layers) != len(ids):
-            raise UsageError(f"{where}: --moe-layers lists {len(moe_layers)} layers, the file holds {len(ids)} MoE layers")
+            raise InputError(f"{where}: --moe-layers lists {len(moe_layers)} layers, the file holds {len(ids)} MoE layers")
         sel, model_idx = list(range(len(ids))), (tuple(moe_layers) if moe_layers is not None else None)
     else:
         pos = {int(i): x for x, i in enumerate(ids)}
@@ -123,17 +123,17 @@ def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_lay
             triv = trivial_row(rows.shape[1], E)
             chosen = [i for i, x in pos.items() if not np.array_equal(rows[x], triv)]
             if not chosen:
-                raise UsageError(f"{where}: every layer holds the trivial placement; --moe-layers nontrivial finds no MoE layer")
+                raise InputError(f"{where}: every layer holds the trivial placement; --moe-layers nontrivial finds no MoE layer")
         elif moe_layers is not None:
             chosen = list(moe_layers)
             absent = [i for i in chosen if i not in pos]
             if absent:
-                raise UsageError(f"{where}: MoE layer {absent[0]} from --moe-layers is not in the file "
+                raise InputError(f"{where}: MoE layer {absent[0]} from --moe-layers is not in the file "
                                  f"(it holds layers {layer_ranges(ids)})")
         elif keyed:
             chosen = list(pos)
         else:
-            raise UsageError(f"{where}: with --layer-numbering model the file holds every decoder layer; say which are "
+            raise InputError(f"{where}: with --layer-numbering model the file holds every decoder layer; say which are "
                              f"MoE layers with --moe-layers (for example 3-60), or --moe-layers nontrivial to take "
                              f"the layers whose placement is not the trivial one")
         chosen = sorted(chosen)
@@ -142,13 +142,13 @@ def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_lay
     # Step 3: the placement validates every slot and expert; its message gets the file name.
     try:
         return Placement(phy2log_LP=rows[sel], num_gpus=int(G), num_experts=int(E), num_nodes=int(nodes or 1),
-                         solver=f"import:{fmt}", status="HEURISTIC", source=where, model_layer_indices=model_idx)
+                         model_layer_indices=model_idx, report=SolveReport(solver=f"import:{fmt}", source=where))
     except ValueError as exc:
         msg = str(exc)
         if model_idx is not None and msg.startswith("layer "):
             l = int(msg.split()[1].rstrip(":,"))
             msg = msg.replace(f"layer {l}", f"layer {model_idx[l]}", 1)
-        raise UsageError(f"{where}: {msg}") from None
+        raise InputError(f"{where}: {msg}") from None
 
 
 def layer_ranges(ids: Sequence[int]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.export.encoding import check_keys, check_nonnegative, int_array, read_json, read_torch, write_json, write_torch
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
@@ -32,9 +32,9 @@ def write(maps: StackMaps, path: Path) -> None:
 def read(path: Path) -> StackMaps:
     d = read_torch(path, "SGLang expert location") if path.suffix.lower() == ".pt" else read_json(path, "SGLang expert location")
     if not isinstance(d, dict):
-        raise UsageError(f"{path}: holds a {type(d).__name__}, expected an object with '{KEY}'")
+        raise InputError(f"{path}: holds a {type(d).__name__}, expected an object with '{KEY}'")
     if "logical_count" in d and KEY not in d:
-        raise UsageError(f"{path}: holds 'logical_count' (expert loads SGLang balances itself), not a placement")
+        raise InputError(f"{path}: holds 'logical_count' (expert loads SGLang balances itself), not a placement")
     check_keys(d, path, "SGLang --init-expert-location", [KEY],
                "; SGLang passes every key to init_by_mapping, so an extra key stops the server")
     rows = int_array(d[KEY], path, KEY, 2, "[layers, physical slots]")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.export.encoding import (
     check_inverse, check_keys, check_nonnegative, int_array, read_json, read_npz, read_torch, write_json, write_npz,
     write_torch,
@@ -31,7 +31,7 @@ def read_triple(path: Path, names: tuple[str, str, str], fmt: str) -> StackMaps:
     what = f"{fmt} expert map"
     d = read_torch(path, what) if suffix == ".pt" else read_npz(path, what) if suffix == ".npz" else read_json(path, what)
     if not isinstance(d, dict):
-        raise UsageError(f"{path}: holds a {type(d).__name__}, expected an object with {', '.join(names)}")
+        raise InputError(f"{path}: holds a {type(d).__name__}, expected an object with {', '.join(names)}")
     check_keys(d, path, fmt, names)
     n_p2l, n_l2p, n_cnt = names
     p2l = int_array(d[n_p2l], path, n_p2l, 2, "[layers, physical slots]")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
 from placer.core.fileio import require_file, write_text_atomic
@@ -41,28 +41,28 @@ def read(path: Path) -> StackMaps:
         d = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = first_line(exc, None)
-        raise UsageError(f"{path}: not valid YAML ({first})") from None
+        raise InputError(f"{path}: not valid YAML ({first})") from None
     if not isinstance(d, dict):
-        raise UsageError(f"{path}: holds a {type(d).__name__}, expected a mapping with {', '.join(KEYS)}")
+        raise InputError(f"{path}: holds a {type(d).__name__}, expected a mapping with {', '.join(KEYS)}")
     extra = [k for k in d if k not in KEYS]
     if extra:
-        raise UsageError(f"{path}: field '{extra[0]}' is not part of TensorRT-LLM's MoeLoadBalancerConfig "
+        raise InputError(f"{path}: field '{extra[0]}' is not part of TensorRT-LLM's MoeLoadBalancerConfig "
                          f"({', '.join(KEYS)}); it would be rejected")
     if not d.get("initial_global_assignments"):
-        raise UsageError(f"{path}: field 'initial_global_assignments' missing or empty; without it the file "
+        raise InputError(f"{path}: field 'initial_global_assignments' missing or empty; without it the file "
                          f"holds no placement (an online-balancer config)")
     assign = d["initial_global_assignments"]
     if not isinstance(assign, dict):
-        raise UsageError(f"{path}: field 'initial_global_assignments' must map layer index to a list of experts")
+        raise InputError(f"{path}: field 'initial_global_assignments' must map layer index to a list of experts")
     ids, rows = [], []
     for k, row in assign.items():
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise UsageError(f"{path}: field 'initial_global_assignments' has key {k!r}; expected layer indices")
+            raise InputError(f"{path}: field 'initial_global_assignments' has key {k!r}; expected layer indices")
         if not isinstance(row, list) or not row or not all(isinstance(e, int) and not isinstance(e, bool) for e in row):
-            raise UsageError(f"{path}: field 'initial_global_assignments[{k}]' must be a non-empty list of expert ids")
+            raise InputError(f"{path}: field 'initial_global_assignments[{k}]' must be a non-empty list of expert ids")
         neg = [e for e in row if e < 0]
         if neg:
-            raise UsageError(f"{path}: field 'initial_global_assignments[{k}]' holds expert {neg[0]}; ids are >= 0")
+            raise InputError(f"{path}: field 'initial_global_assignments[{k}]' holds expert {neg[0]}; ids are >= 0")
         ids.append(k)
         rows.append(row)
     order = np.argsort(ids, kind="stable")
@@ -71,16 +71,16 @@ def read(path: Path) -> StackMaps:
     widths = {len(r) for r in rows}
     if num_slots is not None:
         if not isinstance(num_slots, int) or isinstance(num_slots, bool):
-            raise UsageError(f"{path}: field 'num_slots' is {num_slots!r}; expected an integer")
+            raise InputError(f"{path}: field 'num_slots' is {num_slots!r}; expected an integer")
         bad = next((i for i, r in zip(ids, rows) if len(r) != num_slots), None)
         if bad is not None:
-            raise UsageError(f"{path}: field 'initial_global_assignments[{bad}]' has {len(rows[ids.index(bad)])} "
+            raise InputError(f"{path}: field 'initial_global_assignments[{bad}]' has {len(rows[ids.index(bad)])} "
                              f"slots but num_slots is {num_slots}")
     elif len(widths) != 1:
-        raise UsageError(f"{path}: layers of 'initial_global_assignments' have different slot counts {sorted(widths)}")
+        raise InputError(f"{path}: layers of 'initial_global_assignments' have different slot counts {sorted(widths)}")
     lu = d.get("layer_updates_per_iter", 0)
     if not isinstance(lu, int) or isinstance(lu, bool) or lu < 0:
-        raise UsageError(f"{path}: field 'layer_updates_per_iter' is {lu!r}; expected an integer >= 0")
+        raise InputError(f"{path}: field 'layer_updates_per_iter' is {lu!r}; expected an integer >= 0")
     return StackMaps(np.asarray(rows, dtype=np.int64), tuple(ids))
 
 

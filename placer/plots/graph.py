@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import atomic_path
 from placer.core.stats.core import RoutingStats
 
@@ -50,7 +50,7 @@ def build_graph(s: RoutingStats, min_prob: float = DEFAULT_MIN_PROB, coactivatio
 
     s.require_affinity("the routing graph")
     if not 0.0 <= min_prob <= 1.0:
-        raise UsageError(f"--min-prob {min_prob} must be between 0 and 1")
+        raise InputError(f"--min-prob {min_prob} must be between 0 and 1")
     L, E, K = s.shape
     g = nx.DiGraph(model_name=s.model_name, num_layers=L, num_experts=E, top_k=K, tokens=int(s.tokens),
                    min_prob=float(min_prob))
@@ -78,7 +78,7 @@ def write_graph(path: str | os.PathLike, s: RoutingStats, min_prob: float = DEFA
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in GRAPH_SUFFIXES:
-        raise UsageError(f"{out}: unknown graph format '{out.suffix}'; use .graphml or .gexf")
+        raise InputError(f"{out}: unknown graph format '{out.suffix}'; use .graphml or .gexf")
     g = build_graph(s, min_prob)
     with atomic_path(out) as tmp:
         (nx.write_graphml if suffix == ".graphml" else nx.write_gexf)(g, tmp)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import atomic_path
 from placer.core.stats.core import RoutingStats
 
@@ -61,12 +61,12 @@ def write_plots(out_dir: str | os.PathLike, s: RoutingStats, layers: Sequence[in
     """Write the heatmaps of ``s`` into ``out_dir``; return the files written."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --plots needs a folder, and this is a file")
+        raise InputError(f"{out}: --plots needs a folder, and this is a file")
     L, E, K = s.shape
     layers = default_layers(L) if layers is None else list(layers)
     for l in layers:
         if not 0 <= l < L:
-            raise UsageError(f"--plot-layers {l}: outside the {L} MoE layers (0..{L - 1})")
+            raise InputError(f"--plot-layers {l}: outside the {L} MoE layers (0..{L - 1})")
     out.mkdir(parents=True, exist_ok=True)
     name = s.model_name if s.model_name != "unknown" else "routing"
     model_layer = list(s.moe_layer_indices) or list(range(L))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.replay.experts import DTYPES, CheckpointExperts, RandomExperts
 from placer.replay.reference import Schedule
@@ -23,9 +24,12 @@ class Case:
 
     name: str
     placement: Placement
-    mode: str
+    mode: TrafficMode
     path: str | None = None
     corrupt: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", TrafficMode.parse(self.mode))
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,6 @@ class ReplayConfig:
                 raise ValueError(f"placement {c.name} places {p.num_experts} experts, the trace has {self.num_experts}")
             if p.num_layers < self.num_layers:
                 raise ValueError(f"placement {c.name} has {p.num_layers} layers, the replay needs {self.num_layers}")
-            if c.mode not in ("ep", "coherent"):
-                raise ValueError(f"mode {c.mode!r} must be 'ep' or 'coherent'")
         if G % self.nodes:
             raise ValueError(f"world size ({G}) must divide evenly into nodes ({self.nodes})")
         if self.fail_rank is not None and not 0 <= self.fail_rank < G:

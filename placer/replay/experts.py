@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import read_model_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -114,7 +114,7 @@ class CheckpointExperts:
         cfg = cfg.get("text_config", cfg)
         act = cfg.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
-            raise UsageError(f"{cfg_path}: field 'hidden_act' is {act!r}; replay runs SwiGLU (silu) experts only")
+            raise InputError(f"{cfg_path}: field 'hidden_act' is {act!r}; replay runs SwiGLU (silu) experts only")
         self.moe_layer_indices = tuple(int(i) for i in moe_layer_indices)
         self.num_experts = num_experts
         self._files = self._tensor_files()
@@ -123,7 +123,7 @@ class CheckpointExperts:
         gate, _, down = self.get(0, 0)
         self.ffn, self.hidden = int(gate.shape[0]), int(gate.shape[1])
         if tuple(down.shape) != (self.hidden, self.ffn):
-            raise UsageError(f"{self.path}: expert down projection has shape {tuple(down.shape)}, "
+            raise InputError(f"{self.path}: expert down projection has shape {tuple(down.shape)}, "
                              f"expected [{self.hidden}, {self.ffn}]")
 
     def _tensor_files(self) -> dict[str, Path]:
@@ -134,18 +134,18 @@ class CheckpointExperts:
             try:
                 wm = json.loads(index.read_text())["weight_map"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise UsageError(f"{index}: field 'weight_map' is missing or malformed ({exc})") from None
+                raise InputError(f"{index}: field 'weight_map' is missing or malformed ({exc})") from None
             return {k: self.path / v for k, v in wm.items()}
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
-            raise UsageError(f"{self.path}: no *.safetensors weights in the model folder")
+            raise InputError(f"{self.path}: no *.safetensors weights in the model folder")
         out: dict[str, Path] = {}
         for f in files:
             try:
                 with safe_open(str(f), "pt") as h:
                     out.update({k: f for k in h.keys()})
             except Exception as exc:  # safetensors raises its own error types
-                raise UsageError(f"{f}: not a readable safetensors file ({exc})") from None
+                raise InputError(f"{f}: not a readable safetensors file ({exc})") from None
         return out
 
     def _find_layout(self) -> tuple[str, str, tuple[str, ...]]:
@@ -157,7 +157,7 @@ class CheckpointExperts:
         if all(prefix.format(l=l0) + n in self._files for n in names):
             return ("fused", prefix, names)
         sample = next((k for k in self._files if f"layers.{l0}." in k), "none")
-        raise UsageError(f"{self.path}: no routed expert weights found for decoder layer {l0} (MoE layer 0 of the "
+        raise InputError(f"{self.path}: no routed expert weights found for decoder layer {l0} (MoE layer 0 of the "
                          f"trace); tensors there look like {sample!r}")
 
     def _names(self, layer: int, expert: int) -> list[str]:
@@ -172,7 +172,7 @@ class CheckpointExperts:
             for expert in range(self.num_experts):
                 missing = [n for n in self._names(layer, expert) if n not in self._files]
                 if missing:
-                    raise UsageError(f"{self.path}: tensor {missing[0]!r} is missing: the trace has "
+                    raise InputError(f"{self.path}: tensor {missing[0]!r} is missing: the trace has "
                                      f"{self.num_experts} experts in decoder layers {list(self.moe_layer_indices)}")
 
     def _tensor(self, name: str, index: int | None = None) -> torch.Tensor:
@@ -181,19 +181,19 @@ class CheckpointExperts:
 
         f = self._files.get(name)
         if f is None:
-            raise UsageError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
+            raise InputError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         with safe_open(str(f), "pt") as h:
             if index is None:
                 return h.get_tensor(name)
             sl = h.get_slice(name)
             n = sl.get_shape()[0]
             if n != self.num_experts:
-                raise UsageError(f"{self.path}: {name} holds {n} experts, the trace {self.num_experts}")
+                raise InputError(f"{self.path}: {name} holds {n} experts, the trace {self.num_experts}")
             return sl[index:index + 1][0]
 
     def get(self, layer: int, expert: int) -> ExpertWeights:
         if not 0 <= layer < len(self.moe_layer_indices):
-            raise UsageError(f"{self.path}: MoE layer {layer} is beyond the trace's {len(self.moe_layer_indices)}")
+            raise InputError(f"{self.path}: MoE layer {layer} is beyond the trace's {len(self.moe_layer_indices)}")
         names = self._names(layer, expert)
         if self._layout[0] == "per_expert":
             return tuple(self._tensor(n).float() for n in names)  # type: ignore[return-value]

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.core.topology import home_gpu
-
-MODES = ("ep", "coherent")
 
 
 @dataclass
@@ -168,8 +167,7 @@ def plan_step(placement: Placement, experts_TLK: np.ndarray, weights_TLK: np.nda
     home rank is ``home_gpu(seq, G)``). token_index_T: [T] each token's 0-based index in the trace (the
     replica rule). ranks: the ranks to plan for (default all; a worker plans only its own).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    mode = TrafficMode.parse(mode)
     T, L, K = experts_TLK.shape
     if L > placement.num_layers:
         raise ValueError(f"the step has {L} layers, the placement {placement.num_layers}")
@@ -192,7 +190,7 @@ def plan_step(placement: Placement, experts_TLK: np.ndarray, weights_TLK: np.nda
         on_TG[tt, rank_TK.ravel()] = True
         on_TG &= present[:, l, None]
         pres = present[:, l]
-        if mode == "ep":
+        if mode is TrafficMode.EP:
             # Step 1: home -> every rank of the token's experts (the home keeps its copy: it adds the residual).
             dest = on_TG | at_home
             dispatch = plan_exchange(at_home, dest, no_stay, ranks)
@@ -207,13 +205,13 @@ def plan_step(placement: Placement, experts_TLK: np.ndarray, weights_TLK: np.nda
         for r in ranks:
             compute[r] = _plan_compute(r, dest, rank_TK, local_TK, weights_TLK[:, l, :], pres, keeper, spg)
         combine = None
-        if mode == "ep":
+        if mode is TrafficMode.EP:
             # Step 3: partial sums back home.
             combine = plan_exchange(dest, at_home, no_stay, ranks)
         else:
             holders = dest
         layers.append(LayerPlan(dispatch=dispatch, compute=compute, combine=combine))
-    final = plan_exchange(holders, at_home, no_stay, ranks) if mode == "coherent" else None
+    final = plan_exchange(holders, at_home, no_stay, ranks) if mode is TrafficMode.COHERENT else None
     return StepPlan(mode=mode, num_ranks=G, home_T=home, home_tokens=home_tokens, layers=layers, final=final)
 
 

@@ -151,11 +151,11 @@ def case_report(case, measure: CaseMeasure, check: dict, node_of_rank: np.ndarra
     return {
         "name": case.name,
         "path": case.path,
-        "solver": p.solver,
-        "status": p.status,
+        "solver": p.report.solver,
+        "status": p.report.status.value,
         "num_redundant": p.num_redundant,
-        "solved_for_mode": p.mode,
-        "mode": case.mode,
+        "solved_for_mode": p.report.mode.value,
+        "mode": case.mode.value,
         "check": check,
         **summarize_case(measure, node_of_rank, model_layers),
     }

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from placer.core.errors import MoeplaceError, UsageError
+from placer.core.errors import InputError, MoeplaceError
+from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.replay.config import BACKENDS, Case, ReplayConfig
 from placer.core.topology import Topology
@@ -43,7 +44,7 @@ class ReplayRequest:
     fail_how: str = "raise"
 
 
-def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: str) -> Placement:
+def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: TrafficMode) -> Placement:
     """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
     in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test)."""
     from placer.inputs import problem_from_stats, stats_from_traces
@@ -53,11 +54,11 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int
     try:
         problem = problem_from_stats(stats_from_traces([trace]), preset(gpus, nodes), redundant, mode)
     except ValueError as exc:
-        raise UsageError(f"solver {name}: {exc}") from None
+        raise InputError(f"solver {name}: {exc}") from None
     return get_solver(name)(problem, SolveOptions(time_limit_s=60.0, seed=0))
 
 
-def _resolve(req: ReplayRequest, arg: str, mode: str) -> tuple[str, Placement, str | None]:
+def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Placement, str | None]:
     from placer.core.placement_io import load_placement
     from solvers.registry import SOLVER_NAMES
 
@@ -67,50 +68,51 @@ def _resolve(req: ReplayRequest, arg: str, mode: str) -> tuple[str, Placement, s
     name, _, r = arg.partition(":")
     if name in SOLVER_NAMES and (not r or r.isdigit()):
         if req.world_size is None:
-            raise UsageError(f"placement {arg!r} names a solver: give --world-size so it can be solved")
+            raise InputError(f"placement {arg!r} names a solver: give --world-size so it can be solved")
         redundant = int(r) if r else req.redundant
         p = solve_on_trace(name, req.trace, req.world_size, req.nodes or 1, redundant, mode)
         return arg, p, None
-    raise UsageError(f"{arg}: placement file not found (nor a solver name: {', '.join(SOLVER_NAMES)}, "
+    raise InputError(f"{arg}: placement file not found (nor a solver name: {', '.join(SOLVER_NAMES)}, "
                      f"optionally NAME:REDUNDANT)")
 
 
 def prepare(req: ReplayRequest) -> ReplayConfig:
-    """Check the request against the trace and the placements and build the run's config (UsageError on any
+    """Check the request against the trace and the placements and build the run's config (InputError on any
     mismatch: nothing has started yet)."""
     from placer.replay.experts import CheckpointExperts
     from placer.core.trace.reader import TraceReader
 
     if req.backend not in BACKENDS:
-        raise UsageError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
-    if req.mode is not None and req.mode not in ("ep", "coherent"):
-        raise UsageError(f"--mode {req.mode!r} is not one of ep, coherent")
+        raise InputError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
     reader = TraceReader(req.trace)
     meta = reader.meta
     L = meta.num_layers if req.layers is None else req.layers
     if not 1 <= L <= meta.num_layers:
-        raise UsageError(f"--layers {req.layers}: the trace {req.trace} has {meta.num_layers} MoE layers")
+        raise InputError(f"--layers {req.layers}: the trace {req.trace} has {meta.num_layers} MoE layers")
     if not req.placements:
-        raise UsageError("give at least one placement")
+        raise InputError("give at least one placement")
 
-    mode = req.mode
+    try:
+        mode = None if req.mode is None else TrafficMode.parse(req.mode)
+    except ValueError as exc:
+        raise InputError(f"--{exc}") from None
     cases, names = [], set()
     for arg in req.placements:
-        name, p, path = _resolve(req, arg, mode or "ep")
+        name, p, path = _resolve(req, arg, mode or TrafficMode.EP)
         where = path or f"solver {name}"
         if mode is None:
-            mode = p.mode
+            mode = p.report.mode
         if req.world_size is not None and p.num_gpus != req.world_size:
-            raise UsageError(f"{where}: placement is for {p.num_gpus} GPUs, --world-size is {req.world_size}")
+            raise InputError(f"{where}: placement is for {p.num_gpus} GPUs, --world-size is {req.world_size}")
         if p.num_experts != meta.num_experts:
-            raise UsageError(f"{where}: placement has {p.num_experts} experts, trace {req.trace} has {meta.num_experts}")
+            raise InputError(f"{where}: placement has {p.num_experts} experts, trace {req.trace} has {meta.num_experts}")
         if p.num_layers != meta.num_layers:
-            raise UsageError(f"{where}: placement has {p.num_layers} layers, trace {req.trace} has {meta.num_layers}")
+            raise InputError(f"{where}: placement has {p.num_layers} layers, trace {req.trace} has {meta.num_layers}")
         if p.model_layer_indices is not None and tuple(p.model_layer_indices) != tuple(meta.moe_layer_indices):
-            raise UsageError(f"{where}: placement is for model layers {list(p.model_layer_indices)}, the trace "
+            raise InputError(f"{where}: placement is for model layers {list(p.model_layer_indices)}, the trace "
                              f"has {list(meta.moe_layer_indices)}")
         if cases and p.num_gpus != cases[0].placement.num_gpus:
-            raise UsageError(f"{where}: placement is for {p.num_gpus} GPUs, {cases[0].name} for "
+            raise InputError(f"{where}: placement is for {p.num_gpus} GPUs, {cases[0].name} for "
                              f"{cases[0].placement.num_gpus}; compare placements of one world size")
         while name in names:
             name = f"{name}'"
@@ -123,21 +125,21 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
         ck = CheckpointExperts(req.model, meta.moe_layer_indices, meta.num_experts)
         for opt, mine, theirs in (("--hidden", req.hidden, ck.hidden), ("--ffn", req.ffn, ck.ffn)):
             if mine is not None and mine != theirs:
-                raise UsageError(f"{req.model}: {opt} {mine} differs from the checkpoint's {theirs}")
+                raise InputError(f"{req.model}: {opt} {mine} differs from the checkpoint's {theirs}")
         hidden, ffn = ck.hidden, ck.ffn
         if req.weight_bank:
-            raise UsageError("--weight-bank applies to random weights, not to --model")
+            raise InputError("--weight-bank applies to random weights, not to --model")
 
     topo = None
     if req.topology is not None:
         topo = Topology.load(req.topology)
         if topo.num_gpus != G:
-            raise UsageError(f"{req.topology}: topology has {topo.num_gpus} GPUs, the placements {G}")
+            raise InputError(f"{req.topology}: topology has {topo.num_gpus} GPUs, the placements {G}")
     elif cases[0].placement.topology is not None and cases[0].placement.topology.num_gpus == G:
         topo = cases[0].placement.topology
     nodes = req.nodes or (topo.num_nodes if topo is not None else cases[0].placement.num_nodes)
     if G % nodes:
-        raise UsageError(f"--nodes {nodes}: world size {G} must divide evenly into nodes")
+        raise InputError(f"--nodes {nodes}: world size {G} must divide evenly into nodes")
     if req.backend == "virtual":
         from placer.replay.experts import DTYPES
         import torch
@@ -147,9 +149,9 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
         try:
             topo = (base or Topology(num_gpus=G, num_nodes=nodes)).with_(hidden_size=hidden, dtype_bytes=elem)
         except ValueError as exc:
-            raise UsageError(f"topology: {exc}") from None
+            raise InputError(f"topology: {exc}") from None
     if req.fail_rank is not None and req.backend == "virtual":
-        raise UsageError("--fail-rank is a test hook of the gloo and nccl backends")
+        raise InputError("--fail-rank is a test hook of the gloo and nccl backends")
     try:
         return ReplayConfig(
             trace=str(req.trace), cases=tuple(cases), num_experts=meta.num_experts, num_layers=L,
@@ -161,7 +163,7 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
             fail_rank=req.fail_rank, fail_how=req.fail_how,
         )
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 def check_devices(cfg: ReplayConfig, backend: str) -> None:
@@ -172,9 +174,9 @@ def check_devices(cfg: ReplayConfig, backend: str) -> None:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:
-        raise UsageError("--backend nccl needs CUDA GPUs and none is visible (use gloo, or virtual)")
+        raise InputError("--backend nccl needs CUDA GPUs and none is visible (use gloo, or virtual)")
     if n < cfg.world_size:
-        raise UsageError(f"--backend nccl needs one GPU per rank: world size {cfg.world_size} > {n} GPU(s) here "
+        raise InputError(f"--backend nccl needs one GPU per rank: world size {cfg.world_size} > {n} GPU(s) here "
                          f"(use --backend virtual on one GPU, or torchrun across nodes)")
 
 
@@ -192,7 +194,7 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
 
         rank, world, local = env
         if world != cfg.world_size:
-            raise UsageError(f"torchrun started {world} ranks, the placements are for {cfg.world_size} GPUs")
+            raise InputError(f"torchrun started {world} ranks, the placements are for {cfg.world_size} GPUs")
         with progress_bar(total, f"replay rank {rank}", unit="step", quiet=quiet if rank == 0 else True) as adv:
             cases = run_rank(rank, world, backend, "env://", cfg, progress=lambda run: run >= 0 and adv(1),
                              local_rank=local)

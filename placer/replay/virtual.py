@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from placer.core.errors import MoeplaceError, UsageError
+from placer.core.errors import MoeplaceError, InputError
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
 from placer.replay.experts import DTYPES, ExpertCache
@@ -97,7 +97,7 @@ def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[li
     if device.type == "cuda":
         need, (free, _) = weight_bytes(cfg, source), torch.cuda.mem_get_info(device)
         if need > 0.8 * free:
-            raise UsageError(f"the experts of {cfg.num_layers} layers need {need / 2**30:.1f} GiB on the GPU, "
+            raise InputError(f"the experts of {cfg.num_layers} layers need {need / 2**30:.1f} GiB on the GPU, "
                              f"{free / 2**30:.1f} GiB are free: use --weight-bank N or --layers")
     G, S, L = cfg.world_size, cfg.steps, cfg.num_layers
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from placer.core.errors import MoeplaceError
+from placer.core.mode import TrafficMode
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
 from placer.replay.experts import DTYPES, ExpertCache
@@ -157,7 +158,7 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
     return results if rank == 0 else None
 
 
-def _step(mode: str, L: int, exch: dict, comp: list[TCompute], experts_L: list, buf: torch.Tensor,
+def _step(mode: TrafficMode, L: int, exch: dict, comp: list[TCompute], experts_L: list, buf: torch.Tensor,
           comm: DistComm, timer: Timer) -> tuple[torch.Tensor, dict]:
     """One step of this rank through every layer; returns the final home rows and the phase times."""
     timer.reset()
@@ -168,11 +169,11 @@ def _step(mode: str, L: int, exch: dict, comp: list[TCompute], experts_L: list, 
         marks[(l, "dispatch")] = timer.mark()
         buf = compute(comp[l], x, experts_L[l])
         marks[(l, "compute")] = timer.mark()
-        if mode == "ep":
+        if mode is TrafficMode.EP:
             comm.where = f"layer {l} combine"
             buf = comm.exchange(exch[(l, "combine")], buf)
         marks[(l, "combine")] = timer.mark()
-    if mode == "coherent":
+    if mode is TrafficMode.COHERENT:
         comm.where = "return home"
         buf = comm.exchange(exch[(-1, "return")], buf)
     marks["end"] = timer.mark()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.tiny.vocab import EOS_ID
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "stdlib_manifest.json"
@@ -89,7 +89,7 @@ class Corpus:
 def load_corpus(manifest: dict | None = None, root: Path | None = None, allow_mismatch: bool = False) -> Corpus:
     """Read the manifest's files from the running interpreter's standard library, checking their hashes.
 
-    Raises ``UsageError`` naming the first differing file unless ``allow_mismatch`` (then the files present
+    Raises ``InputError`` naming the first differing file unless ``allow_mismatch`` (then the files present
     are used as they are, and the model will not be the bundled one).
     """
     manifest = manifest or load_manifest()
@@ -102,13 +102,13 @@ def load_corpus(manifest: dict | None = None, root: Path | None = None, allow_mi
         if not p.is_file():
             if allow_mismatch:
                 continue
-            raise UsageError(
+            raise InputError(
                 f"{p}: corpus file of the manifest is missing (manifest made with Python {manifest['python']}, "
                 f"running {platform.python_version()}); pass --allow-corpus-mismatch to train on what is there"
             )
         data = p.read_bytes()
         if not allow_mismatch and hashlib.sha256(data).hexdigest() != f["sha256"]:
-            raise UsageError(
+            raise InputError(
                 f"{p}: sha256 differs from the manifest's (manifest made with Python {manifest['python']}, "
                 f"running {platform.python_version()}); pass --allow-corpus-mismatch to train on it anyway"
             )
@@ -117,7 +117,7 @@ def load_corpus(manifest: dict | None = None, root: Path | None = None, allow_mi
         parts[held].append(sep)
         counts[held] += 1
     if not parts[False] or not parts[True]:
-        raise UsageError(f"{MANIFEST_PATH}: no training or no held-out files found under {root}")
+        raise InputError(f"{MANIFEST_PATH}: no training or no held-out files found under {root}")
     return Corpus(
         train_ids=np.concatenate(parts[False]),
         heldout_ids=np.concatenate(parts[True]),

@@ -12,7 +12,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 BYTE_TOKENIZER_FILE = "byte_tokenizer.json"
 PAD_ID = 256
@@ -39,9 +38,6 @@ class ByteCodec:
     def encode(self, text: str) -> list[int]:
         """The UTF-8 bytes of ``text`` as ids (no special tokens added)."""
         return list(text.encode("utf-8"))
-
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
 
     def decode(self, ids) -> str:
         """Bytes back to text; special ids are dropped, broken UTF-8 is replaced."""

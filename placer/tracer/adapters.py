@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,10 @@ def supported_families() -> str:
 
 
 def adapter_for(model_type: str, where: str = "model") -> FamilyAdapter:
-    """The adapter of a config ``model_type``; a UsageError listing the supported families otherwise."""
+    """The adapter of a config ``model_type``; a InputError listing the supported families otherwise."""
     adapter = _BY_TYPE.get(model_type)
     if adapter is None:
-        raise UsageError(
+        raise InputError(
             f"{where}: model_type '{model_type}' is not a supported MoE family; supported: {supported_families()}; "
             f"to add one, write a FamilyAdapter in placer/tracer/adapters.py"
         )
@@ -115,7 +115,7 @@ def decoder_layers(model, adapter: FamilyAdapter):
     for name in adapter.layers_attr:
         obj = getattr(obj, name, None)
         if obj is None:
-            raise UsageError(
+            raise InputError(
                 f"{type(model).__name__}: has no '{'.'.join(adapter.layers_attr)}' decoder layers; "
                 f"load it with AutoModelForCausalLM"
             )

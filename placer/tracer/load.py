@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import read_model_config
 from placer.tracer.adapters import FamilyAdapter, adapter_for, moe_routers, router_shape, supported_families
 from placer.tracer.text import Tokenizer, load_tokenizer
@@ -35,7 +35,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
+        raise InputError(
             f"--device cuda: CUDA is not available here (torch {torch.__version__}, "
             f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu"
         )
@@ -56,12 +56,12 @@ def read_config(model_dir: Path):
     cfg_file, raw = read_model_config(model_dir)
     model_type = raw.get("model_type")
     if not model_type:
-        raise UsageError(f"{cfg_file}: field 'model_type' is missing")
+        raise InputError(f"{cfg_file}: field 'model_type' is missing")
     if not any(k in raw for k in EXPERT_COUNT_KEYS):
         try:
             adapter_for(model_type, str(model_dir))
-        except UsageError:
-            raise UsageError(
+        except InputError:
+            raise InputError(
                 f"{model_dir}: model_type '{model_type}' has no routed experts (not an MoE model); "
                 f"supported MoE families: {supported_families()}"
             ) from None
@@ -71,7 +71,7 @@ def read_config(model_dir: Path):
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:
-        raise UsageError(f"{cfg_file}: transformers cannot read it ({first_line(exc)})") from None
+        raise InputError(f"{cfg_file}: transformers cannot read it ({first_line(exc)})") from None
     return config, adapter
 
 
@@ -90,17 +90,17 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
     try:
         model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=torch_dtype)
     except Exception as exc:
-        raise UsageError(f"{d}: cannot load the model weights ({first_line(exc)})") from None
+        raise InputError(f"{d}: cannot load the model weights ({first_line(exc)})") from None
     model.to(dev).eval()
     found = moe_routers(model, adapter)
     if not found:
-        raise UsageError(
+        raise InputError(
             f"{d}: no MoE layer ({adapter.router_class} at layers[i].{adapter.router_path}) in this "
             f"{adapter.family} model: nothing to trace"
         )
     shapes = {router_shape(r) for _, r in found}
     if len(shapes) != 1:
-        raise UsageError(f"{d}: MoE layers disagree on (experts, top-k): {sorted(shapes)}")
+        raise InputError(f"{d}: MoE layers disagree on (experts, top-k): {sorted(shapes)}")
     (E, K), = shapes
     if dtype_name == "auto":
         dtype_name = str(next(model.parameters()).dtype).replace("torch.", "")

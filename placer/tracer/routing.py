@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.fileio import read_model_config
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 from placer.core.trace.writer import TraceWriter
@@ -76,7 +76,7 @@ def read_model_shape(path: str | os.PathLike) -> ModelShape:
     else:
         cfg = read_json(cfg_path, "model config")
         if not isinstance(cfg, dict):
-            raise UsageError(f"{cfg_path}: expected a JSON object")
+            raise InputError(f"{cfg_path}: expected a JSON object")
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg  # multimodal wrappers
     n = _first_int(text, ("num_hidden_layers",))
     return ModelShape(str(cfg_path), text.get("model_type") or cfg.get("model_type"), n,
@@ -86,7 +86,7 @@ def read_model_shape(path: str | os.PathLike) -> ModelShape:
 
 def _agree(name: str, option: int | None, cfg: int | None, cfg_path: str | None) -> int | None:
     if option is not None and cfg is not None and option != cfg:
-        raise UsageError(f"--{name} {option} disagrees with {cfg_path} ({cfg})")
+        raise InputError(f"--{name} {option} disagrees with {cfg_path} ({cfg})")
     return option if option is not None else cfg
 
 
@@ -103,12 +103,12 @@ class LayerPlan:
         cfg_path = shape.path if shape else None
         for name, v in (("num-layers", num_layers), ("top-k", top_k), ("num-experts", num_experts)):
             if v is not None and v < 1:
-                raise UsageError(f"--{name} must be positive, got {v}")
+                raise InputError(f"--{name} must be positive, got {v}")
         self.engine = engine
         self.shape = shape
         self.num_experts = _agree("num-experts", num_experts, shape.num_experts if shape else None, cfg_path)
         if self.num_experts is None:
-            raise UsageError("--num-experts (or --model-config config.json) is required: the responses do not say "
+            raise InputError("--num-experts (or --model-config config.json) is required: the responses do not say "
                              "how many experts a layer has")
         self.top_k = _agree("top-k", top_k, shape.top_k if shape else None, cfg_path)
         cfg_layers = None
@@ -117,7 +117,7 @@ class LayerPlan:
                 len(shape.moe_layers) if shape.moe_layers else None)
         self.wire_layers = _agree("num-layers", num_layers, cfg_layers, cfg_path)
         if not engine.shape_on_wire and (self.wire_layers is None or self.top_k is None):
-            raise UsageError(f"--engine {engine.name}: {engine.stack} sends routing without its shape; give "
+            raise InputError(f"--engine {engine.name}: {engine.stack} sends routing without its shape; give "
                              f"--num-layers (the model's num_hidden_layers) and --top-k, or --model-config config.json")
         self.keep_X: np.ndarray | None = None
         self.dense_X = np.zeros(0, dtype=np.int64)  # wire layers dropped as dense (checked to stay zeros)
@@ -135,14 +135,14 @@ class LayerPlan:
         return WireShape(self.wire_layers, self.top_k)
 
     def check(self, experts_TXK: np.ndarray, where: str) -> None:
-        """Fix the plan on the first routing; check every later one against it (UsageError: exit code 2)."""
+        """Fix the plan on the first routing; check every later one against it (InputError: exit code 2)."""
         _, X, K = experts_TXK.shape
         if self.wire_layers is not None and X != self.wire_layers or self.top_k is not None and K != self.top_k:
             seen = "earlier responses" if self.fixed else "--num-layers/--top-k/--model-config"
-            raise UsageError(f"{where}: routing has {X} layers x top-{K}, but {seen} say {self.wire_layers} layers "
+            raise InputError(f"{where}: routing has {X} layers x top-{K}, but {seen} say {self.wire_layers} layers "
                              f"x top-{self.top_k}; the layer count or top-k changed")
         if self.top_k is not None and self.top_k > self.num_experts:
-            raise UsageError(f"top-k ({self.top_k}) exceeds --num-experts ({self.num_experts})")
+            raise InputError(f"top-k ({self.top_k}) exceeds --num-experts ({self.num_experts})")
         if not self.fixed:
             self.wire_layers, self.top_k = X, K
             self._fix(experts_TXK, where)
@@ -152,7 +152,7 @@ class LayerPlan:
                 self.keep_slice = slice(int(k[0]), int(k[0]) + k.size)  # the usual case: a view, no copy
         elif self.dense_X.size and experts_TXK[:, self.dense_X, :].any():
             hit = experts_TXK[:, self.dense_X, :].any(axis=(0, 2))
-            raise UsageError(f"{where}: layer {int(self.dense_X[hit][0])} routes tokens, but it held only zeros (a "
+            raise InputError(f"{where}: layer {int(self.dense_X[hit][0])} routes tokens, but it held only zeros (a "
                              f"dense layer) before ({self.source}); give --model-config config.json")
 
     def _fix(self, experts_TXK: np.ndarray, where: str) -> None:
@@ -170,20 +170,20 @@ class LayerPlan:
         if cfg is not None and cfg.moe_layers is not None:
             keep = np.asarray(cfg.moe_layers, dtype=np.int64)
             if keep.size and keep.max() >= X:
-                raise UsageError(f"{cfg.path}: MoE layer {int(keep.max())} is outside the {X} layers the server sends")
+                raise InputError(f"{cfg.path}: MoE layer {int(keep.max())} is outside the {X} layers the server sends")
             dense = np.setdiff1d(np.arange(X), keep)
             if zero_X[dense].size and not zero_X[dense].all():
-                raise UsageError(f"{where}: layer {int(dense[~zero_X[dense]][0])} routes tokens, but {cfg.path} "
+                raise InputError(f"{where}: layer {int(dense[~zero_X[dense]][0])} routes tokens, but {cfg.path} "
                                  f"makes it a dense layer; is it the served model's config?")
             if K > 1 and experts_TXK.shape[0] and zero_X[keep].any():
-                raise UsageError(f"{where}: layer {int(keep[zero_X[keep]][0])} holds only zeros (no top-{K} "
+                raise InputError(f"{where}: layer {int(keep[zero_X[keep]][0])} holds only zeros (no top-{K} "
                                  f"routing), but {cfg.path} makes it an MoE layer; is it the served model's config?")
             self.keep_X, self.source = keep, f"model config {cfg.path}"
         elif K > 1 and experts_TXK.shape[0]:
             # A top-k router picks K distinct experts, so a layer whose rows are all zeros was never routed: dense.
             self.keep_X = np.nonzero(~zero_X)[0]
             if self.keep_X.size == 0:
-                raise UsageError(f"{where}: every layer's routing is zeros; the server did not capture routing")
+                raise InputError(f"{where}: every layer's routing is zeros; the server did not capture routing")
             self.source = "inferred: layers whose routing is all zeros are dense"
         else:
             self.keep_X = np.arange(X)
@@ -214,7 +214,7 @@ def check_rows(r: Routed) -> None:
 
 def routed_rows(r: Routed, plan: LayerPlan, seq_id: int, domain: int | None, where: str) -> RoutingBatch:
     """One sequence's rows (checked with ``check_rows`` before): its MoE layers in rank order, phase by
-    position. UsageError when the layers or top-k differ from the plan or ids leave ``[0, E)``."""
+    position. InputError when the layers or top-k differ from the plan or ids leave ``[0, E)``."""
     plan.check(r.experts_TXK, where)
     T, P = int(r.experts_TXK.shape[0]), int(r.prompt_tokens)
     experts_TLK = r.experts_TXK[:, plan.keep_slice] if plan.keep_slice is not None else np.take(
@@ -224,7 +224,7 @@ def routed_rows(r: Routed, plan: LayerPlan, seq_id: int, domain: int | None, whe
         if lo < 0 or hi >= plan.num_experts:
             bad = lo if lo < 0 else hi
             t, l, _ = (int(v[0]) for v in np.nonzero(experts_TLK == bad))
-            raise UsageError(f"{where}: token {t}, layer {plan.model_layers[l]} has expert id {bad}, outside [0, "
+            raise InputError(f"{where}: token {t}, layer {plan.model_layers[l]} has expert id {bad}, outside [0, "
                              f"{plan.num_experts}) (--num-experts {plan.num_experts})")
     pos = np.arange(T, dtype=np.int32)
     tok = r.token_ids[:T].astype(np.int32) if r.token_ids is not None and len(r.token_ids) >= T else None

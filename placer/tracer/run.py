@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.trace.schema import TraceMeta
 from placer.core.trace.writer import TraceWriter
 from placer.tracer.load import LoadedModel, load_model
@@ -42,7 +42,7 @@ def load_sequences(
             if budget <= 0:
                 break
     if not seqs:
-        raise UsageError(f"{texts[0]}: no tokens to trace")
+        raise InputError(f"{texts[0]}: no tokens to trace")
     return seqs
 
 
@@ -60,7 +60,7 @@ def trace_model(
     The file appears only when the whole trace was written (``TraceWriter`` is atomic).
     """
     if not texts:
-        raise UsageError("--text: give at least one text file")
+        raise InputError("--text: give at least one text file")
     lm = load_model(model_dir, opts.device, opts.dtype)
     seqs = load_sequences(texts, text_field, lm, opts)
     planned = count_planned(seqs, opts.generate)

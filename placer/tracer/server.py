@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 from urllib.parse import urlsplit
 
-from placer.core.errors import MoeplaceError, UsageError, first_line
+from placer.core.errors import MoeplaceError, InputError, first_line
 from placer.core.trace.schema import TraceMeta
 from placer.tracer.engines import BadResponse, Engine, NoRouting, Routed, ShapeMismatch, engine_for
 from placer.tracer.routing import (
@@ -95,11 +95,11 @@ class Server:
         raw = url if "://" in url else f"http://{url}"
         parts = urlsplit(raw)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--server: {url!r} is not an http(s) URL like http://localhost:8000")
+            raise InputError(f"--server: {url!r} is not an http(s) URL like http://localhost:8000")
         try:
             self.port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
-            raise UsageError(f"--server: {url!r} has an invalid port") from None
+            raise InputError(f"--server: {url!r} has an invalid port") from None
         self.url = f"{parts.scheme}://{parts.netloc}"
         self.scheme, self.host = parts.scheme, parts.hostname
         # Users often give the OpenAI base URL (.../v1); the paths below start at the server's root.
@@ -174,13 +174,13 @@ def probe(server: Server, engine: Engine, model: str | None) -> tuple[str, str |
         try:
             status, raw = conn.request("GET", "/v1/models", timeout_s=min(server.timeout_s, 30.0))
         except (OSError, http.client.HTTPException) as exc:
-            raise UsageError(f"{server.url}: cannot connect ({first_line(exc)}); is the server running?") from None
+            raise InputError(f"{server.url}: cannot connect ({first_line(exc)}); is the server running?") from None
         names: list[str] = []
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             names = [str(m["id"]) for m in json.loads(raw)["data"] if isinstance(m, dict) and "id" in m]
         if model is None:
             if status != 200 or not names:
-                raise UsageError(f"{server.url}/v1/models gave no model name (HTTP {status}); give --model NAME")
+                raise InputError(f"{server.url}/v1/models gave no model name (HTTP {status}); give --model NAME")
             model = names[0]
         version = None
         for path in engine.version_paths:
@@ -257,19 +257,19 @@ def load_prompts(texts: Sequence[str | Path], text_field: str | None, domain_fie
                  ) -> tuple[list[Prompt], list[str]]:
     """The prompts of every file in order (sequence ids 0, 1, ...) and the domain names (code = index)."""
     if not texts:
-        raise UsageError("--text: give at least one JSONL prompt file")
+        raise InputError("--text: give at least one JSONL prompt file")
     prompts: list[Prompt] = []
     names: dict[str, int] = {}
     for path in texts:
         if not is_jsonl(Path(path), text_field):
-            raise UsageError(f"{path}: --server sends JSONL prompts, one request each (a .jsonl file, or "
+            raise InputError(f"{path}: --server sends JSONL prompts, one request each (a .jsonl file, or "
                              f"--text-field NAME); plain text is cut into pieces by the local tracer only")
         recs: list[PromptRecord] = read_prompt_records(path, text_field, domain_field)
         for r in recs:
             code = names.setdefault(r.domain, len(names)) if r.domain is not None else None
             prompts.append(Prompt(len(prompts), r.text, code, f"{path}:{r.line}"))
     if len(names) > 32767:
-        raise UsageError(f"--domain-field {domain_field}: {len(names)} distinct domains; at most 32767 fit")
+        raise InputError(f"--domain-field {domain_field}: {len(names)} distinct domains; at most 32767 fit")
     return prompts, list(names)
 
 
@@ -359,7 +359,7 @@ def trace_server(
                 max_held = max(max_held, results.qsize() + 1)
                 requests += 1
                 if item.fatal:
-                    raise UsageError(f"{server.url} ({engine.stack}, {item.prompt.where}): {item.reason}")
+                    raise InputError(f"{server.url} ({engine.stack}, {item.prompt.where}): {item.reason}")
                 if item.routed is None:
                     failures.append((item.prompt.where, item.reason))
                 else:

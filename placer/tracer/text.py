@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import require_file
 
 
@@ -23,7 +23,7 @@ def is_jsonl(path: Path, text_field: str | None) -> bool:
 def read_prompts(path: str | os.PathLike, text_field: str | None = None) -> tuple[list[str], bool]:
     """The texts of a file and whether each is a separate prompt (JSONL) or parts of one document (plain).
 
-    Raises UsageError (naming file, line and field) for a missing, empty or malformed file.
+    Raises InputError (naming file, line and field) for a missing, empty or malformed file.
     """
     p, raw = _read_text(path)
     if not is_jsonl(p, text_field):
@@ -52,9 +52,9 @@ def _read_text(path: str | os.PathLike) -> tuple[Path, str]:
     try:
         raw = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+        raise InputError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     if not raw.strip():
-        raise UsageError(f"{p}: empty text file")
+        raise InputError(f"{p}: empty text file")
     return p, raw
 
 
@@ -66,22 +66,22 @@ def _jsonl_prompts(p: Path, raw: str, field: str, domain_field: str | None) -> l
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{p}: line {n}: not valid JSON ({exc.msg})") from None
+            raise InputError(f"{p}: line {n}: not valid JSON ({exc.msg})") from None
         if not isinstance(rec, dict) or field not in rec:
             keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-            raise UsageError(f"{p}: line {n}: no field '{field}' (has {keys}); choose it with --text-field")
+            raise InputError(f"{p}: line {n}: no field '{field}' (has {keys}); choose it with --text-field")
         value = rec[field]
         if not isinstance(value, str):
-            raise UsageError(f"{p}: line {n}: field '{field}' is {type(value).__name__}, expected a string")
+            raise InputError(f"{p}: line {n}: field '{field}' is {type(value).__name__}, expected a string")
         domain = None
         if domain_field is not None:
             if rec.get(domain_field) is None:
-                raise UsageError(f"{p}: line {n}: no field '{domain_field}' (--domain-field)")
+                raise InputError(f"{p}: line {n}: no field '{domain_field}' (--domain-field)")
             domain = str(rec[domain_field])
         if value:
             prompts.append(PromptRecord(value, domain, n))
     if not prompts:
-        raise UsageError(f"{p}: no non-empty '{field}' prompts in the JSONL file")
+        raise InputError(f"{p}: no non-empty '{field}' prompts in the JSONL file")
     return prompts
 
 
@@ -104,7 +104,7 @@ def load_tokenizer(model_dir: str | os.PathLike, config=None) -> Tokenizer:
         try:
             codec = ByteCodec.load(d)
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{d / BYTE_TOKENIZER_FILE}: malformed byte vocabulary ({exc})") from None
+            raise InputError(f"{d / BYTE_TOKENIZER_FILE}: malformed byte vocabulary ({exc})") from None
         return Tokenizer(codec.encode, codec.pad_token_id, frozenset({codec.eos_token_id}), "bytes")
     try:
         from transformers import AutoTokenizer
@@ -112,7 +112,7 @@ def load_tokenizer(model_dir: str | os.PathLike, config=None) -> Tokenizer:
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
         first = first_line(exc, None)
-        raise UsageError(f"{d}: no usable tokenizer in the model folder ({first[:160]})") from None
+        raise InputError(f"{d}: no usable tokenizer in the model folder ({first[:160]})") from None
     eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(config, "eos_token_id", None)
     eos_ids = frozenset(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
     pad = tok.pad_token_id

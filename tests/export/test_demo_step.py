@@ -21,11 +21,11 @@ def test_demo_export_step(tmp_path):
     step_export(ctx)
     text = console.export_text()
     p = load_placement(ctx.files["placement"])  # no solver step ran: the contiguous baseline
-    assert p.solver == "contiguous" and p.num_gpus == 4
+    assert p.report.solver == "contiguous" and p.num_gpus == 4
     for fmt in FORMAT_NAMES:
         path = ctx.files[f"export-{fmt}"]
         assert path.is_file() and str(path) in text
         gpus = None if fmt in ("vllm-ascend", "moeplace") else 4
         numbering = "model" if fmt in ("sglang", "trtllm") else "moe"
-        assert import_placement(path, fmt, numbering, moe_layers=[0, 1, 2], gpus=gpus).same_layout(p)
+        assert import_placement(path, fmt, numbering, moe_layers=[0, 1, 2], gpus=gpus) == p
     assert "--init-expert-location" in text and "expert_map_path" in text and "--extra_llm_api_options" in text

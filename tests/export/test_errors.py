@@ -181,7 +181,7 @@ def test_cli_round_trip_prints_the_loading_flag(cli, tmp_path):
     assert res.code == 0, res.err
     from placer.core.placement_io import load_placement
 
-    assert load_placement(tmp_path / "back.json").same_layout(p)
+    assert load_placement(tmp_path / "back.json") == p
     res = cli("export", src, "--format", "trtllm", "--out", tmp_path / "t.yaml", "--json")
     d = json.loads(res.out)
     assert d["layers"] == [3, 4] and d["layer_numbering"] == "model" and "load_balancer: " in d["loads_with"]

@@ -9,7 +9,8 @@ import pytest
 
 from placer.export import FORMAT_NAMES, export_placement, import_placement, read_stack
 from placer.export.registry import get_format
-from placer.core.placement import Placement
+from placer.core.objective import Objective, Quantity
+from placer.core.placement import Placement, SolveReport
 from placer.core.topology import preset
 
 # (format, file ending) for every encoding each format is written as.
@@ -26,7 +27,7 @@ def _random_placement(L=4, E=8, G=4, R=4, seed=0, layers=(3, 4, 6, 7), **kw) -> 
 
 
 def _same(a: Placement, b: Placement) -> None:
-    assert a.same_layout(b), (a.phy2log_LP, b.phy2log_LP)
+    assert a == b, (a.phy2log_LP, b.phy2log_LP)
     assert a.model_layer_indices == b.model_layer_indices
 
 
@@ -45,10 +46,13 @@ def test_export_import_round_trip(tmp_path, fmt, suffix, numbering, redundant):
 
 
 def test_moeplace_format_keeps_everything(tmp_path):
-    p = _random_placement(solver="greedy", status="FEASIBLE", objective=3.5, bound=3.0, gap=0.5 / 3.5,
-                          topology=preset(4))
+    report = SolveReport(solver="greedy", status="FEASIBLE", objective=Objective.of(Quantity.MAX_LOAD),
+                         objective_value=3.5, bound=3.0, gap=0.5 / 3.5)
+    p = _random_placement(report=report, topology=preset(4))
     export_placement(p, tmp_path / "p.json", "moeplace")
-    assert import_placement(tmp_path / "p.json", "moeplace") == p
+    back = import_placement(tmp_path / "p.json", "moeplace")
+    _same(back, p)
+    assert back.report == report and back.topology == p.topology
 
 
 def test_default_numbering_follows_each_stack(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.core.placement import Placement
+from placer.core.placement import Placement, SolveReport
 from placer.core.placement_io import save_placement
 from placer.replay.config import Case, ReplayConfig
 
@@ -26,7 +26,7 @@ def write_trace(path, tokens=600, layers=L, experts=E, top_k=2, drop_rate=0.05, 
 
 def plain_placement():
     """Contiguous: GPU g holds experts 2g, 2g+1 at every layer."""
-    return Placement(np.tile(np.arange(E), (L, 1)), num_gpus=G, num_experts=E, num_nodes=2, solver="contiguous")
+    return Placement(np.tile(np.arange(E), (L, 1)), num_gpus=G, num_experts=E, num_nodes=2, report=SolveReport(solver="contiguous"))
 
 
 def redundant_placement():
@@ -36,7 +36,7 @@ def redundant_placement():
         perm = np.roll(np.arange(E), l)
         rows.append([perm[0], perm[1], perm[4], perm[2], perm[3], perm[5], perm[6], perm[7], perm[0],
                      perm[1], perm[2], perm[3]])
-    return Placement(np.array(rows), num_gpus=G, num_experts=E, num_nodes=2, solver="manual")
+    return Placement(np.array(rows), num_gpus=G, num_experts=E, num_nodes=2)
 
 
 @pytest.fixture(scope="session")

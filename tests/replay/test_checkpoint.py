@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.placement import Placement
 from placer.core.placement_io import save_placement
 from placer.replay.experts import CheckpointExperts, swiglu
@@ -87,19 +87,19 @@ def test_fused_layout_and_refusals(tmp_path):
     ck = CheckpointExperts(tmp_path, (1,), E)
     g, u, d = ck.get(0, 2)
     assert torch.equal(g, gu[2, :F]) and torch.equal(u, gu[2, F:]) and torch.equal(d, down[2])
-    with pytest.raises(UsageError, match="gate_up_proj holds 4 experts, the trace 5"):
+    with pytest.raises(InputError, match="gate_up_proj holds 4 experts, the trace 5"):
         CheckpointExperts(tmp_path, (1,), 5)
-    with pytest.raises(UsageError, match="no routed expert weights found for decoder layer 0"):
+    with pytest.raises(InputError, match="no routed expert weights found for decoder layer 0"):
         CheckpointExperts(tmp_path, (0,), E)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_act": "gelu"}))
-    with pytest.raises(UsageError, match="'hidden_act' is 'gelu'; replay runs SwiGLU"):
+    with pytest.raises(InputError, match="'hidden_act' is 'gelu'; replay runs SwiGLU"):
         CheckpointExperts(tmp_path, (1,), E)
-    with pytest.raises(UsageError, match="is a file; --model takes a Hugging Face checkpoint folder"):
+    with pytest.raises(InputError, match="is a file; --model takes a Hugging Face checkpoint folder"):
         CheckpointExperts(tmp_path / "model.safetensors", (1,), E)
     np.testing.assert_equal(ck.key(0, 1), (1, 0, 1))
 
 
 def test_a_checkpoint_with_fewer_experts_than_the_trace_is_refused(checkpoint):
     path, _ = checkpoint
-    with pytest.raises(UsageError, match=r"experts\.4\..* is missing: the trace has 5 experts in decoder layers \[0, 1\]"):
+    with pytest.raises(InputError, match=r"experts\.4\..* is missing: the trace has 5 experts in decoder layers \[0, 1\]"):
         CheckpointExperts(path, (0, 1), 5)

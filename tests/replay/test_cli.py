@@ -75,7 +75,7 @@ def test_placements_that_do_not_fit_are_refused(cli, small_trace, placement_file
     assert_one_line_error(cli("replay", small_trace, placement_files[0], two), 2,
                           "two.json: placement is for 2 GPUs, plain for 4")
     assert_one_line_error(cli("replay", small_trace, tmp_path / "nope.json"), 2,
-                          "nope.json: placement file not found (nor a solver name: contiguous")
+                          "nope.json: placement file not found (nor a solver name: auto, contiguous")
     assert_one_line_error(cli("replay", small_trace, "contiguous"), 2, "names a solver: give --world-size")
     assert_one_line_error(cli("replay", tmp_path / "missing.parquet", placement_files[0]), 2,
                           "missing.parquet: trace file not found")

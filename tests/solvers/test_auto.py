@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.core.cost import evaluate_trace, measured_objective
+from placer.core.cost import evaluate_trace
 from solvers.instance import build_instance
-from solvers.objective import feasible, gpu_from_placement, lower_bound, terms
+from solvers.assignment import feasible, gpu_from_placement, terms
+from solvers.bounds import lower_bound
 from solvers.problem import SolveOptions
 from solvers.registry import get_solver
 from tests.solvers.helpers import problem_of, trace
@@ -46,21 +47,21 @@ def test_auto_never_worse_than_its_start_and_bounds_hold(mode, nodes, redundant)
     _, b = trace(3, 16, 3, 2000, seed=22, clusters=4)
     problem = problem_of(b, 16, 4, nodes, redundant, mode)
     p = get_solver("auto")(problem, SolveOptions(time_limit_s=3))
-    assert p.objective <= p.extra["start"]["objective"] + 1e-6
-    assert p.bound <= p.objective + 1e-6 and 0 <= p.gap < 1
+    assert p.report.objective_value <= p.report.extra["start"]["objective"] + 1e-6
+    assert p.report.bound <= p.report.objective_value + 1e-6 and 0 <= p.report.gap < 1
     inst = build_instance(problem, SolveOptions())
     gpu = gpu_from_placement(inst, p)
     assert gpu is not None and feasible(inst, gpu)
     # Every expert placed, copies by EPLB's rule, every GPU full; the objective is what evaluate measures.
     assert np.array_equal(p.logcnt_LE, inst.cnt_LE) and p.num_slots == 16 + redundant
     r = evaluate_trace(b, p, problem.topology, mode)
-    assert measured_objective(r, p.objective_name) == pytest.approx(p.objective, rel=1e-9)
+    assert p.report.objective.measure(r) == pytest.approx(p.report.objective_value, rel=1e-9)
     # Start from a baseline never beats the solver.
     for name in ("greedy", "contiguous"):
         base = get_solver(name)(problem)
         g = gpu_from_placement(inst, base)
         if g is not None and feasible(inst, g):
-            assert terms(inst, g).value >= p.objective - 1e-6
+            assert terms(inst, g).value >= p.report.objective_value - 1e-6
 
 
 @pytest.mark.parametrize("solver", ["auto", "cpsat"])
@@ -68,10 +69,10 @@ def test_a_tiny_time_limit_gives_a_feasible_placement_with_bound_and_gap(solver)
     _, b = trace(6, 16, 2, 3000, seed=23, clusters=4)
     problem = problem_of(b, 16, 4, 2, 0, "coherent")
     p = get_solver(solver)(problem, SolveOptions(time_limit_s=0.05))
-    assert p.status == "FEASIBLE"
-    assert p.bound is not None and p.bound < p.objective and p.gap > 0
+    assert p.report.status == "FEASIBLE"
+    assert p.report.bound is not None and p.report.bound < p.report.objective_value and p.report.gap > 0
     lb, _ = lower_bound(build_instance(problem, SolveOptions()))
-    assert p.bound >= lb - 1e-6
+    assert p.report.bound >= lb - 1e-6
 
 
 def test_auto_is_deterministic_on_a_large_instance():
@@ -80,9 +81,9 @@ def test_auto_is_deterministic_on_a_large_instance():
     problem = problem_of(b, 64, 16, 2, 0, "coherent")
     a = get_solver("auto")(problem, SolveOptions(time_limit_s=1.5, seed=5))
     c = get_solver("auto")(problem, SolveOptions(time_limit_s=1.5, seed=5))
-    assert "cpsat" not in a.extra and not a.extra["stopped_by_wall_clock"]
-    assert a.same_layout(c) and a.objective == c.objective
-    assert a.extra["iterated_local_search"]["rounds"] > 0
+    assert "cpsat" not in a.report.extra and not a.report.extra["stopped_by_wall_clock"]
+    assert a == c and a.report.objective_value == c.report.objective_value
+    assert a.report.extra["iterated_local_search"]["rounds"] > 0
 
 
 def test_auto_ep_large_layers_use_a_sample_and_stay_exact():
@@ -98,8 +99,8 @@ def test_auto_ep_large_layers_use_a_sample_and_stay_exact():
     finally:
         localsearch.SAMPLE_TYPES = old
     r = evaluate_trace(b, p, problem.topology, "ep")
-    assert measured_objective(r, p.objective_name) == pytest.approx(p.objective, rel=1e-9)
-    assert p.objective < p.extra["start"]["objective"]
+    assert p.report.objective.measure(r) == pytest.approx(p.report.objective_value, rel=1e-9)
+    assert p.report.objective_value < p.report.extra["start"]["objective"]
 
 
 def test_load_only_statistics_balance_only():
@@ -113,8 +114,8 @@ def test_load_only_statistics_balance_only():
     greedy = evaluate_load(load, get_solver("greedy")(problem)).max_load_L.sum()
     for name in ("auto", "cpsat"):
         p = get_solver(name)(problem, SolveOptions(time_limit_s=2))
-        assert p.objective_name.endswith("*max_load") and "+" not in p.objective_name
-        assert p.extra["note"] == "load-only statistics: balance only"
+        assert p.report.objective.name.endswith("*max_load") and "+" not in p.report.objective.name
+        assert p.report.extra["note"] == "load-only statistics: balance only"
         assert evaluate_load(load, p).max_load_L.sum() <= greedy + 1e-9
 
 
@@ -124,6 +125,6 @@ def test_statistics_file_input_is_exact_for_top2():
     for mode in ("ep", "coherent"):
         problem = problem_of(b, 16, 4, 1, 0, mode, paths=False)
         p = get_solver("auto")(problem, SolveOptions(time_limit_s=2))
-        assert not p.extra["objective_is_estimate"]
+        assert not p.report.extra["objective_is_estimate"]
         r = evaluate_trace(b, p, problem.topology, mode)
-        assert measured_objective(r, p.objective_name) == pytest.approx(p.objective, rel=1e-9)
+        assert p.report.objective.measure(r) == pytest.approx(p.report.objective_value, rel=1e-9)

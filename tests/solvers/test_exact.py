@@ -13,7 +13,7 @@ from placer.core.topology import Topology
 from placer.core.trace.schema import RoutingBatch
 from solvers import exact
 from solvers.instance import build_instance
-from solvers.objective import feasible, gpu_from_placement, terms
+from solvers.assignment import feasible, gpu_from_placement, terms
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import get_solver
 from tests.solvers.helpers import brute_force, problem_of, trace
@@ -44,10 +44,10 @@ def test_auto_and_cpsat_find_the_enumerated_optimum(case):
     best = brute_force(inst, lambda g: terms(inst, g).value, lambda g: feasible(inst, g))
     for name in ("auto", "cpsat"):
         p = get_solver(name)(problem, SolveOptions(time_limit_s=30, params=params))
-        assert p.status == "OPTIMAL", (name, p.status, p.gap)
-        assert p.objective == pytest.approx(best), name
-        assert p.bound == pytest.approx(best) and p.gap == 0.0
-        assert terms(inst, gpu_from_placement(inst, p)).value == pytest.approx(p.objective)
+        assert p.report.status == "OPTIMAL", (name, p.report.status, p.report.gap)
+        assert p.report.objective_value == pytest.approx(best), name
+        assert p.report.bound == pytest.approx(best) and p.report.gap == 0.0
+        assert terms(inst, gpu_from_placement(inst, p)).value == pytest.approx(p.report.objective_value)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[5] == 1 and c[6] == 0], ids=lambda c: "-".join(map(str, c)))
@@ -70,15 +70,15 @@ def test_exflow_finds_the_fewest_hops_and_agrees_with_cpsat():
     best = brute_force(inst, lambda g: terms(inst, g).gpus_L.sum(), lambda g: True)
     for backend in ("cbc", "highs"):
         p = get_solver("exflow")(problem, SolveOptions(time_limit_s=30, params={"backend": backend, "batches": 2}))
-        assert p.objective_name == "exflow_hops"
-        assert p.status == "OPTIMAL" and p.objective == pytest.approx(best), backend
-        assert [h["batch"] for h in p.extra["batches"]] == [1, 2]
+        assert p.report.objective.name == "exflow_hops"
+        assert p.report.status == "OPTIMAL" and p.report.objective_value == pytest.approx(best), backend
+        assert [h["batch"] for h in p.report.extra["batches"]] == [1, 2]
     c = get_solver("cpsat")(problem, SolveOptions(time_limit_s=30, params={"balance_weight": 0, "max_imbalance": 0}))
-    assert c.status == "OPTIMAL" and c.objective == pytest.approx(best)
+    assert c.report.status == "OPTIMAL" and c.report.objective_value == pytest.approx(best)
 
 
 def test_moetuner_stages_are_optimal_for_their_own_objectives():
-    from solvers.moetuner import cluster_traffic, link_cost_us, stage1, stage2_joint
+    from solvers.moetuner import cluster_traffic, stage1, stage2_joint
 
     _, b = trace(3, 6, 2, 600, seed=12)
     problem = problem_of(b, 6, 3, 1, 0, "coherent")
@@ -93,7 +93,7 @@ def test_moetuner_stages_are_optimal_for_their_own_objectives():
     # Stage 2: the largest link time over every mapping of clusters to GPUs, layer 0's fixed (GPUs alike).
     cl = np.stack([stage1(problem.load_LE[l], 3, "highs", 10, 1, 0)[0] for l in range(3)])
     C = np.stack([cluster_traffic(problem.trans_LEE[l].astype(float), cl[l], cl[l + 1], 3) for l in range(2)])
-    cost = link_cost_us(problem.topology)
+    cost = problem.topology.token_link_us_GG()
     brute = np.inf
     for p1, p2 in itertools.product(itertools.permutations(range(3)), repeat=2):
         gpu = [np.arange(3), np.array(p1), np.array(p2)]
@@ -103,8 +103,8 @@ def test_moetuner_stages_are_optimal_for_their_own_objectives():
     gpu, t_max, res = stage2_joint(C, cost, 1, "highs", 20, 1, 0)
     assert res.status == "OPTIMAL" and t_max == pytest.approx(brute, rel=1e-6)
     p = get_solver("moetuner")(problem, SolveOptions(time_limit_s=30, params={"backend": "highs"}))
-    assert p.status == "OPTIMAL" and p.objective_name == "moetuner_max_link_us"
-    assert p.extra["stage2"] == "joint" and "terms" in p.extra["cost"]
+    assert p.report.status == "OPTIMAL" and p.report.objective.name == "moetuner_max_link_us"
+    assert p.report.extra["stage2"] == "joint" and "terms" in p.report.extra["cost"]
 
 
 def _pair_splits(n):
@@ -135,15 +135,15 @@ def test_worked_example_golden():
     problem = PlacementProblem(load_LE=load, topology=Topology(2), mode="coherent", top_k=1,
                                paths_TLK=paths, seq_T=batch.seq_T)
     p = get_solver("auto")(problem, SolveOptions(time_limit_s=5, params={"balance_weight": 1}))
-    assert p.status == "OPTIMAL" and p.objective == 20.0 and p.bound == 20.0
+    assert p.report.status == "OPTIMAL" and p.report.objective_value == 20.0 and p.report.bound == 20.0
     assert p.phy2log_LP.tolist() == [[0, 1, 2, 3], [2, 3, 0, 1]]
-    assert p.objective_name == "1.0*coherent_pair_hops+1.0*max_load"
+    assert p.report.objective.name == "1.0*coherent_pair_hops+1.0*max_load"
     c = get_solver("contiguous")(problem)
-    from placer.core.cost import evaluate_trace, measured_objective
+    from placer.core.cost import evaluate_trace
 
-    assert measured_objective(evaluate_trace(batch, c, mode="coherent"), p.objective_name) == 40.0
+    assert p.report.objective.measure(evaluate_trace(batch, c, mode="coherent")) == 40.0
     r = evaluate_trace(batch, p, mode="coherent")
-    assert r.pair_hops_L1.tolist() == [0] and measured_objective(r, p.objective_name) == 20.0
+    assert r.pair_hops_L1.tolist() == [0] and p.report.objective.measure(r) == 20.0
 
 
 @pytest.mark.parametrize("gpus", [4, 8])
@@ -154,5 +154,5 @@ def test_mixtral_shape_is_proven_optimal_fast(gpus, mode):
     problem = problem_of(b, 8, gpus, 1, 0, mode)
     t0 = time.perf_counter()
     p = get_solver("auto")(problem, SolveOptions(time_limit_s=10))
-    assert p.status == "OPTIMAL" and p.gap == 0.0
+    assert p.report.status == "OPTIMAL" and p.report.gap == 0.0
     assert time.perf_counter() - t0 < 30  # 10 s target on an idle machine; generous under shared load

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placer.core.cost import evaluate_trace, measured_objective
-from placer.core.placement import Placement
+from placer.core.cost import evaluate_trace
+from placer.core.objective import Objective, Quantity, Term, Weights
+from placer.core.placement import Placement, SolveReport
+from placer.core.topology import Topology
 from placer.core.trace.schema import RoutingBatch
-from solvers.instance import Weights, build_instance, sort_copies
-from solvers.objective import (feasible, gpu_from_placement, lower_bound, objective_name, pair_weights,
-                               rows_from_gpu, star_lb, terms)
+from solvers.assignment import feasible, gpu_from_placement, terms
+from solvers.bounds import lower_bound, star_lb
+from solvers.instance import build_instance, max_imbalance_of, sort_copies
 from solvers.problem import SolveOptions
 from tests.solvers.helpers import brute_force, problem_of, trace
 
@@ -32,7 +34,7 @@ def test_objective_equals_cost_model(mode, redundant, nodes):
     for _ in range(3):
         gpu = random_assignment(inst, rng)
         t = terms(inst, gpu)
-        placement = Placement(rows_from_gpu(inst, gpu), 4, 8, nodes, topology=problem.topology)
+        placement = problem.placement(gpu, inst.item_expert_LP, SolveReport())
         assert np.array_equal(gpu_from_placement(inst, placement), gpu)
         r = evaluate_trace(b, placement, problem.topology, mode)
         assert np.array_equal(r.max_load_L, t.maxload_L)
@@ -40,7 +42,7 @@ def test_objective_equals_cost_model(mode, redundant, nodes):
             assert np.array_equal(r.pair_hops_L1, t.gpus_L) and np.array_equal(r.node_pair_hops_L1, t.nodes_L)
         else:
             assert np.array_equal(r.dispatch_gpus_L, t.gpus_L) and np.array_equal(r.dispatch_nodes_L, t.nodes_L)
-        assert measured_objective(r, objective_name(inst)) == pytest.approx(t.value, rel=1e-12)
+        assert inst.objective.measure(r) == pytest.approx(t.value, rel=1e-12)
 
 
 def test_ep_objective_is_remote_fanout_averaged_over_home_ranks():
@@ -50,7 +52,7 @@ def test_ep_objective_is_remote_fanout_averaged_over_home_ranks():
     problem = problem_of(b, 8, 4, 2, 0, "ep")
     inst = build_instance(problem, SolveOptions())
     gpu = random_assignment(inst, np.random.default_rng(1))
-    placement = Placement(rows_from_gpu(inst, gpu), 4, 8, 2, topology=problem.topology)
+    placement = problem.placement(gpu, inst.item_expert_LP, SolveReport())
     remote = np.zeros(2)
     for r in range(4):
         shifted = RoutingBatch(experts_TLK=b.experts_TLK, seq_T=b.seq_T + r)
@@ -61,15 +63,20 @@ def test_ep_objective_is_remote_fanout_averaged_over_home_ranks():
     assert remote[1] / 4 == pytest.approx(t.nodes_L.sum() * 1 / 2)
 
 
-def test_weighted_objective_names_are_measured():
+def test_weighted_objectives_are_measured_and_recorded():
     _, b = trace(2, 8, 2, 500, seed=3)
     problem = problem_of(b, 8, 4, 1, 0, "coherent")
     placement = Placement(np.tile(np.arange(8), (2, 1)), 4, 8, topology=problem.topology)
     r = evaluate_trace(b, placement, problem.topology, "coherent")
-    v = measured_objective(r, "2.5*coherent_pair_hops+1.0*max_load")
-    assert v == pytest.approx(2.5 * r.pair_hops_L1.sum() + r.max_load_L.sum())
-    assert measured_objective(r, "2*coherent_pair_hops+x*max_load") is None
-    assert measured_objective(r, "1*ep_dispatch_gpus") is None  # another mode
+    objective = Objective((Term(Quantity.COHERENT_PAIR_HOPS, 2.5), Term(Quantity.MAX_LOAD, 1.0)))
+    assert objective.measure(r) == pytest.approx(2.5 * r.pair_hops_L1.sum() + r.max_load_L.sum())
+    assert objective.name == "2.5*coherent_pair_hops+1.0*max_load"
+    assert Objective.from_dict(objective.to_dict()) == objective
+    assert Objective.of(Quantity.EP_DISPATCH_GPUS).measure(r) is None  # another mode
+    with pytest.raises(ValueError, match="unknown quantity 'x'"):
+        Objective.from_dict([{"quantity": "x", "weight": 1.0}])
+    with pytest.raises(ValueError, match="mixes the traffic models"):
+        Objective((Term(Quantity.COHERENT_PAIR_HOPS, 1.0), Term(Quantity.EP_DISPATCH_GPUS, 1.0)))
 
 
 @pytest.mark.parametrize("mode,L,E,K,G,N", [("ep", 2, 6, 3, 2, 1), ("coherent", 2, 6, 2, 3, 1),
@@ -88,7 +95,7 @@ def test_star_bound_holds_for_every_assignment():
     _, b = trace(1, 16, 4, 2000, seed=5, clusters=4)
     inst = build_instance(problem_of(b, 16, 4, 2, 0, "ep"), SolveOptions())
     t = inst.types_L[0]
-    W = pair_weights(inst, 0)
+    W = inst.pair_weights(0)
     tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, 4), minlength=16)
     lb_gpu, lb_node = star_lb(W, tot, 4, 4), star_lb(W, tot, 8, 4)
     rng = np.random.default_rng(0)
@@ -110,20 +117,19 @@ def test_statistics_without_paths_are_exact_for_top2_and_estimates_otherwise():
 
 
 def test_weights_defaults_and_errors():
-    from placer.core.topology import Topology
-
-    w = Weights.from_params({}, Topology(8, 2))
+    w = Weights.for_topology(Topology(8, 2), "ep")
     # NVLink 450 GB/s vs network 50 GB/s; a token of expert compute (6 x 7168 x 2048 FLOP at 600 TFLOP/s)
     # against a 14,336-byte NVLink message, spread over 8 GPUs, halved in ep mode (two messages per remote).
-    assert (w.intra_weight, w.inter_weight, w.balance_weight, w.max_imbalance) == (1.0, 9.0, 18.432, 1.05)
-    assert Weights.from_params({}, Topology(8, 2), "coherent").balance_weight == 36.864
-    for params, msg in [({"balance_weight": -1}, "balance_weight (-1) must be >= 0"),
-                        ({"intra_weight": -0.5}, "intra_weight (-0.5) must be >= 0"),
-                        ({"intra_weight": 2, "inter_weight": 1}, "inter_weight (1.0) must be >= intra_weight (2.0)"),
-                        ({"max_imbalance": 0.9}, "max_imbalance (0.9) must be >= 1"),
-                        ({"balance_weight": "x"}, "balance_weight must be a finite number")]:
+    assert (w.intra_weight, w.inter_weight, w.balance_weight, max_imbalance_of({})) == (1.0, 9.0, 18.432, 1.05)
+    assert Weights.for_topology(Topology(8, 2), "coherent").balance_weight == 36.864
+    for given, msg in [({"balance_weight": -1}, "balance_weight (-1.0) must be >= 0"),
+                       ({"intra_weight": -0.5}, "intra_weight (-0.5) must be >= 0"),
+                       ({"intra_weight": 2, "inter_weight": 1}, "inter_weight (1.0) must be >= intra_weight (2.0)"),
+                       ({"balance_weight": "x"}, "balance_weight must be a finite number")]:
         with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-            Weights.from_params(params, Topology(8, 2))
+            Weights.for_topology(Topology(8, 2), "ep", **given)
+    with pytest.raises(ValueError, match=r"max_imbalance \(0.9\) must be >= 1"):
+        max_imbalance_of({"max_imbalance": 0.9})
 
 
 def test_explicit_cap_below_what_any_placement_reaches_is_refused():

@@ -65,7 +65,7 @@ def test_solve_milp_solvers(cli, train, tmp_path):
     (["--balance-weight", "-1"], 2, ["auto: balance_weight (-1.0) must be >= 0"]),
     (["--intra-weight", "2", "--inter-weight", "1"], 2, ["inter_weight (1.0) must be >= intra_weight (2.0)"]),
     (["--max-imbalance", "1.0"], 2, ["max_imbalance 1.0 caps layer", "but no placement goes below"]),
-    (["--backend", "highs"], 2, ["--backend applies to moetuner, exflow, not auto"]),
+    (["--backend", "highs"], 2, ["--backend applies to exflow, moetuner, not auto"]),
     (["--solver", "moetuner", "--backend", "glpk"], 2, ["backend 'glpk' is not one of cbc, highs"]),
     (["--solver", "moetuner", "--redundant", "4"], 2, ["moetuner places each expert once; redundant (4) must be 0"]),
     (["--solver", "greedy", "--balance-weight", "1"], 2, ["--balance-weight applies to auto, cpsat, not greedy"]),

@@ -6,7 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.stats import compute_stats
 from placer.plots.graph import build_graph, write_graph
 from placer.plots.stats import default_layers, write_plots
@@ -46,7 +46,7 @@ def test_min_prob_prunes_and_gexf_reads_back(tmp_path):
     write_graph(tmp_path / "g.gexf", s, min_prob=0.6)
     g = nx.read_gexf(tmp_path / "g.gexf")
     assert g.number_of_edges() == pruned.number_of_edges()
-    with pytest.raises(UsageError, match="use .graphml or .gexf"):
+    with pytest.raises(InputError, match="use .graphml or .gexf"):
         write_graph(tmp_path / "g.dot", s)
 
 
@@ -60,5 +60,5 @@ def test_heatmaps_are_png_files(tmp_path):
     assert default_layers(58) == [0, 28, 56]
     files = write_plots(tmp_path / "p2", s, layers=[1])
     assert [f.name for f in files] == ["load.png", "coactivation_L1.png"]  # no layer after the last one
-    with pytest.raises(UsageError, match="--plot-layers 2: outside the 2 MoE layers"):
+    with pytest.raises(InputError, match="--plot-layers 2: outside the 2 MoE layers"):
         write_plots(tmp_path / "p3", s, layers=[2])

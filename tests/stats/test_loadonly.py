@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.stats import load_only_stats, load_stats
 from tests.conftest import assert_one_line_error
 
@@ -81,7 +81,7 @@ def test_cli_load_only_summary_and_stats_file(tmp_path, cli):
     assert s.load_only
     np.testing.assert_array_equal(s.load_LE, LOAD)
     # Downstream code that needs affinity refuses it with a clear message.
-    with pytest.raises(UsageError, match="needs co-activation and transition counts.*loads only"):
+    with pytest.raises(InputError, match="needs co-activation and transition counts.*loads only"):
         s.require_affinity("the coherent solver")
     res = cli("stats", "--load", tmp_path / "l.npy", "--graph", tmp_path / "g.graphml")
     assert_one_line_error(res, 2, "--graph needs co-activation", "l.npy")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.tiny.corpus import load_corpus, load_manifest
 from tests.conftest import assert_one_line_error
 
@@ -44,9 +44,9 @@ def test_corpus_check_names_the_differing_file(tmp_path):
     root = tmp_path / "lib"
     (root / f["path"]).parent.mkdir(parents=True)
     (root / f["path"]).write_text("changed\n")
-    with pytest.raises(UsageError, match=f"{f['path']}: sha256 differs from the manifest's .*--allow-corpus-mismatch"):
+    with pytest.raises(InputError, match=f"{f['path']}: sha256 differs from the manifest's .*--allow-corpus-mismatch"):
         load_corpus({**manifest, "files": [f]}, root=root)
-    with pytest.raises(UsageError, match="corpus file of the manifest is missing"):
+    with pytest.raises(InputError, match="corpus file of the manifest is missing"):
         load_corpus({**manifest, "files": manifest["files"][1:2]}, root=root)
 
 

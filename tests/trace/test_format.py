@@ -93,9 +93,9 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
 
 
 def test_an_empty_trace_is_never_written(tmp_path):
-    from placer.core.errors import UsageError
+    from placer.core.errors import InputError
 
-    with pytest.raises(UsageError, match="no tokens"):
+    with pytest.raises(InputError, match="no tokens"):
         with TraceWriter(tmp_path / "e.parquet", TraceMeta(num_layers=1, num_experts=2, top_k=1)):
             pass
     assert list(tmp_path.iterdir()) == []

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
+from placer.core.stats.fast import count_batch, symmetrize_coact
 from placer.core.trace.schema import RoutingBatch, expert_dtype
 
 # The count arrays of full statistics, in the order they are saved; all int64.
@@ -66,10 +67,10 @@ class RoutingStats:
         return self.trans_LEE is None or self.coact_LEE is None
 
     def require_affinity(self, what: str) -> None:
-        """Raise a UsageError naming ``what`` if these statistics hold loads only."""
+        """Raise a InputError naming ``what`` if these statistics hold loads only."""
         if self.load_only:
             src = ", ".join(self.sources) or "these statistics"
-            raise UsageError(f"{what} needs co-activation and transition counts, but {src} holds expert loads "
+            raise InputError(f"{what} needs co-activation and transition counts, but {src} holds expert loads "
                              f"only (a load matrix or an SGLang stat dump); give a trace or a full stats file")
 
     @classmethod
@@ -126,8 +127,6 @@ class FastCounter:
 
     def add(self, experts_TLK: np.ndarray, present_TL: np.ndarray | None = None) -> None:
         """Count a batch: ``experts_TLK`` [T, L, K] ids in rank order, ``present_TL`` [T, L] or None."""
-        from placer.core.stats.fast import count_batch
-
         L, E, K = self.shape
         if experts_TLK.ndim != 3 or experts_TLK.shape[1:] != (L, K):
             raise ValueError(f"batch has routing of shape {experts_TLK.shape[1:]}, expected (layers, top_k) = {(L, K)}")
@@ -147,8 +146,6 @@ class FastCounter:
         self.tokens += T
 
     def result(self, **kw: Any) -> RoutingStats:
-        from placer.core.stats.fast import symmetrize_coact
-
         L, E, K = self.shape
         return RoutingStats(L, E, K, load_LE=self.load_LE.copy(), tokens=self.tokens, load1_LE=self.load1_LE.copy(),
                             coact_LEE=symmetrize_coact(self.coact_up_LEE, self.load_LE),
@@ -192,10 +189,10 @@ def merge_stats(parts: Sequence[RoutingStats]) -> RoutingStats:
         where_a = ", ".join(first.sources) or "first statistics"
         where_b = ", ".join(p.sources) or "other statistics"
         if p.shape != first.shape:
-            raise UsageError(f"{where_b}: shape (layers, experts, top_k) = {p.shape} differs from {where_a}: "
+            raise InputError(f"{where_b}: shape (layers, experts, top_k) = {p.shape} differs from {where_a}: "
                              f"{first.shape}; only statistics of one model can be merged")
         if p.moe_layer_indices and first.moe_layer_indices and p.moe_layer_indices != first.moe_layer_indices:
-            raise UsageError(f"{where_b}: moe_layer_indices {list(p.moe_layer_indices)} differ from {where_a}: "
+            raise InputError(f"{where_b}: moe_layer_indices {list(p.moe_layer_indices)} differ from {where_a}: "
                              f"{list(first.moe_layer_indices)}")
     load_only = any(p.load_only for p in parts)
     names = [n for n in COUNT_FIELDS if all(getattr(p, n) is not None for p in parts)]

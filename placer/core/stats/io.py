@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import atomic_path, require_file
 from placer.core.stats.core import COUNT_FIELDS, RoutingStats, merge_stats
 
@@ -71,51 +71,51 @@ def _shape_of(name: str, L: int, E: int) -> tuple[int, ...]:
 
 
 def load_stats(path: str | os.PathLike) -> RoutingStats:
-    """Read a stats file written by ``save_stats``; any problem is a one-line ``UsageError`` naming the file."""
+    """Read a stats file written by ``save_stats``; any problem is a one-line ``InputError`` naming the file."""
     p = require_file(path, "stats file")
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UsageError(f"{p}: not a moeplace stats file (.npz): {first_line(exc, 160)}") from None
+        raise InputError(f"{p}: not a moeplace stats file (.npz): {first_line(exc, 160)}") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise UsageError(f"{p}: not a moeplace stats file: a single .npy array (for a load matrix use --load)")
+        raise InputError(f"{p}: not a moeplace stats file: a single .npy array (for a load matrix use --load)")
     with z:
         if "meta_json" not in z.files:
-            raise UsageError(f"{p}: no 'meta_json' entry; not a moeplace stats file (arrays: {', '.join(z.files[:8])})")
+            raise InputError(f"{p}: no 'meta_json' entry; not a moeplace stats file (arrays: {', '.join(z.files[:8])})")
         try:
             meta = json.loads(str(z["meta_json"]))
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"{p}: meta_json is not valid JSON ({exc})") from None
+            raise InputError(f"{p}: meta_json is not valid JSON ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UsageError(f"{p}: meta_json format is {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+            raise InputError(f"{p}: meta_json format is {meta.get('format') if isinstance(meta, dict) else meta!r}, "
                              f"expected {FORMAT!r}")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
-            raise UsageError(f"{p}: format_version is {version!r}; this moeplace reads stats format version "
+            raise InputError(f"{p}: format_version is {version!r}; this moeplace reads stats format version "
                              f"{FORMAT_VERSION}")
         for key in ("num_layers", "num_experts", "top_k"):
             v = meta.get(key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UsageError(f"{p}: meta_json field '{key}' must be a positive integer, got {v!r}")
+                raise InputError(f"{p}: meta_json field '{key}' must be a positive integer, got {v!r}")
         L, E, K = meta["num_layers"], meta["num_experts"], meta["top_k"]
 
         def read(prefix: str, m: dict[str, Any]) -> RoutingStats:
             counts = {}
             for name in m.get("arrays", []):
                 if name not in COUNT_FIELDS:
-                    raise UsageError(f"{p}: meta_json lists unknown array {name!r}")
+                    raise InputError(f"{p}: meta_json lists unknown array {name!r}")
                 key = prefix + name
                 if key not in z.files:
-                    raise UsageError(f"{p}: array '{key}' is missing")
+                    raise InputError(f"{p}: array '{key}' is missing")
                 a = z[key]
                 if a.shape != _shape_of(name, L, E):
-                    raise UsageError(f"{p}: array '{key}' has shape {list(a.shape)}, expected "
+                    raise InputError(f"{p}: array '{key}' has shape {list(a.shape)}, expected "
                                      f"{list(_shape_of(name, L, E))} for {L} layers x {E} experts")
                 if not np.issubdtype(a.dtype, np.integer):
-                    raise UsageError(f"{p}: array '{key}' holds {a.dtype}, expected integer counts")
+                    raise InputError(f"{p}: array '{key}' holds {a.dtype}, expected integer counts")
                 counts[name] = a.astype(np.int64)
             if "load_LE" not in counts:
-                raise UsageError(f"{p}: array '{prefix}load_LE' is missing")
+                raise InputError(f"{p}: array '{prefix}load_LE' is missing")
             return RoutingStats(L, E, K, tokens=int(m.get("tokens", 0)), model_name=str(meta.get("model_name", "unknown")),
                                 moe_layer_indices=tuple(meta.get("moe_layer_indices") or range(L)),
                                 sources=tuple(m.get("sources", ())), extra=dict(m.get("extra") or {}), **counts)
@@ -123,7 +123,7 @@ def load_stats(path: str | os.PathLike) -> RoutingStats:
         s = read("", meta)
         names, split_meta = meta.get("splits", []), meta.get("split_meta", [])
         if len(names) != len(split_meta):
-            raise UsageError(f"{p}: meta_json lists {len(names)} splits but {len(split_meta)} split_meta entries")
+            raise InputError(f"{p}: meta_json lists {len(names)} splits but {len(split_meta)} split_meta entries")
         for i, (n, m) in enumerate(zip(names, split_meta)):
             sub = read(f"split{i}.", m)
             sub.model_name = s.model_name
@@ -134,10 +134,10 @@ def load_stats(path: str | os.PathLike) -> RoutingStats:
 def merge_files(paths: Sequence[str | os.PathLike]) -> RoutingStats:
     """The sum of several stats files (equal to the statistics of the concatenated traces)."""
     if not paths:
-        raise UsageError("no stats files to merge")
+        raise InputError("no stats files to merge")
     parts = [load_stats(p) for p in paths]
     for path, s in zip(paths[1:], parts[1:]):
         if s.shape != parts[0].shape:
-            raise UsageError(f"{path}: shape (layers, experts, top_k) = {s.shape} differs from {paths[0]}: "
+            raise InputError(f"{path}: shape (layers, experts, top_k) = {s.shape} differs from {paths[0]}: "
                              f"{parts[0].shape}; only statistics of one model can be merged")
     return merge_stats(parts)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.fileio import require_file
 from placer.core.stats.core import RoutingStats
 
@@ -36,26 +36,26 @@ def _as_counts(a: Any, path: Path, what: str) -> np.ndarray:
     try:
         arr = np.asarray(a.cpu().numpy() if hasattr(a, "cpu") else a)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"{path}: {what} is not a numeric array ({exc})") from None
+        raise InputError(f"{path}: {what} is not a numeric array ({exc})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
                                    or arr.dtype == bool):
-        raise UsageError(f"{path}: {what} holds {arr.dtype} values, expected token counts")
+        raise InputError(f"{path}: {what} holds {arr.dtype} values, expected token counts")
     if arr.size == 0:
-        raise UsageError(f"{path}: {what} is empty (shape {list(arr.shape)})")
+        raise InputError(f"{path}: {what} is empty (shape {list(arr.shape)})")
     if np.issubdtype(arr.dtype, np.floating):
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             idx = tuple(int(i[0]) for i in np.nonzero(bad))
-            raise UsageError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is not a whole number; loads must be token counts")
+            raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is not a whole number; loads must be token counts")
     if (arr < 0).any():
         idx = tuple(int(i[0]) for i in np.nonzero(arr < 0))
-        raise UsageError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is negative; loads must be token counts")
+        raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is negative; loads must be token counts")
     return arr.astype(np.int64)
 
 
 def _matrix(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
     if arr.ndim != 2:
-        raise UsageError(f"{path}: {what} has shape {list(arr.shape)}, expected [layers, experts]")
+        raise InputError(f"{path}: {what} has shape {list(arr.shape)}, expected [layers, experts]")
     return arr
 
 
@@ -67,7 +67,7 @@ def _read_csv(path: Path) -> np.ndarray:
         except ValueError as exc:
             err = exc
     else:
-        raise UsageError(f"{path}: not a comma-separated matrix of numbers ({first_line(err, 120)})")
+        raise InputError(f"{path}: not a comma-separated matrix of numbers ({first_line(err, 120)})")
     return arr
 
 
@@ -78,13 +78,13 @@ def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         msg = first_line(exc, 160)
-        raise UsageError(f"{path}: not a readable torch file ({msg})") from None
+        raise InputError(f"{path}: not a readable torch file ({msg})") from None
     if isinstance(data, dict):
         if "logical_count" not in data:
             if "records" in data:
-                raise UsageError(f"{path}: an SGLang per_token dump (records), not a stat dump; convert it with "
+                raise InputError(f"{path}: an SGLang per_token dump (records), not a stat dump; convert it with "
                                  f"`moeplace import` and compute full statistics from the trace")
-            raise UsageError(f"{path}: no 'logical_count' key; not an SGLang stat dump "
+            raise InputError(f"{path}: no 'logical_count' key; not an SGLang stat dump "
                              f"(found: {', '.join(map(str, data))})")
         counts = _as_counts(data["logical_count"], path, "logical_count")
         if counts.ndim == 3:
@@ -93,7 +93,7 @@ def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         elif counts.ndim == 2:
             steps = None
         else:
-            raise UsageError(f"{path}: logical_count has shape {list(counts.shape)}, expected "
+            raise InputError(f"{path}: logical_count has shape {list(counts.shape)}, expected "
                              f"[steps, layers, experts] or [layers, experts]")
         info: dict[str, Any] = {"load_source": "sglang-stat", "steps": steps}
         rate = data.get("average_utilization_rate_over_window")
@@ -102,7 +102,7 @@ def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         return counts, info
     if hasattr(data, "shape"):
         return _matrix(_as_counts(data, path, "tensor"), path, "tensor"), {"load_source": "pt"}
-    raise UsageError(f"{path}: holds a {type(data).__name__}; expected a [layers, experts] tensor or an SGLang "
+    raise InputError(f"{path}: holds a {type(data).__name__}; expected a [layers, experts] tensor or an SGLang "
                      f"stat dump (a dict with logical_count)")
 
 
@@ -116,7 +116,7 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
         try:
             raw = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{p}: not a readable .npy array ({first_line(exc, 160)})") from None
+            raise InputError(f"{p}: not a readable .npy array ({first_line(exc, 160)})") from None
         load, info = _matrix(_as_counts(raw, p, "array"), p, "array"), {"load_source": "npy"}
     elif suffix == ".csv":
         load, info = _matrix(_as_counts(_read_csv(p), p, "matrix"), p, "matrix"), {"load_source": "csv"}
@@ -125,21 +125,21 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
         if info["load_source"] == "sglang-stat":
             used = load.sum(axis=1) > 0
             if not used.any():
-                raise UsageError(f"{p}: logical_count is all zero; the dump recorded no tokens")
+                raise InputError(f"{p}: logical_count is all zero; the dump recorded no tokens")
             if not used.all():
                 layers = [int(i) for i in np.nonzero(used)[0]]
                 notes.append(f"{int((~used).sum())} all-zero layers of {used.size} dropped as dense layers; "
                              f"kept model layers {layers[0]}..{layers[-1]}")
                 load = load[used]
     elif suffix == ".npz":
-        raise UsageError(f"{p}: a stats file, not a load file: give it as an input (`moeplace stats {p.name}`), "
+        raise InputError(f"{p}: a stats file, not a load file: give it as an input (`moeplace stats {p.name}`), "
                          f"not with --load")
     else:
-        raise UsageError(f"{p}: unknown load file type '{p.suffix}'; expected .npy, .csv or .pt "
+        raise InputError(f"{p}: unknown load file type '{p.suffix}'; expected .npy, .csv or .pt "
                          f"(a [layers, experts] matrix or an SGLang stat dump)")
     L, E = load.shape
     if top_k is not None and not 1 <= top_k <= E:
-        raise UsageError(f"--top-k {top_k} must be between 1 and the file's {E} experts")
+        raise InputError(f"--top-k {top_k} must be between 1 and the file's {E} experts")
     tokens_L = None
     tokens = 0
     if top_k is not None:

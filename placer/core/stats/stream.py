@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.core.stats.core import FastCounter, RoutingStats, merge_stats
 from placer.core.trace.reader import DEFAULT_BATCH, TraceDataset, concat_batches
 from placer.core.trace.schema import PHASES, RoutingBatch, TraceMeta
@@ -118,7 +118,7 @@ class StatsBuilder:
 
     def result(self, sources: Sequence[str] = ()) -> RoutingStats:
         if not self.counters:
-            raise UsageError("no tokens to count")
+            raise InputError("no tokens to count")
         m = self.meta
         kw = dict(model_name=m.model_name, moe_layer_indices=tuple(m.moe_layer_indices), sources=tuple(sources))
         parts = {code: c.result(**kw) for code, c in sorted(self.counters.items())}
@@ -181,7 +181,7 @@ def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by
 
     ``by`` splits the tokens (``"phase"``, ``"domain"``, ``"seq:1000"``, ``"position:512"``); the top-level
     counts are the sum of the splits. ``progress(n)`` is called with the tokens of every batch read (the
-    command line passes a progress bar's ``advance``). Raises ``UsageError`` for traces of different shapes, empty traces, or a
+    command line passes a progress bar's ``advance``). Raises ``InputError`` for traces of different shapes, empty traces, or a
     split field the traces lack.
     """
     ds = TraceDataset(paths)
@@ -189,14 +189,14 @@ def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by
         try:
             by = SplitBy.parse(by)
         except ValueError as exc:
-            raise UsageError(str(exc)) from None
+            raise InputError(str(exc)) from None
     fields = ["experts", "present"]
     if by is not None:
         fields.append(by.field)
         if by.kind == "domain":
             lacking = [r.path for r in ds.readers if not r.has_domain]
             if lacking:
-                raise UsageError(f"{lacking[0]}: column 'domain' is missing; --by domain needs traces with domains")
+                raise InputError(f"{lacking[0]}: column 'domain' is missing; --by domain needs traces with domains")
     builder = StatsBuilder(ds.meta, by, sample_stride(ds.num_tokens, sample_tokens))
     for b in ds.iter_batches(batch_size=batch_size, fields=fields):
         builder.add(b)

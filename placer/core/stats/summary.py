@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from placer.core.stats.core import RoutingStats
+from placer.core.stats.fast import next_layer_hits
 
 
 def _f(x: float) -> float | None:
@@ -79,8 +80,6 @@ def predictability(s: RoutingStats, m: int) -> tuple[np.ndarray, np.ndarray, int
     """(predictability_L1, popularity_baseline_L1, sampled tokens) over ``s.sample``; None without one."""
     if s.sample is None or s.load_only or s.num_layers < 2 or len(s.sample) == 0:
         return None
-    from placer.core.stats.fast import next_layer_hits
-
     b = s.sample
     L, E, K = s.shape
     hits, pop, pairs = (np.zeros(L - 1, dtype=np.int64) for _ in range(3))

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from placer.core.errors import UsageError, first_line
+from placer.core.errors import InputError, first_line
 from placer.core.trace.schema import (
     META_KEY,
     OPTIONAL_COLUMNS,
@@ -53,20 +53,20 @@ class TraceReader:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise UsageError(f"{self.path}: trace file not found")
+            raise InputError(f"{self.path}: trace file not found")
         if self.path.is_dir():
-            raise UsageError(f"{self.path}: is a directory; give a trace file (or use a command that takes a dataset)")
+            raise InputError(f"{self.path}: is a directory; give a trace file (or use a command that takes a dataset)")
         try:
             # pre_buffer=False: with it, pyarrow keeps every column chunk it has read until the file is closed,
             # so memory would grow with the trace instead of staying at one row group.
             self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             schema = self._pf.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise UsageError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
+            raise InputError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
         self.meta = self._validate_schema(schema)
         self.num_tokens = int(self._pf.metadata.num_rows)
         if self.num_tokens == 0:
-            raise UsageError(f"{self.path}: the trace has no tokens")
+            raise InputError(f"{self.path}: the trace has no tokens")
         names = set(schema.names)
         self.has_present = "present" in names
         self.has_token_id = "token_id" in names
@@ -77,49 +77,49 @@ class TraceReader:
         p = self.path
         raw = (schema.metadata or {}).get(META_KEY)
         if raw is None:
-            raise UsageError(f"{p}: no 'moeplace' metadata in the Parquet schema; not a moeplace trace "
+            raise InputError(f"{p}: no 'moeplace' metadata in the Parquet schema; not a moeplace trace "
                              f"(convert routing logs with `moeplace import`)")
         try:
             d = json.loads(raw)
         except ValueError as exc:
-            raise UsageError(f"{p}: metadata 'moeplace' is not valid JSON ({exc})") from None
+            raise InputError(f"{p}: metadata 'moeplace' is not valid JSON ({exc})") from None
         if not isinstance(d, dict):
-            raise UsageError(f"{p}: metadata 'moeplace' must be a JSON object, got {type(d).__name__}")
+            raise InputError(f"{p}: metadata 'moeplace' must be a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise UsageError(
+            raise InputError(
                 f"{p}: metadata schema_version is {version!r}; this moeplace reads version {SCHEMA_VERSION}"
             )
         for key in ("num_layers", "num_experts", "top_k"):
             if key not in d:
-                raise UsageError(f"{p}: metadata field '{key}' is missing")
+                raise InputError(f"{p}: metadata field '{key}' is missing")
             if not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1:
-                raise UsageError(f"{p}: metadata field '{key}' must be a positive integer, got {d[key]!r}")
+                raise InputError(f"{p}: metadata field '{key}' must be a positive integer, got {d[key]!r}")
         try:
             meta = TraceMeta.from_dict(d)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{p}: metadata: {exc}") from None
+            raise InputError(f"{p}: metadata: {exc}") from None
         names = schema.names
         for col in REQUIRED_COLUMNS:
             if col not in names:
-                raise UsageError(f"{p}: column '{col}' is missing (columns: {', '.join(names)})")
+                raise InputError(f"{p}: column '{col}' is missing (columns: {', '.join(names)})")
         L, E, K = meta.shape
         for col, width in (("experts", L * K), ("weights", L * K), ("present", L)):
             if col not in names:
                 continue
             t = schema.field(col).type
             if not pa.types.is_fixed_size_list(t):
-                raise UsageError(f"{p}: column '{col}' has type {t}, expected a fixed-size list of {width}")
+                raise InputError(f"{p}: column '{col}' has type {t}, expected a fixed-size list of {width}")
             if t.list_size != width:
                 what = (f"num_layers*top_k = {L}*{K} = {width}" if col != "present" else f"num_layers = {L}")
-                raise UsageError(f"{p}: column '{col}' rows hold {t.list_size} values, expected {what}")
+                raise InputError(f"{p}: column '{col}' rows hold {t.list_size} values, expected {what}")
             vt = t.value_type
             ok = {"experts": pa.types.is_integer, "weights": pa.types.is_floating, "present": pa.types.is_boolean}[col]
             if not ok(vt):
-                raise UsageError(f"{p}: column '{col}' holds {vt} values")
+                raise InputError(f"{p}: column '{col}' holds {vt} values")
         for col in ("seq_id", "position", "phase", "token_id", "domain"):
             if col in names and not pa.types.is_integer(schema.field(col).type):
-                raise UsageError(f"{p}: column '{col}' has type {schema.field(col).type}, expected an integer")
+                raise InputError(f"{p}: column '{col}' has type {schema.field(col).type}, expected an integer")
         return meta
 
     def _check_batch(self, b: RoutingBatch, first_row: int, has_experts: bool) -> None:
@@ -131,16 +131,16 @@ class TraceReader:
                 bad &= b.present_TL[:, :, None]
             if bad.any():
                 t, l, k = (int(i[0]) for i in np.nonzero(bad))
-                raise UsageError(
+                raise InputError(
                     f"{self.path}: column 'experts': row {first_row + t}, layer {l}, rank {k} holds expert "
                     f"id {int(ex[t, l, k])}, outside [0, {E})"
                 )
         if b.weights_TLK is not None and not np.isfinite(b.weights_TLK).all():
             t = int(np.nonzero(~np.isfinite(b.weights_TLK).reshape(len(b), -1).all(1))[0][0])
-            raise UsageError(f"{self.path}: column 'weights': row {first_row + t} holds a non-finite gate weight")
+            raise InputError(f"{self.path}: column 'weights': row {first_row + t} holds a non-finite gate weight")
         if b.phase_T is not None and b.phase_T.size and (b.phase_T.min() < 0 or b.phase_T.max() >= len(PHASES)):
             t = int(np.nonzero((b.phase_T < 0) | (b.phase_T >= len(PHASES)))[0][0])
-            raise UsageError(f"{self.path}: column 'phase': row {first_row + t} holds {int(b.phase_T[t])}, "
+            raise InputError(f"{self.path}: column 'phase': row {first_row + t} holds {int(b.phase_T[t])}, "
                              f"expected 0 (prefill) or 1 (decode)")
 
     # -- reading -----------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ class TraceReader:
                 row += n
                 yield b
         except (pa.ArrowException, OSError) as exc:
-            raise UsageError(f"{self.path}: cannot read rows after row {row}: file corrupt or truncated "
+            raise InputError(f"{self.path}: cannot read rows after row {row}: file corrupt or truncated "
                              f"({first_line(exc)})") from None
 
     def read_all(self, fields: Iterable[str] = ALL_FIELDS, validate: bool = True) -> RoutingBatch:
@@ -243,17 +243,17 @@ class TraceDataset:
             if p.is_dir():
                 found = sorted(p.glob("*.parquet"))
                 if not found:
-                    raise UsageError(f"{p}: directory holds no *.parquet trace files")
+                    raise InputError(f"{p}: directory holds no *.parquet trace files")
                 files.extend(found)
             else:
                 files.append(p)
         if not files:
-            raise UsageError("no trace files given")
+            raise InputError("no trace files given")
         self.readers = [TraceReader(f) for f in files]
         first = self.readers[0]
         for r in self.readers[1:]:
             if r.meta.shape != first.meta.shape:
-                raise UsageError(
+                raise InputError(
                     f"{r.path}: shape (layers, experts, top_k) = {r.meta.shape} differs from "
                     f"{first.path}: {first.meta.shape}; traces read together must have one shape"
                 )

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from placer.core.errors import MoeplaceError, UsageError
+from placer.core.errors import MoeplaceError, InputError
 from placer.core.fileio import prepare_output, temp_beside
 from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema
 
@@ -127,7 +127,7 @@ class TraceWriter:
         if self.tokens_written == 0:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
-            raise UsageError(f"{self.path}: nothing to write, the trace has no tokens")
+            raise InputError(f"{self.path}: nothing to write, the trace has no tokens")
         os.replace(self._tmp, self.path)
         return self.path
 

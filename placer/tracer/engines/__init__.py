@@ -6,7 +6,7 @@ gathers them). Adding a stack is a new module with an ``Engine`` subclass and on
 
 from __future__ import annotations
 
-from placer.core.errors import UsageError
+from placer.core.errors import InputError
 from placer.tracer.engines.base import BadResponse, Engine, NoRouting, Routed, WireShape
 from placer.tracer.engines.sglang import SGLang, ShapeMismatch
 from placer.tracer.engines.trtllm import TRTLLM
@@ -16,11 +16,11 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (VLLM(), SGLang(), TRTLLM())}
 
 
 def engine_for(name: str, option: str = "--engine") -> Engine:
-    """The registered engine called ``name``; a UsageError naming the choices otherwise."""
+    """The registered engine called ``name``; a InputError naming the choices otherwise."""
     try:
         return ENGINES[name]
     except KeyError:
-        raise UsageError(f"{option}: unknown engine {name!r}; choose from {', '.join(ENGINES)}") from None
+        raise InputError(f"{option}: unknown engine {name!r}; choose from {', '.join(ENGINES)}") from None
 
 
 __all__ = ["ENGINES", "BadResponse", "Engine", "NoRouting", "Routed", "ShapeMismatch",

@@ -1,0 +1,260 @@
+"""The objective: what a placement is optimised for, as a typed weighted sum of what the cost model measures.
+
+One ``Objective`` is what a solver optimises, what ``placer.core.cost`` measures on a trace (``measure``) and what
+the placement JSON records (``to_dict`` / ``from_dict``); its ``name`` (``1.125*ep_dispatch_gpus+2.0*max_load``)
+is a rendering for people and is never parsed back.
+
+The project's objective (``Objective.weighted``, ``docs/solvers.md``), summed over layers, with ``Weights`` w:
+
+- ``ep``: ``w.intra x remote GPUs + (w.inter - w.intra) x remote nodes + w.balance x largest GPU load``, the remote
+  GPUs and nodes **averaged over the token's home rank** (uniform over the GPUs, independent of routing):
+  (G-1)/G x the distinct GPUs and (N-1)/N x the distinct nodes of each token-layer. The home rank is set by
+  attention data parallelism at serving time, so a placement cannot (and must not) be fitted to the trace's
+  sequence numbering.
+- ``coherent``: ``w.intra x pair hops + (w.inter - w.intra) x cross-node pair hops + w.balance x largest GPU load``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable
+
+from placer.core.mode import TrafficMode
+from placer.core.topology import Topology
+
+if TYPE_CHECKING:  # the cost model's result type, for annotations only (cost.py does not import this module)
+    from placer.core.cost import EvalResult
+
+# Weights are rounded to 0.001, so that integer models (CP-SAT) optimise exactly the objective reported.
+WEIGHT_DECIMALS = 3
+
+
+class Quantity(str, Enum):
+    """A figure of a placement on a trace, summed over layers (``docs/cost-model.md``), that an objective weighs.
+
+    The first group is measured by the cost model; the last by the MILP formulation that reports it only.
+    """
+
+    MAX_LOAD = "max_load"                      # the largest GPU load of each layer
+    MAX_OVER_MEAN_LOAD = "max_over_mean_load"  # mean over layers of max/mean GPU load
+    EP_REMOTE_GPUS = "ep_remote_gpus"          # remote GPUs a token is dispatched to (home excluded)
+    EP_REMOTE_NODES = "ep_remote_nodes"
+    EP_DISPATCH_GPUS = "ep_dispatch_gpus"      # distinct GPUs of a token-layer, home or not
+    EP_DISPATCH_NODES = "ep_dispatch_nodes"
+    COHERENT_MESSAGES = "coherent_messages"    # messages between adjacent layers' GPU sets
+    COHERENT_NODE_MESSAGES = "coherent_node_messages"
+    COHERENT_PAIR_HOPS = "coherent_pair_hops"  # expert pairs of adjacent layers on different GPUs
+    COHERENT_NODE_PAIR_HOPS = "coherent_node_pair_hops"
+    TIME_US = "time_us"                        # the estimated MoE time
+    MOETUNER_MAX_LINK_US = "moetuner_max_link_us"  # MoETuner's stage 2: the busiest link's time
+    EXFLOW_HOPS = "exflow_hops"                # ExFlow's link-weighted hops on the sampled tokens
+    EXFLOW_HOPS_TOP1 = "exflow_hops_top1"      # the same, top-1 to top-1 hops only
+
+    def __str__(self) -> str:
+        return self.value
+
+    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
+
+    @property
+    def mode(self) -> TrafficMode | None:
+        """The traffic model that counts this quantity (None: both)."""
+        return _MODE.get(self)
+
+    def measure(self, result: "EvalResult") -> float | None:
+        """This quantity in a cost-model result; None where the result cannot say it (another traffic model,
+        balance only for a traffic figure, or a figure only its solver computes)."""
+        read = _MEASURE.get(self)
+        if read is None or (self.mode is not None and self.mode != result.mode):
+            return None
+        if result.balance_only and self not in (Quantity.MAX_LOAD, Quantity.MAX_OVER_MEAN_LOAD):
+            return None
+        value = read(result)
+        return None if value is None else float(value)
+
+
+_MODE: dict[Quantity, TrafficMode] = {
+    **{q: TrafficMode.EP for q in (Quantity.EP_REMOTE_GPUS, Quantity.EP_REMOTE_NODES, Quantity.EP_DISPATCH_GPUS,
+                                   Quantity.EP_DISPATCH_NODES)},
+    **{q: TrafficMode.COHERENT for q in (Quantity.COHERENT_MESSAGES, Quantity.COHERENT_NODE_MESSAGES,
+                                         Quantity.COHERENT_PAIR_HOPS, Quantity.COHERENT_NODE_PAIR_HOPS,
+                                         Quantity.MOETUNER_MAX_LINK_US, Quantity.EXFLOW_HOPS,
+                                         Quantity.EXFLOW_HOPS_TOP1)},
+}
+_MEASURE: dict[Quantity, Callable[["EvalResult"], float | None]] = {
+    Quantity.MAX_LOAD: lambda r: r.max_load_L.sum(),
+    Quantity.MAX_OVER_MEAN_LOAD: lambda r: r.mean_imbalance,
+    Quantity.EP_REMOTE_GPUS: lambda r: r.remote_gpus_L.sum(),
+    Quantity.EP_REMOTE_NODES: lambda r: r.remote_nodes_L.sum(),
+    Quantity.EP_DISPATCH_GPUS: lambda r: r.dispatch_gpus_L.sum(),
+    Quantity.EP_DISPATCH_NODES: lambda r: r.dispatch_nodes_L.sum(),
+    Quantity.COHERENT_MESSAGES: lambda r: r.messages_L1.sum(),
+    Quantity.COHERENT_NODE_MESSAGES: lambda r: r.node_messages_L1.sum(),
+    Quantity.COHERENT_PAIR_HOPS: lambda r: r.pair_hops_L1.sum(),
+    Quantity.COHERENT_NODE_PAIR_HOPS: lambda r: r.node_pair_hops_L1.sum(),
+    Quantity.TIME_US: lambda r: r.total_us,
+}
+
+# What a placement controls of each traffic model's traffic, per GPU and per node (the project objective's terms).
+TRAFFIC_QUANTITIES: dict[TrafficMode, tuple[Quantity, Quantity]] = {
+    TrafficMode.EP: (Quantity.EP_DISPATCH_GPUS, Quantity.EP_DISPATCH_NODES),
+    TrafficMode.COHERENT: (Quantity.COHERENT_PAIR_HOPS, Quantity.COHERENT_NODE_PAIR_HOPS),
+}
+
+
+def _weight(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if v < 0:
+        raise ValueError(f"{name} ({v}) must be >= 0")
+    return round(v, WEIGHT_DECIMALS)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights of the project objective (``docs/solvers.md``), rounded to ``WEIGHT_DECIMALS``.
+
+    intra_weight: cost of one message over NVLink (a remote GPU inside the node, a hop inside the node).
+    inter_weight: cost of one message across nodes (at least ``intra_weight``).
+    balance_weight: cost of one token of a layer's busiest GPU load.
+    """
+
+    intra_weight: float = 1.0
+    inter_weight: float = 9.0
+    balance_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("intra_weight", "inter_weight", "balance_weight"):
+            object.__setattr__(self, name, _weight(name, getattr(self, name)))
+        if self.inter_weight < self.intra_weight:
+            raise ValueError(f"inter_weight ({self.inter_weight}) must be >= intra_weight ({self.intra_weight}): a "
+                             f"network message never costs less than an NVLink one")
+
+    @classmethod
+    def for_topology(cls, topology: Topology, mode: TrafficMode | str, intra_weight: float | None = None,
+                     inter_weight: float | None = None, balance_weight: float | None = None) -> "Weights":
+        """The weights given, the others from the topology's time model:
+
+        - ``inter_weight``: ``intra_weight x intra_bw / inter_bw`` (9 with the H100 preset): a network message
+          weighs what its transfer takes;
+        - ``balance_weight``: one token more on a layer's busiest GPU adds ``topology.token_compute_us`` of expert
+          compute (above the knee); one message more adds about ``topology.token_message_us / G`` to the slowest
+          GPU's link time (messages spread over the G GPUs), and a remote GPU in ep mode is two messages
+          (dispatch and combine). So, in units of ``intra_weight``: ``G t_tok / t_msg`` (coherent) or half of it
+          (ep): 18.4 / 9.2 on 4 GPUs with the H100 preset.
+        """
+        mode = TrafficMode.parse(mode)
+        intra = _weight("intra_weight", 1.0 if intra_weight is None else intra_weight)
+        if inter_weight is None:
+            inter_weight = intra * topology.intra_bw_gbs / topology.inter_bw_gbs
+        if balance_weight is None:
+            per_message = 2.0 if mode is TrafficMode.EP else 1.0
+            balance_weight = topology.num_gpus * topology.token_compute_us / topology.token_message_us / per_message
+        return cls(intra, inter_weight, balance_weight)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"intra_weight": self.intra_weight, "inter_weight": self.inter_weight,
+                "balance_weight": self.balance_weight}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One quantity and its weight."""
+
+    quantity: Quantity
+    weight: float
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A weighted sum of quantities, minimised. Terms keep their order; zero weights are dropped."""
+
+    terms: tuple[Term, ...]
+
+    def __post_init__(self) -> None:
+        terms = tuple(Term(Quantity(t.quantity), float(t.weight)) for t in self.terms if t.weight != 0)
+        if len({t.quantity for t in terms}) != len(terms):
+            raise ValueError(f"objective names a quantity twice: {[t.quantity.value for t in terms]}")
+        modes = {t.quantity.mode for t in terms} - {None}
+        if len(modes) > 1:
+            raise ValueError(f"objective mixes the traffic models {sorted(m.value for m in modes)}")
+        object.__setattr__(self, "terms", terms)
+
+    @classmethod
+    def of(cls, quantity: Quantity) -> "Objective":
+        """The objective of one quantity with weight 1."""
+        return cls((Term(quantity, 1.0),))
+
+    @classmethod
+    def weighted(cls, mode: TrafficMode | str, weights: Weights, num_gpus: int, num_nodes: int,
+                 traffic: bool = True) -> "Objective":
+        """The project objective of ``mode`` (module docstring); ``traffic=False`` for load-only statistics,
+        where balance is all that can be optimised."""
+        mode = TrafficMode.parse(mode)
+        per_gpu, per_node = TRAFFIC_QUANTITIES[mode]
+        c_gpu, c_node = weights.intra_weight, weights.inter_weight - weights.intra_weight
+        if mode is TrafficMode.EP:  # remote GPUs / nodes averaged over the home rank
+            c_gpu, c_node = c_gpu * (num_gpus - 1) / num_gpus, c_node * (num_nodes - 1) / num_nodes
+        if num_nodes == 1:
+            c_node = 0.0
+        terms = [Term(per_gpu, c_gpu), Term(per_node, c_node)] if traffic else []
+        terms.append(Term(Quantity.MAX_LOAD, weights.balance_weight))
+        return cls(tuple(terms))
+
+    @property
+    def mode(self) -> TrafficMode | None:
+        """The traffic model the objective needs (None: either)."""
+        return next((t.quantity.mode for t in self.terms if t.quantity.mode is not None), None)
+
+    def weight(self, quantity: Quantity) -> float:
+        """The weight of ``quantity`` (0 if the objective does not weigh it)."""
+        return next((t.weight for t in self.terms if t.quantity is quantity), 0.0)
+
+    def measure(self, result: "EvalResult") -> float | None:
+        """The objective's value in a cost-model result; None if the result cannot measure one of its terms."""
+        total = 0.0
+        for t in self.terms:
+            v = t.quantity.measure(result)
+            if v is None:
+                return None
+            total += t.weight * v
+        return total
+
+    @property
+    def name(self) -> str:
+        """``w1*quantity1+w2*quantity2`` (a single quantity of weight 1 is its name alone; no term at all, every
+        weight zero, is ``0.0*max_load``)."""
+        if len(self.terms) == 1 and self.terms[0].weight == 1.0:
+            return self.terms[0].quantity.value
+        return "+".join(f"{t.weight!r}*{t.quantity.value}" for t in self.terms) or "0.0*max_load"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """JSON: the terms in order, as ``{"quantity": name, "weight": w}``."""
+        return [{"quantity": t.quantity.value, "weight": t.weight} for t in self.terms]
+
+    @classmethod
+    def from_dict(cls, terms: Any) -> "Objective":
+        """The objective of ``to_dict``'s list (ValueError naming the term otherwise)."""
+        if not isinstance(terms, list):
+            raise ValueError(f"expected a list of terms, got {type(terms).__name__}")
+        out = []
+        for i, t in enumerate(terms):
+            if not isinstance(t, dict) or set(t) != {"quantity", "weight"}:
+                raise ValueError(f"term {i}: expected {{'quantity': name, 'weight': number}}, got {t!r}")
+            try:
+                q = Quantity(t["quantity"])
+            except ValueError:
+                raise ValueError(f"term {i}: unknown quantity {t['quantity']!r}; known: "
+                                 f"{', '.join(q.value for q in Quantity)}") from None
+            w = t["weight"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ValueError(f"term {i}: weight must be a finite number, got {w!r}")
+            out.append(Term(q, float(w)))
+        return cls(tuple(out))
