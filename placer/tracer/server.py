@@ -317,6 +317,12 @@ def trace_server(
     stop, no_more, routing_seen = threading.Event(), threading.Event(), threading.Event()
     wire_shape = plan.wire_shape()  # fixed before the first request where the wire does not carry it
 
+    def hand(item: _Outcome | None) -> None:
+        while not stop.is_set():  # a stopped job takes nothing more: do not wait on a full queue forever
+            with contextlib.suppress(queue.Full):
+                results.put(item, timeout=0.2)
+                return
+
     def worker() -> None:
         conn = server.connect()
         try:
@@ -325,14 +331,10 @@ def trace_server(
                     prompt = jobs.get_nowait()
                 except queue.Empty:
                     break
-                outcome = _send(conn, engine, prompt, model, opts, wire_shape, routing_seen, stop)
-                if stop.is_set():
-                    break
-                results.put(outcome)
+                hand(_send(conn, engine, prompt, model, opts, wire_shape, routing_seen, stop))
         finally:
             conn.close()
-            with contextlib.suppress(Exception):
-                results.put(None)
+            hand(None)
 
     failures: list[tuple[str, str]] = []
     over_budget = 0
