@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 HELP = (
     "Routing statistics of traces, and merging of stats files.\n\n"
-    "[bold]moeplace stats TRACE... --out stats.npz[/bold] [--json] [--by phase|domain|seq:N|position:N] "
+    "[bold]moeplace stats TRACE... --out stats.npz[/bold] [--json] [--by phase|domain|seq:N|position:N|window:N] "
     "[--graph g.graphml] [--plots DIR]\n\n"
     "counts, in one streaming pass over the traces (files or directories), expert load, co-activation inside a "
     "layer and transitions between adjacent layers (exact integers), prints a summary (imbalance, entropy, mutual "
@@ -61,7 +61,8 @@ def compute(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token of --load inputs (they do not record it)."),
     by: Optional[str] = typer.Option(
         None, "--by", help="Also count per group of tokens: phase (prefill/decode), domain, seq:N (sequence ids in "
-        "ranges of N) or position:N (positions in ranges of N). Traces only."),
+        "ranges of N), position:N (positions in ranges of N) or window:N (consecutive windows of N tokens in "
+        "trace order). Traces only."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
     top_m: Optional[int] = typer.Option(
         None, "--top-m", help="m of the concentration and predictability figures [default: top-k]."),
