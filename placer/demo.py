@@ -138,12 +138,12 @@ def _demo_placement(ctx: DemoContext):
 
 def step_export(ctx: DemoContext) -> None:
     """The placement in every serving stack's format, and what loads each file."""
-    from placer.export import FORMAT_NAMES, export_placement, get_format, import_placement
+    from placer.export import PLACEMENT_FORMATS, export_placement, get_format, import_placement
 
     p = _demo_placement(ctx)
     ctx.console.print(f"placement {ctx.files['placement']}: {p.num_layers} MoE layers x {p.num_slots} slots on "
                       f"{p.num_gpus} GPUs ({p.report.solver})")
-    for fmt in FORMAT_NAMES:
+    for fmt in PLACEMENT_FORMATS:
         numbering = None if p.model_layer_indices is not None else "moe"
         r = export_placement(p, ctx.out / "export" / f"placement-{fmt}{get_format(fmt).suffixes[0]}", fmt, numbering)
         back = import_placement(r.path, fmt, r.numbering, moe_layers=list(p.model_layer_indices or ()) or None,

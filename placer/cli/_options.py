@@ -20,3 +20,11 @@ def check_solver(name: str | None) -> str | None:
 GPUS_HELP = "EP ranks (GPUs); the topology is the H100 preset of docs/cost-model.md."
 NODES_HELP = "Nodes the GPUs sit in (GPU g on node g // (G / N)); default 1."
 TOPOLOGY_HELP = "Topology JSON (num_gpus, num_nodes, bandwidths, latencies, expert compute; see placer/core/topology.py)."
+STATS_HELP = "Statistics file written by `moeplace stats` (repeatable: summed, or each one a scenario)."
+LOAD_HELP = ("Load-only input (balance only): a \\[layers, experts] matrix (.npy, .csv, .pt) of counts or real-valued "
+             "loads (rates, averages), or an SGLang logical_count file (.pt stat dump, .json), as `moeplace stats --load` "
+             "reads them; repeatable: summed, or each one a scenario.")
+SCENARIOS_HELP = ("Workloads the placement must all serve: inputs (each input one scenario), domain or phase (split "
+                  "traces by that column), window:N (consecutive windows of N tokens in trace order). Without it the "
+                  "inputs are summed. docs/robust.md.")
+ROBUST_HELP = "With --scenarios: minimise the worst scenario (default) or the mean, each per token."

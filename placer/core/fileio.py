@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from placer.core.errors import InputError
+from placer.core.errors import InputError, first_line
 
 
 def prepare_output(path: str | os.PathLike) -> Path:
@@ -77,6 +77,18 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected a {what}")
     return p
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON a file holds; a one-line InputError naming the file if it is missing, a folder, not text or not
+    JSON (``what`` names the content expected, for example "SGLang expert location")."""
+    p = require_file(path, what)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a text file; expected {what} JSON") from None
+    except ValueError as exc:
+        raise InputError(f"{p}: not valid JSON ({first_line(exc, 160)})") from None
 
 
 def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
