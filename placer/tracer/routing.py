@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from placer.core.errors import InputError
-from placer.core.fileio import read_model_config
+from placer.core.fileio import read_json, read_model_config
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 from placer.core.trace.writer import TraceWriter
 from placer.tracer.engines.base import BadResponse, Engine, Routed, WireShape
@@ -68,8 +68,6 @@ def moe_layer_indices(cfg: dict[str, Any], num_layers: int) -> tuple[int, ...]:
 
 def read_model_shape(path: str | os.PathLike) -> ModelShape:
     """``--model-config``: a ``config.json`` file, or a checkpoint folder holding one."""
-    from placer.export.encoding import read_json
-
     cfg_path = Path(path)
     if cfg_path.is_dir():
         cfg_path, cfg = read_model_config(cfg_path)
