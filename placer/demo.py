@@ -240,6 +240,60 @@ def step_optimise(ctx: DemoContext) -> None:
     ctx.files["placement"] = ctx.files["placement-auto-ep"]
 
 
+# The drift step's synthetic trace: 6 windows of traffic whose hot experts and domain mix change (synth --drift);
+# sized to take under 30 seconds on 2 cores.
+DRIFT = dict(layers=6, experts=32, top_k=2, windows=6, window=6000, drift=0.15, gpus=8, redundant=8)
+
+
+def step_drift(ctx: DemoContext) -> None:
+    """Traffic that drifts: eplb fitted once against robust auto on four windows, judged on the next two; then a
+    rebalance to the new traffic with a small budget of moves."""
+    import json
+
+    d = DRIFT
+    trace, out = ctx.out / "drift.parquet", ctx.out / "drift"
+    _moeplace("synth", "--layers", d["layers"], "--experts", d["experts"], "--top-k", d["top_k"], "--tokens",
+              d["windows"] * d["window"], "--domains", 3, "--drift", d["drift"], "--drift-periods", d["windows"],
+              "--clusters", 4, "--seq-len", 100, "--seed", 1, "--out", trace)
+    train, held = out / "train.parquet", out / "held.parquet"
+    _split(trace, train, held, 4 * d["window"])
+    common = ("--gpus", d["gpus"], "--nodes", 2, "--redundant", d["redundant"], "--time-limit", 5)
+    robust, eplb = out / "robust.json", out / "eplb.json"
+    _moeplace("solve", "--load", out / "train-load.npy", "--solver", "eplb", *common, "--out", eplb, capture=True)
+    s = json.loads(_moeplace("solve", train, "--scenarios", f"window:{d['window']}", *common, "--out", robust,
+                             "--json", capture=True))
+    ctx.console.print(f"moeplace solve {train} --scenarios window:{d['window']} ... : robust auto on "
+                      f"{len(s['scenarios']['scenarios'])} windows, worst in-sample max/mean "
+                      f"{s['scenarios']['worst']['max_over_mean']:.3f}", highlight=False, soft_wrap=True)
+    _moeplace("evaluate", held, robust, eplb, "--scenarios", f"window:{d['window']}")
+    r = json.loads(_moeplace("rebalance", eplb, held, "--max-moves-per-layer", 2, "--solver", "eplb", "--out",
+                             out / "rebalanced.json", "--json", capture=True))
+    ctx.console.print(f"moeplace rebalance {eplb} {held} --max-moves-per-layer 2: {r['moves']['moves']} moves "
+                      f"({r['moves']['share_of_copies']:.1%} of the copies; a full eplb re-solve would move "
+                      f"{r['target']['moves']}), objective {r['current_objective']:,.0f} -> {r['objective']:,.0f} "
+                      f"(full re-solve {r['target']['objective']:,.0f})", highlight=False, soft_wrap=True)
+
+
+def _split(trace: Path, first: Path, rest: Path, tokens: int) -> None:
+    """Write the first ``tokens`` tokens of ``trace`` to ``first`` (and its expert load to ``first``-load.npy),
+    the others to ``rest``."""
+    import numpy as np
+
+    from placer.core.trace.reader import TraceReader
+    from placer.core.trace.writer import TraceWriter
+
+    r = TraceReader(trace)
+    b = r.read_all()
+    for path, rows in ((first, np.arange(tokens)), (rest, np.arange(tokens, len(b)))):
+        with TraceWriter(path, r.meta, with_domain=True) as w:
+            w.write(b.select(rows))
+    part = b.select(np.arange(tokens))
+    load = np.zeros((r.meta.num_layers, r.meta.num_experts), dtype=np.int64)
+    for l in range(r.meta.num_layers):
+        np.add.at(load[l], part.experts_TLK[:, l, :].astype(np.int64).ravel(), 1)
+    np.save(first.parent / f"{first.stem}-load.npy", load)
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
@@ -247,6 +301,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("solve", step_solve),
     ("evaluate", step_evaluate),
     ("optimise", step_optimise),
+    ("drift", step_drift),
     ("export", step_export),
     ("replay", step_replay),
 ]

@@ -9,7 +9,7 @@ import typer
 
 from placer.cli._options import GPUS_HELP, NODES_HELP, SCENARIOS_HELP, TOPOLOGY_HELP
 from placer.cli.common import UsageError, console, print_json
-from placer.core.mode import TrafficMode
+from placer.core.mode import TRAFFIC_FIGURES, TrafficMode
 
 
 def evaluate(
@@ -146,10 +146,7 @@ def _columns(mode, multi_node: bool, balance_only: bool) -> list[str]:
     """The figure columns of a placement's row (after its label)."""
     cols = ["max/mean", "worst"]
     if not balance_only:
-        if mode is TrafficMode.EP:
-            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
-        else:
-            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
+        cols += [f.label for f in TRAFFIC_FIGURES[mode] if multi_node or not f.nodes_only]
         cols += ["NVLink GB"] + (["network GB"] if multi_node else []) + ["time ms", "speedup"]
     return cols
 
@@ -158,11 +155,7 @@ def _cells(r, mode, multi_node: bool, balance_only: bool) -> list[str]:
     """The figures of one result, in ``_columns`` order."""
     row = [f"{r.mean_imbalance:.3f}", f"{r.imbalance_L[r.worst_layer]:.3f} L{r.worst_layer}"]
     if not balance_only:
-        if mode is TrafficMode.EP:
-            row += [f"{r.remote_gpus_per_token:.3f}"] + ([f"{r.remote_nodes_per_token:.3f}"] if multi_node else [])
-        else:
-            row += [f"{r.messages_per_token:.3f}", f"{r.pair_hops_per_token:.3f}"]
-            row += [f"{r.node_messages_per_token:.3f}"] if multi_node else []
+        row += [f"{v:.3f}" for _, v in r.traffic_figures(multi_node)]
         row += [f"{r.intra_bytes_L.sum() / 1e9:.3f}"]
         row += [f"{r.inter_bytes_L.sum() / 1e9:.3f}"] if multi_node else []
         row += [f"{r.total_us / 1e3:,.2f}", f"{r.speedup:.2f}x"]
@@ -321,25 +314,20 @@ def _layer_table(r):
 
     t = Table(title=f"{r.name}: per layer (traffic per token; coherent: from the layer before)", title_justify="left")
     multi_node = r.num_nodes > 1
+    figures = [f for f in TRAFFIC_FIGURES[r.mode] if multi_node or not f.nodes_only]
     cols = ["layer", "max load", "mean load", "max/mean"]
     if not r.balance_only:
-        if r.mode is TrafficMode.EP:
-            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
-        else:
-            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
-        cols += ["compute us", "comm us"]
+        cols += [f.label for f in figures] + ["compute us", "comm us"]
     for c in cols:
         t.add_column(c, justify="right")
     for l in range(r.num_layers):
         row = [str(l), _load(r.max_load_L[l]), _load(r.mean_load_L[l]), f"{r.imbalance_L[l]:.3f}"]
         if not r.balance_only:
-            if r.mode is TrafficMode.EP:
-                n, counts = r.token_layers_L[l], [r.remote_gpus_L[l]] + ([r.remote_nodes_L[l]] if multi_node else [])
-            else:
-                n = r.pair_tokens_L1[l - 1] if l else 0
-                counts = [r.messages_L1, r.pair_hops_L1] + ([r.node_messages_L1] if multi_node else [])
-                counts = [c[l - 1] for c in counts] if l else [0] * len(counts)
-            row += [f"{c / n:.3f}" if n else "-" for c in counts]
+            # Per layer: ep counts are [L]; coherent ones [L-1], transition l-1 -> l shown at layer l.
+            k = l if r.mode is TrafficMode.EP else l - 1
+            for f in figures:
+                n = getattr(r, f.tokens)[k] if k >= 0 else 0
+                row.append(f"{getattr(r, f.counts)[k] / n:.3f}" if n else "-")
             row += [f"{r.compute_us_L[l]:,.1f}", f"{r.comm_us_L[l]:,.1f}"]
         t.add_row(*row)
     return t

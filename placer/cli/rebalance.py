@@ -52,6 +52,7 @@ def rebalance(
     from placer.core.placement_io import load_placement, save_placement
     from placer.core.topology import preset
     from placer.inputs import problem_from_stats
+    from placer.plots.timeline import plot_front
     from placer.scenarios import ScenarioSpec, read_scenarios, scenario_problems
     from solvers import SolveOptions, get_solver
     from solvers.rebalance import Budget, rebalance as run
@@ -112,7 +113,7 @@ def rebalance(
         summary["pareto"] = front
         write_json_atomic(out.with_suffix(".pareto.json"), {"current": str(current), "solver": solver,
                                                             "expert_bytes": expert_bytes, "front": front})
-        _plot_front(front, out.with_suffix(".pareto.png"), extra["current_objective"])
+        plot_front(front, out.with_suffix(".pareto.png"), extra["current_objective"])
     if as_json:
         print_json(summary)
         return
@@ -163,31 +164,6 @@ def _expert_bytes(path: Path, cfg: dict) -> float:
         raise UsageError(f"{path}: cannot tell an expert's size (hidden_size {hidden!r}, expert FFN size {ffn!r}, "
                          f"dtype {dtype!r}); give --expert-bytes")
     return float(3 * hidden * ffn * sizes[dtype])
-
-
-def _plot_front(front: list[dict], path: Path, current: float) -> None:
-    """The objective against the moves, one point per budget (the full re-solve last)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from placer.core.fileio import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    xs = [p["moves"] for p in front]
-    ax.plot(xs[:-1], [p["objective"] for p in front[:-1]], "o-", label="rebalance (greedy steps)")
-    ax.plot(xs[-1:], [front[-1]["objective"]], "s", color="C3", label="full re-solve")
-    ax.axhline(current, color="grey", lw=0.8, ls="--", label="current")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlim(0, max(xs) * 1.5 + 1)
-    ax.set_xlabel("moves (expert copies loaded onto a GPU)")
-    ax.set_ylabel("objective")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,12 +1,13 @@
 """The traffic model: how a token travels between the GPUs of the MoE layers (``docs/cost-model.md``).
 
 ``TrafficMode`` is the one definition of the two models; what differs between them lives behind it (the
-quantities each one counts in ``placer.core.objective``, the cost model's counters in ``placer.core.cost``,
-the dispatch plans of ``placer.replay.plan``).
+quantities each one counts in ``placer.core.objective``, the figures the cost model reports for each
+(``TRAFFIC_FIGURES`` below) and its counters in ``placer.core.cost``, the dispatch plans of ``placer.replay.plan``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -43,3 +44,27 @@ class TrafficMode(str, Enum):
         """True if a layer's traffic depends on that layer's placement alone (``ep``), so that the layers can be
         solved one by one; ``coherent`` traffic couples every layer to the next."""
         return self is TrafficMode.EP
+
+
+@dataclass(frozen=True)
+class TrafficFigure:
+    """One traffic figure of a traffic model, per token: its key in ``EvalResult.summary``, its column label,
+    whether it only matters across nodes, and its per-layer counts and token counts (``EvalResult`` fields; the
+    coherent ones are [L-1] arrays of transitions l -> l+1)."""
+
+    key: str
+    label: str
+    nodes_only: bool
+    counts: str
+    tokens: str
+
+
+# What each traffic model counts, in the order tables show it; the first is the model's headline figure.
+TRAFFIC_FIGURES: dict[TrafficMode, tuple[TrafficFigure, ...]] = {
+    TrafficMode.EP: (TrafficFigure("remote_gpus_per_token", "remote GPUs", False, "remote_gpus_L", "token_layers_L"),
+                     TrafficFigure("remote_nodes_per_token", "remote nodes", True, "remote_nodes_L", "token_layers_L")),
+    TrafficMode.COHERENT: (
+        TrafficFigure("messages_per_token", "msgs", False, "messages_L1", "pair_tokens_L1"),
+        TrafficFigure("pair_hops_per_token", "hops", False, "pair_hops_L1", "pair_tokens_L1"),
+        TrafficFigure("node_messages_per_token", "cross-node msgs", True, "node_messages_L1", "pair_tokens_L1")),
+}

@@ -30,13 +30,16 @@ class MoveCount:
     """Moves from CURRENT to NEW.
 
     moves_L: [L] expert copies loaded onto a GPU that did not hold the expert. intra_L / inter_L: [L] of them
-    served inside the node / across nodes. slots: the physical slots of the placement (per layer).
+    served inside the node / across nodes. intra_G / inter_G: [G] the same by the GPU they are loaded onto.
+    slots: the physical slots of the placement (per layer).
     """
 
     moves_L: np.ndarray
     intra_L: np.ndarray
     inter_L: np.ndarray
     slots: int
+    intra_G: np.ndarray
+    inter_G: np.ndarray
 
     @property
     def total(self) -> int:
@@ -56,6 +59,13 @@ class MoveCount:
                           "inter_node": float(self.inter_L.sum() * expert_bytes),
                           "total": float(self.moves_L.sum() * expert_bytes)}
         return d
+
+    def transfer_us(self, expert_bytes: float, topology) -> float:
+        """The time to load the moved weights when every GPU receives its copies at once: the busiest receiver's
+        NVLink and network bytes over the topology's bandwidths (the two links in parallel; no latency)."""
+        intra = self.intra_G * expert_bytes / (topology.intra_bw_gbs * 1e3)
+        inter = self.inter_G * expert_bytes / (topology.inter_bw_gbs * 1e3)
+        return float(np.maximum(intra, inter).max(initial=0.0))
 
 
 def check_same_shape(current: Placement, new: Placement) -> None:
@@ -84,8 +94,9 @@ def count_moves(current: Placement, new: Placement) -> MoveCount:
     in_node_LNE = cur.reshape(cur.shape[0], N, G // N, -1).any(axis=2)   # some GPU of node n holds e
     node_G = np.arange(G) // (G // N)
     near = arrive & in_node_LNE[:, node_G, :]
-    return MoveCount(arrive.sum(axis=(1, 2)), near.sum(axis=(1, 2)), (arrive & ~near).sum(axis=(1, 2)),
-                     current.num_slots)
+    far = arrive & ~near
+    return MoveCount(arrive.sum(axis=(1, 2)), near.sum(axis=(1, 2)), far.sum(axis=(1, 2)), current.num_slots,
+                     near.sum(axis=(0, 2)), far.sum(axis=(0, 2)))
 
 
 def _assignment(cost: np.ndarray) -> np.ndarray:
