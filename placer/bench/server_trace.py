@@ -60,7 +60,7 @@ def _prompts(path: Path, n: int, words: int) -> None:
 
 
 def bench_server_trace(
-    engine: Optional[str] = typer.Option(None, "--engine", help="vllm or sglang [default: both]."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vllm or sglang \\[default: both]."),
     tokens: int = typer.Option(100_000, "--tokens", help="Trace tokens to produce (prompts are sized to reach it)."),
     prompt_tokens: int = typer.Option(200, "--prompt-tokens", help="Tokens per prompt."),
     generate: int = typer.Option(50, "--generate", help="Decode tokens per prompt."),

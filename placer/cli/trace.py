@@ -27,16 +27,16 @@ def trace(
     max_tokens: Optional[int] = typer.Option(
         None, "--max-tokens", help="At most this many prompt (prefill) tokens; decode tokens come on top."
     ),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Sequences per forward pass [default: 8]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Sequences per forward pass \\[default: 8]."),
     seq_len: Optional[int] = typer.Option(
-        None, "--seq-len", help="Tokens per sequence (prompts are truncated to it) [default: 256]."
+        None, "--seq-len", help="Tokens per sequence (prompts are truncated to it) \\[default: 256]."
     ),
     generate: int = typer.Option(
         0, "--generate", help="Also decode N new tokens per prompt greedily and record them as decode phase."
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (cuda when available) [default: cpu]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (cuda when available) \\[default: cpu]."),
     dtype: Optional[str] = typer.Option(
-        None, "--dtype", help="auto (float32 on CPU, the checkpoint's on GPU), float32, bfloat16, float16 [default: auto]."
+        None, "--dtype", help="auto (float32 on CPU, the checkpoint's on GPU), float32, bfloat16, float16 \\[default: auto]."
     ),
     server: Optional[str] = typer.Option(
         None, "--server", help="Trace a running OpenAI-compatible server at this URL (http://host:port) instead of "
