@@ -5,14 +5,39 @@ Each capability adds a step; steps share a ``DemoContext`` (the output folder, t
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from rich.console import Console
+from rich.table import Table
 
+from placer.core.errors import MoeplaceError
+from placer.core.fileio import write_json_atomic
 from placer.core.mode import TrafficMode
+from placer.core.placement_io import load_placement, save_placement
+from placer.core.stats.core import compute_stats
+from placer.core.topology import preset
+from placer.core.trace.reader import TraceReader
+from placer.core.trace.writer import TraceWriter
+from placer.export import PLACEMENT_FORMATS, export_placement, get_format, import_placement
+from placer.inputs import stats_from_traces
+from placer.replay.report import report_table
+from placer.replay.run import ReplayRequest, prepare, solve_on_trace, verdict
+from placer.replay.run import run as run_replay
+from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
+from placer.tracer.record import TraceOptions
+from placer.tracer.run import trace_model
+from solvers.problem import PlacementProblem
+from solvers.registry import SOLVER_NAMES, get_solver
+
+# The command line (placer.cli.main, info, stats) is imported where a step runs a command: importing it here would
+# make placer.cli load this module's own command module first.
 
 
 @dataclass
@@ -24,11 +49,6 @@ class DemoContext:
 
 def step_trace(ctx: DemoContext) -> None:
     """Trace the bundled tiny MoE model on held-out text (prefill and greedy decode), as `moeplace trace` does."""
-    from placer.core.errors import MoeplaceError
-    from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
-    from placer.tracer.record import TraceOptions
-    from placer.tracer.run import trace_model
-
     text = REPO_TRACES_DIR / "text" / "heldout.txt"
     if not text.is_file():
         raise MoeplaceError(f"{text}: the demo runs from a clone of the repository (traces/ is missing)")
@@ -57,7 +77,6 @@ def step_info(ctx: DemoContext) -> None:
 def step_stats(ctx: DemoContext) -> None:
     """Routing statistics of the trace: summary, stats file, routing graph and heatmaps."""
     from placer.cli.stats import report
-    from placer.inputs import stats_from_traces
 
     stats = stats_from_traces(ctx.files["trace"], by="phase")
     ctx.files["stats"] = ctx.out / "stats.npz"
@@ -72,11 +91,7 @@ DEMO_BASELINES = (("greedy", ()), ("eplb", ("--redundant", str(DEMO_GPUS))), ("r
 def _moeplace(*args: object, capture: bool = False) -> str:
     """Run a moeplace command in this process (its standard output returned if ``capture``); a failure
     stops the demo with its message."""
-    import contextlib
-    import io
-
     from placer.cli.main import run
-    from placer.core.errors import MoeplaceError
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
@@ -88,9 +103,6 @@ def _moeplace(*args: object, capture: bool = False) -> str:
 
 def step_solve(ctx: DemoContext) -> None:
     """Baseline placements (greedy, eplb, round_robin, random) on 4 GPUs, solved on the bundled train trace."""
-    import json
-
-    from rich.table import Table
 
     trace = ctx.files.get("train", ctx.files["trace"])
     table = Table(title=f"moeplace solve {trace} --gpus {DEMO_GPUS} --solver NAME ... --out "
@@ -116,15 +128,8 @@ def step_evaluate(ctx: DemoContext) -> None:
         _moeplace("evaluate", trace, *placements, "--mode", mode)
 def _demo_placement(ctx: DemoContext):
     """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
-    from placer.core.placement_io import load_placement, save_placement
-
     if ctx.files.get("placement"):
         return load_placement(ctx.files["placement"])
-    from placer.core.stats.core import compute_stats
-    from placer.core.topology import preset
-    from placer.core.trace.reader import TraceReader
-    from solvers.problem import PlacementProblem
-    from solvers.registry import get_solver
 
     reader = TraceReader(ctx.files["trace"])
     m = reader.meta
@@ -138,8 +143,6 @@ def _demo_placement(ctx: DemoContext):
 
 def step_export(ctx: DemoContext) -> None:
     """The placement in every serving stack's format, and what loads each file."""
-    from placer.export import PLACEMENT_FORMATS, export_placement, get_format, import_placement
-
     p = _demo_placement(ctx)
     ctx.console.print(f"placement {ctx.files['placement']}: {p.num_layers} MoE layers x {p.num_slots} slots on "
                       f"{p.num_gpus} GPUs ({p.report.solver})")
@@ -157,11 +160,6 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
     """contiguous and the best placement at hand for 2-4 GPUs: an earlier step's placement if it fits, else the
     first registered of the preferred solvers solved on the training trace, else contiguous with G redundant
     slots (so the replay still compares two layouts)."""
-    from placer.core.placement_io import load_placement, save_placement
-    from placer.replay.run import solve_on_trace
-    from placer.core.trace.reader import TraceReader
-    from solvers.registry import SOLVER_NAMES
-
     train = ctx.files.get("train", ctx.files["trace"])
     meta = TraceReader(train).meta
     best_path, gpus, mode = ctx.files.get("placement"), 4, TrafficMode.EP
@@ -186,15 +184,11 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
 
 def step_replay(ctx: DemoContext) -> None:
     """A gloo replay (CPU ranks) of the held-out trace: correctness of every token and the measured ratio."""
-    from placer.core.fileio import write_json_atomic
-    from placer.replay.report import report_table
-    from placer.replay.run import ReplayRequest, prepare, run, verdict
-
     trace = ctx.files.get("heldout", ctx.files["trace"])
     base, best = _replay_placements(ctx)
     cfg = prepare(ReplayRequest(trace=trace, placements=[str(base), str(best)], backend="gloo", hidden=64, ffn=128,
                                 tokens_per_step=1024, steps=4, warmup=1, threads=1, timeout_s=120))
-    report = run(cfg, "gloo")
+    report = run_replay(cfg, "gloo")
     ctx.files["replay"] = write_json_atomic(ctx.out / "replay.json", report)
     ctx.console.print(report_table(report))
     first, other = report["placements"]
@@ -214,8 +208,6 @@ AUTO_TIME_LIMIT = 5  # seconds per mode: the whole demo stays within 3 minutes o
 def step_optimise(ctx: DemoContext) -> None:
     """auto (the default solver) on the trace, per traffic mode, measured on the held-out trace next to the
     baselines."""
-    import json
-
     trace = ctx.files.get("train", ctx.files["trace"])
     heldout = ctx.files.get("heldout", ctx.files["trace"])
     baselines = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
@@ -248,8 +240,6 @@ DRIFT = dict(layers=6, experts=32, top_k=2, windows=6, window=6000, drift=0.15, 
 def step_drift(ctx: DemoContext) -> None:
     """Traffic that drifts: eplb fitted once against robust auto on four windows, judged on the next two; then a
     rebalance to the new traffic with a small budget of moves."""
-    import json
-
     d = DRIFT
     trace, out = ctx.out / "drift.parquet", ctx.out / "drift"
     _moeplace("synth", "--layers", d["layers"], "--experts", d["experts"], "--top-k", d["top_k"], "--tokens",
@@ -277,10 +267,6 @@ def step_drift(ctx: DemoContext) -> None:
 def _split(trace: Path, first: Path, rest: Path, tokens: int) -> None:
     """Write the first ``tokens`` tokens of ``trace`` to ``first`` (and its expert load to ``first``-load.npy),
     the others to ``rest``."""
-    import numpy as np
-
-    from placer.core.trace.reader import TraceReader
-    from placer.core.trace.writer import TraceWriter
 
     r = TraceReader(trace)
     b = r.read_all()

@@ -44,46 +44,49 @@ class _Rate(TextColumn):
         return Text(f"{speed:.1f} {unit}/s", style="progress.data.speed")
 
 
-def _columns(*middle) -> list:
-    return [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), *middle, _Rate(),
-            TimeElapsedColumn(), TimeRemainingColumn()]
-
-
 @contextlib.contextmanager
 def progress_bar(
-    total: float | None, description: str, unit: str = "it", quiet: bool | None = None
-) -> Iterator[Callable[[float], None]]:
-    """Yield ``advance(n)``; shows a bar with count, rate in ``unit``/s, elapsed and remaining time."""
+    total: float | None, description: str, unit: str = "it", quiet: bool | None = None, status: bool = False
+) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n)``; shows a bar with count, rate in ``unit``/s, elapsed and remaining time.
+
+    With ``status=True`` the bar ends with a free text that ``advance(n, status="...")`` replaces.
+    """
     if quiet is None:
         quiet = quiet_default()
     if quiet:
-        yield lambda n: None
+        yield lambda n, **fields: None
         return
-    with Progress(*_columns(MofNCompleteColumn()), console=stderr_console, transient=False) as prog:
-        task = prog.add_task(description, total=total, unit=unit)
-        yield lambda n: prog.advance(task, n)
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=stderr_console, transient=False) as prog:
+        task = prog.add_task(description, total=total, unit=unit, status="")
+        yield lambda n, **fields: prog.update(task, advance=n, **fields)
 
 
 @contextlib.contextmanager
 def shard_progress(
     shards: int, total: float, description: str, unit: str = "entries", quiet: bool | None = None
 ) -> Iterator[Callable[[float], None]]:
-    """Yield ``shard_done(n)``, called once per finished shard with its ``n`` items (of ``total``); shows the
-    shards done out of ``shards`` and the rate in ``unit``/s."""
-    if quiet is None:
-        quiet = quiet_default()
-    if quiet:
-        yield lambda n: None
-        return
-    with Progress(*_columns(TextColumn("{task.fields[done]}/" + f"{shards} shards")), console=stderr_console,
-                  transient=False) as prog:
-        task = prog.add_task(description, total=total, unit=unit, done=0)
+    """Yield ``shard_done(n)``, called once per finished shard with its ``n`` items (of ``total``): the bar of
+    ``progress_bar`` with the rate in ``unit``/s, ending with the shards done out of ``shards``."""
+    with progress_bar(total, description, unit=unit, quiet=quiet, status=True) as advance:
         done = [0]
 
         def shard_done(n: float) -> None:
             done[0] += 1
-            prog.update(task, advance=n, done=done[0])
+            advance(n, status=f"{done[0]}/{shards} shards")
 
+        advance(0, status=f"0/{shards} shards")
         yield shard_done
 
 

@@ -8,28 +8,21 @@ quantities each one counts in ``placer.core.objective``, the figures the cost mo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+
+from placer.core.enums import NameEnum
 
 
-class TrafficMode(str, Enum):
+class TrafficMode(NameEnum):
     """``ep``: standard expert parallelism: at every MoE layer a token is dispatched from its home GPU to the
     GPUs of its experts and combined back home. ``coherent``: ExFlow's context-coherent expert parallelism:
     a token stays where its experts ran and moves only when the next layer's experts are elsewhere.
 
-    A ``str`` enum: members compare equal to their names (``TrafficMode.EP == "ep"``) and print as them, so
-    JSON files and the command line keep the plain names.
+    A ``NameEnum``: members are their names in comparisons, printing and JSON, so files and the command line keep
+    the plain names.
     """
 
     EP = "ep"
     COHERENT = "coherent"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
     @classmethod
     def parse(cls, value: "TrafficMode | str") -> "TrafficMode":

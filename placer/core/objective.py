@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
+from placer.core.enums import NameEnum
 from placer.core.mode import TrafficMode
 from placer.core.topology import Topology
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the cost model's result type, for annotations only (cost.py
 WEIGHT_DECIMALS = 3
 
 
-class Quantity(str, Enum):
+class Quantity(NameEnum):
     """A figure of a placement on a trace, summed over layers (``docs/cost-model.md``), that an objective weighs.
 
     The first group is measured by the cost model; the last by the MILP formulation that reports it only.
@@ -52,10 +52,6 @@ class Quantity(str, Enum):
     EXFLOW_HOPS = "exflow_hops"                # ExFlow's link-weighted hops on the sampled tokens
     EXFLOW_HOPS_TOP1 = "exflow_hops_top1"      # the same, top-1 to top-1 hops only
 
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
 
     @property
     def mode(self) -> TrafficMode | None:
@@ -169,16 +165,11 @@ class Term:
     weight: float
 
 
-class Aggregate(str, Enum):
+class Aggregate(NameEnum):
     """How a robust objective combines its scenarios: the worst one, or their mean."""
 
     WORST = "worst"
     MEAN = "mean"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
 
     def combine(self, values: Any) -> float:
         values = [float(v) for v in values]

@@ -7,17 +7,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from placer.core.errors import InputError, MoeplaceError
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
+from placer.core.placement_io import load_placement
+from placer.core.topology import Topology, preset
+from placer.core.trace.reader import TraceReader
+from placer.inputs import problem_from_stats, stats_from_traces
+from placer.progress import progress_bar
 from placer.replay.config import BACKENDS, Case, ReplayConfig
-from placer.core.topology import Topology
+from placer.replay.experts import DTYPES, CheckpointExperts
+from placer.replay.launch import launch, torchrun_env
+from placer.replay.report import build_report
+from placer.replay.virtual import run_virtual
+from placer.replay.worker import device_for, run_rank
+from solvers import SOLVER_NAMES, SolveOptions, get_solver
 
 
 @dataclass
 class ReplayRequest:
     """What the user asked for (the command line's options, unvalidated)."""
-
     trace: Path
     placements: list[str]
     backend: str = "gloo"
@@ -47,10 +58,6 @@ class ReplayRequest:
 def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: TrafficMode) -> Placement:
     """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
     in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test)."""
-    from placer.inputs import problem_from_stats, stats_from_traces
-    from placer.core.topology import preset
-    from solvers import SolveOptions, get_solver
-
     try:
         problem = problem_from_stats(stats_from_traces([trace]), preset(gpus, nodes), redundant, mode)
     except ValueError as exc:
@@ -59,8 +66,6 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int
 
 
 def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Placement, str | None]:
-    from placer.core.placement_io import load_placement
-    from solvers.registry import SOLVER_NAMES
 
     path = Path(arg)
     if path.exists():
@@ -79,9 +84,6 @@ def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Plac
 def prepare(req: ReplayRequest) -> ReplayConfig:
     """Check the request against the trace and the placements and build the run's config (InputError on any
     mismatch: nothing has started yet)."""
-    from placer.replay.experts import CheckpointExperts
-    from placer.core.trace.reader import TraceReader
-
     if req.backend not in BACKENDS:
         raise InputError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
     reader = TraceReader(req.trace)
@@ -141,9 +143,6 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
     if G % nodes:
         raise InputError(f"--nodes {nodes}: world size {G} must divide evenly into nodes")
     if req.backend == "virtual":
-        from placer.replay.experts import DTYPES
-        import torch
-
         elem = torch.empty((), dtype=DTYPES.get(req.dtype, torch.float32)).element_size()
         base = topo if topo is not None and topo.num_nodes == nodes else None
         try:
@@ -170,8 +169,6 @@ def check_devices(cfg: ReplayConfig, backend: str) -> None:
     """NCCL needs one GPU per rank on this machine (when the command starts the ranks itself)."""
     if backend != "nccl":
         return
-    import torch
-
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:
         raise InputError("--backend nccl needs CUDA GPUs and none is visible (use gloo, or virtual)")
@@ -182,16 +179,11 @@ def check_devices(cfg: ReplayConfig, backend: str) -> None:
 
 def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | None:
     """Run the replay and return the report (None on the ranks other than 0 under torchrun)."""
-    from placer.progress import progress_bar
-    from placer.replay.launch import launch, torchrun_env
-
     total = len(cfg.schedule.runs())
     weights = cfg.expert_source().describe()
     t0 = time.perf_counter()
     env = torchrun_env() if backend != "virtual" else None
     if env is not None:
-        from placer.replay.worker import device_for, run_rank
-
         rank, world, local = env
         if world != cfg.world_size:
             raise InputError(f"torchrun started {world} ranks, the placements are for {cfg.world_size} GPUs")
@@ -202,8 +194,6 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             return None
         device, timer = str(device_for(backend, local)), ("cuda-events" if backend == "nccl" else "perf_counter")
     elif backend == "virtual":
-        from placer.replay.virtual import run_virtual
-
         with progress_bar(total, "replay (virtual)", unit="step", quiet=quiet) as adv:
             cases, device, timer = run_virtual(cfg, progress=lambda run: adv(1))
     else:
@@ -212,7 +202,6 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             cases = launch(cfg, backend, on_progress=lambda run: adv(1))
         device = "cuda (one GPU per rank)" if backend == "nccl" else "cpu"
         timer = "cuda-events" if backend == "nccl" else "perf_counter"
-    from placer.replay.report import build_report
 
     return build_report(cfg, backend, device, timer, cases, time.perf_counter() - t0, weights)
 
