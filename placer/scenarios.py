@@ -24,7 +24,7 @@ from placer.core.trace.schema import RoutingBatch
 from placer.inputs import (MAX_PATH_ENTRIES, ShapeCheck, load_matrix, load_stats_file, problem_from_stats,
                            stats_from_traces, token_paths)
 from solvers import PlacementProblem, SolveOptions, SolverSpec
-from solvers.robust import Scenarios, scenario_figures
+from solvers.robust import Scenarios, scenario_figures, worst_and_mean
 
 KINDS = ("inputs", "domain", "phase", "window:N")
 
@@ -184,9 +184,7 @@ def holdout_check(spec: SolverSpec, scn: Scenarios, options: SolveOptions) -> di
         placement = spec.solve_scenarios(scn.without(k), options)
         alone = Scenarios((scn.problems[k],), (name,), (scn.tokens[k],), scn.aggregate)
         rows.append(scenario_figures(alone, options, placement)["scenarios"][0])
-    keys = [k for k in rows[0] if k not in ("name", "tokens")]
-    return {"scenarios": rows, "worst": {k: max(r[k] for r in rows) for k in keys},
-            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    return worst_and_mean(rows)
 
 
 def sampling_note(stats: Sequence[RoutingStats], num_gpus: int) -> str | None:

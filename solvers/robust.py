@@ -98,37 +98,33 @@ class Scenarios:
         """One problem of all the scenarios' tokens together (counts added, token paths concatenated)."""
         if len(self.problems) == 1:
             return self.first
+        return self._combined(np.ones(len(self.problems)), ", ".join(self.names), with_paths=True)
+
+    def mean_problem(self) -> PlacementProblem:
+        """The scenarios' mean: every scenario's counts divided by its tokens, added (statistics only: the
+        counts are no longer whole tokens)."""
+        return self._combined(self.weights_s, f"mean of {', '.join(self.names)}", with_paths=False)
+
+    def _combined(self, weights_S: np.ndarray, source: str, with_paths: bool) -> PlacementProblem:
+        """The problem of the scenarios' counts weighted by ``weights_S`` and added (with their token paths, if all
+        have them and ``with_paths``)."""
         ps, first = self.problems, self.first
 
         def total(name: str) -> np.ndarray | None:
             arrays = [getattr(p, name) for p in ps]
-            return None if any(a is None for a in arrays) else np.sum(arrays, axis=0)
+            if any(a is None for a in arrays):
+                return None
+            return sum(w * np.asarray(a, dtype=np.float64) for w, a in zip(weights_S, arrays))
 
         paths = None
-        if all(p.paths_TLK is not None for p in ps):
+        if with_paths and all(p.paths_TLK is not None for p in ps):
             paths = concat_batches([RoutingBatch(experts_TLK=p.paths_TLK, present_TL=p.present_TL, seq_T=p.seq_T)
                                     for p in ps])
         return PlacementProblem(
             load_LE=total("load_LE"), topology=first.topology, num_redundant=first.num_redundant, mode=first.mode,
             top_k=first.top_k, coact_LEE=total("coact_LEE"), trans_LEE=total("trans_LEE"),
             paths_TLK=None if paths is None else paths.experts_TLK, present_TL=None if paths is None else paths.present_TL,
-            seq_T=None if paths is None else paths.seq_T, source=", ".join(self.names),
-            model_layer_indices=first.model_layer_indices)
-
-    def mean_problem(self) -> PlacementProblem:
-        """The scenarios' mean: every scenario's counts divided by its tokens, added (statistics only: the
-        counts are no longer whole tokens)."""
-        ps, w, first = self.problems, self.weights_s, self.first
-
-        def total(name: str) -> np.ndarray | None:
-            arrays = [getattr(p, name) for p in ps]
-            return None if any(a is None for a in arrays) else sum(ws * np.asarray(a, dtype=np.float64)
-                                                                    for ws, a in zip(w, arrays))
-
-        return PlacementProblem(load_LE=total("load_LE"), topology=first.topology, num_redundant=first.num_redundant,
-                                mode=first.mode, top_k=first.top_k, coact_LEE=total("coact_LEE"),
-                                trans_LEE=total("trans_LEE"), source=f"mean of {', '.join(self.names)}",
-                                model_layer_indices=first.model_layer_indices)
+            seq_T=None if paths is None else paths.seq_T, source=source, model_layer_indices=first.model_layer_indices)
 
     def without(self, k: int) -> "Scenarios":
         """All scenarios but the k-th (leave-one-out)."""
@@ -154,25 +150,27 @@ def scenario_figures(scn: Scenarios, options: SolveOptions, placement: Placement
     and the mean of each figure over the scenarios. ``insts``: the scenarios' instances of the placement's copies,
     if already built."""
     rows = []
-    for k, (name, p, tokens) in enumerate(zip(scn.names, scn.problems, scn.tokens)):
+    for s, (name, p, tokens) in enumerate(zip(scn.names, scn.problems, scn.tokens)):
         if insts is None:
             inst, t = judge(p, _no_cap(options), placement)
         else:
-            inst = insts[k]
+            inst = insts[s]
             t = terms(inst, gpu_from_placement(inst, placement))
         mean_L = inst.load_LP.sum(axis=1) / inst.G
         ratio = np.divide(t.maxload_L, mean_L, out=np.ones_like(mean_L), where=mean_L > 0)
         row = {"name": name, "tokens": tokens, "objective_per_token": t.value / tokens,
                "max_over_mean": float(ratio.mean()), "worst_layer_max_over_mean": float(ratio.max())}
-        for k, v in t.to_dict(inst).items():
-            if k != "max_load_sum":
-                row[f"{k}_per_token"] = v / tokens
+        row.update({f"{key}_per_token": v / tokens for key, v in t.to_dict(inst).items() if key != "max_load_sum"})
         rows.append(row)
-    keys = [k for k in rows[0] if k not in ("name", "tokens")]
-    return {"aggregate": str(scn.aggregate), "scenarios": rows,
-            "worst": {k: max(r[k] for r in rows) for k in keys},
-            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys},
+    return {"aggregate": str(scn.aggregate), **worst_and_mean(rows),
             "objective": scn.aggregate.combine(r["objective_per_token"] for r in rows)}
+
+
+def worst_and_mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"scenarios": rows, "worst": ..., "mean": ...}``: each figure's worst (largest) and mean over the rows."""
+    keys = [k for k in rows[0] if k not in ("name", "tokens")]
+    return {"scenarios": rows, "worst": {k: max(r[k] for r in rows) for k in keys},
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
 
 
 # -- the robust swap search -------------------------------------------------------------------------------------
