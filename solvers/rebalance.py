@@ -7,12 +7,12 @@ few hot experts. So:
    (``placer.core.moves.align``): its GPUs renamed so that it shares as many copies with CURRENT as it can.
 2. **Steps towards it, best first.** From CURRENT, a step either sets one slot to the target's expert (an expert
    gains a copy, another loses one, never its last) or exchanges the experts of two slots on different GPUs (one of
-   them ends where the target has it). A step costs the copies it loads onto a GPU that does not hold them yet: 0, 1
-   or 2 moves. Steps are judged by the objective's expectation under the even split of an expert's tokens among
-   its copies (the largest GPU load of the layer, and the co-located expert pairs of ``ep`` or the transitions kept
-   on a GPU of ``coherent``, on GPUs and on nodes, weighted as the project objective weighs them), and taken
-   greedily: free improving steps first, then the largest gain per move, while the budget allows (per layer and in
-   total). The greedy stops when no step improves.
+   them ends where the target has it). A step costs the copies it loads onto a GPU (1 or 2 moves); a step that would
+   put a second copy of an expert on a GPU that holds one is never taken (a wasted slot). Steps are judged by the
+   objective's expectation under the even split of an expert's tokens among its copies (the largest GPU load of the
+   layer, and the co-located expert pairs of ``ep`` or the transitions kept on a GPU of ``coherent``, on GPUs and
+   on nodes, weighted as the project objective weighs them), and taken greedily, the largest gain per move first,
+   while the budget allows (per layer and in total). The greedy stops when no step improves.
 3. **Report.** The placement keeps CURRENT's GPU names; its exact project objective is measured on the problem
    (``assignment.judge``), with the moves and the objective after each budget on the way (the Pareto front that
    ``--pareto`` plots). No bound is claimed: the budget makes this a different problem from the full solve.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +33,10 @@ from numba import njit
 
 from placer.core.mode import TrafficMode
 from placer.core.moves import align, check_same_shape, count_moves
+from placer.core.objective import TRAFFIC_QUANTITIES, Objective, Quantity
 from placer.core.placement import Placement, SolveStatus
 from solvers.assignment import judge
-from solvers.instance import build_instance
+from solvers.instance import weights_of
 from solvers.problem import PlacementProblem, SolveOptions
 
 EPS = 1e-9
@@ -153,7 +154,6 @@ class _Layer:
     FN_NE: np.ndarray               # [N, E] the same per node
     C_EE: np.ndarray                # ep: [E, E] pairwise affinity; coherent: [0, 0]
     moves: int = 0
-    cands: list = field(default_factory=list)
 
 
 class Rebalancer:
@@ -168,11 +168,15 @@ class Rebalancer:
         self.gpu_of_slot = current.gpu_of_slot()
         self.node_G = (np.arange(G) // (G // N)).astype(np.int64)
         self.mode = base.mode
-        inst = build_instance(base, SolveOptions(params={**options.params, "max_imbalance": 0}))
-        self.cb, self.cg, self.cn = inst.c_bal, inst.c_gpu, inst.c_node
+        # The objective's weights, as the solvers weigh them (``Objective.weighted``).
+        known = all(p.coact_LEE is not None and p.trans_LEE is not None for p in problems)
+        objective = Objective.weighted(self.mode, weights_of(options.params, base), G, N, traffic=known)
+        per_gpu, per_node = TRAFFIC_QUANTITIES[self.mode]
+        self.cb = objective.weight(Quantity.MAX_LOAD)
+        self.cg, self.cn = objective.weight(per_gpu), objective.weight(per_node)
         # The scenarios' mean, each normalised by its tokens (weights_s).
         w_LE = sum(ws * p.load_LE for ws, p in zip(weights_s, problems))
-        traffic = all(p.coact_LEE is not None and p.trans_LEE is not None for p in problems) and self.cg + self.cn > 0
+        traffic = known and self.cg + self.cn > 0
         self.coact = self.trans = None
         if traffic and self.mode is TrafficMode.EP:
             self.coact = sum(ws * np.asarray(p.coact_LEE, dtype=np.float64) for ws, p in zip(weights_s, problems))
@@ -212,26 +216,36 @@ class Rebalancer:
         np.add.at(lay.FN_NE, self.node_G, F)
 
     # -- steps -------------------------------------------------------------------------------------------
-    def _step_changes(self, l: int, p: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(GPUs, experts, copy changes, moves) of setting slot p to the target (q < 0) or exchanging p and q."""
+    def _step_changes(self, l: int, p: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(GPUs, experts, copy changes) of setting slot p to the target (q < 0) or exchanging p and q."""
         lay, g = self.layers[l], self.gpu_of_slot[p]
         a = lay.row[p]
         if q < 0:
             b = self.target.phy2log_LP[l, p]
-            moves = int(lay.n_GE[g, b] == 0)
-            return np.array([g, g]), np.array([a, b]), np.array([-1, 1]), moves
+            return np.array([g, g]), np.array([a, b]), np.array([-1, 1])
         h, b = self.gpu_of_slot[q], lay.row[q]
-        moves = int(lay.n_GE[g, b] == 0) + int(lay.n_GE[h, a] == 0)
-        return np.array([g, g, h, h]), np.array([a, b, b, a]), np.array([-1, 1, -1, 1]), moves
+        return np.array([g, g, h, h]), np.array([a, b, b, a]), np.array([-1, 1, -1, 1])
 
-    def _gain(self, l: int, p: int, q: int, commit: bool = False) -> tuple[float, int]:
+    def _arrivals(self, l: int, p: int, q: int) -> int | None:
+        """The moves of a step: the experts it loads onto a GPU, each one a GPU did not hold; None if it would put
+        a second copy of an expert on a GPU that holds one (a wasted slot: the copies split that GPU's tokens)."""
+        lay, g = self.layers[l], self.gpu_of_slot[p]
+        if q < 0:
+            arrive = [(g, self.target.phy2log_LP[l, p])]
+        else:
+            arrive = [(g, lay.row[q]), (self.gpu_of_slot[q], lay.row[p])]
+        if any(lay.n_GE[h, e] > 0 for h, e in arrive):
+            return None
+        return len(arrive)
+
+    def _gain(self, l: int, p: int, q: int, commit: bool = False) -> float:
+        """The surrogate objective's decrease by a step (applied if ``commit``)."""
         lay = self.layers[l]
-        gpus, experts, dn, moves = self._step_changes(l, p, q)
+        gpus, experts, dn = self._step_changes(l, p, q)
         old_max = lay.load_G.max()
         d_gpu, d_node, new_max = _apply(gpus, experts, dn, lay.n_GE, lay.cnt_E, self.node_G, lay.w_E, lay.load_G,
                                         lay.F_GE, lay.FN_NE, lay.C_EE, self.cg, self.cn, commit)
-        gain = self.cb * (old_max - new_max) + self.cg * d_gpu + self.cn * d_node
-        return gain, moves
+        return self.cb * (old_max - new_max) + self.cg * d_gpu + self.cn * d_node
 
     def _candidates(self, l: int) -> list[tuple[float, int, int, int]]:
         """Layer l's improving steps as (gain, moves, p, q), best gain per move first."""
@@ -239,14 +253,15 @@ class Rebalancer:
         out = []
         for p in np.nonzero(lay.row != tgt)[0]:
             p = int(p)
-            if lay.cnt_E[lay.row[p]] > 1:
-                gain, moves = self._gain(l, p, -1)
+            steps = [-1] if lay.cnt_E[lay.row[p]] > 1 else []  # no expert loses its last copy
+            steps += [int(q) for q in np.nonzero((lay.row == tgt[p]) & (self.gpu_of_slot != self.gpu_of_slot[p]))[0]]
+            for q in steps:
+                moves = self._arrivals(l, p, q)
+                if moves is None:
+                    continue
+                gain = self._gain(l, p, q)
                 if gain > EPS:
-                    out.append((gain, moves, p, -1))
-            for q in np.nonzero((lay.row == tgt[p]) & (self.gpu_of_slot != self.gpu_of_slot[p]))[0]:
-                gain, moves = self._gain(l, p, int(q))
-                if gain > EPS:
-                    out.append((gain, moves, p, int(q)))
+                    out.append((gain, moves, p, q))
         return out
 
     def run(self, budget: Budget, record: list[int] | None = None) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
@@ -261,8 +276,7 @@ class Rebalancer:
         def push(l: int) -> None:
             stamp[l] += 1
             for gain, moves, p, q in self._candidates(l):
-                key = -np.inf if moves == 0 else -gain / moves
-                heapq.heappush(heap, (key, -gain, l, stamp[l], p, q))
+                heapq.heappush(heap, (-gain / moves, -gain, l, stamp[l], p, q))
 
         def rows() -> np.ndarray:
             return np.stack([lay.row for lay in self.layers])
@@ -273,8 +287,8 @@ class Rebalancer:
             _, _, l, st, p, q = heapq.heappop(heap)
             if st != stamp[l]:
                 continue  # the layer changed since: its steps were judged again
-            gain, moves = self._gain(l, p, q)
-            if gain <= EPS:
+            moves = self._arrivals(l, p, q)
+            if moves is None or self._gain(l, p, q) <= EPS:
                 continue
             layer_left = None if budget.per_layer is None else budget.per_layer - self.layers[l].moves
             total_left = None if budget.total is None else budget.total - total

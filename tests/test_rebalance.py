@@ -117,3 +117,9 @@ def test_a_placement_of_another_shape_is_refused(cli, tmp_path, case):
     np.save(tmp_path / "load.npy", np.ones((3, 32)))
     res = cli("rebalance", cur, "--load", tmp_path / "load.npy", "--max-moves", 1, "-o", tmp_path / "new.json")
     assert_one_line_error(res, 2, "the current placement has 4 layers x 32 experts, the new traffic 3 x 32")
+
+
+def test_rebalance_never_puts_a_second_copy_of_an_expert_on_a_gpu(case):
+    _, new, current, target = case
+    p = rebalance([new], current, target, Budget(per_layer=4), SolveOptions())
+    assert (p.same_gpu_copies_LG <= current.same_gpu_copies_LG).all()
