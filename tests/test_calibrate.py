@@ -37,7 +37,7 @@ def test_calibrate_writes_a_measured_file_with_its_errors(hw_file):
     assert (e["hidden_size"], e["ffn_size"], e["dtype"], e["dtype_bytes"]) == (32, 32, "float32", 4)
     assert [p[0] for p in e["points"]] == [1, 2, 4, 8, 16, 32, 64]
     assert [p[0] for p in e["heldout_points"]] == [3, 6, 12, 24, 48]
-    assert e["source"].startswith("measured") and "thread CPU time" in e["source"]
+    assert e["source"].startswith("measured") and e["clock"] == "thread_time" and e["threads"] == 1
     assert e["fit"]["points"] == 7 and e["fit"]["heldout"]["points"] == 5
     assert meta["kind"] == "calibrate" and meta["device"] == "cpu" and meta["torch"] == torch.__version__
     assert set(meta["fit_errors"]) == {"expert", "expert_heldout", "links.intra", "links.inter"}
@@ -50,7 +50,8 @@ def test_calibrate_writes_a_measured_file_with_its_errors(hw_file):
 def test_calibrate_prints_the_fit_and_its_held_out_error(cli, tmp_path):
     res = cli("calibrate", *QUICK, "--out", tmp_path / "hw.json")
     assert res.code == 0, res.err
-    for fragment in ("expert curve", "fit error", "held-out error", "link in a node", "preset h100", "wall time"):
+    for fragment in ("expert curve", "fit error", "held-out error", "link in a node", "preset h100", "wall time",
+                     "the thread's CPU time"):
         assert fragment in res.out, res.out
     res = cli("calibrate", *QUICK, "--out", tmp_path / "hw2.json", "--json")
     assert json.loads(res.out)["format"] == "moeplace-topology"
@@ -112,6 +113,7 @@ def test_calibrate_takes_the_shape_of_a_model(cli, tmp_path):
     assert res.code == 0, res.err
     e = json.loads(res.out)["expert"]
     assert (e["hidden_size"], e["ffn_size"]) == (128, 64)  # hidden_size, moe_intermediate_size
+    assert (e["threads"], e["clock"]) == (1, "thread_time")  # the default on a CPU
     assert_one_line_error(cli("calibrate", "--model", BUNDLED_MODEL_DIR, "--ffn", 65, "--out", tmp_path / "x.json"),
                           2, "--ffn 65 differs from the model's 64")
 
@@ -158,8 +160,11 @@ def test_calibrate_measures_the_link_between_gloo_ranks(cli, tmp_path):
 @pytest.mark.slow
 def test_the_fitted_curve_predicts_held_out_token_counts():
     """The issue's target: the fitted expert curve predicts measured times at token counts not used in the fit
-    within 15 %. Measured on the CPU in CPU time (one thread), on a shape whose weights are cycled through a
-    bank larger than the caches (calibrate's method); see docs/calibrate.md for the figures and their limits."""
+    (3, 6, 12, ...) within 15 %. Measured here as calibrate does (CPU time of one thread, experts cycled through
+    a bank larger than the caches) on a 256 x 256 expert. On the shared 2-core machine the median held-out error
+    stays well inside 15 % and the largest reached 9-12 % on this shape, but 15-21 % on larger ones, where the
+    CPU's curve bends gradually instead of at a knee (BENCHMARKS.md): the test holds the median to the target
+    and the largest error to 25 %, so that a loaded machine does not fail it while a broken fit still does."""
     from placer.calibrate.expert import ExpertCurveSpec, measure_expert_curve
 
     before = torch.get_num_threads()
@@ -169,5 +174,5 @@ def test_the_fitted_curve_predicts_held_out_token_counts():
     finally:
         torch.set_num_threads(before)
     err = np.abs(curve.fit.predict(curve.heldout[:, 0]) / curve.heldout[:, 1] - 1)
-    assert len(err) >= 8
-    assert float(np.median(err)) <= 0.15, (err, curve.heldout)
+    assert len(err) == 9
+    assert float(np.median(err)) <= 0.15 and float(err.max()) <= 0.25, (err, curve.heldout)

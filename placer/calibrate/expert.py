@@ -84,6 +84,7 @@ class ExpertCurve:
     rounds: int
     seconds: float
     experts: int = 1
+    clock: str = "perf_counter"
 
 
 def measure_expert_curve(spec: ExpertCurveSpec, progress: Callable[[int], None] | None = None) -> ExpertCurve:
@@ -151,4 +152,4 @@ def measure_expert_curve(spec: ExpertCurveSpec, progress: Callable[[int], None] 
     heldout = np.array([[n, med[n]] for n in held_n], dtype=np.float64).reshape(-1, 2)
     fit = fit_knee(points[:, 0], points[:, 1])
     return ExpertCurve(points=points, heldout=heldout, fit=fit, rounds=rounds, seconds=time.perf_counter() - t_start,
-                       experts=count)
+                       experts=count, clock=timer.name)

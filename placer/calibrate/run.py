@@ -187,8 +187,11 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
         raise InputError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPE_BYTES)}")
     if req.threads < 0:
         raise InputError(f"--threads must be >= 0, got {req.threads}")
-    if req.threads:
-        torch.set_num_threads(req.threads)
+    # On a CPU one thread by default: timed in CPU time, which a loaded machine does not stretch (with two
+    # threads on a shared 2-core machine the wall-clock curve's fit error reached 89 %).
+    threads = req.threads or (1 if device == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         spec = ExpertCurveSpec(
             hidden=hidden, ffn=ffn, dtype=dtype, device=device,
@@ -228,12 +231,12 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
     # Step 3: the document.
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
     threads = torch.get_num_threads()
-    clock = "CUDA events" if device == "cuda" else ("thread CPU time" if threads == 1 else "wall time")
     expert = expert_section(
         hidden, ffn, dtype, DTYPE_BYTES[dtype], curve.fit,
         f"measured: one SwiGLU expert as replay runs it (placer.replay.datapath.apply_expert), {shape_from}, on "
-        f"{device} ({device_name}), {clock}, {curve.experts} distinct experts in turn, median of {curve.rounds} rounds; fitted to token counts 1, 2, 4, ..., "
-        f"held out 3, 6, 12, ...", points=curve.points, heldout=curve.heldout, device=device_name)
+        f"{device} ({device_name}), clock {curve.clock}, {curve.experts} distinct experts in turn, median of "
+        f"{curve.rounds} rounds; fitted to token counts 1, 2, 4, ..., held out 3, 6, 12, ...",
+        points=curve.points, heldout=curve.heldout, device=device_name, clock=curve.clock, threads=threads)
     sections = {}
     for cls, name in (("intra", "inside a node"), ("inter", "across nodes")):
         fitted = fit_points(link_points.get(cls))

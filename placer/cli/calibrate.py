@@ -26,8 +26,8 @@ def calibrate(
     budget: float = typer.Option(40.0, "--budget", help="Seconds of timed rounds for the expert curve (at least 5 "
                                  "rounds whatever it says)."),
     threads: int = typer.Option(
-        0, "--threads", help="torch CPU threads (0: torch's default). Use the --threads the replay will use; with "
-        "1 on a CPU the compute is timed in CPU time, which other processes do not stretch."),
+        0, "--threads", help="torch CPU threads (0: 1 on a CPU, torch's default on a GPU). On a CPU one thread is "
+        "timed in CPU time, which other processes do not stretch; replay with the same --threads."),
     backend: Optional[str] = typer.Option(
         None, "--backend", help="gloo or nccl: also measure all-to-all bandwidth and latency between ranks "
         "(with --world-size; under torchrun, the ranks torchrun started, across nodes)."),
@@ -82,6 +82,8 @@ def _print_summary(doc: dict, out: Path) -> None:
         ("device", f"{meta['device']}: {e['device']}" + (f", driver {meta['driver']}" if meta.get("driver") else "")
          + f", torch {meta['torch']}, {meta['torch_threads']} thread(s)"),
         ("layer shape", f"hidden {e['hidden_size']} x FFN {e['ffn_size']}, {e['dtype']}"),
+        ("clock", {"thread_time": "the thread's CPU time (one thread: other processes do not stretch it)",
+                   "cuda-events": "CUDA events", "perf_counter": "wall time"}.get(e.get("clock"), "-")),
         ("expert curve", f"floor {e['floor_us']:.1f} us, then {e['intercept_us']:.1f} us + tokens at "
                          f"{e['tflops']:.3g} TFLOP/s (knee at {e['knee_tokens']:.0f} tokens)"),
         ("fit error", f"max {_pct(fit)}, median {_pct(fit, 'median_rel_error')} on the {fit['points']} fitted "

@@ -161,7 +161,7 @@ _FIELDS = {
 }
 _TOP = ("format", "version", "description", "expert", "links", "metadata")
 _EXPERT = ("hidden_size", "ffn_size", "dtype", "dtype_bytes", "floor_us", "intercept_us", "tflops", "knee_tokens",
-           "device", "source", "points", "heldout_points", "fit")
+           "device", "clock", "threads", "source", "points", "heldout_points", "fit")
 _LINK = ("bandwidth_gbs", "latency_us", "source", "backend", "world_size", "points", "fit")
 
 
@@ -192,10 +192,12 @@ def _fail(where: str, path: str, msg: str) -> InputError:
 
 def _obj(d: Any, where: str, path: str, allowed: Sequence[str]) -> dict:
     if not isinstance(d, dict):
+        if not path:
+            raise InputError(f"{where}: expected a JSON object, got {type(d).__name__}")
         raise _fail(where, path, f"must be a JSON object, got {type(d).__name__}")
     unknown = sorted(set(d) - set(allowed))
     if unknown:
-        raise _fail(where, f"{path}.{unknown[0]}", f"is unknown; known fields: {', '.join(allowed)}")
+        raise _fail(where, f"{path}.{unknown[0]}" if path else unknown[0], f"is unknown; known fields: {', '.join(allowed)}")
     return d
 
 
@@ -247,7 +249,7 @@ def _check_fit(d: dict, where: str, path: str, predict, value_key: str) -> None:
 
 def read_hardware(doc: Any, where: str) -> Hardware:
     """Check a hardware document (the parsed JSON of a hardware file) and return it as ``Hardware``."""
-    d = _obj(doc, where, "(top level)", _TOP)
+    d = _obj(doc, where, "", _TOP)
     if d.get("format") != FORMAT:
         raise _fail(where, "format", f"is {d.get('format')!r}, expected {FORMAT!r}")
     if d.get("version") != VERSION:
@@ -333,15 +335,15 @@ def load_topology_source(path: str | Path) -> "Hardware | Topology":
 
 def expert_section(hidden: int, ffn: int, dtype: str, dtype_bytes: int, fit: KneeFit, source: str,
                    points: np.ndarray | None = None, heldout: np.ndarray | None = None,
-                   device: str | None = None) -> dict[str, Any]:
+                   device: str | None = None, **extra: Any) -> dict[str, Any]:
     """The ``expert`` section of a hardware file for a fitted curve, with its errors on the points (computed
-    from the figures as written: rounded to 4 decimals)."""
+    from the figures as written: rounded to 4 decimals). ``extra``: how it was measured (``clock``, ``threads``)."""
     floor, intercept, tflops = (round(float(v), 4) for v in (fit.floor_us, fit.intercept_us, fit.tflops(hidden, ffn)))
     fit = KneeFit(floor, intercept, 6.0 * hidden * ffn / (tflops * 1e6))
     sec: dict[str, Any] = {
         "hidden_size": int(hidden), "ffn_size": int(ffn), "dtype": dtype, "dtype_bytes": int(dtype_bytes),
         "floor_us": floor, "intercept_us": intercept, "tflops": tflops, "knee_tokens": round(fit.knee_tokens, 3),
-        "device": device, "source": source,
+        "device": device, **extra, "source": source,
     }
     if points is not None:
         pts = _rounded(points)
