@@ -3,9 +3,9 @@
 (``make gpu-check``; docs/calibrate.md). It prints a Markdown block ready for BENCHMARKS.md and writes it,
 with every step's JSON, under ``--out``.
 
-Steps (the moeplace commands run in this process, one after the other, so torch is imported once; the
-tests in a subprocess; a step that fails is reported and the others still run, a step is skipped once the
-budget is spent; the exit code is 1 if any failed or was skipped):
+Steps (run in this process, one after the other, so torch is imported once; a step that fails is reported
+and the others still run, a step is skipped once the budget is spent; the exit code is 1 if any failed or was
+skipped):
 
 1. the GPU-marked tests (``pytest -m gpu``);
 2. the tracer's overhead on CUDA (``moeplace bench trace --device cuda``);
@@ -73,8 +73,8 @@ def install_from_wheels(wheels: Path, venv: Path) -> str:
 class Runner:
     """Runs the steps, records what each did, and keeps the whole run inside the budget."""
 
-    def __init__(self, python: str, out: Path, budget_s: float) -> None:
-        self.python, self.out, self.budget_s = python, out, budget_s
+    def __init__(self, out: Path, budget_s: float) -> None:
+        self.out, self.budget_s = out, budget_s
         self.t0 = time.monotonic()
         self.steps: list[dict] = []
 
@@ -116,27 +116,30 @@ class Runner:
         (self.out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
         return data
 
-    def subprocess(self, name: str, args: list[str], limit_s: float) -> str | None:
-        """Run ``python args`` in a subprocess (at most ``limit_s`` and what the budget has left); its output."""
-        step = self._start(name, ["python", *args], 5.0)
+    def pytest(self, name: str, args: list[str]) -> str | None:
+        """Run pytest in this process (torch is imported already); the last line of its report."""
+        import contextlib
+        import io
+
+        import pytest
+
+        step = self._start(name, ["pytest", *args], 5.0)
         if step is None:
             return None
-        limit = min(limit_s, self.left())
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        t = time.monotonic()
+        t, out = time.monotonic(), io.StringIO()
+        cwd = os.getcwd()
         try:
-            res = subprocess.run([self.python, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
-        except subprocess.TimeoutExpired:
-            step.update(status="timed out", wall_s=round(time.monotonic() - t, 1), detail=f"after {limit:.0f} s")
-            return None
+            os.chdir(ROOT)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                code = pytest.main(args)
+        finally:
+            os.chdir(cwd)
         step["wall_s"] = round(time.monotonic() - t, 1)
-        (self.out / f"{name}.log").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
-        if res.returncode != 0:
-            lines = [l for l in (res.stdout + res.stderr).splitlines() if l.strip()]
-            step.update(status="failed", detail=(lines[-1] if lines else f"exit code {res.returncode}")[:300])
-            return None
-        step["status"] = "ok"
-        return res.stdout
+        (self.out / f"{name}.log").write_text(out.getvalue())
+        lines = [l for l in out.getvalue().splitlines() if l.strip()]
+        last = lines[-1].strip("= ") if lines else f"exit code {code}"
+        step.update(status="ok" if code == 0 else "failed", detail="" if code == 0 else last[:300])
+        return last
 
 
 def environment() -> dict:
@@ -180,15 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
-    r = Runner(sys.executable, out, a.budget)
+    r = Runner(out, a.budget)
     dev = "cpu" if dry else "cuda"
     figures: dict = {"dry": dry, "environment": env}
 
     # Step 1: the GPU-marked tests (on a CPU they all skip: the dry run checks that they are collected).
     gpu_tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                        if "mark.gpu" in p.read_text(encoding="utf-8"))
-    text = r.subprocess("gpu_tests", ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests], 200)
-    figures["gpu_tests"] = text.strip().splitlines()[-1] if text else None
+    figures["gpu_tests"] = r.pytest("gpu_tests", ["-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests])
     # Step 2: the tracer's overhead.
     figures["bench_trace"] = r.moeplace("bench_trace", ["bench", "trace", "--device", dev, "--json"]
                                         + (["--repeats", 1, "--max-tokens", 512] if dry else ["--repeats", 10]),
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     topo_ds = calib_ds if calib_ds.exists() else "h100"
     placements = []
     for name, extra in (("contiguous", []), ("eplb", ["--redundant", shape["G"] * (1 if dry else 4)]),
-                        ("auto", ["--time-limit", 5 if dry else 20])):
+                        ("auto", ["--time-limit", 1 if dry else 20])):
         p = out / f"dsv3-{name}.json"
         r.moeplace(f"solve_dsv3_{name}", ["-q", "solve", synth, "--solver", name, "--gpus", shape["G"], *extra,
                                           "--topology", topo_ds, "--out", p])
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         *(["--threads", 1] if dry else []), "--json"], json_out=True)
     train, heldout = ROOT / "traces" / "train.parquet", ROOT / "traces" / "heldout.parquet"
     tiny = []
-    for name, extra in (("contiguous", []), ("eplb", ["--redundant", 4]), ("auto", ["--time-limit", 5 if dry else 20])):
+    for name, extra in (("contiguous", []), ("eplb", ["--redundant", 4]), ("auto", ["--time-limit", 1 if dry else 20])):
         p = out / f"bundled-{name}.json"
         r.moeplace(f"solve_bundled_{name}", ["-q", "solve", train, "--solver", name, "--gpus", 4, *extra, "--out", p])
         tiny.append(p)

@@ -11,6 +11,7 @@ import torch
 
 from placer.core.hardware import load_hardware
 from tests.conftest import assert_one_line_error
+from tests.test_hardware import tamper
 
 QUICK = ["--device", "cpu", "--hidden", 32, "--ffn", 32, "--budget", 0.2, "--max-tokens", 64, "--threads", 1]
 
@@ -120,22 +121,13 @@ def test_calibrate_takes_the_shape_of_a_model(cli, tmp_path):
 
 @pytest.mark.parametrize("path, value, fragments", [
     ("version", 7, ["field 'version' is 7"]),
-    ("expert", None, ["field 'expert' is missing"]),
+    ("expert", KeyError, ["field 'expert' is missing"]),
     ("links.intra.bandwidth_gbs", -5.0, ["field 'links.intra.bandwidth_gbs' is -5.0, must be positive"]),
     ("expert.floor_us", 12345.0, ["field 'expert.floor_us' no longer fits"]),
 ])
 def test_a_tampered_calibration_is_refused_by_every_command(cli, hw_file, trace, tmp_path, path, value, fragments):
-    doc = json.loads(hw_file.read_text())
-    *head, last = path.split(".")
-    node = doc
-    for k in head:
-        node = node[k]
-    if value is None:
-        del node[last]
-    else:
-        node[last] = value
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(doc))
+    bad.write_text(json.dumps(tamper(json.loads(hw_file.read_text()), path, value)))
     assert_one_line_error(cli("solve", trace, "--gpus", 4, "--topology", bad, "--out", tmp_path / "p.json"), 2,
                           "bad.json", *fragments)
     assert_one_line_error(cli("replay", trace, "contiguous", "-G", 4, "--backend", "virtual", "--topology", bad), 2,

@@ -102,7 +102,8 @@ def test_a_measured_file_reads_back_and_combines_with_any_gpu_count():
     assert hw.doc["expert"]["fit"]["heldout"]["points"] == 4
 
 
-def _tamper(doc: dict, path: str, value) -> dict:
+def tamper(doc: dict, path: str, value) -> dict:
+    """A copy of ``doc`` with the field at dotted ``path`` set to ``value`` (removed if ``value`` is KeyError)."""
     d = copy.deepcopy(doc)
     *head, last = path.split(".")
     node = d
@@ -132,7 +133,7 @@ def _tamper(doc: dict, path: str, value) -> dict:
 ])
 def test_a_tampered_file_is_refused_naming_the_field(path, value, fragments):
     with pytest.raises(InputError) as exc:
-        read_hardware(_tamper(_measured_doc(), path, value), "hw.json")
+        read_hardware(tamper(_measured_doc(), path, value), "hw.json")
     msg = str(exc.value)
     assert msg.startswith("hw.json: ") and "\n" not in msg
     for f in fragments:

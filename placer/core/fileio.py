@@ -79,6 +79,18 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The parsed JSON of an existing text file; InputError naming the file otherwise (``what`` names the file's
+    kind in the message: "topology file", ...)."""
+    p = require_file(path, what)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a text file; expected {what} JSON") from None
+    except ValueError as exc:
+        raise InputError(f"{p}: not valid JSON ({exc})") from None
+
+
 def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """The ``config.json`` of a Hugging Face checkpoint folder, as (its path, a dict), with one-line errors
     for a missing folder, a file given instead, a missing or unreadable config."""
@@ -90,10 +102,7 @@ def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any
     cfg_path = model / "config.json"
     if not cfg_path.is_file():
         raise InputError(f"{model}: no config.json; not a Hugging Face checkpoint folder")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{cfg_path}: not valid JSON ({exc})") from None
+    cfg = read_json(cfg_path, "config.json")
     if not isinstance(cfg, dict):
         raise InputError(f"{cfg_path}: expected a JSON object")
     return cfg_path, cfg

@@ -23,7 +23,6 @@ bytes / bandwidth), both least squares in relative error, since the points span 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from placer.core.errors import InputError
+from placer.core.fileio import read_json
 from placer.core.topology import Topology
 
 FORMAT = "moeplace-topology"
@@ -287,14 +287,7 @@ def read_hardware(doc: Any, where: str) -> Hardware:
 
 
 def load_hardware(path: str | Path) -> Hardware:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: topology file not found")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not valid JSON ({exc})") from None
-    return read_hardware(doc, str(p))
+    return read_hardware(read_json(path, "topology file"), str(path))
 
 
 def is_hardware_doc(doc: Any) -> bool:
@@ -322,12 +315,9 @@ def load_topology_source(path: str | Path) -> "Hardware | Topology":
     p = Path(path)
     if not p.exists() and p.suffix == "" and str(p) in preset_names():
         return load_preset(str(p))
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"{p}: topology file not found (nor a preset name: {', '.join(preset_names())})")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not valid JSON ({exc})") from None
+    doc = read_json(p, "topology file")
     if is_hardware_doc(doc):
         return read_hardware(doc, str(p))
     return Topology.from_dict(doc, where=str(p))

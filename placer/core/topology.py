@@ -10,10 +10,7 @@ machine it runs on and writes them as a hardware file (``placer.core.hardware``)
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,17 +151,6 @@ class Topology:
             return cls(**d)
         except (TypeError, ValueError) as exc:
             raise InputError(f"{where}: {exc}") from None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Topology":
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: topology file not found")
-        try:
-            d = json.loads(p.read_text())
-        except ValueError as exc:
-            raise InputError(f"{p}: not valid JSON ({exc})") from None
-        return cls.from_dict(d, where=str(p))
 
     def with_(self, **changes: Any) -> "Topology":
         return replace(self, **changes)

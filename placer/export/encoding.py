@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from placer.core.errors import InputError, first_line
-from placer.core.fileio import atomic_path, require_file, write_text_atomic
+from placer.core.fileio import atomic_path, read_json, require_file, write_text_atomic  # noqa: F401 (read_json: used by the formats)
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -38,16 +38,6 @@ def dumps_rows(obj: Mapping[str, Any]) -> str:
 
 def write_json(path: Path, obj: Mapping[str, Any], rows: bool = True) -> None:
     write_text_atomic(path, dumps_rows(obj) if rows else json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path, what: str) -> Any:
-    require_file(path, what)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file; expected {what} JSON") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
 # -- torch .pt -----------------------------------------------------------------------------------------------------
