@@ -7,7 +7,8 @@ the rank correlation (Spearman) of predicted and measured speedups per trace and
 placement's errors, a PNG scatter of predicted against measured speedups and a JSON of everything.
 
 The topology is ``--topology`` or, by default, a calibration made here first with the replay's layer shape,
-dtype, device and threads (``moeplace calibrate``), so the prediction uses this machine's expert curve. The
+dtype, device and threads (``moeplace calibrate``; with ``--backend gloo`` also the links between that many
+gloo ranks), so the prediction uses this machine's expert curve. The
 default traces are synthetic, with three skews of expert popularity (Zipf 0.6, 1.0, 1.4), so that the
 placements differ in how they balance load.
 """
@@ -210,9 +211,11 @@ def bench_validate(
         from placer.calibrate.run import CalibrateRequest, calibrate
 
         with progress_bar(None, "bench validate: calibrate", unit="round") as adv:
+            # gloo: the links between the ranks too, since that backend measures its communication.
             doc = calibrate(CalibrateRequest(hidden=hidden, ffn=ffn, dtype=dtype, device=device, threads=threads,
-                                             budget_s=calibrate_budget, max_tokens=slot_tokens(traces, tokens_per_step)),
-                            progress=adv)
+                                             budget_s=calibrate_budget, max_tokens=slot_tokens(traces, tokens_per_step),
+                                             backend="gloo" if backend == "gloo" else None,
+                                             world_size=gpus if backend == "gloo" else None), progress=adv)
         topology = write_json_atomic(out_dir / "calibrated.json", doc)
     rows, per_trace, reports, duplicates = [], {}, {}, {}
     for trace in traces:

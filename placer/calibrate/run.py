@@ -195,7 +195,7 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
     try:
         spec = ExpertCurveSpec(
             hidden=hidden, ffn=ffn, dtype=dtype, device=device,
-            max_tokens=req.max_tokens or (16384 if device == "cuda" else 4096),
+            max_tokens=req.max_tokens or (16384 if device == "cuda" else 1024),
             max_call_ms=req.max_call_ms or (50.0 if device == "cuda" else 250.0),
             budget_s=req.budget_s, seed=req.seed)
         links = None

@@ -19,7 +19,7 @@ def calibrate(
                               "bfloat16, float16 or float64."),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto (a GPU if there is one)."),
     max_tokens: Optional[int] = typer.Option(
-        None, "--max-tokens", help="Largest token count per expert timed (default 16384 on a GPU, 4096 on a CPU)."),
+        None, "--max-tokens", help="Largest token count per expert timed (default 16384 on a GPU, 1024 on a CPU)."),
     max_call_ms: Optional[float] = typer.Option(
         None, "--max-call-ms", help="Stop at the first token count whose call takes longer (default 50 on a GPU, "
         "250 on a CPU)."),
