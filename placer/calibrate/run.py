@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from placer.core.errors import InputError
-from placer.core.hardware import expert_section, hardware_doc, link_section, load_preset, preset_names, read_hardware
-from placer.core.hardware import LinkFit
+from placer.core.hardware import (
+    LinkFit, expert_section, hardware_doc, link_section, load_preset, preset_names, read_hardware,
+)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
