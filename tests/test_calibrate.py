@@ -168,3 +168,27 @@ def test_the_fitted_curve_predicts_held_out_token_counts():
     err = np.abs(curve.fit.predict(curve.heldout[:, 0]) / curve.heldout[:, 1] - 1)
     assert len(err) == 9
     assert float(np.median(err)) <= 0.15 and float(err.max()) <= 0.25, (err, curve.heldout)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_under_torchrun_the_link_across_nodes_is_measured(tmp_path):
+    """torchrun's path (here on one machine, gloo, two "nodes" of one rank each through the test hook
+    --ranks-per-node): every rank joins the env:// group, the ranks with the same local index exchange across
+    nodes, rank 0 then measures the expert curve and writes the file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "hw.json"
+    env = {**os.environ, "MOEPLACE_QUIET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "placer",
+         "calibrate", *map(str, QUICK), "--backend", "gloo", "--link-repeats", "2", "--ranks-per-node", "1",
+         "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    links = load_hardware(out).doc["links"]
+    assert links["inter"]["source"].startswith("measured: all_to_all_single with variable splits across nodes")
+    assert links["intra"]["source"].startswith("not measured (one rank per node")
+    assert proc.stdout.count("wrote") == 1  # rank 0 alone writes and prints

@@ -48,6 +48,7 @@ class CalibrateRequest:
     timeout_s: float = 300.0
     preset: str = "h100"
     seed: int = 0
+    ranks_per_node: int | None = None
 
 
 def layer_shape(req: CalibrateRequest) -> tuple[int, int, str]:
@@ -204,9 +205,11 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
             world = env[1] if env is not None else req.world_size
             if env is not None and req.world_size is not None and req.world_size != world:
                 raise InputError(f"torchrun started {world} ranks, --world-size is {req.world_size}")
+            rpn = req.ranks_per_node or (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if env is not None else None)
+            if rpn is not None and (rpn < 1 or world % rpn):
+                raise InputError(f"--ranks-per-node {rpn}: {world} ranks must divide into nodes of that many")
             links = LinkSpec(backend=req.backend, world_size=world, repeats=req.link_repeats, timeout_s=req.timeout_s,
-                             seed=req.seed, ranks_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", world))
-                             if env is not None else None)
+                             seed=req.seed, ranks_per_node=rpn)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
@@ -249,7 +252,8 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
                 points=pts, backend=links.backend, world_size=links.world_size)
         else:
             theirs = base.doc["links"][cls]
-            why = "no --backend" if links is None else "one node: no link across nodes to measure"
+            why = ("no --backend" if links is None else "one node: no link across nodes to measure" if cls == "inter"
+                   else "one rank per node: no link inside a node to measure")
             fit, cap = LinkFit(theirs["latency_us"], theirs["bandwidth_gbs"]), ""
             intra = sections.get("intra")
             if cls == "inter" and intra is not None and intra["source"].startswith("measured") and \

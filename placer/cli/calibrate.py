@@ -36,6 +36,9 @@ def calibrate(
     preset: str = typer.Option("h100", "--preset", help="Preset for what is not measured (links without "
                                "--backend, the network on one node): h100, h200 or a100."),
     timeout: float = typer.Option(300.0, "--timeout", help="Stop every rank if none makes progress for this long."),
+    ranks_per_node: Optional[int] = typer.Option(
+        None, "--ranks-per-node", hidden=True, help="Test hook: split the ranks into nodes of this many (default: "
+        "torchrun's LOCAL_WORLD_SIZE, else one node); on one machine the 'network' is this machine's transport."),
     as_json: bool = typer.Option(False, "--json", help="Print the hardware file's content as JSON."),
 ) -> None:
     """Measure this machine and write a hardware file that solve, evaluate, replay (and simulate) take with
@@ -56,7 +59,8 @@ def calibrate(
     prepare_output(out)
     req = CalibrateRequest(model=model, hidden=hidden, ffn=ffn, dtype=dtype, device=device, max_tokens=max_tokens,
                            max_call_ms=max_call_ms, budget_s=budget, threads=threads, backend=backend,
-                           world_size=world_size, link_repeats=link_repeats, timeout_s=timeout, preset=preset)
+                           world_size=world_size, link_repeats=link_repeats, timeout_s=timeout, preset=preset,
+                           ranks_per_node=ranks_per_node)
     with progress_bar(None, "calibrate (expert rounds, link sizes)", unit="step") as advance:
         doc = run_calibrate(req, progress=advance, link_progress=lambda step: step >= 0 and advance(1))
     if doc is None:  # a rank other than 0 under torchrun
