@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.moeplace-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all clean traces tiny-model gpu-check gpu-wheels
+.PHONY: install demo test test-all clean traces tiny-model notebook gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ tiny-model: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Execute the analysis notebook and save it with its outputs (tests/test_notebook.py re-executes it in memory).
+notebook: $(STAMP)
+	cd notebooks && ../$(PY) -c "import nbclient, nbformat; nb = nbformat.read('analysis.ipynb', as_version=4); \
+	nbclient.NotebookClient(nb, timeout=600, kernel_name='python3', record_timing=False).execute(); \
+	nbformat.write(nb, 'analysis.ipynb')"
 
 # Every measurement that needs a GPU, in one script of at most 8 minutes (docs/calibrate.md): on a GPU machine
 # `make gpu-check` runs it with that machine's python3 (its CUDA torch) from the source tree; WHEELS=dir

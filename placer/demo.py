@@ -5,14 +5,39 @@ Each capability adds a step; steps share a ``DemoContext`` (the output folder, t
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from rich.console import Console
+from rich.table import Table
 
+from placer.core.errors import MoeplaceError
+from placer.core.fileio import write_json_atomic
 from placer.core.mode import TrafficMode
+from placer.core.placement_io import load_placement, save_placement
+from placer.core.stats.core import compute_stats
+from placer.core.topology import preset
+from placer.core.trace.reader import TraceReader
+from placer.core.trace.writer import TraceWriter
+from placer.export import PLACEMENT_FORMATS, export_placement, get_format, import_placement
+from placer.inputs import stats_from_traces
+from placer.replay.report import report_table
+from placer.replay.run import ReplayRequest, prepare, solve_on_trace, verdict
+from placer.replay.run import run as run_replay
+from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
+from placer.tracer.record import TraceOptions
+from placer.tracer.run import trace_model
+from solvers.problem import PlacementProblem
+from solvers.registry import SOLVER_NAMES, get_solver
+
+# The command line (placer.cli.main, info, stats) is imported where a step runs a command: importing it here would
+# make placer.cli load this module's own command module first.
 
 
 @dataclass
@@ -24,11 +49,6 @@ class DemoContext:
 
 def step_trace(ctx: DemoContext) -> None:
     """Trace the bundled tiny MoE model on held-out text (prefill and greedy decode), as `moeplace trace` does."""
-    from placer.core.errors import MoeplaceError
-    from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
-    from placer.tracer.record import TraceOptions
-    from placer.tracer.run import trace_model
-
     text = REPO_TRACES_DIR / "text" / "heldout.txt"
     if not text.is_file():
         raise MoeplaceError(f"{text}: the demo runs from a clone of the repository (traces/ is missing)")
@@ -57,7 +77,6 @@ def step_info(ctx: DemoContext) -> None:
 def step_stats(ctx: DemoContext) -> None:
     """Routing statistics of the trace: summary, stats file, routing graph and heatmaps."""
     from placer.cli.stats import report
-    from placer.inputs import stats_from_traces
 
     stats = stats_from_traces(ctx.files["trace"], by="phase")
     ctx.files["stats"] = ctx.out / "stats.npz"
@@ -72,11 +91,7 @@ DEMO_BASELINES = (("greedy", ()), ("eplb", ("--redundant", str(DEMO_GPUS))), ("r
 def _moeplace(*args: object, capture: bool = False) -> str:
     """Run a moeplace command in this process (its standard output returned if ``capture``); a failure
     stops the demo with its message."""
-    import contextlib
-    import io
-
     from placer.cli.main import run
-    from placer.core.errors import MoeplaceError
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
@@ -88,9 +103,6 @@ def _moeplace(*args: object, capture: bool = False) -> str:
 
 def step_solve(ctx: DemoContext) -> None:
     """Baseline placements (greedy, eplb, round_robin, random) on 4 GPUs, solved on the bundled train trace."""
-    import json
-
-    from rich.table import Table
 
     trace = ctx.files.get("train", ctx.files["trace"])
     table = Table(title=f"moeplace solve {trace} --gpus {DEMO_GPUS} --solver NAME ... --out "
@@ -116,15 +128,8 @@ def step_evaluate(ctx: DemoContext) -> None:
         _moeplace("evaluate", trace, *placements, "--mode", mode)
 def _demo_placement(ctx: DemoContext):
     """The demo's latest placement, or (before any solver step ran) the contiguous baseline on the trace."""
-    from placer.core.placement_io import load_placement, save_placement
-
     if ctx.files.get("placement"):
         return load_placement(ctx.files["placement"])
-    from placer.core.stats.core import compute_stats
-    from placer.core.topology import preset
-    from placer.core.trace.reader import TraceReader
-    from solvers.problem import PlacementProblem
-    from solvers.registry import get_solver
 
     reader = TraceReader(ctx.files["trace"])
     m = reader.meta
@@ -138,12 +143,10 @@ def _demo_placement(ctx: DemoContext):
 
 def step_export(ctx: DemoContext) -> None:
     """The placement in every serving stack's format, and what loads each file."""
-    from placer.export import FORMAT_NAMES, export_placement, get_format, import_placement
-
     p = _demo_placement(ctx)
     ctx.console.print(f"placement {ctx.files['placement']}: {p.num_layers} MoE layers x {p.num_slots} slots on "
                       f"{p.num_gpus} GPUs ({p.report.solver})")
-    for fmt in FORMAT_NAMES:
+    for fmt in PLACEMENT_FORMATS:
         numbering = None if p.model_layer_indices is not None else "moe"
         r = export_placement(p, ctx.out / "export" / f"placement-{fmt}{get_format(fmt).suffixes[0]}", fmt, numbering)
         back = import_placement(r.path, fmt, r.numbering, moe_layers=list(p.model_layer_indices or ()) or None,
@@ -157,11 +160,6 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
     """contiguous and the best placement at hand for 2-4 GPUs: an earlier step's placement if it fits, else the
     first registered of the preferred solvers solved on the training trace, else contiguous with G redundant
     slots (so the replay still compares two layouts)."""
-    from placer.core.placement_io import load_placement, save_placement
-    from placer.replay.run import solve_on_trace
-    from placer.core.trace.reader import TraceReader
-    from solvers.registry import SOLVER_NAMES
-
     train = ctx.files.get("train", ctx.files["trace"])
     meta = TraceReader(train).meta
     best_path, gpus, mode = ctx.files.get("placement"), 4, TrafficMode.EP
@@ -186,15 +184,11 @@ def _replay_placements(ctx: DemoContext) -> tuple[Path, Path]:
 
 def step_replay(ctx: DemoContext) -> None:
     """A gloo replay (CPU ranks) of the held-out trace: correctness of every token and the measured ratio."""
-    from placer.core.fileio import write_json_atomic
-    from placer.replay.report import report_table
-    from placer.replay.run import ReplayRequest, prepare, run, verdict
-
     trace = ctx.files.get("heldout", ctx.files["trace"])
     base, best = _replay_placements(ctx)
     cfg = prepare(ReplayRequest(trace=trace, placements=[str(base), str(best)], backend="gloo", hidden=64, ffn=128,
                                 tokens_per_step=1024, steps=4, warmup=1, threads=1, timeout_s=120))
-    report = run(cfg, "gloo")
+    report = run_replay(cfg, "gloo")
     ctx.files["replay"] = write_json_atomic(ctx.out / "replay.json", report)
     ctx.console.print(report_table(report))
     first, other = report["placements"]
@@ -214,8 +208,6 @@ AUTO_TIME_LIMIT = 5  # seconds per mode: the whole demo stays within 3 minutes o
 def step_optimise(ctx: DemoContext) -> None:
     """auto (the default solver) on the trace, per traffic mode, measured on the held-out trace next to the
     baselines."""
-    import json
-
     trace = ctx.files.get("train", ctx.files["trace"])
     heldout = ctx.files.get("heldout", ctx.files["trace"])
     baselines = [ctx.files[f"placement-{name}"] for name, _ in DEMO_BASELINES]
@@ -240,6 +232,54 @@ def step_optimise(ctx: DemoContext) -> None:
     ctx.files["placement"] = ctx.files["placement-auto-ep"]
 
 
+# The drift step's synthetic trace: 6 windows of traffic whose hot experts and domain mix change (synth --drift);
+# sized to take under 30 seconds on 2 cores.
+DRIFT = dict(layers=6, experts=32, top_k=2, windows=6, window=6000, drift=0.15, gpus=8, redundant=8)
+
+
+def step_drift(ctx: DemoContext) -> None:
+    """Traffic that drifts: eplb fitted once against robust auto on four windows, judged on the next two; then a
+    rebalance to the new traffic with a small budget of moves."""
+    d = DRIFT
+    trace, out = ctx.out / "drift.parquet", ctx.out / "drift"
+    _moeplace("synth", "--layers", d["layers"], "--experts", d["experts"], "--top-k", d["top_k"], "--tokens",
+              d["windows"] * d["window"], "--domains", 3, "--drift", d["drift"], "--drift-periods", d["windows"],
+              "--clusters", 4, "--seq-len", 100, "--seed", 1, "--out", trace)
+    train, held = out / "train.parquet", out / "held.parquet"
+    _split(trace, train, held, 4 * d["window"])
+    common = ("--gpus", d["gpus"], "--nodes", 2, "--redundant", d["redundant"], "--time-limit", 5)
+    robust, eplb = out / "robust.json", out / "eplb.json"
+    _moeplace("solve", "--load", out / "train-load.npy", "--solver", "eplb", *common, "--out", eplb, capture=True)
+    s = json.loads(_moeplace("solve", train, "--scenarios", f"window:{d['window']}", *common, "--out", robust,
+                             "--json", capture=True))
+    ctx.console.print(f"moeplace solve {train} --scenarios window:{d['window']} ... : robust auto on "
+                      f"{len(s['scenarios']['scenarios'])} windows, worst in-sample max/mean "
+                      f"{s['scenarios']['worst']['max_over_mean']:.3f}", highlight=False, soft_wrap=True)
+    _moeplace("evaluate", held, robust, eplb, "--scenarios", f"window:{d['window']}")
+    r = json.loads(_moeplace("rebalance", eplb, held, "--max-moves-per-layer", 2, "--solver", "eplb", "--out",
+                             out / "rebalanced.json", "--json", capture=True))
+    ctx.console.print(f"moeplace rebalance {eplb} {held} --max-moves-per-layer 2: {r['moves']['moves']} moves "
+                      f"({r['moves']['share_of_copies']:.1%} of the copies; a full eplb re-solve would move "
+                      f"{r['target']['moves']}), objective {r['current_objective']:,.0f} -> {r['objective']:,.0f} "
+                      f"(full re-solve {r['target']['objective']:,.0f})", highlight=False, soft_wrap=True)
+
+
+def _split(trace: Path, first: Path, rest: Path, tokens: int) -> None:
+    """Write the first ``tokens`` tokens of ``trace`` to ``first`` (and its expert load to ``first``-load.npy),
+    the others to ``rest``."""
+
+    r = TraceReader(trace)
+    b = r.read_all()
+    for path, rows in ((first, np.arange(tokens)), (rest, np.arange(tokens, len(b)))):
+        with TraceWriter(path, r.meta, with_domain=True) as w:
+            w.write(b.select(rows))
+    part = b.select(np.arange(tokens))
+    load = np.zeros((r.meta.num_layers, r.meta.num_experts), dtype=np.int64)
+    for l in range(r.meta.num_layers):
+        np.add.at(load[l], part.experts_TLK[:, l, :].astype(np.int64).ravel(), 1)
+    np.save(first.parent / f"{first.stem}-load.npy", load)
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("trace", step_trace),
     ("info", step_info),
@@ -247,6 +287,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("solve", step_solve),
     ("evaluate", step_evaluate),
     ("optimise", step_optimise),
+    ("drift", step_drift),
     ("export", step_export),
     ("replay", step_replay),
 ]

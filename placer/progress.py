@@ -46,13 +46,16 @@ class _Rate(TextColumn):
 
 @contextlib.contextmanager
 def progress_bar(
-    total: float | None, description: str, unit: str = "it", quiet: bool | None = None
-) -> Iterator[Callable[[float], None]]:
-    """Yield ``advance(n)``; shows a bar with count, rate in ``unit``/s, elapsed and remaining time."""
+    total: float | None, description: str, unit: str = "it", quiet: bool | None = None, status: bool = False
+) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n)``; shows a bar with count, rate in ``unit``/s, elapsed and remaining time.
+
+    With ``status=True`` the bar ends with a free text that ``advance(n, status="...")`` replaces.
+    """
     if quiet is None:
         quiet = quiet_default()
     if quiet:
-        yield lambda n: None
+        yield lambda n, **fields: None
         return
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -63,6 +66,8 @@ def progress_bar(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=stderr_console, transient=False) as prog:
-        task = prog.add_task(description, total=total, unit=unit)
-        yield lambda n: prog.advance(task, n)
+        task = prog.add_task(description, total=total, unit=unit, status="")
+        yield lambda n, **fields: prog.update(task, advance=n, **fields)

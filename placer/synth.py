@@ -18,6 +18,11 @@ config gives the same trace byte for byte):
    are distinct.
 5. Gate weights are sorted exponential draws normalised to sum to one (rank 0 has the largest weight).
 6. ``drop_rate`` marks token-layers as missing (as routing logs drop rows), for testing.
+7. **Drift** (``drift > 0``): traffic that changes over time, as serving traffic does. The sequences are cut
+   into ``drift_periods`` consecutive periods. From one period to the next, every layer's popularity order
+   re-shuffles a share ``drift`` of its experts (so the hot experts change, cumulatively), and each period
+   draws its own domain mix (a Dirichlet draw over the domains), so the mix of workloads changes too. (Picks
+   that follow a planted cluster keep the first period's popularity inside their cluster.)
 
 Tokens come in sequences of ``seq_len``; the last ``decode_fraction`` of each sequence is marked decode.
 The planted structure is stored in the trace metadata under ``extra["planted"]``.
@@ -52,6 +57,8 @@ class SynthConfig:
     seq_len: int = 256
     decode_fraction: float = 0.25
     drop_rate: float = 0.0
+    drift: float = 0.0
+    drift_periods: int = 8
 
     def __post_init__(self) -> None:
         for name in ("layers", "experts", "top_k", "tokens", "domains", "seq_len"):
@@ -64,7 +71,9 @@ class SynthConfig:
             raise ValueError(f"clusters ({self.clusters}) must be between 0 and experts ({self.experts})")
         if self.zipf < 0:
             raise ValueError(f"zipf ({self.zipf}) must be >= 0")
-        for name in ("affinity", "domain_shift", "decode_fraction"):
+        if not isinstance(self.drift_periods, (int, np.integer)) or self.drift_periods < 1:
+            raise ValueError(f"drift_periods must be a positive integer, got {self.drift_periods!r}")
+        for name in ("affinity", "domain_shift", "decode_fraction", "drift"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} ({v}) must be between 0 and 1")
@@ -78,7 +87,8 @@ class SynthConfig:
 class Planted:
     """The structure a synthetic trace was drawn from.
 
-    popularity_DLE: [D, L, E] expert popularity per domain and layer (rows sum to 1)
+    popularity_DLE: [D, L, E] expert popularity per domain and layer (rows sum to 1), in the first period
+    drift_popularity_PDLE / domain_mix_PD: with drift, [P, D, L, E] popularity and [P, D] domain mix per period
     cluster_LE:     [L, E] planted cluster of each expert (only with clusters > 0)
     successor_LE:   [L-1, E] planted successor at layer l+1 of expert e at layer l (only with clusters == 0)
     """
@@ -87,9 +97,13 @@ class Planted:
     cluster_LE: np.ndarray | None
     successor_LE: np.ndarray | None
     cluster_pref_DC: np.ndarray | None
+    drift_popularity_PDLE: np.ndarray | None = None
+    domain_mix_PD: np.ndarray | None = None
 
     def to_meta(self) -> dict:
         d: dict = {}
+        if self.domain_mix_PD is not None:
+            d["domain_mix_PD"] = np.round(self.domain_mix_PD, 6).tolist()
         if self.cluster_LE is not None:
             d["cluster_LE"] = self.cluster_LE.tolist()
         if self.successor_LE is not None:
@@ -118,15 +132,16 @@ def _search(cdf_row, u):
 
 
 @njit(cache=True)
-def _draw_layer(out_TK, prev_TK, dom_T, clus_T, pop_cdf_DE, grp_cdf_CS, grp_members_CS, successor_E,
+def _draw_layer(out_TK, prev_TK, row_T, clus_T, pop_cdf_XE, grp_cdf_CS, grp_members_CS, successor_E,
                 u_pick, u_coh, u_extra, affinity):
-    """One layer's K distinct picks for every token (see the module docstring for the model).
+    """One layer's K distinct picks for every token (see the module docstring for the model); a popularity
+    pick of token t uses row ``row_T[t]`` of ``pop_cdf_XE`` (its domain, and with drift its period).
 
     A duplicate pick is re-drawn with the token's spare uniforms ``u_extra``: from the same source first
     (a cluster pick stays in its cluster), then from popularity; if they run out, the lowest unused id.
     """
     T, K = out_TK.shape
-    E = pop_cdf_DE.shape[1]
+    E = pop_cdf_XE.shape[1]
     spare_n = u_extra.shape[1]
     for t in range(T):
         spare = 0
@@ -141,7 +156,7 @@ def _draw_layer(out_TK, prev_TK, dom_T, clus_T, pop_cdf_DE, grp_cdf_CS, grp_memb
                 elif coherent and prev_TK.shape[0] > 0:
                     e = successor_E[prev_TK[t, k]]
                 else:
-                    e = _search(pop_cdf_DE[dom_T[t]], u)
+                    e = _search(pop_cdf_XE[row_T[t]], u)
                 dup = False
                 for j in range(k):
                     if out_TK[t, j] == e:
@@ -186,8 +201,25 @@ def _zipf_popularity(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return pop / pop.sum(axis=2, keepdims=True)
 
 
+def _drift(cfg: SynthConfig, pop_DLE: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """([P, D, L, E] popularity, [P, D] domain mix) per period: period 0 is ``pop_DLE``; each next period
+    permutes a share ``drift`` of every layer's experts among themselves (the same experts move for every
+    domain, so what is hot for all of them changes)."""
+    P, D, L, E = cfg.drift_periods, cfg.domains, cfg.layers, cfg.experts
+    pop = np.empty((P, D, L, E))
+    pop[0] = pop_DLE
+    moved_n = int(round(cfg.drift * E))
+    for p in range(1, P):
+        pop[p] = pop[p - 1]
+        for l in range(L):
+            moved = rng.choice(E, size=moved_n, replace=False)
+            pop[p, :, l, moved] = pop[p - 1, :, l, rng.permutation(moved)]
+    mix = rng.dirichlet(np.ones(D), size=P) if D > 1 else np.ones((P, 1))
+    return pop, mix
+
+
 def plant(cfg: SynthConfig, rng: np.random.Generator) -> Planted:
-    """Draw the hidden structure of a synthetic trace (popularity, clusters or successors)."""
+    """Draw the hidden structure of a synthetic trace (popularity, clusters or successors, drift)."""
     pop = _zipf_popularity(cfg, rng)
     E, L, C = cfg.experts, cfg.layers, cfg.clusters
     cluster = successor = pref = None
@@ -198,7 +230,10 @@ def plant(cfg: SynthConfig, rng: np.random.Generator) -> Planted:
         pref = rng.dirichlet(np.full(C, 2.0), size=cfg.domains)
     elif L > 1:
         successor = np.stack([rng.permutation(E) for _ in range(L - 1)]).astype(np.int32)
-    return Planted(pop, cluster, successor, pref)
+    drift_pop = mix = None
+    if cfg.drift > 0:
+        drift_pop, mix = _drift(cfg, pop, rng)
+    return Planted(pop, cluster, successor, pref, drift_pop, mix)
 
 
 def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
@@ -207,10 +242,26 @@ def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
     planted = plant(cfg, rng)
     L, E, K, C, D = cfg.layers, cfg.experts, cfg.top_k, cfg.clusters, cfg.domains
     n_seqs = math.ceil(cfg.tokens / cfg.seq_len)
-    seq_domain = rng.integers(0, D, size=n_seqs).astype(np.int16)
+    if planted.domain_mix_PD is None:
+        seq_domain = rng.integers(0, D, size=n_seqs).astype(np.int16)
+        seq_table = seq_domain.astype(np.int64)   # row of the popularity table: the domain
+        popularity_XLE = planted.popularity_DLE
+    else:
+        # With drift, period p of the sequences draws its domains from its own mix, and row p * D + d of the
+        # table is domain d's popularity in period p.
+        P = cfg.drift_periods
+        seq_period = np.arange(n_seqs) * P // n_seqs
+        u = rng.random(n_seqs)
+        seq_domain = np.empty(n_seqs, dtype=np.int16)
+        for p in range(P):
+            mine = seq_period == p
+            seq_domain[mine] = np.minimum(np.searchsorted(np.cumsum(planted.domain_mix_PD[p]), u[mine], side="right"),
+                                          D - 1)
+        seq_table = seq_period * D + seq_domain
+        popularity_XLE = planted.drift_popularity_PDLE.reshape(P * D, L, E)
     decode_from = cfg.seq_len - int(round(cfg.decode_fraction * cfg.seq_len))
 
-    pop_cdf_LDE = np.ascontiguousarray(_cdf(planted.popularity_DLE).transpose(1, 0, 2))
+    pop_cdf_LDE = np.ascontiguousarray(_cdf(popularity_XLE).transpose(1, 0, 2))
     no_groups_CS = np.zeros((0, 1))
     no_members_CS = np.zeros((0, 1), dtype=np.int64)
     no_successor = np.zeros(1, dtype=np.int64)
@@ -245,6 +296,7 @@ def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
             seq = idx // cfg.seq_len
             pos = (idx % cfg.seq_len).astype(np.int32)
             dom = seq_domain[seq].astype(np.int64)
+            table = seq_table[seq]
             experts = np.empty((n, L, K), dtype=np.int64)
             clus = np.zeros(n, dtype=np.int64)
             if C > 0:
@@ -263,7 +315,7 @@ def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
                     prev = experts[:, l - 1, :] if l > 0 else experts[:0, 0, :]
                     succ = planted.successor_LE[l - 1].astype(np.int64) if l > 0 else no_successor
                 out = np.empty((n, K), dtype=np.int64)
-                _draw_layer(out, prev, dom, clus, pop_cdf_LDE[l], grp_cdf, members, succ,
+                _draw_layer(out, prev, table, clus, pop_cdf_LDE[l], grp_cdf, members, succ,
                             u_pick, u_coh, u_extra, float(cfg.affinity))
                 experts[:, l, :] = out
             w = np.sort(rng.exponential(size=(n, L, K)), axis=2)[:, :, ::-1]

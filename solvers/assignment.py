@@ -216,10 +216,18 @@ def check_with_cost_model(inst: Instance, gpu_LP: np.ndarray, t: Terms) -> None:
         f"internal error: the item model's objective {t.value} differs from the cost model's {measured}"
 
 
+def judge(problem: PlacementProblem, options: SolveOptions, placement: Placement) -> tuple[Instance, Terms]:
+    """The instance of ``placement``'s own copies (weights and cap from ``options``) and the terms of its
+    assignment: the project objective of any placement of the problem's shape."""
+    inst = build_instance(problem, options, copies_LE=placement.logcnt_LE)
+    gpu = gpu_from_placement(inst, placement)
+    assert gpu is not None, "internal error: a placement's own copies do not match it"
+    return inst, terms(inst, gpu)
+
+
 def project_terms(problem: PlacementProblem, options: SolveOptions, placement: Placement) -> dict[str, Any]:
-    """The project objective and its terms for a placement without copies that a solver optimising something
-    else found (``moetuner``, ``exflow``), so that results can be compared on one scale."""
+    """The project objective and its terms for a placement that a solver optimising something else found
+    (``moetuner``, ``exflow``), so that results can be compared on one scale."""
     weights = {k: v for k, v in options.params.items() if k in ("intra_weight", "inter_weight", "balance_weight")}
-    inst = build_instance(problem, SolveOptions(params={**weights, "max_imbalance": 0}))
-    t = terms(inst, gpu_from_placement(inst, placement))
+    inst, t = judge(problem, SolveOptions(params={**weights, "max_imbalance": 0}), placement)
     return {"cost": {"objective_name": inst.objective.name, "objective": float(t.value), "terms": t.to_dict(inst)}}

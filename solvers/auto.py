@@ -37,6 +37,7 @@ from solvers.instance import Instance, build_instance, sort_copies
 from solvers.localsearch import improve, layer_value
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import solver
+from solvers.robust import solve_robust
 
 # Local-search work units (elementary updates) per second of --time-limit, calibrated on the project's
 # 2-core reference machine under load (docs/solvers.md).
@@ -120,7 +121,8 @@ def perturb(inst: Instance, gpu_LP: np.ndarray, layer: int, swaps: int, rng: np.
 
 
 @solver("auto", summary="the default: exact where the structure allows, local search and CP-SAT with a bound otherwise",
-        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True)
+        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True,
+        robust=solve_robust)
 def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     wall = WallGuard(options.time_limit_s * WALL_SAFETY)

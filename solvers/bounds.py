@@ -62,7 +62,7 @@ def balance_lb(inst: Instance, l: int) -> float:
     w = np.sort(inst.load_LP[l])
     total = w.sum()
     lb = total / inst.G
-    if inst.exact:
+    if inst.exact and (w == np.round(w)).all():  # whole loads: the largest GPU load is whole too
         lb = np.ceil(lb - 1e-9)
     # The busiest item's GPU holds s - 1 other items, at least the s - 1 lightest.
     return float(max(lb, w[-1] + w[: inst.s - 1].sum()))

@@ -59,6 +59,14 @@ def model_size(inst: Instance, layers: list[int]) -> int:
     return n
 
 
+def load_scale(load_LP: np.ndarray) -> int:
+    """1 for whole loads, else the power of ten that resolves a millionth of the largest layer's load."""
+    top = float(load_LP.sum(axis=1).max())
+    if (load_LP == np.round(load_LP)).all() or top <= 0:
+        return 1
+    return 10 ** max(0, math.ceil(math.log10(1e6 / top)))
+
+
 def canonical(inst: Instance, gpu_LP: np.ndarray, per_layer: bool) -> np.ndarray:
     """Rename GPUs inside each node so that the smallest item of a GPU grows with the GPU (the symmetry
     breaking of the model); per layer in ``ep`` mode, from layer 0 for all layers in ``coherent`` mode."""
@@ -90,12 +98,14 @@ class CpsatModel:
         m = self.model = cp_model.CpModel()
         G, N, P, s = inst.G, inst.N, inst.P, inst.s
         gpn = G // N
-        S = inst.scale()
-
-        # Data: integer loads and caps; integer objective coefficients (weights are multiples of 0.001).
-        self.S = S
-        cg, cn, cb = (int(round(c * S)) for c in (inst.c_gpu, inst.c_node, inst.c_bal))
-        load = np.rint(inst.load_LP).astype(np.int64)
+        # Data: integer loads and caps; integer objective coefficients (weights are multiples of 0.001). Loads
+        # that are not whole (rates, a load split among copies) are scaled by F and rounded: a rounded model
+        # proves nothing, and its cap gets the s/2 units a GPU's rounded load may differ by.
+        F = load_scale(inst.load_LP)
+        S = self.S = inst.scale() * F
+        cg, cn, cb = (int(round(c * S)) for c in (inst.c_gpu, inst.c_node, inst.c_bal / F))
+        load = self.load = np.rint(inst.load_LP * F).astype(np.int64)
+        self.rounded = not np.array_equal(load, inst.load_LP * F)
         self.const = 0.0
         objective: list[Any] = []
 
@@ -103,7 +113,8 @@ class CpsatModel:
         self.x = {l: [[m.NewBoolVar(f"x_{l}_{i}_{g}") for g in range(G)] for i in range(P)] for l in layers}
         self.maxload = {}
         for l in layers:
-            cap = int(math.floor(inst.cap_L[l] + 1e-9)) if np.isfinite(inst.cap_L[l]) else int(load[l].sum())
+            cap = int(math.floor(inst.cap_L[l] * F + 1e-9)) + (s + 1) // 2 * self.rounded \
+                if np.isfinite(inst.cap_L[l]) else int(load[l].sum())
             lb = int(math.ceil(load[l].sum() / G - 1e-9))
             self.maxload[l] = m.NewIntVar(min(lb, cap), cap, f"maxload_{l}")
             objective.append(cb * self.maxload[l])
@@ -278,7 +289,7 @@ class CpsatModel:
             for i in range(inst.P):
                 for g in range(inst.G):
                     m.AddHint(self.x[l][i][g], int(gpu_LP[l, i] == g))
-            m.AddHint(self.maxload[l], int(round(layer_loads(inst, l, gpu_LP[l]).max())))
+            m.AddHint(self.maxload[l], int(np.bincount(gpu_LP[l], weights=self.load[l], minlength=inst.G).max()))
         for (l, xi), u in getattr(self, "u", {}).items():
             on = set(gpu_LP[l, inst.types_L[l].items_XK[xi]].tolist())
             for g in range(inst.G):
@@ -325,10 +336,13 @@ class CpsatModel:
             for l in self.layers:
                 gpu[l] = np.array([next(g for g in range(self.inst.G) if solver.BooleanValue(self.x[l][i][g]))
                                    for i in range(self.inst.P)])
+            if self.rounded:  # keep the hint of a layer whose rounded loads hid a GPU above the true cap
+                gpu = {l: row for l, row in gpu.items()
+                       if layer_loads(self.inst, l, row).max() <= self.inst.cap_L[l] * (1 + 1e-9)}
             res["gpu"] = gpu
             res["value"] = (solver.ObjectiveValue() + self.const) / self.S
-            res["bound"] = (solver.BestObjectiveBound() + self.const) / self.S
-            res["proven"] = status == cp_model.OPTIMAL
+            res["bound"] = None if self.rounded else (solver.BestObjectiveBound() + self.const) / self.S
+            res["proven"] = status == cp_model.OPTIMAL and not self.rounded
         elif status == cp_model.UNKNOWN:
             # No solution within the budget: CP-SAT's bound is not meaningful then; the hint stays.
             res["bound"] = None

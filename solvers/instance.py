@@ -272,16 +272,23 @@ def sort_copies(gpu_P: np.ndarray, item_expert_P: np.ndarray) -> np.ndarray:
     return gpu
 
 
-def build_instance(problem: PlacementProblem, options: SolveOptions) -> Instance:
-    """The items, their exact counts (from token paths when the problem has them), objective and cap."""
+def build_instance(problem: PlacementProblem, options: SolveOptions, copies_LE: np.ndarray | None = None) -> Instance:
+    """The items, their exact counts (from token paths when the problem has them), objective and cap.
+    ``copies_LE``: [L, E] copies of every expert (default: EPLB's rule on the problem's load), for judging a
+    placement whose copies were chosen otherwise (``gpu_from_placement`` needs the same counts)."""
     mode = problem.mode
     weights = weights_of(options.params, problem)
     max_imbalance = max_imbalance_of(options.params)
     L, E, P, K = problem.num_layers, problem.num_experts, problem.num_slots, problem.top_k
     G, N = problem.topology.num_gpus, problem.topology.num_nodes
 
-    # Step 1: copies of the hottest experts (EPLB's rule), then items expert-major.
-    cnt = np.stack([replicate_hottest(problem.load_LE[l], P)[1] for l in range(L)])
+    # Step 1: copies of the hottest experts (EPLB's rule, unless given), then items expert-major.
+    if copies_LE is None:
+        cnt = np.stack([replicate_hottest(problem.load_LE[l], P)[1] for l in range(L)])
+    else:
+        cnt = np.asarray(copies_LE, dtype=np.int64)
+        if cnt.shape != (L, E) or (cnt < 1).any() or (cnt.sum(axis=1) != P).any():
+            raise ValueError(f"copies must be [{L}, {E}] counts of at least 1 summing to {P} slots per layer")
     base, item_expert = _items(cnt)
     paths = _check_paths(problem)
     from_paths = paths is not None

@@ -15,8 +15,10 @@ from typing import Callable
 
 from placer.core.placement import Placement
 from solvers.problem import PlacementProblem, SolveOptions
+from solvers.robust import Scenarios, scenario_figures
 
 SolveFn = Callable[[PlacementProblem, SolveOptions], Placement]
+RobustFn = Callable[[Scenarios, SolveOptions], Placement]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class SolverSpec:
     copies: it places redundant copies of hot experts (``--redundant`` > 0).
     warm_start: a fast baseline the optimising solvers may start from, in this order (lower first; among starts
         of equal objective the first wins), or None.
+    robust: its solve of several scenarios at once (``solvers/robust.py``); without one, ``solve_scenarios`` gives
+        it the scenarios' sum.
     """
 
     name: str
@@ -40,9 +44,15 @@ class SolverSpec:
     affinity: bool = False
     copies: bool = True
     warm_start: int | None = None
+    robust: RobustFn | None = None
 
     def __call__(self, problem: PlacementProblem, options: SolveOptions | None = None) -> Placement:
         options = SolveOptions() if options is None else options
+        self.check(problem, options)
+        return self.solve(problem, options)
+
+    def check(self, problem: PlacementProblem, options: SolveOptions) -> None:
+        """ValueError naming the value if the solver cannot take ``options`` or ``problem``."""
         unknown = sorted(set(options.params) - set(self.params))
         if unknown:
             takes = ", ".join(self.params) or "none"
@@ -53,7 +63,18 @@ class SolverSpec:
         if self.affinity and problem.paths_TLK is None and problem.trans_LEE is None and problem.num_layers > 1:
             raise ValueError(f"{self.name} needs transition counts (a trace or a full statistics file), not expert "
                              f"loads only")
-        return self.solve(problem, options)
+
+    def solve_scenarios(self, scn: Scenarios, options: SolveOptions | None = None) -> Placement:
+        """A placement for every scenario: the solver's robust solve, or its solve of the scenarios' sum; either
+        way reported on every scenario (``report.extra["scenarios"]``)."""
+        options = SolveOptions() if options is None else options
+        if self.robust is not None:
+            for problem in scn.problems:
+                self.check(problem, options)
+            return self.robust(scn, options)
+        placement = self(scn.summed(), options)
+        extra = {**placement.report.extra, "scenarios": scenario_figures(scn, options, placement)}
+        return placement.with_(report=placement.report.with_(extra=extra))
 
 
 _REGISTRY: dict[str, SolverSpec] = {}

@@ -80,6 +80,14 @@ def test_solve_evaluate_and_replay_take_the_file_with_their_gpu_count(cli, hw_fi
     assert rep["placements"][0]["predicted_step_ms"] > 0
 
 
+def test_simulate_takes_the_file_through_the_shared_path(cli, hw_file, trace, tmp_path):
+    res = cli("simulate", trace, "--window", 128, "--gpus", 4, "--topology", hw_file, "--policy", "static",
+              "--policy", "eplb", "--json")
+    assert res.code == 0, res.err
+    assert_one_line_error(cli("simulate", trace, "--window", 128, "--topology", hw_file, "--policy", "static"), 2,
+                          "describes the hardware, not how many GPUs")
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--hidden", 32], ["give the layer shape to calibrate: --model DIR, or --hidden H and --ffn F"]),
     (["--hidden", 32, "--ffn", 0], ["--ffn must be a positive integer, got 0"]),

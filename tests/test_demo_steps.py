@@ -45,3 +45,15 @@ def test_demo_optimise_step_solves_auto_and_measures_the_gain(tmp_path, capsys, 
     assert "held-out remote_gpus_per_token: auto" in text and "held-out pair_hops_per_token: auto" in text
     assert load_placement(ctx.files["placement"]).report.solver == "auto"
     assert ("optimise", demo.step_optimise) in demo.STEPS
+
+
+def test_demo_drift_step_compares_robust_auto_and_eplb_and_rebalances(tmp_path, capsys):
+    from placer.demo import step_drift
+
+    ctx = DemoContext(out=tmp_path, console=Console(record=True, width=160))
+    step_drift(ctx)
+    text = ctx.console.export_text()
+    out = capsys.readouterr().out
+    assert "robust auto on 4 windows" in text and "moves" in text and "full re-solve" in text
+    assert "evaluate on 2 scenarios" in out and "robust (auto)" in out and "eplb" in out
+    assert (tmp_path / "drift" / "rebalanced.json").is_file()

@@ -177,7 +177,7 @@ def test_evaluate_usage_errors(cli, trace, placements, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--gpus", "4"], ["give the input as trace file(s), --stats FILE or --load FILE"]),
+    (["--gpus", "4"], ["give the input as trace file(s), --stats FILE(s) or --load FILE(s)"]),
     (["TRACE", "--gpus", "4", "--redundant", "1"], ["experts (16) + redundant (1) must divide by gpus (4)"]),
     (["TRACE", "--gpus", "4", "--nodes", "3"], ["gpus (4) must divide evenly into nodes (3)"]),
     (["TRACE", "--gpus", "4", "--redundant", "-4"], ["redundant (-4) must be >= 0"]),
@@ -219,7 +219,8 @@ def test_click_usage_errors_exit_2(cli):
 
 
 def test_readme_held_out_example(cli, tmp_path):
-    """README "Placements": greedy and eplb solved on the bundled train trace, evaluated on the held-out one."""
+    """The README's worked example: greedy and eplb solved on the bundled train trace, evaluated on the held-out
+    one (the README shows the table)."""
     from pathlib import Path
 
     traces = Path(__file__).resolve().parents[1] / "traces"

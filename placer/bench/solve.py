@@ -14,7 +14,7 @@ Parts (``--part``, all by default):
   against ``eplb`` at equal redundancy. Uses the bundled model's ``traces/train.parquet`` and
   ``traces/heldout.parquet`` when they exist, else the two halves of one synthetic trace (said so).
 
-Every objective is measured by the cost model (``placer.core.cost.measured_objective``) on the trace the
+Every objective is measured by the cost model (``Objective.measure`` on ``placer.core.cost``'s result) on the trace the
 placement was solved on, so the solvers and the baselines are compared on one scale.
 """
 

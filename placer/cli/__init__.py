@@ -9,6 +9,7 @@ light commands start fast.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 
 import typer
@@ -42,6 +43,33 @@ def _root(
         os.environ["MOEPLACE_QUIET"] = "1"
 
 
+def reflow(doc: str | None) -> str | None:
+    """A docstring as ``--help`` paragraphs: the lines of a paragraph joined into one (the terminal wraps it at
+    its width), blank lines kept between paragraphs, list items (``- ``) and indented lines kept as lines."""
+    if not doc:
+        return doc
+    out = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines = para.splitlines()
+        if any(line.startswith(("- ", "  ", "|", "[bold]")) for line in lines):
+            out.append("\n".join(lines))
+        else:
+            out.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    """Reflow the help of every command of ``group`` and of its sub-groups (``bench``, ``stats``)."""
+    for cmd in group.registered_commands:
+        if cmd.help is None and cmd.callback is not None:
+            cmd.help = reflow(cmd.callback.__doc__)
+    for sub in group.registered_groups:
+        _reflow_help(sub.typer_instance)
+    info = group.info
+    if isinstance(info.help, str):
+        info.help = reflow(info.help)
+
+
 def _load_commands() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_") or info.name in ("main", "common"):
@@ -50,6 +78,7 @@ def _load_commands() -> None:
         register = getattr(module, "register", None)
         if register is not None:
             register(app)
+    _reflow_help(app)
 
 
 _load_commands()

@@ -21,3 +21,11 @@ GPUS_HELP = "EP ranks (GPUs); the hardware is --topology's, else the h100 preset
 NODES_HELP = "Nodes the GPUs sit in (GPU g on node g // (G / N)); default 1."
 TOPOLOGY_HELP = ("Hardware file (moeplace calibrate) or preset (h100, h200, a100), combined with --gpus/--nodes; or a "
                  "topology JSON with its own num_gpus (placer/core/topology.py). See docs/calibrate.md.")
+STATS_HELP = "Statistics file written by `moeplace stats` (repeatable: summed, or each one a scenario)."
+LOAD_HELP = ("Load-only input (balance only): a \\[layers, experts] matrix (.npy, .csv, .pt) of counts or real-valued "
+             "loads (rates, averages), or an SGLang logical_count file (.pt stat dump, .json), as `moeplace stats --load` "
+             "reads them; repeatable: summed, or each one a scenario.")
+SCENARIOS_HELP = ("Workloads the placement must all serve: inputs (each input one scenario), domain or phase (split "
+                  "traces by that column), window:N (consecutive windows of N tokens in trace order). Without it the "
+                  "inputs are summed. docs/robust.md.")
+ROBUST_HELP = "With --scenarios: minimise the worst scenario (default) or the mean, each per token."

@@ -7,16 +7,16 @@ from typing import List, Optional
 
 import typer
 
-from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP
+from placer.cli._options import GPUS_HELP, NODES_HELP, SCENARIOS_HELP, TOPOLOGY_HELP
 from placer.cli.common import UsageError, console, print_json
-from placer.core.mode import TrafficMode
+from placer.core.mode import TRAFFIC_FIGURES, TrafficMode
 
 
 def evaluate(
     paths: List[Path] = typer.Argument(
         ..., metavar="TRACE PLACEMENT...",
         help="A trace (file or folder), normally held out, then placement JSON files. With --load or --stats "
-             "all are placements."),
+             "all are placements; with --scenarios inputs, every path not ending in .json is a trace (a scenario)."),
     mode: Optional[TrafficMode] = typer.Option(
         None, "--mode", help="Traffic model: ep (dispatch/combine) or coherent (ExFlow); default: the first "
                              "placement's mode."),
@@ -27,10 +27,18 @@ def evaluate(
     tokens_per_step: Optional[int] = typer.Option(
         None, "--tokens-per-step", help="Cut the trace into steps of this many tokens for the time estimate "
                                         "(default: the whole trace is one step)."),
-    load_file: Optional[Path] = typer.Option(
-        None, "--load", help="Evaluate on a .npy [layers, experts] load matrix instead of a trace: balance only."),
-    stats_file: Optional[Path] = typer.Option(
-        None, "--stats", help="Evaluate on a stats file's expert loads instead of a trace: balance only."),
+    load_files: Optional[List[Path]] = typer.Option(
+        None, "--load", help="Evaluate on expert loads instead of a trace: balance only (repeatable: summed, or "
+                             "each one a scenario); the inputs of `moeplace stats --load`."),
+    stats_files: Optional[List[Path]] = typer.Option(
+        None, "--stats", help="Evaluate on a stats file's expert loads instead of a trace: balance only "
+                              "(repeatable: summed, or each one a scenario)."),
+    scenarios: Optional[str] = typer.Option(
+        None, "--scenarios", help=SCENARIOS_HELP + " Prints one row per placement and scenario, and each "
+                                  "placement's worst scenario."),
+    moves_from: Optional[Path] = typer.Option(
+        None, "--moves-from", help="A current placement: add the moves (expert copies loaded onto a GPU that did not "
+                                   "hold them) each placement needs from it, GPUs matched to make them fewest."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also print a per-layer table for each placement."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (every per-layer figure) instead of tables."),
 ) -> None:
@@ -46,6 +54,12 @@ def evaluate(
     from placer.progress import progress_bar
     from placer.core.topology import preset
 
+    if scenarios is not None:
+        _evaluate_scenarios(paths, stats_files or [], load_files or [], scenarios, mode, gpus, nodes, topology_file,
+                            tokens_per_step, moves_from, as_json)
+        return
+    load_file = _one(load_files, "--load")
+    stats_file = _one(stats_files, "--stats")
     balance_only = load_file is not None or stats_file is not None
     if balance_only:
         input_path, placement_paths = None, list(paths)
@@ -58,6 +72,7 @@ def evaluate(
         raise UsageError("give at least one placement file to evaluate")
     first = cands[0].placement
     mode_value = mode if mode is not None else first.report.mode
+    moves = _moves(cands, moves_from)
 
     if balance_only:
         stats = read_statistics((), stats_file, load_file)
@@ -92,6 +107,8 @@ def evaluate(
                 d = {"file": cands[i].where, "solver": rep.solver, "status": rep.status.value,
                      "objective": rep.objective_value, "objective_name": None if objective is None else objective.name,
                      "objective_measured": None if objective is None else objective.measure(r), **d}
+                if moves is not None:
+                    d["moves"] = moves[i].to_dict()
             else:
                 d = {"file": None, "solver": "contiguous", **d}
             rows.append(d)
@@ -105,7 +122,8 @@ def evaluate(
     con = console()
     if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
         con.width = max(con.width, 120)
-    con.print(_summary_table(results, cands, source_name, mode_value, topo, tokens, tokens_per_step, balance_only))
+    con.print(_summary_table(results, cands, source_name, mode_value, topo, tokens, tokens_per_step, balance_only,
+                             moves))
     if per_layer:
         for r in results:
             con.print(_layer_table(r))
@@ -124,48 +142,171 @@ def _label(r, cands, i) -> str:
     return r.name if solver in r.name else f"{r.name} ({solver})"
 
 
-def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, balance_only):
+def _columns(mode, multi_node: bool, balance_only: bool) -> list[str]:
+    """The figure columns of a placement's row (after its label)."""
+    cols = ["max/mean", "worst"]
+    if not balance_only:
+        cols += [f.label for f in TRAFFIC_FIGURES[mode] if multi_node or not f.nodes_only]
+        cols += ["NVLink GB"] + (["network GB"] if multi_node else []) + ["time ms", "speedup"]
+    return cols
+
+
+def _cells(r, mode, multi_node: bool, balance_only: bool) -> list[str]:
+    """The figures of one result, in ``_columns`` order."""
+    row = [f"{r.mean_imbalance:.3f}", f"{r.imbalance_L[r.worst_layer]:.3f} L{r.worst_layer}"]
+    if not balance_only:
+        row += [f"{v:.3f}" for _, v in r.traffic_figures(multi_node)]
+        row += [f"{r.intra_bytes_L.sum() / 1e9:.3f}"]
+        row += [f"{r.inter_bytes_L.sum() / 1e9:.3f}"] if multi_node else []
+        row += [f"{r.total_us / 1e3:,.2f}", f"{r.speedup:.2f}x"]
+    return row
+
+
+def _caption(mode, tokens_per_step, balance_only: bool) -> str:
+    if balance_only:
+        return "load-only statistics: only load balance was evaluated (traffic and time need a trace)"
+    step = "whole trace as one step" if tokens_per_step is None else f"steps of {tokens_per_step:,} tokens"
+    traffic = ("remote GPUs/nodes: distinct remote GPUs/nodes a token is dispatched to per layer" if mode is TrafficMode.EP
+               else "msgs (cross-node msgs): messages (across nodes) per token between adjacent layers; hops: "
+                    "expert-pair hops per token")
+    return (f"max/mean: GPU load, mean over layers; worst: the worst layer's; {traffic}; time: slowest GPU's compute "
+            f"+ communication, summed over layers ({step}); speedup over contiguous (* added by evaluate as the "
+            f"reference). Definitions: docs/cost-model.md")
+
+
+def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, balance_only, moves=None):
     from rich.table import Table
 
     if balance_only:
         title = f"evaluate on {source} (load only)"
-        caption = "load-only statistics: only load balance was evaluated (traffic and time need a trace)"
     else:
         title = (f"evaluate on {source}: {tokens:,} tokens, mode {mode}, {topo.num_gpus} GPUs in "
                  f"{topo.num_nodes} node(s)")
-        step = "whole trace as one step" if tokens_per_step is None else f"steps of {tokens_per_step:,} tokens"
-        traffic = ("remote GPUs/nodes: distinct remote GPUs/nodes a token is dispatched to per layer" if mode is TrafficMode.EP
-                   else "msgs (cross-node msgs): messages (across nodes) per token between adjacent layers; hops: "
-                        "expert-pair hops per token")
-        caption = (f"max/mean: GPU load, mean over layers; worst: the worst layer's; {traffic}; time: slowest "
-                   f"GPU's compute + communication, summed over layers ({step}); speedup over contiguous "
-                   f"(* added by evaluate as the reference). Definitions: docs/cost-model.md")
+    caption = _caption(mode, tokens_per_step, balance_only)
+    if moves is not None:
+        caption += "; moves: expert copies to load from --moves-from (GPUs matched)"
     t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     multi_node = topo is not None and topo.num_nodes > 1
-    cols = ["placement", "max/mean", "worst"]
-    if not balance_only:
-        if mode is TrafficMode.EP:
-            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
-        else:
-            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
-        cols += ["NVLink GB"] + (["network GB"] if multi_node else []) + ["time ms", "speedup"]
     labels = [_label(r, cands, i) for i, r in enumerate(results)]
     t.add_column("placement", no_wrap=True, min_width=max(map(len, labels)))
-    for c in cols[1:]:
+    for c in _columns(mode, multi_node, balance_only) + (["moves"] if moves is not None else []):
         t.add_column(c, justify="right")
     for i, r in enumerate(results):
-        row = [labels[i], f"{r.mean_imbalance:.3f}", f"{r.imbalance_L[r.worst_layer]:.3f} L{r.worst_layer}"]
-        if not balance_only:
-            if mode is TrafficMode.EP:
-                row += [f"{r.remote_gpus_per_token:.3f}"] + ([f"{r.remote_nodes_per_token:.3f}"] if multi_node else [])
-            else:
-                row += [f"{r.messages_per_token:.3f}", f"{r.pair_hops_per_token:.3f}"]
-                row += [f"{r.node_messages_per_token:.3f}"] if multi_node else []
-            row += [f"{r.intra_bytes_L.sum() / 1e9:.3f}"]
-            row += [f"{r.inter_bytes_L.sum() / 1e9:.3f}"] if multi_node else []
-            row += [f"{r.total_us / 1e3:,.2f}", f"{r.speedup:.2f}x"]
+        row = [labels[i], *_cells(r, mode, multi_node, balance_only)]
+        if moves is not None:
+            row.append(f"{moves[i].total:,}" if i < len(moves) else "")
         t.add_row(*row)
     return t
+
+
+def _one(paths, flag: str):
+    """The single file of a repeatable option (several are for --scenarios inputs)."""
+    if paths and len(paths) > 1:
+        raise UsageError(f"{flag} given {len(paths)} times: several inputs are scenarios (--scenarios inputs)")
+    return paths[0] if paths else None
+
+
+def _moves(cands, moves_from):
+    """[MoveCount] of every candidate from the ``--moves-from`` placement (GPUs matched), or None."""
+    if moves_from is None:
+        return None
+    from placer.core.moves import align, count_moves
+    from placer.core.placement_io import load_placement
+
+    current = load_placement(moves_from)
+    out = []
+    for c in cands:
+        try:
+            out.append(count_moves(current, align(current, c.placement)))
+        except ValueError as exc:
+            raise UsageError(f"{c.where}: {exc} ({moves_from})") from None
+    return out
+
+
+def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, nodes, topology_file, tokens_per_step,
+                        moves_from, as_json) -> None:
+    """``evaluate --scenarios``: every placement on every scenario, and its worst scenario."""
+    import numpy as np
+    from rich.table import Table
+
+    from placer.core.placement_io import load_placement
+    from placer.core.topology import preset
+    from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
+    from placer.inputs import resolve_topology
+    from placer.scenarios import ScenarioSpec, read_scenarios
+
+    spec = ScenarioSpec.parse(scenarios)
+    traces = [p for p in paths if p.suffix.lower() != ".json"]
+    placement_paths = [p for p in paths if p.suffix.lower() == ".json"]
+    if not placement_paths:
+        raise UsageError("give at least one placement file (.json) to evaluate")
+    cands = [Candidate(_display_name(p, placement_paths), load_placement(p), str(p)) for p in placement_paths]
+    first = cands[0].placement
+    mode = mode if mode is not None else first.report.mode
+    read = read_scenarios(traces, stats_files, load_files, spec, with_paths=True)
+    s0 = read[0].stats
+    check_candidates(cands, s0.num_layers, s0.num_experts, f"scenario {read[0].name}", s0.moe_layer_indices or None)
+    topo = resolve_topology(gpus, nodes, topology_file, default=first.topology or preset(first.num_gpus, first.num_nodes))
+    moves = _moves(cands, moves_from)
+    # Step 1: every placement (and the contiguous reference) on every scenario.
+    per: list[list] = []
+    for sc in read:
+        if sc.paths is not None:
+            results, _ = compare_on_trace(sc.paths, cands, topo, mode, tokens_per_step)
+        else:
+            results = compare_on_load(sc.stats.load_LE, cands, mode)
+        per.append(results)
+    balance_only = any(sc.paths is None for sc in read)
+    n = len(cands) + (1 if len(per[0]) > len(cands) else 0)
+    if as_json:
+        rows = []
+        for i in range(n):
+            rs = [results[i] for results in per]
+            d = {"file": cands[i].where if i < len(cands) else None, "name": rs[0].name,
+                 "scenarios": {sc.name: r.to_dict() for sc, r in zip(read, rs)},
+                 "worst": {"max_over_mean": max(r.mean_imbalance for r in rs),
+                           "worst_layer_max_over_mean": max(float(r.imbalance_L.max()) for r in rs)},
+                 "mean": {"max_over_mean": float(np.mean([r.mean_imbalance for r in rs]))}}
+            if not balance_only:
+                d["worst"]["time_ms"] = max(r.total_us for r in rs) / 1e3
+                d["worst"]["speedup"] = min(r.speedup for r in rs)
+            if i < len(cands):
+                objective = cands[i].placement.report.objective
+                if objective is not None and objective.robust is not None and not balance_only:
+                    d["objective_measured"] = objective.measure_scenarios(rs)
+            if moves is not None and i < len(cands):
+                d["moves"] = moves[i].to_dict()
+            rows.append(d)
+        print_json({"scenarios": [{"name": sc.name, "tokens": sc.tokens} for sc in read], "mode": mode.value,
+                    "balance_only": balance_only, "topology": topo.to_dict(), "placements": rows})
+        return
+    # Step 2: one row per placement and scenario, then the placement's worst scenario.
+    multi_node = topo.num_nodes > 1
+    t = Table(title=f"evaluate on {len(read)} scenarios ({spec}), mode {mode}, {topo.num_gpus} GPUs in "
+                    f"{topo.num_nodes} node(s)",
+              caption=_caption(mode, tokens_per_step, balance_only) + "; worst: each figure's worst scenario",
+              title_justify="left", caption_justify="left")
+    t.add_column("placement", no_wrap=True)
+    t.add_column("scenario")
+    for c in _columns(mode, multi_node, balance_only) + (["moves"] if moves is not None else []):
+        t.add_column(c, justify="right")
+    for i in range(n):
+        rs = [results[i] for results in per]
+        label = _label(rs[0], cands, i)
+        for k, (sc, r) in enumerate(zip(read, rs)):
+            extra = [f"{moves[i].total:,}" if k == 0 and i < len(cands) else ""] if moves is not None else []
+            t.add_row(label if k == 0 else "", sc.name, *_cells(r, mode, multi_node, balance_only), *extra)
+        worst = [f"{max(r.mean_imbalance for r in rs):.3f}", f"{max(float(r.imbalance_L.max()) for r in rs):.3f}"]
+        t.add_row("", "worst", *worst, *([""] * (len(t.columns) - 4)), style="bold", end_section=True)
+    con = console()
+    if not con.is_terminal:
+        con.width = max(con.width, 140)
+    con.print(t)
+
+
+def _load(v: float) -> str:
+    """A GPU load: whole tokens, or four significant digits for real-valued loads (rates) below 1000."""
+    return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4g}"
 
 
 def _layer_table(r):
@@ -173,25 +314,20 @@ def _layer_table(r):
 
     t = Table(title=f"{r.name}: per layer (traffic per token; coherent: from the layer before)", title_justify="left")
     multi_node = r.num_nodes > 1
+    figures = [f for f in TRAFFIC_FIGURES[r.mode] if multi_node or not f.nodes_only]
     cols = ["layer", "max load", "mean load", "max/mean"]
     if not r.balance_only:
-        if r.mode is TrafficMode.EP:
-            cols += ["remote GPUs"] + (["remote nodes"] if multi_node else [])
-        else:
-            cols += ["msgs", "hops"] + (["cross-node msgs"] if multi_node else [])
-        cols += ["compute us", "comm us"]
+        cols += [f.label for f in figures] + ["compute us", "comm us"]
     for c in cols:
         t.add_column(c, justify="right")
     for l in range(r.num_layers):
-        row = [str(l), f"{r.max_load_L[l]:,.0f}", f"{r.mean_load_L[l]:,.0f}", f"{r.imbalance_L[l]:.3f}"]
+        row = [str(l), _load(r.max_load_L[l]), _load(r.mean_load_L[l]), f"{r.imbalance_L[l]:.3f}"]
         if not r.balance_only:
-            if r.mode is TrafficMode.EP:
-                n, counts = r.token_layers_L[l], [r.remote_gpus_L[l]] + ([r.remote_nodes_L[l]] if multi_node else [])
-            else:
-                n = r.pair_tokens_L1[l - 1] if l else 0
-                counts = [r.messages_L1, r.pair_hops_L1] + ([r.node_messages_L1] if multi_node else [])
-                counts = [c[l - 1] for c in counts] if l else [0] * len(counts)
-            row += [f"{c / n:.3f}" if n else "-" for c in counts]
+            # Per layer: ep counts are [L]; coherent ones [L-1], transition l-1 -> l shown at layer l.
+            k = l if r.mode is TrafficMode.EP else l - 1
+            for f in figures:
+                n = getattr(r, f.tokens)[k] if k >= 0 else 0
+                row.append(f"{getattr(r, f.counts)[k] / n:.3f}" if n else "-")
             row += [f"{r.compute_us_L[l]:,.1f}", f"{r.comm_us_L[l]:,.1f}"]
         t.add_row(*row)
     return t

@@ -1,5 +1,5 @@
-"""``moeplace import``: routing logs of other tools (long-format JSONL/CSV/Parquet, SGLang per-token dumps)
-into the trace format."""
+"""``moeplace import``: routing logs of other tools (long-format JSONL/CSV/Parquet, SGLang per-token dumps, saved
+serving-stack outputs with routed experts) into the trace format."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ class LogFormat(str, Enum):
     auto = "auto"
     long = "long"
     sglang = "sglang"
+    vllm_routed = "vllm-routed"
+    sglang_routed = "sglang-routed"
+    trtllm_routed = "trtllm-routed"
 
 
 def import_(
@@ -21,7 +24,9 @@ def import_(
     out: Path = typer.Option(..., "--out", "-o", help="Output trace (.parquet)."),
     fmt: LogFormat = typer.Option(
         LogFormat.auto, "--format", help="long: one record per token per layer (JSONL, CSV, Parquet); "
-        "sglang: SGLang per_token expert-distribution dump (.pt); auto: by file extension."
+        "sglang: SGLang per_token expert-distribution dump (.pt); vllm-routed, sglang-routed: JSONL of saved "
+        "response bodies with routed experts (or, vllm-routed and trtllm-routed, .pt records of LLM.generate "
+        "outputs; docs/server-trace.md); auto: long or sglang by file extension."
     ),
     layer_field: str = typer.Option("layer", "--layer-field", help="Field with the (model's) layer index."),
     token_field: str = typer.Option("token", "--token-field", help="Field identifying the token (within its sequence)."),
@@ -42,6 +47,13 @@ def import_(
         None, "--num-experts", help="Experts per layer, when the log does not use the largest id."
     ),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token [default: from the first record]."),
+    num_layers: Optional[int] = typer.Option(
+        None, "--num-layers", help="*-routed: the layers the stack sends (num_hidden_layers for vllm and sglang, "
+        "MoE layers for trtllm), where the saved routing has no shape (sglang)."
+    ),
+    model_config: Optional[Path] = typer.Option(
+        None, "--model-config", help="*-routed: the model's config.json (or folder): MoE layers, experts, top-k."
+    ),
     model_name: str = typer.Option("unknown", "--model-name", help="Model name recorded in the trace metadata."),
 ) -> None:
     """Convert routing logs of other tools into a moeplace trace.
@@ -54,6 +66,11 @@ def import_(
     from placer.importers import FieldMap, import_long, import_sglang_per_token
     from placer.core.trace.writer import write_trace
 
+    if fmt.value.endswith("-routed"):
+        _import_routed(files, out, fmt.value, model_config, num_layers, top_k, num_experts, model_name)
+        return
+    if num_layers is not None or model_config is not None:
+        raise UsageError("--num-layers and --model-config are for the *-routed formats")
     if num_experts is not None and num_experts < 1:
         raise UsageError(f"--num-experts must be positive, got {num_experts}")
     if top_k is not None and top_k < 1:
@@ -79,6 +96,26 @@ def import_(
     ]
     rows += [("note", n) for n in report.notes]
     console().print(kv_table(f"wrote {out}", rows))
+
+
+def _import_routed(files, out, fmt, model_config, num_layers, top_k, num_experts, model_name) -> None:
+    from placer.cli.common import console, kv_table
+    from placer.export.layers import layer_ranges
+    from placer.importers_routed import import_routed
+
+    path, meta, report = import_routed(files, fmt, out, model_config=model_config, num_layers=num_layers,
+                                       top_k=top_k, num_experts=num_experts, model_name=model_name)
+    c = report.counts
+    rows = [
+        ("format", report.source_format),
+        ("records read", f"{report.records:,}"),
+        ("shape (L, E, K)", f"{meta.num_layers} x {meta.num_experts} x top-{meta.top_k}"),
+        ("model layer indices", f"{layer_ranges(meta.moe_layer_indices)} ({meta.extra['import']['moe_layers_from']})"),
+        ("sequences", f"{c.sequences:,}"),
+        ("tokens", f"{c.tokens:,} (prefill {c.prefill_tokens:,}, decode {c.decode_tokens:,})"),
+    ]
+    rows += [("note", n) for n in report.notes]
+    console().print(kv_table(f"wrote {path}", rows))
 
 
 def _ranges(idx) -> str:

@@ -7,16 +7,22 @@ from typing import List, Optional
 
 import typer
 
-from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP, check_solver
+from placer.cli._options import (GPUS_HELP, LOAD_HELP, NODES_HELP, ROBUST_HELP, SCENARIOS_HELP, STATS_HELP,
+                                 TOPOLOGY_HELP, check_solver)
 from placer.cli.common import UsageError, console, kv_table, print_json
 from placer.core.mode import TrafficMode
 
 
 def solve(
-    traces: Optional[List[Path]] = typer.Argument(None, help="Trace file(s) or folders, read together."),
-    stats_file: Optional[Path] = typer.Option(None, "--stats", help="Statistics file written by `moeplace stats`."),
-    load_file: Optional[Path] = typer.Option(
-        None, "--load", help="Load-only input: a .npy [layers, experts] matrix of expert loads."),
+    traces: Optional[List[Path]] = typer.Argument(
+        None, help="Trace file(s) or folders, read together (each one a scenario with --scenarios inputs)."),
+    stats_files: Optional[List[Path]] = typer.Option(None, "--stats", help=STATS_HELP),
+    load_files: Optional[List[Path]] = typer.Option(None, "--load", help=LOAD_HELP),
+    scenarios: Optional[str] = typer.Option(None, "--scenarios", help=SCENARIOS_HELP),
+    robust: Optional[str] = typer.Option(None, "--robust", help=ROBUST_HELP),
+    holdout_check: bool = typer.Option(
+        False, "--holdout-check", help="With --scenarios: also solve once per scenario left out and report how that "
+        "placement does on the scenario it did not see (how much of the in-sample figure to believe)."),
     solver: str = typer.Option(
         "auto", "--solver", "-s", callback=check_solver,
         help="Registered solver (solvers.SOLVER_NAMES): auto (default: exact where the structure allows, a "
@@ -37,7 +43,8 @@ def solve(
     groups: Optional[int] = typer.Option(
         None, "--groups", help="eplb: expert groups (DeepSeek-V3's n_group); hierarchical if nodes divide them."),
     balance_weight: Optional[float] = typer.Option(
-        None, "--balance-weight", help="auto/cpsat: weight of one token of a layer's largest GPU load (default 1)."),
+        None, "--balance-weight", help="auto/cpsat: weight of one token of a layer's largest GPU load (default: from the "
+                                       "topology's time model; docs/solvers.md)."),
     intra_weight: Optional[float] = typer.Option(
         None, "--intra-weight", help="auto/cpsat/exflow: weight of one NVLink message or hop (default 1)."),
     inter_weight: Optional[float] = typer.Option(
@@ -53,10 +60,12 @@ def solve(
     out: Path = typer.Option(..., "--out", "-o", help="Placement JSON to write."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Solve where every expert lives, from traces (taken together), a stats file or a load matrix.
+    """Solve where every expert lives, from traces (taken together), stats files or load matrices.
 
-    Writes a placement JSON (docs/cost-model.md explains what evaluate then measures) and prints a
-    summary: solver, status, objective, bound, gap, wall time and the max/mean GPU load on the input.
+    Writes a placement JSON (docs/cost-model.md explains what evaluate then measures) and prints a summary:
+    solver, status, objective, bound, gap, wall time and the max/mean GPU load on the input. With --scenarios
+    the inputs are workloads the placement must all serve (docs/robust.md): auto minimises the worst (or mean)
+    scenario, each per token; other solvers are given their sum; the summary shows every scenario.
     """
     # Imported on use: the cost model and the solvers load numba and OR-Tools (placer/cli/__init__.py).
     import numpy as np
@@ -64,13 +73,15 @@ def solve(
     from placer.core.cost import evaluate_load
     from placer.core.fileio import prepare_output
     from placer.core.placement_io import save_placement
-    from placer.inputs import problem_from_stats, read_statistics, resolve_topology, token_paths
+    from placer.inputs import problem_from_stats, resolve_topology
+    from placer.scenarios import holdout_check as leave_one_out, read_scenarios, sampling_note, scenario_problems
     from solvers import PlacementProblem, SolveOptions, get_solver
 
     topo = resolve_topology(gpus, nodes, topology_file)
     spec = get_solver(solver)
     params = solver_params(spec, groups=groups, balance_weight=balance_weight, intra_weight=intra_weight,
                            inter_weight=inter_weight, max_imbalance=max_imbalance, backend=backend, batches=batches)
+    scenario_spec = _scenario_options(scenarios, robust, holdout_check)
     prepare_output(out)
 
     def check_shape(num_layers: int, num_experts: int) -> None:
@@ -80,20 +91,26 @@ def solve(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    stats = read_statistics(traces or [], stats_file, load_file, check=check_shape)
-    paths = token_paths(traces) if traces and spec.token_paths else None
+    read = read_scenarios(traces or [], stats_files or [], load_files or [], scenario_spec, check_shape,
+                          with_paths=bool(traces) and spec.token_paths)
     try:
-        problem = problem_from_stats(stats, topo, redundant, mode, paths=paths)
         options = SolveOptions(time_limit_s=time_limit, seed=seed, threads=threads, params=params)
+        if scenario_spec is None:
+            problem = problem_from_stats(read[0].stats, topo, redundant, mode, paths=read[0].paths)
+        else:
+            scn = scenario_problems(read, topo, redundant, mode, robust)
+            problem = scn.first
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        placement = spec(problem, options)
+        placement = spec(problem, options) if scenario_spec is None else spec.solve_scenarios(scn, options)
+        held = leave_one_out(spec, scn, options) if holdout_check else None
     except ValueError as exc:
         raise UsageError(f"{solver}: {exc}") from None
     save_placement(placement, out)
 
-    bal = evaluate_load(stats.load_LE, placement)
+    load_LE = sum(s.stats.load_LE for s in read)
+    bal = evaluate_load(load_LE, placement)
     r = placement.report
     summary = {
         "out": str(out), "solver": r.solver, "status": r.status.value, "mode": r.mode.value,
@@ -101,10 +118,16 @@ def solve(
         "bound": r.bound, "gap": r.gap, "wall_time_s": r.wall_time_s,
         "shape": {"layers": placement.num_layers, "experts": placement.num_experts,
                   "slots": placement.num_slots, "gpus": placement.num_gpus, "nodes": placement.num_nodes},
-        "input": problem.source, "input_load_only": stats.load_only,
+        "input": problem.source if scenario_spec is None else ", ".join(s.name for s in read),
+        "input_load_only": any(s.stats.load_only for s in read),
         "max_over_mean_load": bal.mean_imbalance,
         "worst_layer": bal.worst_layer, "worst_max_over_mean_load": float(bal.imbalance_L[bal.worst_layer]),
+        "sampling_note": sampling_note([s.stats for s in read], placement.num_gpus),
     }
+    if "scenarios" in r.extra:
+        summary["scenarios"] = r.extra["scenarios"]
+    if held is not None:
+        summary["holdout_check"] = held
     if as_json:
         print_json(summary)
         return
@@ -113,7 +136,8 @@ def solve(
         return "-" if v is None else fmt.format(v)
 
     objective = num(r.objective_value) + (f" ({summary['objective_name']})" if r.objective is not None else "")
-    console().print(kv_table(f"wrote {out}", [
+    con = console()
+    con.print(kv_table(f"wrote {out}", [
         ("solver", f"{r.solver} ({r.mode})"),
         ("status", r.status),
         ("objective", objective),
@@ -124,6 +148,51 @@ def solve(
         ("max/mean load (input)", f"{bal.mean_imbalance:.3f} (mean of layers); worst: "
                                   f"{bal.imbalance_L[bal.worst_layer]:.3f} (layer {bal.worst_layer})"),
     ]))
+    if "scenarios" in summary:
+        con.print(_scenario_table(summary["scenarios"], held))
+    if summary["sampling_note"]:
+        con.print(f"note: {summary['sampling_note']}", soft_wrap=True, highlight=False)
+
+
+def _scenario_options(scenarios: str | None, robust: str | None, holdout: bool):
+    """The parsed --scenarios, after checking --robust and --holdout-check against it."""
+    from placer.scenarios import ScenarioSpec
+
+    if scenarios is None:
+        for flag, given in (("--robust", robust is not None), ("--holdout-check", holdout)):
+            if given:
+                raise UsageError(f"{flag} needs --scenarios (inputs, domain, phase or window:N)")
+        return None
+    if robust is not None and robust not in ("worst", "mean"):
+        raise UsageError(f"--robust {robust!r}: choose worst or mean")
+    return ScenarioSpec.parse(scenarios)
+
+
+def _scenario_table(fig: dict, held: dict | None):
+    """One row per scenario (and the worst and the mean): objective per token, balance, leave-one-out."""
+    from rich.table import Table
+
+    t = Table(title=f"scenarios (robust: {fig['aggregate']}; figures per token)", title_justify="left")
+    cols = ["scenario", "tokens", "objective/token", "max/mean", "worst layer"]
+    if held is not None:
+        cols += ["held-out objective/token", "held-out max/mean"]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "scenario" else "right")
+    rows = {h["name"]: h for h in held["scenarios"]} if held is not None else {}
+    for row in fig["scenarios"]:
+        cells = [row["name"], f"{row['tokens']:,.0f}", f"{row['objective_per_token']:,.4g}",
+                 f"{row['max_over_mean']:.3f}", f"{row['worst_layer_max_over_mean']:.3f}"]
+        if held is not None:
+            h = rows[row["name"]]
+            cells += [f"{h['objective_per_token']:,.4g}", f"{h['max_over_mean']:.3f}"]
+        t.add_row(*cells)
+    for agg in ("worst", "mean"):
+        cells = [agg, "", f"{fig[agg]['objective_per_token']:,.4g}", f"{fig[agg]['max_over_mean']:.3f}",
+                 f"{fig[agg]['worst_layer_max_over_mean']:.3f}"]
+        if held is not None:
+            cells += [f"{held[agg]['objective_per_token']:,.4g}", f"{held[agg]['max_over_mean']:.3f}"]
+        t.add_row(*cells, style="bold")
+    return t
 
 
 def solver_params(spec, **given: object) -> dict:

@@ -11,13 +11,13 @@ from typer.core import TyperGroup
 
 HELP = (
     "Routing statistics of traces, and merging of stats files.\n\n"
-    "[bold]moeplace stats TRACE... --out stats.npz[/bold] [--json] [--by phase|domain|seq:N|position:N] "
+    "[bold]moeplace stats TRACE... --out stats.npz[/bold] [--json] [--by phase|domain|seq:N|position:N|window:N] "
     "[--graph g.graphml] [--plots DIR]\n\n"
     "counts, in one streaming pass over the traces (files or directories), expert load, co-activation inside a "
     "layer and transitions between adjacent layers (exact integers), prints a summary (imbalance, entropy, mutual "
     "information, affinity concentration, next-layer predictability) and writes what is asked. Stats files (.npz) "
-    "among the inputs are added in; [bold]--load FILE[/bold] takes a load matrix (.npy, .csv, .pt) or an SGLang "
-    "expert-distribution stat dump (.pt) as load-only statistics. This is the [bold]compute[/bold] command, whose "
+    "among the inputs are added in; [bold]--load FILE[/bold] takes a load matrix (.npy, .csv, .pt; counts or "
+    "real-valued loads) or an SGLang logical_count file (.pt stat dump, .json) as load-only statistics. This is the [bold]compute[/bold] command, whose "
     "name may be left out: see [bold]moeplace stats compute --help[/bold].\n\n"
     "[bold]moeplace stats merge a.npz b.npz --out all.npz[/bold]\n\n"
     "sums stats files of shards taken on different machines or days: the result equals the statistics of the "
@@ -56,12 +56,15 @@ def compute(
         None, help="Trace files (.parquet) or directories of them (read as one dataset), and stats files (.npz) to add in."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the statistics here (.npz; see docs/stats-format.md)."),
     load: Optional[List[Path]] = typer.Option(
-        None, "--load", help="Load-only input: a [layers, experts] load matrix (.npy, .csv, .pt) or an SGLang "
-        "expert-distribution stat dump (.pt, logical_count summed over its steps). Repeatable."),
+        None, "--load", help="Load-only input: a \\[layers, experts] load matrix (.npy, .csv, .pt) of token counts "
+        "or real-valued loads (rates, averages: balance only), or an SGLang logical_count file: the "
+        "expert-distribution stat dump (.pt) or the --init-expert-location JSON (.json), summed over its steps, "
+        "all-zero (dense) layers dropped. Repeatable."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token of --load inputs (they do not record it)."),
     by: Optional[str] = typer.Option(
         None, "--by", help="Also count per group of tokens: phase (prefill/decode), domain, seq:N (sequence ids in "
-        "ranges of N) or position:N (positions in ranges of N). Traces only."),
+        "ranges of N), position:N (positions in ranges of N) or window:N (consecutive windows of N tokens in "
+        "trace order). Traces only."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
     top_m: Optional[int] = typer.Option(
         None, "--top-m", help="m of the concentration and predictability figures [default: top-k]."),

@@ -29,6 +29,10 @@ def synth(
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per sequence."),
     decode_fraction: float = typer.Option(0.25, "--decode-fraction", help="Tail share of each sequence marked decode."),
     drop_rate: float = typer.Option(0.0, "--drop-rate", help="Share of token-layers marked missing (as lossy logs)."),
+    drift: float = typer.Option(
+        0.0, "--drift", help="Traffic that changes over time: the share of each layer's popularity order re-shuffled "
+        "from one period to the next (hot experts change), each period with its own domain mix (0 = none)."),
+    drift_periods: int = typer.Option(8, "--drift-periods", help="Periods the trace is cut into with --drift."),
 ) -> None:
     """Write a synthetic routing trace with known structure (Zipf popularity, affinity, planted clusters).
 
@@ -44,7 +48,8 @@ def synth(
         cfg = SynthConfig(
             layers=layers, experts=experts, top_k=top_k, tokens=tokens, seed=seed, zipf=zipf,
             affinity=affinity, clusters=clusters, domains=domains, domain_shift=domain_shift,
-            seq_len=seq_len, decode_fraction=decode_fraction, drop_rate=drop_rate,
+            seq_len=seq_len, decode_fraction=decode_fraction, drop_rate=drop_rate, drift=drift,
+            drift_periods=drift_periods,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -60,6 +65,7 @@ def synth(
         ("tokens", f"{tokens:,}"),
         ("sequences", f"{-(-tokens // seq_len):,}"),
         ("planted", f"{clusters} clusters" if clusters else "successor per expert"),
+        ("drift", f"{drift:g} per period, {drift_periods} periods" if drift else "none"),
         ("bytes", f"{out.stat().st_size:,}"),
     ]))
 

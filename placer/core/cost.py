@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from numba import njit
 
-from placer.core.mode import TrafficMode
+from placer.core.mode import TRAFFIC_FIGURES, TrafficFigure, TrafficMode
 from placer.core.placement import Placement
 from placer.core.topology import Topology, home_gpu
 from placer.core.trace.reader import TraceDataset, TraceReader
@@ -293,6 +293,20 @@ class EvalResult:
     def pair_hops_per_token(self) -> float:
         return float(_ratio(self.pair_hops_L1.sum(), self.pair_tokens_L1.sum()))
 
+    def traffic_figures(self, multi_node: bool = True) -> list[tuple[TrafficFigure, float]]:
+        """The traffic model's figures per token (``TRAFFIC_FIGURES``; without the node ones if not
+        ``multi_node``); none for balance only."""
+        if self.balance_only:
+            return []
+        return [(f, float(_ratio(getattr(self, f.counts).sum(), getattr(self, f.tokens).sum())))
+                for f in TRAFFIC_FIGURES[self.mode] if multi_node or not f.nodes_only]
+
+    @property
+    def headline_traffic(self) -> float | None:
+        """The traffic model's first figure per token (ep: remote GPUs, coherent: messages); None for balance only."""
+        figures = self.traffic_figures()
+        return figures[0][1] if figures else None
+
     # -- time --------------------------------------------------------------------------------------
     @property
     def time_us_L(self) -> np.ndarray | None:
@@ -315,13 +329,7 @@ class EvalResult:
         }
         if self.balance_only:
             return d
-        if self.mode is TrafficMode.EP:
-            d["remote_gpus_per_token"] = self.remote_gpus_per_token
-            d["remote_nodes_per_token"] = self.remote_nodes_per_token
-        else:
-            d["messages_per_token"] = self.messages_per_token
-            d["pair_hops_per_token"] = self.pair_hops_per_token
-            d["node_messages_per_token"] = self.node_messages_per_token
+        d.update({f.key: v for f, v in self.traffic_figures()})
         d["intra_bytes"] = int(self.intra_bytes_L.sum())
         d["inter_bytes"] = int(self.inter_bytes_L.sum())
         d["total_us"] = self.total_us

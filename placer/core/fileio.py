@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from placer.core.errors import InputError
+from placer.core.errors import InputError, first_line
 
 
 def prepare_output(path: str | os.PathLike) -> Path:
@@ -80,15 +80,15 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
-    """The parsed JSON of an existing text file; InputError naming the file otherwise (``what`` names the file's
-    kind in the message: "topology file", ...)."""
+    """The JSON a file holds; a one-line InputError naming the file if it is missing, a folder, not text or not
+    JSON (``what`` names the content expected, for example "SGLang expert location")."""
     p = require_file(path, what)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a text file; expected {what} JSON") from None
     except ValueError as exc:
-        raise InputError(f"{p}: not valid JSON ({exc})") from None
+        raise InputError(f"{p}: not valid JSON ({first_line(exc, 160)})") from None
 
 
 def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
+from placer.core.enums import NameEnum
 from placer.core.mode import TrafficMode
 from placer.core.topology import Topology
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the cost model's result type, for annotations only (cost.py
 WEIGHT_DECIMALS = 3
 
 
-class Quantity(str, Enum):
+class Quantity(NameEnum):
     """A figure of a placement on a trace, summed over layers (``docs/cost-model.md``), that an objective weighs.
 
     The first group is measured by the cost model; the last by the MILP formulation that reports it only.
@@ -52,10 +52,6 @@ class Quantity(str, Enum):
     EXFLOW_HOPS = "exflow_hops"                # ExFlow's link-weighted hops on the sampled tokens
     EXFLOW_HOPS_TOP1 = "exflow_hops_top1"      # the same, top-1 to top-1 hops only
 
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
 
     @property
     def mode(self) -> TrafficMode | None:
@@ -170,13 +166,32 @@ class Term:
     weight: float
 
 
+class Aggregate(NameEnum):
+    """How a robust objective combines its scenarios: the worst one, or their mean."""
+
+    WORST = "worst"
+    MEAN = "mean"
+
+    def combine(self, values: Any) -> float:
+        values = [float(v) for v in values]
+        return max(values) if self is Aggregate.WORST else sum(values) / len(values)
+
+
 @dataclass(frozen=True)
 class Objective:
-    """A weighted sum of quantities, minimised. Terms keep their order; zero weights are dropped."""
+    """A weighted sum of quantities, minimised. Terms keep their order; zero weights are dropped.
+
+    robust: over several scenarios (workloads), the value is each scenario's weighted sum divided by the
+    scenario's tokens (so that a large scenario does not drown a small one), combined by ``robust`` (the
+    worst scenario or their mean); None for one input.
+    """
 
     terms: tuple[Term, ...]
+    robust: Aggregate | None = None
 
     def __post_init__(self) -> None:
+        if self.robust is not None:
+            object.__setattr__(self, "robust", Aggregate(self.robust))
         terms = tuple(Term(Quantity(t.quantity), float(t.weight)) for t in self.terms if t.weight != 0)
         if len({t.quantity for t in terms}) != len(terms):
             raise ValueError(f"objective names a quantity twice: {[t.quantity.value for t in terms]}")
@@ -216,35 +231,55 @@ class Objective:
         return next((t.weight for t in self.terms if t.quantity is quantity), 0.0)
 
     def measure(self, result: "EvalResult") -> float | None:
-        """The objective's value in a cost-model result; None if the result cannot measure one of its terms."""
+        """The weighted sum in a cost-model result (per token of the result if the objective is robust); None if
+        the result cannot measure one of its terms."""
         total = 0.0
         for t in self.terms:
             v = t.quantity.measure(result)
             if v is None:
                 return None
             total += t.weight * v
+        if self.robust is not None:
+            return total / max(result.tokens, 1)
         return total
+
+    def measure_scenarios(self, results: "list[EvalResult]") -> float | None:
+        """A robust objective's value on the cost-model results of its scenarios (each per token, combined)."""
+        assert self.robust is not None, "measure_scenarios needs a robust objective"
+        values = [self.measure(r) for r in results]
+        return None if any(v is None for v in values) else self.robust.combine(values)
+
+    def with_robust(self, robust: Aggregate | str | None) -> "Objective":
+        return Objective(self.terms, None if robust is None else Aggregate(robust))
 
     @property
     def name(self) -> str:
         """``w1*quantity1+w2*quantity2`` (a single quantity of weight 1 is its name alone; no term at all, every
         weight zero, is ``0.0*max_load``)."""
         if len(self.terms) == 1 and self.terms[0].weight == 1.0:
-            return self.terms[0].quantity.value
-        return "+".join(f"{t.weight!r}*{t.quantity.value}" for t in self.terms) or "0.0*max_load"
+            text = self.terms[0].quantity.value
+        else:
+            text = "+".join(f"{t.weight!r}*{t.quantity.value}" for t in self.terms) or "0.0*max_load"
+        return text if self.robust is None else f"{self.robust} scenario of ({text})/tokens"
 
     def __str__(self) -> str:
         return self.name
 
-    def to_dict(self) -> list[dict[str, Any]]:
-        """JSON: the terms in order, as ``{"quantity": name, "weight": w}``."""
-        return [{"quantity": t.quantity.value, "weight": t.weight} for t in self.terms]
+    def to_dict(self) -> dict[str, Any]:
+        """JSON: ``{"terms": [{"quantity": name, "weight": w}, ...], "robust": null | "worst" | "mean"}``."""
+        return {"terms": [{"quantity": t.quantity.value, "weight": t.weight} for t in self.terms],
+                "robust": None if self.robust is None else self.robust.value}
 
     @classmethod
-    def from_dict(cls, terms: Any) -> "Objective":
-        """The objective of ``to_dict``'s list (ValueError naming the term otherwise)."""
+    def from_dict(cls, d: Any) -> "Objective":
+        """The objective of ``to_dict``'s object (ValueError naming the field or term otherwise)."""
+        if not isinstance(d, dict) or set(d) != {"terms", "robust"}:
+            raise ValueError(f"expected {{'terms': [...], 'robust': ...}}, got {d!r}"[:200])
+        terms, robust = d["terms"], d["robust"]
+        if robust is not None and robust not in [a.value for a in Aggregate]:
+            raise ValueError(f"robust {robust!r} is not one of {', '.join(a.value for a in Aggregate)} or null")
         if not isinstance(terms, list):
-            raise ValueError(f"expected a list of terms, got {type(terms).__name__}")
+            raise ValueError(f"terms: expected a list, got {type(terms).__name__}")
         out = []
         for i, t in enumerate(terms):
             if not isinstance(t, dict) or set(t) != {"quantity", "weight"}:
@@ -258,4 +293,4 @@ class Objective:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"term {i}: weight must be a finite number, got {w!r}")
             out.append(Term(q, float(w)))
-        return cls(tuple(out))
+        return cls(tuple(out), robust)

@@ -13,31 +13,23 @@ ignores: two placements are equal when they put the same experts in the same slo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from placer.core.enums import NameEnum
 from placer.core.mode import TrafficMode
 from placer.core.objective import Objective
 from placer.core.topology import Topology
 
 
-class SolveStatus(str, Enum):
+class SolveStatus(NameEnum):
     """OPTIMAL: proved optimal for its objective; FEASIBLE: a solver's best, with bound and gap; HEURISTIC: a
     baseline with no bound."""
 
     OPTIMAL = "OPTIMAL"
     FEASIBLE = "FEASIBLE"
     HEURISTIC = "HEURISTIC"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__  # hash like the name it equals, so a dict keyed by names finds it
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
         "status": r.status.value,
         "objective": _num(r.objective_value),
         "objective_name": None if r.objective is None else r.objective.name,
-        "objective_terms": None if r.objective is None else r.objective.to_dict(),
+        "objective_definition": None if r.objective is None else r.objective.to_dict(),
         "bound": _num(r.bound),
         "gap": _num(r.gap),
         "wall_time_s": round(float(r.wall_time_s), 6),
@@ -87,7 +87,7 @@ def _json_path(error) -> str:
 def placement_from_dict(d: Any, where: str = "placement") -> Placement:
     """Validate a placement object (schema, then meaning) and build the ``Placement`` with its report.
 
-    The objective is read from ``objective_terms``; ``objective_name`` is only its rendering for people (a file
+    The objective is read from ``objective_definition``; ``objective_name`` is only its rendering for people (a file
     written before the terms were recorded reports no objective)."""
     validator = jsonschema.Draft202012Validator(placement_schema())
     errors = sorted(validator.iter_errors(d), key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
@@ -104,9 +104,10 @@ def placement_from_dict(d: Any, where: str = "placement") -> Placement:
             raise InputError(f"{where}: field '{key}' is {d[key]} but phy2log has {value}")
     topo = Topology.from_dict(d["topology"], where=f"{where}: field 'topology'") if d.get("topology") else None
     try:
-        objective = None if d.get("objective_terms") is None else Objective.from_dict(d["objective_terms"])
+        definition = d.get("objective_definition")
+        objective = None if definition is None else Objective.from_dict(definition)
     except ValueError as exc:
-        raise InputError(f"{where}: field 'objective_terms': {exc}") from None
+        raise InputError(f"{where}: field 'objective_definition': {exc}") from None
     try:
         report = SolveReport(solver=d["solver"], status=d["status"], mode=d["mode"], objective=objective,
                              objective_value=d["objective"], bound=d["bound"], gap=d["gap"],

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from placer.core.errors import InputError, first_line
-from placer.core.fileio import atomic_path, read_json, require_file, write_text_atomic  # noqa: F401 (read_json: used by the formats)
+from placer.core.fileio import atomic_path, read_json, require_file, write_text_atomic  # noqa: F401 (read_json re-exported)
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
@@ -42,11 +42,15 @@ def write_json(path: Path, obj: Mapping[str, Any], rows: bool = True) -> None:
 
 # -- torch .pt -----------------------------------------------------------------------------------------------------
 def write_torch(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """A ``.pt`` file holding a dict of int64 tensors (what ``torch.load(weights_only=True)`` returns)."""
+    """A ``.pt`` file holding a dict of tensors (what ``torch.load(weights_only=True)`` returns): int64, or
+    float64 for arrays of real numbers."""
     import torch
 
+    def tensor(v: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64 if v.dtype.kind == "f" else np.int64))
+
     buf = io.BytesIO()
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in arrays.items()}, buf)
+    torch.save({k: tensor(np.asarray(v)) for k, v in arrays.items()}, buf)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 

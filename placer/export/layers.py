@@ -64,32 +64,72 @@ def parse_layer_list(spec: str, option: str = "--moe-layers") -> list[int]:
     return sorted(out)
 
 
-def to_stack(p: Placement, numbering: str, *, keyed: bool, num_model_layers: int | None = None,
-             model_layer_indices: Sequence[int] | None = None) -> StackMaps:
-    """The rows a file holds for placement ``p`` in ``numbering`` ("moe" or "model").
+def layer_rows(rows_LW: np.ndarray, recorded: Sequence[int] | None, numbering: str, *, keyed: bool,
+               fill_W: np.ndarray, num_model_layers: int | None = None, given: Sequence[int] | None = None,
+               what: str = "the placement") -> tuple[np.ndarray, tuple[int, ...]]:
+    """The rows a file holds for per-MoE-layer rows ``rows_LW`` (a placement's slots, or expert loads) in
+    ``numbering`` ("moe" or "model"), and the index of each row in the file.
 
-    With "model", a keyed file (a dict by layer index) holds the MoE layers under their decoder-layer indices; a
-    row-per-layer file holds every decoder layer 0..num_model_layers-1, dense ones with the trivial placement.
+    With "model", a keyed file (a dict by layer index) holds the MoE layers under their decoder-layer indices
+    (``given``, else ``recorded``); a row-per-layer file holds every decoder layer 0..num_model_layers-1, dense
+    ones filled with ``fill_W`` (the trivial placement, or zero load).
     """
-    L, P, E = p.num_layers, p.num_slots, p.num_experts
+    L = rows_LW.shape[0]
     if numbering == "moe":
-        return StackMaps(p.phy2log_LP.copy(), tuple(range(L)), p.num_gpus, E, placement=p)
-    idx = tuple(int(i) for i in (model_layer_indices if model_layer_indices is not None else p.model_layer_indices or ()))
+        return rows_LW.copy(), tuple(range(L))
+    idx = tuple(int(i) for i in (given if given is not None else recorded or ()))
     if not idx:
-        raise InputError("the placement records no model layer indices (its trace did not say which decoder layers "
-                         "are MoE layers); pass them with --moe-layers (for example 3-60) or use --layer-numbering moe")
+        raise InputError(f"{what} records no model layer indices (its trace did not say which decoder layers "
+                         f"are MoE layers); pass them with --moe-layers (for example 3-60) or use --layer-numbering moe")
     if len(idx) != L:
-        raise InputError(f"--moe-layers lists {len(idx)} layers, the placement has {L} MoE layers")
+        raise InputError(f"--moe-layers lists {len(idx)} layers, {what} has {L} MoE layers")
     if len(set(idx)) != L:
         raise InputError(f"model layer indices {list(idx)} repeat a layer")
     if keyed:
-        return StackMaps(p.phy2log_LP.copy(), idx, p.num_gpus, E, placement=p)
+        return rows_LW.copy(), idx
     total = int(num_model_layers) if num_model_layers is not None else max(idx) + 1
     if total <= max(idx):
         raise InputError(f"--num-model-layers {total} leaves out MoE layer {max(idx)}")
-    rows = np.tile(trivial_row(P, E), (total, 1))
-    rows[list(idx)] = p.phy2log_LP
-    return StackMaps(rows, tuple(range(total)), p.num_gpus, E, placement=p)
+    rows = np.tile(fill_W, (total, 1))
+    rows[list(idx)] = rows_LW
+    return rows, tuple(range(total))
+
+
+def to_stack(p: Placement, numbering: str, *, keyed: bool, num_model_layers: int | None = None,
+             model_layer_indices: Sequence[int] | None = None) -> StackMaps:
+    """The rows a file holds for placement ``p`` in ``numbering`` ("moe" or "model"); dense layers of a
+    row-per-layer file hold the trivial placement (``layer_rows``)."""
+    rows, ids = layer_rows(p.phy2log_LP, p.model_layer_indices, numbering, keyed=keyed,
+                           fill_W=trivial_row(p.num_slots, p.num_experts), num_model_layers=num_model_layers,
+                           given=model_layer_indices)
+    return StackMaps(rows, ids, p.num_gpus, p.num_experts, placement=p)
+
+
+@dataclass(frozen=True, eq=False)
+class StackLoads:
+    """Expert loads as a serving stack's statistics file holds them, in the file's own layer numbering.
+
+    load_XW: [X, E] load of each expert, for each layer the file holds (zero for dense layers); int64 token
+        counts, or float64 real-valued loads (rates, averages).
+    layer_ids_X: the index each row has in the file.
+    """
+
+    load_XE: np.ndarray
+    layer_ids_X: tuple[int, ...]
+
+    @property
+    def real_valued(self) -> bool:
+        return bool(np.issubdtype(self.load_XE.dtype, np.floating))
+
+
+def loads_to_stack(load_LE: np.ndarray, recorded: Sequence[int] | None, numbering: str, *, keyed: bool,
+                   num_model_layers: int | None = None, model_layer_indices: Sequence[int] | None = None) -> StackLoads:
+    """The rows a statistics file holds for the loads of MoE layers ``load_LE``; dense layers of a row-per-layer
+    file hold zero load (as SGLang's recorder writes them)."""
+    rows, ids = layer_rows(np.asarray(load_LE), recorded, numbering, keyed=keyed,
+                           fill_W=np.zeros(load_LE.shape[1], dtype=np.asarray(load_LE).dtype),
+                           num_model_layers=num_model_layers, given=model_layer_indices, what="the statistics")
+    return StackLoads(rows, ids)
 
 
 def from_stack(maps: StackMaps, where: str, fmt: str, numbering: str, *, moe_layers: Sequence[int] | str | None = None,

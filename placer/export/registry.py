@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from placer.export.names import FORMAT_NAMES, NUMBERINGS, FormatName, Numbering  # noqa: F401 (re-exported)
+from placer.export.names import FORMAT_NAMES, LOAD_FORMATS, NUMBERINGS, FormatName, Numbering  # noqa: F401
 
 if TYPE_CHECKING:
-    from placer.export.layers import StackMaps
+    from placer.export.layers import StackLoads, StackMaps
 
 _MODULES: dict[str, str] = {
     "sglang": "placer.export.sglang",
+    "sglang-eplb": "placer.export.sglang_eplb",
     "vllm": "placer.export.vllm",
     "vllm-ascend": "placer.export.vllm_ascend",
     "eplb": "placer.export.eplb",
@@ -38,16 +39,23 @@ class ExportFormat:
         under model numbering; False if it holds one row per layer, so dense layers get the trivial placement.
     write(maps, path): write the file (atomically); read(path) -> StackMaps: read and validate it.
     loads_with(path, maps) -> str: the serving-stack command line or setting that loads the file.
+    takes: "placement" (``write`` gets ``StackMaps``), or "loads" for a file of expert loads that the stack
+        balances itself (``write`` and ``loads_with`` get ``StackLoads``; ``read`` is None: such files are read as
+        statistics, ``moeplace stats --load``). Listed in ``LOAD_FORMATS``.
+    add_mtp_layers(maps, num_hidden_layers, n) -> (maps, note): for stacks that look up MTP layers (decoder index
+        num_hidden_layers, ...) in the file and fail without them; adds their rows (None: the stack needs none).
     """
 
     name: str
     suffixes: tuple[str, ...]
     stack_numbering: str
     keyed: bool
-    write: Callable[["StackMaps", Path], None]
-    read: Callable[[Path], "StackMaps"]
-    loads_with: Callable[[Path, "StackMaps"], str]
+    write: Callable[["StackMaps | StackLoads", Path], None]
+    read: Callable[[Path], "StackMaps"] | None
+    loads_with: Callable[[Path, "StackMaps | StackLoads"], str]
     description: str = ""
+    takes: str = "placement"
+    add_mtp_layers: Callable[["StackMaps", int, int], "tuple[StackMaps, str]"] | None = None
 
 
 _REGISTRY: dict[str, ExportFormat] = {}
@@ -58,6 +66,8 @@ def register(fmt: ExportFormat) -> ExportFormat:
         raise AssertionError(f"format {fmt.name!r} is not in FormatName {FORMAT_NAMES}")
     if fmt.name in _REGISTRY and _REGISTRY[fmt.name] is not fmt:
         raise AssertionError(f"format {fmt.name!r} registered twice")
+    if (fmt.takes == "loads") != (fmt.name in LOAD_FORMATS) or fmt.takes not in ("placement", "loads"):
+        raise AssertionError(f"format {fmt.name!r}: takes {fmt.takes!r} disagrees with LOAD_FORMATS {LOAD_FORMATS}")
     if fmt.stack_numbering not in NUMBERINGS:
         raise AssertionError(f"format {fmt.name!r}: stack_numbering {fmt.stack_numbering!r} not in {NUMBERINGS}")
     _REGISTRY[fmt.name] = fmt

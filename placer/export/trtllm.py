@@ -8,6 +8,12 @@ are decoder-layer indices, 3..60 for DeepSeek-R1, so the default numbering is "m
 expert ``initial_global_assignments[i][j]``, every ``num_slots / ep_size`` successive slots on one rank;
 ``layer_updates_per_iter: 0`` keeps it static). The file is named by ``moe_config.load_balancer`` in the
 ``--extra_llm_api_options`` YAML.
+
+MTP layers: TensorRT-LLM builds them with decoder index ``num_hidden_layers + i`` (``MTPForCausalLM`` in
+``tensorrt_llm/_torch/models/modeling_speculative.py``: ``layer_idx + start_layer_idx``), and every MoE layer asks
+``MoeLoadBalancerConfig.get_layer_initial_global_assignments(layer_idx)``, which raises ``KeyError`` for an index the
+file lacks. ``add_mtp_layers`` writes those keys with TensorRT-LLM's own default layout (rank r's slots hold experts
+``(r * E // ep_size + i) % E``, what its MoE modules use for a layer without assignments).
 """
 
 from __future__ import annotations
@@ -84,6 +90,23 @@ def read(path: Path) -> StackMaps:
     return StackMaps(np.asarray(rows, dtype=np.int64), tuple(ids))
 
 
+def add_mtp_layers(maps: StackMaps, num_hidden_layers: int, n: int) -> tuple[StackMaps, str]:
+    """``maps`` with keys ``num_hidden_layers .. + n - 1`` for the MTP layers (those the placement already holds are
+    kept), in TensorRT-LLM's default layout."""
+    if n < 0:
+        raise InputError(f"--mtp-layers must be >= 0, got {n}")
+    G, E, P = int(maps.num_gpus), int(maps.num_experts), maps.num_slots
+    per_rank = P // G
+    default = np.array([(r * E // G + i) % E for r in range(G) for i in range(per_rank)], dtype=np.int64)
+    new = [num_hidden_layers + i for i in range(n) if num_hidden_layers + i not in maps.layer_ids_X]
+    rows = np.concatenate([maps.phy2log_XP, np.tile(default, (len(new), 1))])
+    ids = tuple(maps.layer_ids_X) + tuple(new)
+    order = np.argsort(ids, kind="stable")
+    out = StackMaps(rows[order], tuple(ids[i] for i in order), maps.num_gpus, maps.num_experts, maps.placement)
+    return out, (f"{len(new)} MTP layer key(s) {', '.join(map(str, new)) or '-'} hold TensorRT-LLM's default layout "
+                 f"(no statistics for them)")
+
+
 def loads_with(path: Path, maps: StackMaps) -> str:
     G = maps.num_gpus
     return (f"trtllm-serve MODEL --tp_size {G} --ep_size {G} --extra_llm_api_options extra.yaml, where extra.yaml has "
@@ -92,6 +115,6 @@ def loads_with(path: Path, maps: StackMaps) -> str:
 
 FORMAT = register(ExportFormat(
     name="trtllm", suffixes=(".yaml", ".yml"), stack_numbering="model", keyed=True,
-    write=write, read=read, loads_with=loads_with,
+    write=write, read=read, loads_with=loads_with, add_mtp_layers=add_mtp_layers,
     description="TensorRT-LLM MoE load balancer YAML (initial_global_assignments keyed by decoder layer)",
 ))

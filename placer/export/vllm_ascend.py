@@ -2,17 +2,25 @@
 ``device_count``, ``device_list`` of ``device_id`` and ``device_expert`` (the logical expert in each of the device's
 slots, in slot order).
 
-Checked against vllm-project/vllm-ascend ``vllm_ascend/eplb/adaptor/vllm_adaptor.py`` (``_expert_file_to_tensor``
-reads ``moe_layer_count``, ``layer_list[0]["device_count"]`` and every ``device_list[i]["device_expert"]`` into one
-[layers, devices, slots] tensor, in list order; ``get_init_expert_map_from_file`` maps list entry i to MoE layer i,
-adding the model's dense-layer count itself, so the default numbering is "moe"; ``_export_tensor_to_file`` writes
-the same structure with ``layer_id`` = MoE layer index) and ``vllm_ascend/ops/expert_load_balancer.py``. It is
-loaded with ``--additional-config '{"expert_map_path": FILE}'`` (older releases) or
-``'{"eplb_config": {"expert_map_path": FILE}}'`` (newer ``EplbConfig``).
+Checked against vllm-project/vllm-ascend 0.23.0 and 0.26.0rc1 ``vllm_ascend/eplb/core/eplb_utils.py``
+(``expert_file_to_tensor(path, layer_id)`` takes ``layer_list[layer_id]``, its ``device_list`` in list order, each
+``device_expert`` a row of one [devices, slots] tensor; ``layer_id`` is the MoE layer's position among the model's
+MoE layers (``AscendMoERunner.moe_counter`` in ``ops/fused_moe/fused_moe.py``), so the default numbering is "moe";
+``layer_id == moe_layer_count`` is an MTP layer, given the generated default placement; ``init_eplb_config`` builds
+each device's ``expert_map[device_expert] = arange(slots)``: one slot per expert and device, the last copy winning,
+and ``generate_log2phy_map`` numbers physical slots ``slot + rank * (distinct experts of rank 0)``, so two copies of
+one expert on one device send tokens to the wrong slots: ``write`` refuses such a placement and ``read`` such a
+file), ``vllm_ascend/eplb/adaptor/vllm_adaptor.py`` (``_export_tensor_to_file`` writes the same structure with
+``layer_id`` = MoE index) and ``vllm_ascend/ascend_config.py`` (``EplbConfig``: ``expert_map_path``,
+``num_redundant_experts`` under ``additional_config["eplb_config"]``). Releases up to 0.12 (0.9.1, 0.11.0,
+0.12.0rc1 checked: ``vllm_ascend/ops/expert_load_balancer.py``, which has the same one-slot-per-expert map) read a
+top-level ``expert_map_path`` with ``init_redundancy_expert``; 0.13.0 reads both (``eplb_config`` wins); 0.18.0 and
+later read only ``eplb_config`` and ignore a top-level ``expert_map_path`` without an error.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +32,31 @@ from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
 
 
+def check_one_copy_per_device(rows_XP: np.ndarray, layer_ids: tuple[int, ...], G: int, where: str,
+                              model_layers: tuple[int, ...] | None = None) -> None:
+    """One line naming the layer, device and expert if a device holds two copies of one expert (vLLM-Ascend keeps
+    one slot per expert and device, and would route that device's tokens to the wrong slots)."""
+    X, P = rows_XP.shape
+    S = P // G
+    per_device = np.sort(rows_XP.reshape(X, G, S), axis=2)
+    dup = per_device[:, :, 1:] == per_device[:, :, :-1]
+    if not dup.any():
+        return
+    x, g, k = (int(v[0]) for v in np.nonzero(dup))
+    e = int(per_device[x, g, k])
+    slots = [g * S + j for j in range(S) if rows_XP[x, g * S + j] == e]
+    model = f" (model layer {model_layers[x]})" \
+        if model_layers and len(model_layers) == X and model_layers[x] != layer_ids[x] else ""
+    raise InputError(f"{where}: layer {layer_ids[x]}{model}, device {g} holds expert {e} twice (slots "
+                     f"{', '.join(map(str, slots))}); vLLM-Ascend keeps one slot per expert on a device and would "
+                     f"route tokens to the wrong slots: solve again without two copies of one expert on one GPU")
+
+
 def write(maps: StackMaps, path: Path) -> None:
     G = int(maps.num_gpus)
     S = maps.num_slots // G
+    model_layers = maps.placement.model_layer_indices if maps.placement is not None else None
+    check_one_copy_per_device(maps.phy2log_XP, maps.layer_ids_X, G, f"{path}", model_layers)
     layers = []
     for lid, row in zip(maps.layer_ids_X, maps.phy2log_XP):
         devices = [{"device_id": g, "device_expert": row[g * S:(g + 1) * S].tolist()} for g in range(G)]
@@ -91,13 +121,17 @@ def read(path: Path) -> StackMaps:
         if ids[i] <= ids[i - 1]:
             raise InputError(f"{path}: field 'layer_list[{i}].layer_id' is {ids[i]} after {ids[i - 1]}; vLLM-Ascend "
                              f"reads layers in list order, so layer ids must increase")
-    return StackMaps(np.asarray(rows, dtype=np.int64), tuple(ids), num_gpus=G)
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    check_one_copy_per_device(rows_arr, tuple(ids), G, f"{path}")
+    return StackMaps(rows_arr, tuple(ids), num_gpus=G)
 
 
 def loads_with(path: Path, maps: StackMaps) -> str:
+    R = maps.num_slots - int(maps.num_experts or maps.phy2log_XP.max() + 1)
+    config = json.dumps({"eplb_config": {"expert_map_path": str(path), "num_redundant_experts": R}})
     return (f"vllm serve MODEL --enable-expert-parallel --tensor-parallel-size {maps.num_gpus} "
-            f"--additional-config '{{\"expert_map_path\": \"{path}\"}}'  (vLLM-Ascend; newer releases: "
-            f"'{{\"eplb_config\": {{\"expert_map_path\": \"{path}\"}}}}')")
+            f"--additional-config '{config}'  (vLLM-Ascend 0.13 and later; up to 0.12: "
+            f"'{{\"expert_map_path\": \"{path}\", \"init_redundancy_expert\": {R}}}')")
 
 
 FORMAT = register(ExportFormat(

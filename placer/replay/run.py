@@ -7,17 +7,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from placer.core.errors import InputError, MoeplaceError
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
-from placer.replay.config import BACKENDS, Case, ReplayConfig
+from placer.core.placement_io import load_placement
 from placer.core.topology import Topology
+from placer.core.trace.reader import TraceReader
+from placer.inputs import problem_from_stats, resolve_topology, stats_from_traces
+from placer.progress import progress_bar
+from placer.replay.config import BACKENDS, Case, ReplayConfig
+from placer.replay.experts import DTYPES, CheckpointExperts
+from placer.replay.launch import launch, torchrun_env
+from placer.replay.predict import predict_cases
+from placer.replay.report import build_report
+from placer.replay.virtual import run_virtual
+from placer.replay.worker import device_for, run_rank
+from solvers import SOLVER_NAMES, SolveOptions, get_solver
 
 
 @dataclass
 class ReplayRequest:
     """What the user asked for (the command line's options, unvalidated)."""
-
     trace: Path
     placements: list[str]
     backend: str = "gloo"
@@ -50,9 +62,6 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int | None, redunda
     """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
     in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test), for the
     hardware of ``topology`` (a hardware file or preset; default h100: what ``auto`` weighs balance with)."""
-    from placer.inputs import problem_from_stats, resolve_topology, stats_from_traces
-    from solvers import SolveOptions, get_solver
-
     topo = resolve_topology(gpus, nodes, topology)
     try:
         problem = problem_from_stats(stats_from_traces([trace]), topo, redundant, mode)
@@ -62,8 +71,6 @@ def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int | None, redunda
 
 
 def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Placement, str | None]:
-    from placer.core.placement_io import load_placement
-    from solvers.registry import SOLVER_NAMES
 
     path = Path(arg)
     if path.exists():
@@ -83,9 +90,6 @@ def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Plac
 def prepare(req: ReplayRequest) -> ReplayConfig:
     """Check the request against the trace and the placements and build the run's config (InputError on any
     mismatch: nothing has started yet)."""
-    from placer.replay.experts import CheckpointExperts
-    from placer.core.trace.reader import TraceReader
-
     if req.backend not in BACKENDS:
         raise InputError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
     reader = TraceReader(req.trace)
@@ -161,10 +165,6 @@ def replay_topology(req: ReplayRequest, first: Placement, hidden: int, ffn: int)
     own topology, else the h100 preset. Its layer shape is set to the replay's (hidden, FFN, dtype): an expert
     curve calibrated for another shape keeps its floor and intercept and scales its slope by FLOPs, and the
     note says so."""
-    from placer.inputs import resolve_topology
-    from placer.replay.experts import DTYPES
-    import torch
-
     G = first.num_gpus
     if req.nodes is not None and G % req.nodes:
         raise InputError(f"--nodes {req.nodes}: world size {G} must divide evenly into nodes")
@@ -190,8 +190,6 @@ def check_devices(cfg: ReplayConfig, backend: str) -> None:
     """NCCL needs one GPU per rank on this machine (when the command starts the ranks itself)."""
     if backend != "nccl":
         return
-    import torch
-
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:
         raise InputError("--backend nccl needs CUDA GPUs and none is visible (use gloo, or virtual)")
@@ -202,16 +200,11 @@ def check_devices(cfg: ReplayConfig, backend: str) -> None:
 
 def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | None:
     """Run the replay and return the report (None on the ranks other than 0 under torchrun)."""
-    from placer.progress import progress_bar
-    from placer.replay.launch import launch, torchrun_env
-
     total = len(cfg.schedule.runs())
     weights = cfg.expert_source().describe()
     t0 = time.perf_counter()
     env = torchrun_env() if backend != "virtual" else None
     if env is not None:
-        from placer.replay.worker import device_for, run_rank
-
         rank, world, local = env
         if world != cfg.world_size:
             raise InputError(f"torchrun started {world} ranks, the placements are for {cfg.world_size} GPUs")
@@ -222,8 +215,6 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             return None
         device, timer = str(device_for(backend, local)), ("cuda-events" if backend == "nccl" else "perf_counter")
     elif backend == "virtual":
-        from placer.replay.virtual import run_virtual
-
         with progress_bar(total, "replay (virtual)", unit="step", quiet=quiet) as adv:
             cases, device, timer = run_virtual(cfg, progress=lambda run: adv(1))
     else:
@@ -232,9 +223,6 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             cases = launch(cfg, backend, on_progress=lambda run: adv(1))
         device = "cuda (one GPU per rank)" if backend == "nccl" else "cpu"
         timer = "cuda-events" if backend == "nccl" else "perf_counter"
-    from placer.replay.predict import predict_cases
-    from placer.replay.report import build_report
-
     return build_report(cfg, backend, device, timer, cases, time.perf_counter() - t0, weights, predict_cases(cfg))
 
 

@@ -25,6 +25,29 @@ def read_prompts(path: str | os.PathLike, text_field: str | None = None) -> tupl
 
     Raises InputError (naming file, line and field) for a missing, empty or malformed file.
     """
+    p, raw = _read_text(path)
+    if not is_jsonl(p, text_field):
+        return [raw], False
+    return [r.text for r in _jsonl_prompts(p, raw, text_field or "text", None)], True
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One JSONL prompt: its text, its domain label (``--domain-field``; None without one) and its line."""
+
+    text: str
+    domain: str | None
+    line: int
+
+
+def read_prompt_records(path: str | os.PathLike, text_field: str | None = None,
+                        domain_field: str | None = None) -> list[PromptRecord]:
+    """The non-empty prompts of a JSONL file with their domain labels, for tracing a server (one request each)."""
+    p, raw = _read_text(path)
+    return _jsonl_prompts(p, raw, text_field or "text", domain_field)
+
+
+def _read_text(path: str | os.PathLike) -> tuple[Path, str]:
     p = require_file(path, "text file")
     try:
         raw = p.read_text(encoding="utf-8")
@@ -32,9 +55,10 @@ def read_prompts(path: str | os.PathLike, text_field: str | None = None) -> tupl
         raise InputError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     if not raw.strip():
         raise InputError(f"{p}: empty text file")
-    if not is_jsonl(p, text_field):
-        return [raw], False
-    field = text_field or "text"
+    return p, raw
+
+
+def _jsonl_prompts(p: Path, raw: str, field: str, domain_field: str | None) -> list[PromptRecord]:
     prompts = []
     for n, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -49,11 +73,16 @@ def read_prompts(path: str | os.PathLike, text_field: str | None = None) -> tupl
         value = rec[field]
         if not isinstance(value, str):
             raise InputError(f"{p}: line {n}: field '{field}' is {type(value).__name__}, expected a string")
+        domain = None
+        if domain_field is not None:
+            if rec.get(domain_field) is None:
+                raise InputError(f"{p}: line {n}: no field '{domain_field}' (--domain-field)")
+            domain = str(rec[domain_field])
         if value:
-            prompts.append(value)
+            prompts.append(PromptRecord(value, domain, n))
     if not prompts:
         raise InputError(f"{p}: no non-empty '{field}' prompts in the JSONL file")
-    return prompts, True
+    return prompts
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from placer.demo import DemoContext, step_export
-from placer.export import FORMAT_NAMES, import_placement
+from placer.export import PLACEMENT_FORMATS, import_placement
 from placer.core.placement_io import load_placement
 from placer.synth import SynthConfig, generate
 from placer.core.trace.writer import TraceWriter
@@ -22,7 +22,7 @@ def test_demo_export_step(tmp_path):
     text = console.export_text()
     p = load_placement(ctx.files["placement"])  # no solver step ran: the contiguous baseline
     assert p.report.solver == "contiguous" and p.num_gpus == 4
-    for fmt in FORMAT_NAMES:
+    for fmt in PLACEMENT_FORMATS:
         path = ctx.files[f"export-{fmt}"]
         assert path.is_file() and str(path) in text
         gpus = None if fmt in ("vllm-ascend", "moeplace") else 4

@@ -26,7 +26,7 @@ def _write(tmp_path, name, obj):
 
 def test_unknown_format_and_wrong_ending(cli, placement_file, tmp_path):
     res = cli("export", placement_file, "--format", "deepspeed", "--out", tmp_path / "x.json")
-    assert_one_line_error(res, 2, "unknown format 'deepspeed'", "sglang, vllm, vllm-ascend, eplb, trtllm, moeplace")
+    assert_one_line_error(res, 2, "unknown format 'deepspeed'", "sglang, sglang-eplb, vllm, vllm-ascend, eplb, trtllm, moeplace")
     res = cli("export", placement_file, "--format", "trtllm", "--out", tmp_path / "x.json")
     assert_one_line_error(res, 2, "x.json", "trtllm file is written as .yaml or .yml")
     res = cli("import-placement", tmp_path / "x.json", "--format", "nope", "--out", tmp_path / "y.json")

@@ -7,22 +7,27 @@ import json
 import numpy as np
 import pytest
 
-from placer.export import FORMAT_NAMES, export_placement, import_placement, read_stack
+from placer.export import PLACEMENT_FORMATS, export_placement, import_placement, read_stack
 from placer.export.registry import get_format
 from placer.core.objective import Objective, Quantity
 from placer.core.placement import Placement, SolveReport
 from placer.core.topology import preset
 
 # (format, file ending) for every encoding each format is written as.
-ENCODINGS = [(f, s) for f in FORMAT_NAMES for s in get_format(f).suffixes]
+ENCODINGS = [(f, s) for f in PLACEMENT_FORMATS for s in get_format(f).suffixes]
 
 
-def _random_placement(L=4, E=8, G=4, R=4, seed=0, layers=(3, 4, 6, 7), **kw) -> Placement:
+def _random_placement(L=4, E=8, G=4, R=4, seed=0, layers=(3, 4, 6, 7), one_copy_per_gpu=False, **kw) -> Placement:
+    """Random rows with R copies of random experts; ``one_copy_per_gpu``: no GPU holds two copies of one expert
+    (what vLLM-Ascend can represent)."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(L):
         extra = rng.integers(0, E, R)  # hot experts get redundant copies
-        rows.append(rng.permutation(np.concatenate([np.arange(E), extra])))
+        row = rng.permutation(np.concatenate([np.arange(E), extra]))
+        while one_copy_per_gpu and any(len(set(g)) < len(g) for g in row.reshape(G, -1).tolist()):
+            row = rng.permutation(row)
+        rows.append(row)
     return Placement(phy2log_LP=rows, num_gpus=G, num_experts=E, model_layer_indices=layers, **kw)
 
 
@@ -36,7 +41,7 @@ def _same(a: Placement, b: Placement) -> None:
                          [(f, s, n) for f, s in ENCODINGS for n in ("moe", "model") if (f, n) != ("moeplace", "model")])
 @pytest.mark.parametrize("redundant", [0, 4])
 def test_export_import_round_trip(tmp_path, fmt, suffix, numbering, redundant):
-    p = _random_placement(R=redundant, seed=redundant)
+    p = _random_placement(R=redundant, seed=redundant, one_copy_per_gpu=fmt == "vllm-ascend")
     path = tmp_path / f"p{suffix}"
     r = export_placement(p, path, fmt, numbering)
     assert r.path == path and path.is_file()
@@ -57,10 +62,10 @@ def test_moeplace_format_keeps_everything(tmp_path):
 
 def test_default_numbering_follows_each_stack(tmp_path):
     """SGLang and TensorRT-LLM count decoder layers, vLLM, vLLM-Ascend and EPLB MoE layers."""
-    p = _random_placement()
+    p = _random_placement(one_copy_per_gpu=True)
     expect = {"sglang": tuple(range(8)), "trtllm": (3, 4, 6, 7), "vllm": (0, 1, 2, 3), "vllm-ascend": (0, 1, 2, 3),
               "eplb": (0, 1, 2, 3), "moeplace": (0, 1, 2, 3)}
-    for fmt in FORMAT_NAMES:
+    for fmt in PLACEMENT_FORMATS:
         r = export_placement(p, tmp_path / f"{fmt}{get_format(fmt).suffixes[0]}", fmt)
         assert r.layer_ids == expect[fmt], fmt
     # Keyed formats under model numbering need no --moe-layers to come back: their keys are the MoE layers.
@@ -117,15 +122,16 @@ def test_trtllm_and_vllm_ascend_files_by_hand(tmp_path):
     export_placement(p, tmp_path / "t.yaml", "trtllm")
     assert (tmp_path / "t.yaml").read_text() == (
         "num_slots: 6\ninitial_global_assignments:\n  3: [1, 0, 0, 2, 3, 1]\nlayer_updates_per_iter: 0\n")
-    export_placement(p, tmp_path / "a.json", "vllm-ascend")
+    q = Placement(phy2log_LP=[[1, 0, 3, 2, 0, 1]], num_gpus=2, num_experts=4, model_layer_indices=(3,))
+    export_placement(q, tmp_path / "a.json", "vllm-ascend")
     d = json.loads((tmp_path / "a.json").read_text())
     assert d == {"moe_layer_count": 1, "layer_list": [{"layer_id": 0, "device_count": 2, "device_list": [
-        {"device_id": 0, "device_expert": [1, 0, 0]}, {"device_id": 1, "device_expert": [2, 3, 1]}]}]}
+        {"device_id": 0, "device_expert": [1, 0, 3]}, {"device_id": 1, "device_expert": [2, 0, 1]}]}]}
 
 
 @pytest.mark.parametrize("fmt, suffix", ENCODINGS)
 def test_exports_are_reproducible_byte_for_byte(tmp_path, fmt, suffix):
-    p = _random_placement(R=4)
+    p = _random_placement(R=4, one_copy_per_gpu=fmt == "vllm-ascend")
     a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
     export_placement(p, a, fmt)
     export_placement(p, b, fmt)

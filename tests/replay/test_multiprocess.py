@@ -105,7 +105,7 @@ def test_a_failing_rank_stops_every_rank(cli, tmp_path, how, timeout, fragments)
 
 @pytest.mark.slow
 def test_under_torchrun_each_process_is_one_rank(tmp_path):
-    """The README's torchrun path (here on one machine, gloo): the command joins the env:// group as one rank
+    """The torchrun path of docs/replay.md (here on one machine, gloo): the command joins the env:// group as one rank
     instead of spawning ranks, and rank 0 writes the report."""
     import subprocess
     import sys

@@ -9,7 +9,7 @@ import pytest
 from placer.core.placement import Placement
 from placer.replay.plan import corrupt_plan, exchanges_of, link_bytes, plan_step
 
-# The README's worked example: 2 GPUs, 4 experts, 2 layers, top-2, three tokens.
+# The worked example of docs/replay.md: 2 GPUs, 4 experts, 2 layers, top-2, three tokens.
 # Layer 0: GPU 0 holds experts 0, 1 and GPU 1 experts 2, 3; layer 1: GPU 0 holds 0, 2 and GPU 1 holds 1, 3.
 EXAMPLE = Placement([[0, 1, 2, 3], [0, 2, 1, 3]], num_gpus=2, num_experts=4)
 EX_TLK = np.array([[[0, 2], [1, 3]],   # t0, sequence 0 (home GPU 0)

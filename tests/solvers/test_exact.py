@@ -123,9 +123,9 @@ def _pair_splits_of(items):
 
 
 def test_worked_example_golden():
-    """The README's example: 2 layers, 4 experts, 2 GPUs, top-1, 20 tokens going 0->2, 1->3, 2->0 and 3->1
-    (5 each). Putting expert 0 of layer 0 with expert 2 of layer 1 (and 1 with 3, 2 with 0, 3 with 1) keeps
-    every token on its GPU: 0 hops, and every GPU computes 10 tokens per layer, so the objective
+    """The worked example of docs/solvers.md: 2 layers, 4 experts, 2 GPUs, top-1, 20 tokens going 0->2, 1->3,
+    2->0 and 3->1 (5 each). Putting expert 0 of layer 0 with expert 2 of layer 1 (and 1 with 3, 2 with 0, 3 with
+    1) keeps every token on its GPU: 0 hops, and every GPU computes 10 tokens per layer, so the objective
     1 x hops + 1 x (largest load of each layer) is 0 + 10 + 10 = 20, proven optimal. The contiguous layout
     (experts 0, 1 on GPU 0 in both layers) makes all 20 tokens hop: 20 + 20 = 40."""
     pairs = [(0, 2)] * 5 + [(1, 3)] * 5 + [(2, 0)] * 5 + [(3, 1)] * 5

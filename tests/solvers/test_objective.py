@@ -74,7 +74,12 @@ def test_weighted_objectives_are_measured_and_recorded():
     assert Objective.from_dict(objective.to_dict()) == objective
     assert Objective.of(Quantity.EP_DISPATCH_GPUS).measure(r) is None  # another mode
     with pytest.raises(ValueError, match="unknown quantity 'x'"):
-        Objective.from_dict([{"quantity": "x", "weight": 1.0}])
+        Objective.from_dict({"terms": [{"quantity": "x", "weight": 1.0}], "robust": None})
+    robust = objective.with_robust("worst")
+    assert robust.name == "worst scenario of (2.5*coherent_pair_hops+1.0*max_load)/tokens"
+    assert Objective.from_dict(robust.to_dict()) == robust
+    assert robust.measure(r) == pytest.approx(objective.measure(r) / r.tokens)
+    assert robust.measure_scenarios([r, r]) == pytest.approx(robust.measure(r))
     with pytest.raises(ValueError, match="mixes the traffic models"):
         Objective((Term(Quantity.COHERENT_PAIR_HOPS, 1.0), Term(Quantity.EP_DISPATCH_GPUS, 1.0)))
 

@@ -109,8 +109,9 @@ def test_demo_step_prints_the_summary_and_writes_graph_and_heatmaps(tmp_path, ca
     assert (ctx.files["plots"] / "load.png").exists()
 
 
-def test_readme_worked_example(tmp_path, cli):
-    """The README's example: the imported routing log of docs/examples, whose counts can be checked by hand."""
+def test_worked_example_of_the_imported_log(tmp_path, cli):
+    """The worked example of docs/stats-format.md: the imported routing log of docs/examples, whose counts can be
+    checked by hand."""
     from pathlib import Path
 
     log = Path(__file__).resolve().parents[2] / "docs" / "examples" / "routing-log.jsonl"

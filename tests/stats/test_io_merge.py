@@ -9,6 +9,7 @@ import pytest
 
 from placer.core.stats import load_stats, merge_stats, save_stats, stats_from_traces
 from placer.core.stats.core import COUNT_FIELDS
+from placer.core.trace import RoutingBatch
 from tests.conftest import assert_one_line_error
 from tests.stats.conftest import write_synth
 
@@ -103,3 +104,19 @@ def test_merging_load_only_with_full_statistics_keeps_loads_and_says_so(tmp_path
     assert m.load_only
     np.testing.assert_array_equal(m.load_LE, 2 * full.load_LE)
     assert any("loads only" in n for n in m.extra["notes"])
+
+
+def test_window_split_counts_consecutive_tokens_in_trace_order(tmp_path):
+    """--by window:N: window w holds tokens wN .. (w+1)N - 1 in trace order, across batch boundaries; each
+    window's counts are the statistics of that slice alone."""
+    from placer.core.stats import stats_from_batches
+
+    path, meta, b = write_synth(tmp_path / "t.parquet", tokens=2500)
+    s = stats_from_traces(path, by="window:1000", batch_size=300)
+    assert list(s.splits) == ["tokens 0-999", "tokens 1000-1999", "tokens 2000-2999"]
+    assert [p.tokens for p in s.splits.values()] == [1000, 1000, 500]
+    for w, part in enumerate(s.splits.values()):
+        rows = slice(w * 1000, (w + 1) * 1000)
+        ref = stats_from_batches(meta, [RoutingBatch(experts_TLK=b.experts_TLK[rows], present_TL=None)])
+        for name in COUNT_FIELDS:
+            np.testing.assert_array_equal(getattr(part, name), getattr(ref, name), err_msg=f"window {w} {name}")

@@ -21,8 +21,8 @@ def _jsonl(path, rows):
     return path
 
 
-def test_readme_example_jsonl_with_a_dropped_row(tmp_path, cli):
-    """The README's worked example: 2 requests x 3 tokens, MoE layers 1-3, one row dropped by the log."""
+def test_worked_example_jsonl_with_a_dropped_row(tmp_path, cli):
+    """The worked example of docs/traces.md: 2 requests x 3 tokens, MoE layers 1-3, one row dropped by the log."""
     out = tmp_path / "ex.parquet"
     res = cli("import", EXAMPLE, "--num-experts", 8, "--out", out)
     assert res.code == 0, res.err

@@ -112,3 +112,29 @@ def test_deepseek_shape_memory_is_bounded(tmp_path):
     assert peak_mb < 2048, peak_mb
     r = TraceReader(out)
     assert r.meta.shape == (58, 256, 8) and r.num_tokens == 40000
+
+
+def test_drift_changes_hot_experts_and_domain_mix_over_time():
+    cfg = SynthConfig(layers=2, experts=32, top_k=2, tokens=40000, seed=3, domains=3, drift=0.5, drift_periods=4,
+                      seq_len=100, affinity=0.0)
+    meta, b = _all(cfg)
+    quarter = len(b) // 4
+    hot = []
+    for p in range(4):
+        counts = np.bincount(b.experts_TLK[p * quarter:(p + 1) * quarter, 0].ravel(), minlength=32)
+        hot.append(set(np.argsort(-counts)[:4].tolist()))
+        shares = np.bincount(b.domain_T[p * quarter:(p + 1) * quarter], minlength=3) / quarter
+        # Each period draws its domains from its own recorded mix (100 sequences a period: loose tolerance).
+        assert np.abs(shares - np.array(meta.extra["planted"]["domain_mix_PD"][p])).max() < 0.2
+    assert hot[0] != hot[3]
+    mixes = np.array(meta.extra["planted"]["domain_mix_PD"])
+    assert mixes.shape == (4, 3) and np.abs(mixes[0] - mixes[3]).max() > 0.05
+
+
+def test_without_drift_the_first_period_is_the_whole_trace():
+    """drift=0 draws nothing more from the generator: the trace is the one of the same seed without drift."""
+    base = SynthConfig(layers=2, experts=16, top_k=2, tokens=3000, seed=5, domains=2)
+    _, a = _all(base)
+    _, b = _all(SynthConfig(**{**base.__dict__, "drift_periods": 3}))
+    np.testing.assert_array_equal(a.experts_TLK, b.experts_TLK)
+    np.testing.assert_array_equal(a.domain_T, b.domain_T)

@@ -12,8 +12,10 @@ Shapes (L MoE layers, E experts):
 - ``trans1_LEE`` [L-1, E, E] the same for top-1 to top-1.
 - ``tokens_L``  [L]         tokens present at layer l; ``pair_tokens_L`` [L-1]: present at l and l+1.
 
-``load_only`` statistics (from a load matrix or an SGLang ``stat`` dump) have only ``load_LE``; anything that
-needs affinity must refuse them with a clear message (``require_affinity``).
+``load_only`` statistics (from a load matrix or an SGLang ``logical_count`` file) have only ``load_LE``;
+anything that needs affinity must refuse them with a clear message (``require_affinity``). Their ``load_LE``
+is int64 counts, or float64 when the file held real-valued loads (rates, averages: ``real_valued``), which
+serve balance only.
 
 ``splits`` holds the same statistics per group of tokens (``--by phase``: "prefill", "decode"); the
 top-level counts are their sum. ``sample`` (not saved) is a small, evenly spread sample of the tokens'
@@ -65,6 +67,11 @@ class RoutingStats:
     @property
     def load_only(self) -> bool:
         return self.trans_LEE is None or self.coact_LEE is None
+
+    @property
+    def real_valued(self) -> bool:
+        """True if ``load_LE`` holds real-valued loads (rates, averages) rather than token counts."""
+        return bool(np.issubdtype(self.load_LE.dtype, np.floating))
 
     def require_affinity(self, what: str) -> None:
         """Raise a InputError naming ``what`` if these statistics hold loads only."""
@@ -198,10 +205,15 @@ def merge_stats(parts: Sequence[RoutingStats]) -> RoutingStats:
     names = [n for n in COUNT_FIELDS if all(getattr(p, n) is not None for p in parts)]
     if load_only:
         names = [n for n in names if n in ("load_LE", "tokens_L")]
-    sums = {n: np.sum([getattr(p, n) for p in parts], axis=0, dtype=np.int64) for n in names}
+    # Counts add up exactly; real-valued loads (rates, averages) add up as reals.
+    sums = {n: np.sum([getattr(p, n) for p in parts], axis=0,
+                      dtype=np.float64 if any(getattr(p, n).dtype.kind == "f" for p in parts) else np.int64)
+            for n in names}
     notes = []
     for p in parts:
         notes += [n for n in p.extra.get("notes", []) if n not in notes]
+    if len({p.real_valued for p in parts}) > 1:
+        notes.append("token counts and real-valued loads added together: the sum weighs each input by its scale")
     if load_only and not all(p.load_only for p in parts):
         notes.append("some merged statistics held loads only: co-activation and transitions dropped")
     sources: list[str] = []

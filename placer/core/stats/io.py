@@ -4,7 +4,8 @@
   shape, tokens, model name, model layer indices, sources, ``extra``, ``load_only`` and the split names.
 - one array per count (``load_LE``, ``load1_LE``, ``coact_LEE``, ``trans_LEE``, ``trans1_LEE``, ``tokens_L``,
   ``pair_tokens_L``), stored in the smallest unsigned type that holds its largest value and read back as
-  int64; load-only files hold ``load_LE`` (and ``tokens_L`` when known).
+  int64; load-only files hold ``load_LE`` (and ``tokens_L`` when known), as float64 when the loads are
+  real-valued (rates or averages; only there, and read back as float64).
 - splits as ``split<i>.<array>`` with ``i`` the position of the split's name in ``meta_json["splits"]``.
 
 Written atomically with ``allow_pickle`` never needed to read it.
@@ -28,7 +29,10 @@ FORMAT = "moeplace-stats"
 FORMAT_VERSION = 1
 
 
-def _smallest_uint(a: np.ndarray) -> np.ndarray:
+def _stored(a: np.ndarray) -> np.ndarray:
+    """Counts in the smallest unsigned type that holds them; real-valued loads as float64."""
+    if a.dtype.kind == "f":
+        return a.astype(np.float64)
     top = int(a.max()) if a.size else 0
     for dt in (np.uint8, np.uint16, np.uint32):
         if top <= np.iinfo(dt).max:
@@ -49,10 +53,10 @@ def save_stats(path: str | os.PathLike, s: RoutingStats, compress: bool = True) 
             "num_experts": s.num_experts, "top_k": s.top_k, "moe_layer_indices": list(s.moe_layer_indices),
             **_meta(s), "splits": split_names, "split_meta": [_meta(s.splits[n]) for n in split_names]}
     for name, a in s.counts().items():
-        arrays[name] = _smallest_uint(a)
+        arrays[name] = _stored(a)
     for i, n in enumerate(split_names):
         for name, a in s.splits[n].counts().items():
-            arrays[f"split{i}.{name}"] = _smallest_uint(a)
+            arrays[f"split{i}.{name}"] = _stored(a)
     arrays["meta_json"] = np.array(json.dumps(meta))
     # What np.savez_compressed writes, at zlib level 1: counts compress almost as well and 3-4x faster.
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
@@ -111,6 +115,11 @@ def load_stats(path: str | os.PathLike) -> RoutingStats:
                 if a.shape != _shape_of(name, L, E):
                     raise InputError(f"{p}: array '{key}' has shape {list(a.shape)}, expected "
                                      f"{list(_shape_of(name, L, E))} for {L} layers x {E} experts")
+                if np.issubdtype(a.dtype, np.floating) and name == "load_LE" and m.get("load_only"):
+                    if not (np.isfinite(a).all() and (a >= 0).all()):
+                        raise InputError(f"{p}: array '{key}' holds values that are not finite and >= 0")
+                    counts[name] = a.astype(np.float64)  # real-valued loads (rates, averages)
+                    continue
                 if not np.issubdtype(a.dtype, np.integer):
                     raise InputError(f"{p}: array '{key}' holds {a.dtype}, expected integer counts")
                 counts[name] = a.astype(np.int64)

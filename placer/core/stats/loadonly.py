@@ -1,20 +1,30 @@
 """Load-only statistics: an expert load matrix ``[layers, experts]`` or an SGLang expert-distribution
-``stat`` dump becomes ``RoutingStats`` holding ``load_LE`` only.
+``logical_count`` file becomes ``RoutingStats`` holding ``load_LE`` only.
 
 Accepted files:
 
-- ``.npy``: a 2-D array of token counts (``np.save``).
+- ``.npy``: a 2-D array of expert loads (``np.save``).
 - ``.csv``: one row per MoE layer, one column per expert, comma-separated (an optional non-numeric header
   row is skipped).
 - ``.pt``: a torch tensor ``[layers, experts]``, or SGLang's ``stat`` dump: a dict with ``logical_count``
   of shape ``[steps, layers, experts]`` (``_StatAccumulator.dump`` in ``sglang/srt/eplb/
   expert_distribution.py``: one row per recorded forward pass in its buffer, already all-reduced over
-  ranks), summed over steps; older dumps hold ``[layers, experts]``. SGLang counts every decoder layer:
-  all-zero layers (dense layers such as DeepSeek-V3's first three) are dropped and the kept layers'
-  indices recorded as ``moe_layer_indices``.
+  ranks; ``rank`` and ``average_utilization_rate_over_window`` beside it), summed over steps; older dumps
+  hold ``[layers, experts]``.
+- ``.json``: ``{"logical_count": [[...] x layers]}`` (or ``[steps, layers, experts]``), the form SGLang's
+  ``--init-expert-location`` takes for its own EPLB (``compute_initial_expert_location_metadata`` in
+  ``sglang/srt/eplb/expert_location.py``: ``init_by_eplb`` adds a leading steps axis to a 2-D count and
+  sums over it); values may be floats.
 
-Loads count (token, rank) entries, as ``RoutingStats.load_LE`` does, so a layer's row sums to top-k x
-tokens; with ``top_k`` given, ``tokens_L`` is derived from it.
+SGLang counts every decoder layer (``num_layers = config.num_hidden_layers``): all-zero layers of its files
+(dense layers such as DeepSeek-V3's first three) are dropped and the kept layers' decoder indices recorded as
+``moe_layer_indices``, so an export in model numbering puts them back where they were.
+
+**Counts or rates.** Whole numbers are token counts and stay exact (int64): a layer's row counts (token,
+rank) entries, as ``RoutingStats.load_LE`` does, so it sums to top-k x tokens and, with ``top_k`` given,
+``tokens_L`` is derived from it. Any other finite, non-negative values (selection frequencies, mean router
+probabilities, the average of several windows) are real-valued loads (float64): they serve balance, which
+only compares loads, and say that tokens are unknown (``extra["load_values"] = "real"``).
 """
 
 from __future__ import annotations
@@ -26,31 +36,44 @@ from typing import Any
 import numpy as np
 
 from placer.core.errors import InputError, first_line
-from placer.core.fileio import require_file
+from placer.core.fileio import read_json, require_file
 from placer.core.stats.core import RoutingStats
 
-SUFFIXES = (".npy", ".csv", ".pt", ".pth")
+SUFFIXES = (".npy", ".csv", ".pt", ".pth", ".json")
+# Whole numbers above this are not exactly representable as float64 counts: such values are kept as reals.
+_EXACT_FLOAT_INT = 2 ** 53
 
 
-def _as_counts(a: Any, path: Path, what: str) -> np.ndarray:
+def _as_loads(a: Any, path: Path, what: str) -> np.ndarray:
+    """``a`` as loads: int64 if every value is a whole number (counts), else float64 (rates, averages)."""
     try:
-        arr = np.asarray(a.cpu().numpy() if hasattr(a, "cpu") else a)
+        arr = np.asarray(a.detach().cpu().double().numpy() if hasattr(a, "cpu") and a.is_floating_point()
+                         else a.cpu().numpy() if hasattr(a, "cpu") else a)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: {what} is not a numeric array ({exc})") from None
+        raise InputError(f"{path}: {what} is not a numeric array ({first_line(exc, 120)})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
                                    or arr.dtype == bool):
-        raise InputError(f"{path}: {what} holds {arr.dtype} values, expected token counts")
+        raise InputError(f"{path}: {what} holds {arr.dtype} values, expected expert loads (numbers)")
     if arr.size == 0:
         raise InputError(f"{path}: {what} is empty (shape {list(arr.shape)})")
     if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        bad = ~np.isfinite(arr)
         if bad.any():
             idx = tuple(int(i[0]) for i in np.nonzero(bad))
-            raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is not a whole number; loads must be token counts")
+            raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r}; loads must be finite numbers")
     if (arr < 0).any():
         idx = tuple(int(i[0]) for i in np.nonzero(arr < 0))
-        raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is negative; loads must be token counts")
+        raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is negative; loads are >= 0")
+    if np.issubdtype(arr.dtype, np.floating):
+        if (arr == np.round(arr)).all() and arr.max() < _EXACT_FLOAT_INT:
+            return arr.astype(np.int64)
+        return arr.astype(np.float64)
     return arr.astype(np.int64)
+
+
+def is_real_valued(load: np.ndarray) -> bool:
+    """True for real-valued loads (rates, averages), False for token counts."""
+    return np.issubdtype(np.asarray(load).dtype, np.floating)
 
 
 def _matrix(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -71,6 +94,42 @@ def _read_csv(path: Path) -> np.ndarray:
     return arr
 
 
+def _logical_count(data: dict, path: Path, source: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """SGLang's ``logical_count`` ([steps, layers, experts] or [layers, experts]), summed over steps."""
+    if "logical_count" not in data:
+        if "records" in data:
+            raise InputError(f"{path}: an SGLang per_token dump (records), not a stat dump; convert it with "
+                             f"`moeplace import` and compute full statistics from the trace")
+        if "phy2log" in data:
+            raise InputError(f"{path}: a moeplace placement, not expert loads")
+        if "physical_to_logical_map" in data:
+            raise InputError(f"{path}: an SGLang placement (physical_to_logical_map), not expert loads; give it to "
+                             f"the commands that take a placement (`moeplace import-placement --format sglang`)")
+        raise InputError(f"{path}: no 'logical_count' key; not an SGLang expert-distribution file "
+                         f"(found: {', '.join(map(str, data)) or 'nothing'})")
+    raw = data["logical_count"]
+    if isinstance(raw, list):
+        try:
+            raw = np.array(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: field 'logical_count' is not a matrix of numbers (rows of different "
+                             f"lengths or non-numeric values)") from None
+    counts = _as_loads(raw, path, "logical_count")
+    if counts.ndim == 3:
+        steps = counts.shape[0]
+        counts = counts.sum(axis=0)
+    elif counts.ndim == 2:
+        steps = None
+    else:
+        raise InputError(f"{path}: logical_count has shape {list(counts.shape)}, expected "
+                         f"[steps, layers, experts] or [layers, experts]")
+    info: dict[str, Any] = {"load_source": source, "steps": steps}
+    rate = data.get("average_utilization_rate_over_window")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        info["average_utilization_rate_over_window"] = float(rate)
+    return counts, info
+
+
 def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import torch
 
@@ -80,34 +139,23 @@ def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         msg = first_line(exc, 160)
         raise InputError(f"{path}: not a readable torch file ({msg})") from None
     if isinstance(data, dict):
-        if "logical_count" not in data:
-            if "records" in data:
-                raise InputError(f"{path}: an SGLang per_token dump (records), not a stat dump; convert it with "
-                                 f"`moeplace import` and compute full statistics from the trace")
-            raise InputError(f"{path}: no 'logical_count' key; not an SGLang stat dump "
-                             f"(found: {', '.join(map(str, data))})")
-        counts = _as_counts(data["logical_count"], path, "logical_count")
-        if counts.ndim == 3:
-            steps = counts.shape[0]
-            counts = counts.sum(axis=0)
-        elif counts.ndim == 2:
-            steps = None
-        else:
-            raise InputError(f"{path}: logical_count has shape {list(counts.shape)}, expected "
-                             f"[steps, layers, experts] or [layers, experts]")
-        info: dict[str, Any] = {"load_source": "sglang-stat", "steps": steps}
-        rate = data.get("average_utilization_rate_over_window")
-        if rate is not None:
-            info["average_utilization_rate_over_window"] = float(rate)
-        return counts, info
+        return _logical_count(data, path, "sglang-stat")
     if hasattr(data, "shape"):
-        return _matrix(_as_counts(data, path, "tensor"), path, "tensor"), {"load_source": "pt"}
+        return _matrix(_as_loads(data, path, "tensor"), path, "tensor"), {"load_source": "pt"}
     raise InputError(f"{path}: holds a {type(data).__name__}; expected a [layers, experts] tensor or an SGLang "
                      f"stat dump (a dict with logical_count)")
 
 
+def _read_json(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    data = read_json(path, "SGLang logical_count")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: holds a JSON {type(data).__name__}; expected an object with logical_count "
+                         f"(SGLang's --init-expert-location loads)")
+    return _logical_count(data, path, "sglang-json")
+
+
 def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> RoutingStats:
-    """Load-only ``RoutingStats`` from a load matrix (.npy/.csv/.pt) or an SGLang stat dump (.pt)."""
+    """Load-only ``RoutingStats`` from a load matrix (.npy/.csv/.pt) or an SGLang logical_count file (.pt/.json)."""
     p = require_file(path, "load file")
     suffix = p.suffix.lower()
     notes: list[str] = []
@@ -117,12 +165,12 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
             raw = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}: not a readable .npy array ({first_line(exc, 160)})") from None
-        load, info = _matrix(_as_counts(raw, p, "array"), p, "array"), {"load_source": "npy"}
+        load, info = _matrix(_as_loads(raw, p, "array"), p, "array"), {"load_source": "npy"}
     elif suffix == ".csv":
-        load, info = _matrix(_as_counts(_read_csv(p), p, "matrix"), p, "matrix"), {"load_source": "csv"}
-    elif suffix in (".pt", ".pth"):
-        load, info = _read_pt(p)
-        if info["load_source"] == "sglang-stat":
+        load, info = _matrix(_as_loads(_read_csv(p), p, "matrix"), p, "matrix"), {"load_source": "csv"}
+    elif suffix in (".pt", ".pth", ".json"):
+        load, info = _read_pt(p) if suffix != ".json" else _read_json(p)
+        if info["load_source"].startswith("sglang"):
             used = load.sum(axis=1) > 0
             if not used.any():
                 raise InputError(f"{p}: logical_count is all zero; the dump recorded no tokens")
@@ -135,14 +183,18 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
         raise InputError(f"{p}: a stats file, not a load file: give it as an input (`moeplace stats {p.name}`), "
                          f"not with --load")
     else:
-        raise InputError(f"{p}: unknown load file type '{p.suffix}'; expected .npy, .csv or .pt "
-                         f"(a [layers, experts] matrix or an SGLang stat dump)")
+        raise InputError(f"{p}: unknown load file type '{p.suffix}'; expected .npy, .csv, .pt or .json "
+                         f"(a [layers, experts] matrix or an SGLang logical_count file)")
     L, E = load.shape
     if top_k is not None and not 1 <= top_k <= E:
         raise InputError(f"--top-k {top_k} must be between 1 and the file's {E} experts")
     tokens_L = None
     tokens = 0
-    if top_k is not None:
+    real = is_real_valued(load)
+    if real:
+        info["load_values"] = "real"
+        notes.append("real-valued loads (rates or averages, not token counts): balance only, tokens unknown")
+    elif top_k is not None:
         rows = load.sum(axis=1)
         if (rows % top_k).any():
             l = int(np.nonzero(rows % top_k)[0][0])
@@ -150,7 +202,7 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
         else:
             tokens_L = rows // top_k
             tokens = int(tokens_L.max())
-    else:
+    if top_k is None:
         notes.append("top-k unknown (give --top-k): tokens per layer unknown, top_k recorded as 1")
     extra = {**info, "top_k_known": top_k is not None}
     if notes:

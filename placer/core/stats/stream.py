@@ -21,21 +21,25 @@ from placer.core.trace.schema import PHASES, RoutingBatch, TraceMeta
 
 DEFAULT_SAMPLE_TOKENS = 8192
 
-# What ``--by`` accepts: the trace field it reads and whether it takes a bucket width (``seq:1000``).
-SPLIT_KINDS = {"phase": ("phase", False), "domain": ("domain", False), "seq": ("seq", True), "position": ("position", True)}
+# What ``--by`` accepts: the trace field it reads (None: the token's index in trace order) and whether it takes
+# a bucket width (``seq:1000``).
+SPLIT_KINDS = {"phase": ("phase", False), "domain": ("domain", False), "seq": ("seq", True),
+               "position": ("position", True), "window": (None, True)}
+CHOICES = "phase, domain, seq:N, position:N or window:N"
 
 
 @dataclass(frozen=True)
 class SplitBy:
-    """How tokens are grouped: ``phase`` (prefill/decode), ``domain``, ``seq:N`` (sequence ids in ranges of N)
-    or ``position:N`` (positions inside a sequence in ranges of N)."""
+    """How tokens are grouped: ``phase`` (prefill/decode), ``domain``, ``seq:N`` (sequence ids in ranges of N),
+    ``position:N`` (positions inside a sequence in ranges of N) or ``window:N`` (consecutive windows of N tokens
+    in trace order)."""
 
     kind: str
     width: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
-            raise ValueError(f"--by {self.kind!r}: choose phase, domain, seq:N or position:N")
+            raise ValueError(f"--by {self.kind!r}: choose {CHOICES}")
         if self.width < 1:
             raise ValueError(f"--by {self.kind}:{self.width}: the range width must be a positive integer")
 
@@ -44,7 +48,7 @@ class SplitBy:
         kind, _, width = text.partition(":")
         kind = kind.strip().lower()
         if kind not in SPLIT_KINDS:
-            raise ValueError(f"--by {text!r}: choose phase, domain, seq:N or position:N")
+            raise ValueError(f"--by {text!r}: choose {CHOICES}")
         needs_width = SPLIT_KINDS[kind][1]
         if needs_width and not width:
             raise ValueError(f"--by {text!r}: give the range width, e.g. {kind}:1000")
@@ -57,14 +61,18 @@ class SplitBy:
         return cls(kind, w)
 
     @property
-    def field(self) -> str:
+    def field(self) -> str | None:
+        """The trace column the split reads (None for ``window``, which counts tokens in trace order)."""
         return SPLIT_KINDS[self.kind][0]
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.width}" if SPLIT_KINDS[self.kind][1] else self.kind
 
-    def codes(self, b: RoutingBatch) -> np.ndarray:
-        """The group code of each token of a batch read with ``fields`` including ``self.field``."""
+    def codes(self, b: RoutingBatch, first: int = 0) -> np.ndarray:
+        """The group code of each token of a batch read with ``fields`` including ``self.field``; ``first``: the
+        index of the batch's first token in trace order."""
+        if self.kind == "window":
+            return (first + np.arange(len(b), dtype=np.int64)) // self.width
         values = {"phase": b.phase_T, "domain": b.domain_T, "seq": b.seq_T, "position": b.position_T}[self.kind]
         assert values is not None, f"batch read without the {self.field} field"
         return values.astype(np.int64) // self.width
@@ -75,7 +83,7 @@ class SplitBy:
         if self.kind == "domain":
             return f"domain {code}"
         lo = code * self.width
-        return f"{self.kind} {lo}-{lo + self.width - 1}"
+        return f"{'tokens' if self.kind == 'window' else self.kind} {lo}-{lo + self.width - 1}"
 
 
 class StatsBuilder:
@@ -100,7 +108,7 @@ class StatsBuilder:
 
     def add(self, b: RoutingBatch) -> None:
         n = len(b)
-        codes = self.by.codes(b) if self.by is not None else None
+        codes = self.by.codes(b, self.seen) if self.by is not None else None
         if codes is None:
             self._counter(0).add(b.experts_TLK, b.present_TL)
         else:
@@ -191,7 +199,7 @@ def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by
         except ValueError as exc:
             raise InputError(str(exc)) from None
     fields = ["experts", "present"]
-    if by is not None:
+    if by is not None and by.field is not None:
         fields.append(by.field)
         if by.kind == "domain":
             lacking = [r.path for r in ds.readers if not r.has_domain]

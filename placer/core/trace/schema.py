@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -150,6 +150,10 @@ class RoutingBatch:
         if self.present_TL is None:
             return np.ones(self.experts_TLK.shape[:2], dtype=bool)
         return self.present_TL
+
+    def select(self, rows: np.ndarray) -> "RoutingBatch":
+        """The tokens ``rows`` (a boolean mask or indices, in the order given), every field kept."""
+        return RoutingBatch(*(None if (v := getattr(self, f.name)) is None else v[rows] for f in fields(self)))
 
 
 def arrow_schema(meta: TraceMeta, with_token_id: bool, with_domain: bool, with_present: bool) -> pa.Schema:

@@ -1,0 +1,160 @@
+"""Scenarios: inputs as workloads, the robust objective (worst or mean, per token), hedged copies, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from placer.core.cost import evaluate_trace
+from placer.core.objective import Aggregate
+from placer.core.placement_io import load_placement
+from placer.core.stats.core import compute_stats
+from placer.core.topology import Topology
+from placer.core.trace.reader import TraceReader, concat_batches
+from placer.core.trace.writer import TraceWriter
+from placer.synth import SynthConfig, generate
+from solvers import PlacementProblem, SolveOptions, get_solver
+from solvers.robust import Scenarios, hedged_copies, scenario_figures
+from tests.conftest import assert_one_line_error
+
+
+def _problem(batch, L, E, K, G=4, N=1, R=4, paths=True):
+    st = compute_stats([batch], L, E, K)
+    return PlacementProblem(st.load_LE, Topology(G, N), num_redundant=R, top_k=K, coact_LEE=st.coact_LEE,
+                            trans_LEE=st.trans_LEE, paths_TLK=batch.experts_TLK if paths else None,
+                            seq_T=batch.seq_T if paths else None)
+
+
+@pytest.fixture(scope="module")
+def windows():
+    """Three windows of a drifting trace (4 layers, 16 experts, top-2), as problems with token paths."""
+    _, bs = generate(SynthConfig(layers=4, experts=16, top_k=2, tokens=9000, seed=4, domains=3, drift=0.4,
+                                 drift_periods=3, seq_len=100, clusters=4))
+    b = concat_batches(list(bs))
+    parts = [b.select(np.arange(k * 3000, (k + 1) * 3000)) for k in range(3)]
+    return parts, [_problem(p, 4, 16, 2) for p in parts]
+
+
+def test_hedged_copies_go_to_the_expert_hot_in_any_scenario():
+    # Expert 0 is hot in scenario a only, expert 1 a little warm in both: EPLB's rule on the sum would copy
+    # expert 1 (total 120 against 100); on the peak per token, expert 0 (100 in a) beats expert 1 (60).
+    a = np.array([[100, 60, 20, 20]], float)
+    b = np.array([[0, 60, 20, 20]], float)
+    scn = Scenarios((PlacementProblem(a, Topology(1), num_redundant=1), PlacementProblem(b, Topology(1), num_redundant=1)),
+                    ("a", "b"), (200.0, 200.0))
+    assert hedged_copies(scn).tolist() == [[2, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("aggregate", ["worst", "mean"])
+def test_robust_auto_reports_exact_scenario_figures_and_a_valid_bound(windows, aggregate):
+    parts, problems = windows
+    scn = Scenarios(tuple(problems), ("w0", "w1", "w2"), (3000.0,) * 3, aggregate)
+    p = get_solver("auto").solve_scenarios(scn, SolveOptions(time_limit_s=2))
+    r = p.report
+    assert r.objective.robust is Aggregate(aggregate)
+    fig = r.extra["scenarios"]
+    # Every scenario's objective per token is what the cost model measures on its tokens.
+    results = [evaluate_trace(b, p, Topology(4), "ep") for b in parts]
+    measured = [r.objective.measure(res) for res in results]
+    assert [row["objective_per_token"] for row in fig["scenarios"]] == pytest.approx(measured, rel=1e-9)
+    assert r.objective_value == pytest.approx(r.objective.measure_scenarios(results), rel=1e-9)
+    assert fig[aggregate]["objective_per_token"] == pytest.approx(r.objective_value, rel=1e-9)
+    assert r.bound is not None and r.bound <= r.objective_value + 1e-9 and 0 <= r.gap < 1
+    # Never worse on its own objective than the baselines fitted to the sum of the scenarios (they are candidates).
+    for name in ("eplb", "greedy"):
+        other = get_solver(name)(scn.summed())
+        others = [r.objective.measure(evaluate_trace(b, other, Topology(4), "ep")) for b in parts]
+        assert r.objective_value <= Aggregate(aggregate).combine(others) + 1e-9
+
+
+def test_solvers_without_a_robust_method_solve_the_sum(windows):
+    _, problems = windows
+    scn = Scenarios(tuple(problems), ("w0", "w1", "w2"), (3000.0,) * 3)
+    p = get_solver("eplb").solve_scenarios(scn)
+    assert p == get_solver("eplb")(scn.summed())
+    assert [row["name"] for row in p.report.extra["scenarios"]["scenarios"]] == ["w0", "w1", "w2"]
+
+
+def test_scenarios_of_different_shapes_are_refused():
+    a = PlacementProblem(np.ones((2, 8)), Topology(4))
+    b = PlacementProblem(np.ones((3, 8)), Topology(4))
+    with pytest.raises(ValueError, match=r"scenario 'b' is \(layers, experts, redundant, GPUs, nodes, mode\)"):
+        Scenarios((a, b), ("a", "b"), (1.0, 1.0))
+    with pytest.raises(ValueError, match="scenario 'a' has no tokens"):
+        Scenarios((a,), ("a",), (0.0,))
+
+
+@pytest.fixture
+def drift_trace(tmp_path):
+    meta, batches = generate(SynthConfig(layers=3, experts=16, top_k=2, tokens=6000, seed=2, domains=3, drift=0.3,
+                                         drift_periods=3, seq_len=100, clusters=4))
+    path = tmp_path / "d.parquet"
+    with TraceWriter(path, meta, with_domain=True) as w:
+        for b in batches:
+            w.write(b)
+    return path
+
+
+@pytest.mark.parametrize("how, names", [("domain", ["domain 0", "domain 1", "domain 2"]),
+                                        ("window:2000", ["tokens 0-1999", "tokens 2000-3999", "tokens 4000-5999"])])
+def test_solve_and_evaluate_with_scenarios(cli, tmp_path, drift_trace, how, names):
+    out = tmp_path / "p.json"
+    res = cli("solve", drift_trace, "--gpus", 4, "--redundant", 4, "--scenarios", how, "--time-limit", 1,
+              "--holdout-check", "-o", out, "--json")
+    assert res.code == 0, res.err
+    s = json.loads(res.out)
+    assert [row["name"] for row in s["scenarios"]["scenarios"]] == names
+    assert s["objective"] == pytest.approx(s["scenarios"]["worst"]["objective_per_token"])
+    assert [row["name"] for row in s["holdout_check"]["scenarios"]] == names
+    p = load_placement(out)
+    assert p.report.objective.robust is Aggregate.WORST and "scenarios" in p.report.extra
+    # evaluate: one row per placement and scenario, and the worst.
+    res = cli("evaluate", drift_trace, out, "--scenarios", how, "--json")
+    assert res.code == 0, res.err
+    d = json.loads(res.out)
+    mine = d["placements"][0]
+    assert list(mine["scenarios"]) == names
+    assert mine["worst"]["max_over_mean"] == max(v["summary"]["mean_imbalance"] for v in mine["scenarios"].values())
+    assert mine["objective_measured"] == pytest.approx(s["objective"], rel=1e-9)
+    text = cli("evaluate", drift_trace, out, "--scenarios", how).out
+    assert "worst" in text and names[0].split()[0] in text
+
+
+def test_scenarios_from_several_inputs(cli, tmp_path, drift_trace):
+    r = TraceReader(drift_trace)
+    b = r.read_all()
+    for k in range(2):
+        with TraceWriter(tmp_path / f"part{k}.parquet", r.meta) as w:
+            w.write(b.select(np.arange(k * 3000, (k + 1) * 3000)))
+    res = cli("solve", tmp_path / "part0.parquet", tmp_path / "part1.parquet", "--gpus", 4, "--scenarios", "inputs",
+              "--robust", "mean", "--time-limit", 1, "-o", tmp_path / "p.json", "--json")
+    assert res.code == 0, res.err
+    s = json.loads(res.out)
+    assert [row["name"] for row in s["scenarios"]["scenarios"]] == ["part0", "part1"]
+    assert s["objective"] == pytest.approx(s["scenarios"]["mean"]["objective_per_token"])
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--robust", "worst"], ["--robust needs --scenarios"]),
+    (["--holdout-check"], ["--holdout-check needs --scenarios"]),
+    (["--scenarios", "window"], ["give the window's tokens"]),
+    (["--scenarios", "window:0"], ["the window must hold at least one token"]),
+    (["--scenarios", "window:100000"], ["gives 1 scenario", "needs at least two"]),
+    (["--scenarios", "weekday"], ["choose inputs, domain, phase, window:N"]),
+    (["--scenarios", "domain", "--robust", "best"], ["--robust 'best': choose worst or mean"]),
+])
+def test_bad_scenario_requests_are_one_line(cli, tmp_path, drift_trace, args, fragments):
+    out = tmp_path / "p.json"
+    res = cli("solve", drift_trace, "--gpus", 4, *args, "-o", out)
+    assert_one_line_error(res, 2, *fragments)
+    assert not out.exists()
+
+
+def test_scenario_figures_of_a_load_only_input():
+    a = np.array([[10, 30, 30, 30]], float)
+    scn = Scenarios((PlacementProblem(a, Topology(2)),), ("a",), (50.0,))
+    p = get_solver("contiguous")(scn.first)
+    fig = scenario_figures(scn, SolveOptions(), p)
+    assert fig["scenarios"][0]["max_over_mean"] == pytest.approx(60 / 50)
