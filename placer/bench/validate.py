@@ -193,7 +193,7 @@ def bench_validate(
 ) -> None:
     """Replay several placements over several traces; report the rank correlation between the cost model's
     predicted speedups and the measured ones, each placement's errors, and a PNG scatter."""
-    from placer.cli.common import console, print_json
+    from placer.cli.common import print_json
     from placer.core.fileio import write_json_atomic, write_text_atomic
     from placer.progress import progress_bar
     from placer.replay.run import ReplayRequest, prepare, run

@@ -4,9 +4,9 @@ variable splits (every rank sends a different number of rows to each other rank,
 Inside a node the ranks of each node exchange among themselves; across nodes the ranks with the same local
 index (one per node) exchange among themselves, so every message crosses the network. Each message size is
 timed ``repeats`` times after ``warmup`` calls, each call after a barrier, in wall time (with the GPU
-synchronised); a call's time is the slowest rank's, and a size's time the median over calls. The fit (``placer.core.hardware.fit_link``) is
-``latency + bytes / bandwidth`` with bytes the most any rank of the group sends or receives in the call:
-``Topology.link_time_us`` of one GPU's send in one phase.
+synchronised); a call's time is the slowest rank's, and a size's time the median over calls. The fit
+(``placer.core.hardware.fit_link``) is ``latency + bytes / bandwidth`` with bytes the most any rank of the group
+sends or receives in the call: ``Topology.link_time_us`` of one GPU's send in one phase.
 
 When the command starts the ranks itself (``launch_ranks``: one machine) every rank is on one node and only
 the intra-node link is measured; under torchrun across nodes (``LOCAL_WORLD_SIZE`` ranks per node) both are.

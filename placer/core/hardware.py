@@ -181,10 +181,6 @@ class Hardware:
         except (TypeError, ValueError) as exc:
             raise InputError(f"{self.where}: {exc}") from None
 
-    @property
-    def description(self) -> str:
-        return str(self.doc.get("description") or self.where)
-
 
 def _fail(where: str, path: str, msg: str) -> InputError:
     return InputError(f"{where}: field '{path}' {msg}")
@@ -197,7 +193,8 @@ def _obj(d: Any, where: str, path: str, allowed: Sequence[str]) -> dict:
         raise _fail(where, path, f"must be a JSON object, got {type(d).__name__}")
     unknown = sorted(set(d) - set(allowed))
     if unknown:
-        raise _fail(where, f"{path}.{unknown[0]}" if path else unknown[0], f"is unknown; known fields: {', '.join(allowed)}")
+        name = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise _fail(where, name, f"is unknown; known fields: {', '.join(allowed)}")
     return d
 
 
