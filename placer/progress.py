@@ -71,3 +71,25 @@ def progress_bar(
     with Progress(*columns, console=stderr_console, transient=False) as prog:
         task = prog.add_task(description, total=total, unit=unit, status="")
         yield lambda n, **fields: prog.update(task, advance=n, **fields)
+
+
+@contextlib.contextmanager
+def shard_progress(
+    shards: int, total: float, description: str, unit: str = "entries", quiet: bool | None = None
+) -> Iterator[Callable[[float], None]]:
+    """Yield ``shard_done(n)``, called once per finished shard with its ``n`` items (of ``total``): the bar of
+    ``progress_bar`` with the rate in ``unit``/s, ending with the shards done out of ``shards``."""
+    with progress_bar(total, description, unit=unit, quiet=quiet, status=True) as advance:
+        done = [0]
+
+        def shard_done(n: float) -> None:
+            done[0] += 1
+            advance(n, status=f"{done[0]}/{shards} shards")
+
+        advance(0, status=f"0/{shards} shards")
+        yield shard_done
+
+
+def warn(message: str) -> None:
+    """One line on standard error: ``moeplace: warning: ...`` (printed with ``--quiet`` too: it is not progress)."""
+    stderr_console.print(f"moeplace: warning: {message}", markup=False, highlight=False, soft_wrap=True)

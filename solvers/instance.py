@@ -79,7 +79,7 @@ class Instance:
     cnt_LE: np.ndarray          # [L, E] copies of each expert
     base_LE: np.ndarray         # [L, E] first item of each expert
     item_expert_LP: np.ndarray  # [L, P] expert of each item
-    load_LP: np.ndarray         # [L, P] tokens served by each item (float64, integral when exact)
+    load_LP: np.ndarray         # [L, P] tokens served by each item (float64; whole from token paths or without copies)
     exact: bool                 # the objective is exactly what evaluate measures on the solve trace
     from_paths: bool            # the counts come from token paths (the cost model can check them)
     traffic: bool               # affinity is known (False for load-only statistics: balance only)
@@ -293,8 +293,10 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, copies_LE: 
     paths = _check_paths(problem)
     from_paths = paths is not None
     traffic = from_paths or (problem.coact_LEE is not None and problem.trans_LEE is not None)
-    # Statistics are exact without copies, except ep with top-k > 2 (distinct GPUs need whole token sets).
-    exact = from_paths or (P == E and (mode is TrafficMode.COHERENT or K <= 2 or not traffic))
+    # Statistics are exact without copies, except ep with top-k > 2 (distinct GPUs need whole token sets). Load-only
+    # statistics are exact with copies too: their objective is the even split of each expert's load among its
+    # copies, which is what they are judged by (``evaluate --load``), so the balance bound and gap hold for them.
+    exact = from_paths or not traffic or (P == E and (mode is TrafficMode.COHERENT or K <= 2))
     objective = Objective.weighted(mode, weights, G, N, traffic)
     inst = Instance(problem, objective, weights, max_imbalance, mode, cnt, base, item_expert, np.zeros((L, P)),
                     exact=exact, from_paths=from_paths, traffic=traffic)

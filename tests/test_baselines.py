@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,28 @@ def test_random_depends_on_the_seed():
     load = np.ones((3, 16))
     a, b = solve("random", load, 4, seed=1), solve("random", load, 4, seed=2)
     assert a != b and a.report.extra == {"seed": 1}
+
+
+def test_two_copies_of_one_expert_on_one_gpu_are_counted_warned_and_reported(cli, tmp_path):
+    """DeepSeek's EPLB can put two copies of one expert on one GPU (its golden example does): solve warns with the
+    count, evaluate reports it per placement."""
+    from placer.core.placement import Placement
+
+    p = Placement([[0, 0, 1, 2, 3, 1]], num_gpus=2, num_experts=4)  # GPU 0: 0, 0, 1; GPU 1: 2, 3, 1
+    assert p.same_gpu_copies_LG.tolist() == [[1, 0]]
+    load = np.array([[90.0, 10.0, 10.0, 10.0]] * 3)
+    np.save(tmp_path / "load.npy", load)
+    res = cli("solve", "--load", tmp_path / "load.npy", "--gpus", 2, "--redundant", 4, "--solver", "eplb",
+              "-o", tmp_path / "e.json", "--json")
+    assert res.code == 0, res.err
+    s = json.loads(res.out)
+    # Five copies of expert 0 on two GPUs of four slots: at least three share a GPU with another copy.
+    assert s["same_gpu_copies"] >= 3
+    assert f"warning: {s['same_gpu_copies']} slot(s) hold a second copy" in res.err
+    from placer.core.placement_io import load_placement, save_placement
+
+    save_placement(p.with_(phy2log_LP=[[0, 0, 1, 2, 3, 1]] * 3), tmp_path / "twice.json")
+    d = json.loads(cli("evaluate", "--load", tmp_path / "load.npy", tmp_path / "twice.json", "--json").out)
+    assert d["placements"][0]["same_gpu_copies"] == 3
+    assert "2nd copies" in cli("evaluate", "--load", tmp_path / "load.npy", tmp_path / "twice.json").out
+    assert load_placement(tmp_path / "e.json").same_gpu_copies_LG.sum() == s["same_gpu_copies"]

@@ -107,6 +107,7 @@ def evaluate(
                 d = {"file": cands[i].where, "solver": rep.solver, "status": rep.status.value,
                      "objective": rep.objective_value, "objective_name": None if objective is None else objective.name,
                      "objective_measured": None if objective is None else objective.measure(r), **d}
+                d["same_gpu_copies"] = int(cands[i].placement.same_gpu_copies_LG.sum())
                 if moves is not None:
                     d["moves"] = moves[i].to_dict()
             else:
@@ -185,16 +186,22 @@ def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, 
     caption = _caption(mode, tokens_per_step, balance_only)
     if moves is not None:
         caption += "; moves: expert copies to load from --moves-from (GPUs matched)"
+    twice = [int(c.placement.same_gpu_copies_LG.sum()) for c in cands]
+    if any(twice):
+        caption += "; 2nd copies: slots holding a second copy of an expert their GPU already holds (wasted)"
     t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     multi_node = topo is not None and topo.num_nodes > 1
     labels = [_label(r, cands, i) for i, r in enumerate(results)]
     t.add_column("placement", no_wrap=True, min_width=max(map(len, labels)))
-    for c in _columns(mode, multi_node, balance_only) + (["moves"] if moves is not None else []):
+    for c in _columns(mode, multi_node, balance_only) + (["moves"] if moves is not None else []) + \
+            (["2nd copies"] if any(twice) else []):
         t.add_column(c, justify="right")
     for i, r in enumerate(results):
         row = [labels[i], *_cells(r, mode, multi_node, balance_only)]
         if moves is not None:
             row.append(f"{moves[i].total:,}" if i < len(moves) else "")
+        if any(twice):
+            row.append(f"{twice[i]:,}" if i < len(twice) else "")
         t.add_row(*row)
     return t
 

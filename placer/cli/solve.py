@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -124,6 +125,12 @@ def solve(
         "worst_layer": bal.worst_layer, "worst_max_over_mean_load": float(bal.imbalance_L[bal.worst_layer]),
         "sampling_note": sampling_note([s.stats for s in read], placement.num_gpus),
     }
+    twice = int(placement.same_gpu_copies_LG.sum())
+    summary["same_gpu_copies"] = twice
+    if twice:
+        print(f"moeplace: warning: {twice} slot(s) hold a second copy of an expert their GPU already holds (wasted: "
+              f"the copies split the same GPU's tokens){'; eplb keeps DeepSeek EPLB behaviour' if solver == 'eplb' else ''}",
+              file=sys.stderr)
     if "scenarios" in r.extra:
         summary["scenarios"] = r.extra["scenarios"]
     if held is not None:

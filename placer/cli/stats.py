@@ -22,6 +22,9 @@ HELP = (
     "[bold]moeplace stats merge a.npz b.npz --out all.npz[/bold]\n\n"
     "sums stats files of shards taken on different machines or days: the result equals the statistics of the "
     "concatenated traces.\n\n"
+    "[bold]moeplace stats SHARDS... --engine dask [--address tcp://HOST:8786] [--workers N] --out stats.npz[/bold]\n\n"
+    "counts the shards (files, or row-group ranges of large ones) on Dask workers, a local cluster or yours, and "
+    "adds the counts up in a tree: the same statistics, bit for bit (docs/scale.md).\n\n"
     "The stats file format: docs/stats-format.md."
 )
 
@@ -80,20 +83,36 @@ def compute(
     per_layer: Optional[bool] = typer.Option(
         None, "--per-layer/--no-per-layer", help="Show the per-layer table [default: when there are at most 16 layers]."),
     batch_size: int = typer.Option(65536, "--batch-size", help="Tokens read at a time."),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="Count the traces shard by shard on a distributed engine: dask (needs "
+        "pip install 'moeplace\\[dask]'; ray is not supported). Same statistics as without it, bit for bit. "
+        "See docs/scale.md.", rich_help_panel="Distributed"),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Join the dask scheduler at this address (tcp://host:8786); workers must see the "
+        "traces at the same paths. Without it a local cluster is started and stopped.", rich_help_panel="Distributed"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Local cluster: worker processes (default: one per core). With --address: workers "
+        "to wait for (default: 1).", rich_help_panel="Distributed"),
+    shard_tokens: int = typer.Option(
+        1 << 20, "--shard-tokens", help="Most tokens per shard: a larger file is cut into ranges of whole row "
+        "groups (one file is one shard at most).", rich_help_panel="Distributed"),
 ) -> None:
     """Count routing statistics of traces (and add stats files, load files); print a summary; write stats, graph, plots.
 
     Counts are exact integers: load (each token adds 1 to each of its K experts), co-activation (pairs of experts chosen by one token in one layer), transitions (expert i at layer l and j at l+1 for one token, all K x K pairs, only where the token is present at both layers) and their top-1-only variants. Everything given is added up.
     """
     stats = compute_stats_cli(inputs or [], load or [], top_k, by, sample_tokens, batch_size, top_m, min_prob,
-                              graph or [], plot_layers)
+                              graph or [], plot_layers, engine=engine, address=address, workers=workers,
+                              shard_tokens=shard_tokens)
     report(stats, out=out, as_json=as_json, top_m=top_m, graph=graph or [], min_prob=min_prob, plots=plots,
            plot_layers=_parse_layers(plot_layers), per_layer=per_layer)
 
 
 def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, by: str | None, sample_tokens: int,
-                      batch_size: int, top_m: int | None, min_prob: float, graphs: list[Path], plot_layers: str | None):
-    """Check the options, then read every input and add the statistics up."""
+                      batch_size: int, top_m: int | None, min_prob: float, graphs: list[Path], plot_layers: str | None,
+                      engine: str | None = None, address: str | None = None, workers: int | None = None,
+                      shard_tokens: int = 1 << 20):
+    """Check the options, then read every input and add the statistics up (the traces on ``engine`` if given)."""
     from placer.cli.common import UsageError
     from placer.core.stats.core import merge_stats
     from placer.plots.graph import GRAPH_SUFFIXES
@@ -113,7 +132,9 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
                             ("--sample-tokens", sample_tokens, sample_tokens >= 0),
                             ("--batch-size", batch_size, batch_size >= 1),
                             ("--min-prob", min_prob, 0.0 <= min_prob <= 1.0),
-                            ("--top-k", top_k, top_k is None or top_k >= 1)):
+                            ("--top-k", top_k, top_k is None or top_k >= 1),
+                            ("--workers", workers, workers is None or workers >= 1),
+                            ("--shard-tokens", shard_tokens, shard_tokens >= 1)):
         if not ok:
             raise UsageError(f"{name} {value} is out of range")
     for g in graphs:
@@ -137,13 +158,31 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
         else:
             raise UsageError(f"{p}: unknown input type '{p.suffix}'; expected a trace (.parquet or a directory) or "
                              f"a stats file (.npz); give load matrices and SGLang stat dumps with --load")
+    if engine is None:
+        given = [flag for flag, v in (("--address", address), ("--workers", workers)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} is for distributed counting: add --engine dask")
+    else:
+        from placer.scale import require_engine
+
+        require_engine(engine)
+        if not traces:
+            raise UsageError(f"--engine {engine} counts traces, and none is given (stats files and --load inputs "
+                             f"are only added in)")
     if split is not None and (npz or loads):
         raise UsageError(f"--by {split} splits the tokens of traces; {(npz + loads)[0]} holds counts only: "
                          f"compute split statistics from traces only")
 
     # Step 3: count, read, add up.
     parts = []
-    if traces:
+    if traces and engine is not None:
+        from placer.cli import state
+        from placer.scale import distributed_stats
+
+        parts.append(distributed_stats(traces, engine=engine, address=address, workers=workers, by=split,
+                                       sample_tokens=sample_tokens, batch_size=batch_size, shard_tokens=shard_tokens,
+                                       debug=bool(state.get("debug"))))
+    elif traces:
         parts.append(stats_from_traces(traces, by=split, sample_tokens=sample_tokens, batch_size=batch_size))
     parts += [load_stats(p) for p in npz]
     parts += [load_only_stats(p, top_k=top_k) for p in loads]

@@ -23,6 +23,15 @@ from placer.core.objective import Objective
 from placer.core.topology import Topology
 
 
+def same_gpu_copies(rows_XP: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[X, G] slots of each GPU holding an expert that another slot of the same GPU holds too (per row of slots
+    laid out GPU-major): the copies beyond the first of an expert on one GPU."""
+    rows = np.asarray(rows_XP)
+    X, P = rows.shape
+    per_gpu = np.sort(rows.reshape(X, num_gpus, P // num_gpus), axis=2)
+    return (per_gpu[:, :, 1:] == per_gpu[:, :, :-1]).sum(axis=2)
+
+
 class SolveStatus(NameEnum):
     """OPTIMAL: proved optimal for its objective; FEASIBLE: a solver's best, with bound and gap; HEURISTIC: a
     baseline with no bound."""
@@ -227,6 +236,12 @@ class Placement:
             cache = self.log2phy_LER()
             object.__setattr__(self, "_l2p", cache)
         return cache
+
+    @property
+    def same_gpu_copies_LG(self) -> np.ndarray:
+        """[L, G] slots that hold a second (third, ...) copy of an expert their GPU already holds: wasted slots,
+        since the copies split the same GPU's tokens (DeepSeek's EPLB can produce them)."""
+        return same_gpu_copies(self.phy2log_LP, self.num_gpus)
 
     def gpu_of_expert_LE(self) -> np.ndarray:
         """[L, E] GPU of each expert; only for placements without redundant copies."""

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from placer.core.errors import InputError
+from placer.core.placement import same_gpu_copies
 from placer.export.encoding import read_json, write_json
 from placer.export.layers import StackMaps
 from placer.export.registry import ExportFormat, register
@@ -38,13 +39,14 @@ def check_one_copy_per_device(rows_XP: np.ndarray, layer_ids: tuple[int, ...], G
     one slot per expert and device, and would route that device's tokens to the wrong slots)."""
     X, P = rows_XP.shape
     S = P // G
-    per_device = np.sort(rows_XP.reshape(X, G, S), axis=2)
-    dup = per_device[:, :, 1:] == per_device[:, :, :-1]
-    if not dup.any():
+    twice = same_gpu_copies(rows_XP, G)
+    if not twice.any():
         return
-    x, g, k = (int(v[0]) for v in np.nonzero(dup))
-    e = int(per_device[x, g, k])
-    slots = [g * S + j for j in range(S) if rows_XP[x, g * S + j] == e]
+    x, g = (int(v[0]) for v in np.nonzero(twice))
+    on_device = rows_XP[x, g * S:(g + 1) * S]
+    values, counts = np.unique(on_device, return_counts=True)
+    e = int(values[counts > 1][0])
+    slots = [g * S + j for j in range(S) if on_device[j] == e]
     model = f" (model layer {model_layers[x]})" \
         if model_layers and len(model_layers) == X and model_layers[x] != layer_ids[x] else ""
     raise InputError(f"{where}: layer {layer_ids[x]}{model}, device {g} holds expert {e} twice (slots "

@@ -128,3 +128,27 @@ def test_statistics_file_input_is_exact_for_top2():
         assert not p.report.extra["objective_is_estimate"]
         r = evaluate_trace(b, p, problem.topology, mode)
         assert p.report.objective.measure(r) == pytest.approx(p.report.objective_value, rel=1e-9)
+
+
+def test_load_only_solves_report_the_balance_bound_and_gap():
+    """A load matrix with redundant copies: the objective is the even-split balance, which evaluate --load
+    measures, so auto reports the balance lower bound (mean load, heaviest copy with the lightest others) and its
+    gap, and the bound is below every placement's objective of those copies."""
+    from placer.core.cost import evaluate_load
+    from placer.core.topology import Topology
+    from solvers.problem import PlacementProblem
+
+    load = np.random.default_rng(3).integers(1, 1000, size=(3, 24)).astype(float)
+    problem = PlacementProblem(load_LE=load, topology=Topology(4), num_redundant=4)
+    p = get_solver("auto")(problem, SolveOptions(time_limit_s=1))
+    r = p.report
+    assert r.bound is not None and r.gap is not None and 0 <= r.gap < 1
+    assert r.bound <= r.objective_value + 1e-9
+    measured = r.objective.measure(evaluate_load(load, p))
+    assert measured == pytest.approx(r.objective_value, rel=1e-9)
+    # The bound's parts: the mean GPU load and the heaviest copy with the lightest others, per layer.
+    inst = build_instance(problem, SolveOptions())
+    per_copy = np.sort(inst.load_LP, axis=1)
+    mean = inst.load_LP.sum(axis=1) / 4
+    heavy = per_copy[:, -1] + per_copy[:, :inst.s - 1].sum(axis=1)
+    assert r.bound == pytest.approx(inst.c_bal * np.maximum(mean, heavy).sum())

@@ -152,6 +152,16 @@ class FastCounter:
                     self.trans_LEE, self.trans1_LEE, self.tokens_L, self.pair_tokens_L)
         self.tokens += T
 
+    def merge(self, other: "FastCounter") -> "FastCounter":
+        """Add the counts of ``other`` (a counter of other tokens, same shape); returns self."""
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge counts of shape {other.shape} into {self.shape}")
+        for name in ("load_LE", "load1_LE", "coact_up_LEE", "trans_LEE", "trans1_LEE", "tokens_L", "pair_tokens_L"):
+            mine = getattr(self, name)
+            mine += getattr(other, name)  # in place
+        self.tokens += other.tokens
+        return self
+
     def result(self, **kw: Any) -> RoutingStats:
         L, E, K = self.shape
         return RoutingStats(L, E, K, load_LE=self.load_LE.copy(), tokens=self.tokens, load1_LE=self.load1_LE.copy(),

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def count_batch(ex_LTK, present_LT, has_present, load_LE, load1_LE, coact_up_LEE, trans_LEE, trans1_LEE,
                 tokens_L, pair_tokens_L):
     """Add one batch's counts.

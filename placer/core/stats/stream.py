@@ -7,6 +7,7 @@ for batches already in memory (synthetic traces, tests).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -90,16 +91,23 @@ class StatsBuilder:
     """Exact counts of a stream of batches, per split if asked, with an evenly spread token sample.
 
     ``sample_stride``: keep every n-th token (by its index over the whole stream) for the token-level
-    summary figures; 0 keeps none.
+    summary figures; 0 keeps none. ``first_token``: the index of this stream's first token in the whole
+    (a shard of a larger stream counted on its own), so that a shard keeps the sample tokens the whole
+    stream would.
+
+    Builders of disjoint shards of one stream add up with ``merge``, in any order: the counts are integer
+    sums and the sample is kept in token order, so the merged result equals one builder fed the whole stream.
     """
 
-    def __init__(self, meta: TraceMeta, by: SplitBy | None = None, sample_stride: int = 0) -> None:
+    def __init__(self, meta: TraceMeta, by: SplitBy | None = None, sample_stride: int = 0,
+                 first_token: int = 0) -> None:
         self.meta = meta
         self.by = by
         self.sample_stride = sample_stride
         self.counters: dict[int, FastCounter] = {}
-        self.samples: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
-        self.seen = 0
+        # (index of the piece's first token in the whole stream, experts, present, split codes)
+        self.samples: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        self.seen = first_token
 
     def _counter(self, code: int) -> FastCounter:
         if code not in self.counters:
@@ -120,9 +128,26 @@ class StatsBuilder:
             first = (-self.seen) % self.sample_stride
             idx = np.arange(first, n, self.sample_stride)
             if idx.size:
-                self.samples.append((b.experts_TLK[idx], None if b.present_TL is None else b.present_TL[idx],
+                self.samples.append((self.seen + first, b.experts_TLK[idx],
+                                     None if b.present_TL is None else b.present_TL[idx],
                                      None if codes is None else codes[idx]))
         self.seen += n
+
+    def merge(self, other: "StatsBuilder") -> "StatsBuilder":
+        """Add the counts and sample of ``other``, a builder of another, disjoint shard of the same stream
+        (same shape, split and sample stride); returns self."""
+        if (other.meta.shape, other.by, other.sample_stride) != (self.meta.shape, self.by, self.sample_stride):
+            raise ValueError(f"cannot merge statistics of shape {other.meta.shape}, split {other.by}, sample "
+                             f"stride {other.sample_stride} into shape {self.meta.shape}, split {self.by}, "
+                             f"sample stride {self.sample_stride}")
+        for code, c in other.counters.items():
+            if code in self.counters:
+                self.counters[code].merge(c)
+            else:
+                self.counters[code] = copy.deepcopy(c)  # never share (and later add into) other's arrays
+        self.samples = sorted(self.samples + other.samples, key=lambda piece: piece[0])
+        self.seen = max(self.seen, other.seen)
+        return self
 
     def result(self, sources: Sequence[str] = ()) -> RoutingStats:
         if not self.counters:
@@ -149,11 +174,11 @@ class StatsBuilder:
 def _concat_sample(samples) -> RoutingBatch | None:
     if not samples:
         return None
-    return concat_batches([RoutingBatch(experts_TLK=e, present_TL=p) for e, p, _ in samples])
+    return concat_batches([RoutingBatch(experts_TLK=e, present_TL=p) for _, e, p, _ in samples])
 
 
 def _subset(sample: RoutingBatch, samples, code: int) -> RoutingBatch | None:
-    codes = np.concatenate([c for _, _, c in samples])
+    codes = np.concatenate([c for _, _, _, c in samples])
     mine = codes == code
     if not mine.any():
         return None
@@ -182,6 +207,29 @@ def stats_from_batches(meta: TraceMeta, batches: Iterable[RoutingBatch], by: Spl
     return builder.result(sources)
 
 
+def parse_split(by: SplitBy | str | None) -> SplitBy | None:
+    """``--by`` text (or an already parsed split) as a ``SplitBy``; a one-line InputError if malformed."""
+    if not isinstance(by, str):
+        return by
+    try:
+        return SplitBy.parse(by)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def count_fields(ds: TraceDataset, by: SplitBy | None) -> list[str]:
+    """The trace fields counting reads (expert ids, presence and the split's column, if it reads one); an
+    InputError naming the first trace that lacks the split's column."""
+    fields = ["experts", "present"]
+    if by is not None and by.field is not None:
+        fields.append(by.field)
+        if by.kind == "domain":
+            lacking = [r.path for r in ds.readers if not r.has_domain]
+            if lacking:
+                raise InputError(f"{lacking[0]}: column 'domain' is missing; --by domain needs traces with domains")
+    return fields
+
+
 def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by: SplitBy | str | None = None,
                       sample_tokens: int = DEFAULT_SAMPLE_TOKENS, batch_size: int = DEFAULT_BATCH,
                       progress: Callable[[int], None] | None = None) -> RoutingStats:
@@ -193,18 +241,8 @@ def stats_from_traces(paths: Sequence[str | os.PathLike] | str | os.PathLike, by
     split field the traces lack.
     """
     ds = TraceDataset(paths)
-    if isinstance(by, str):
-        try:
-            by = SplitBy.parse(by)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-    fields = ["experts", "present"]
-    if by is not None and by.field is not None:
-        fields.append(by.field)
-        if by.kind == "domain":
-            lacking = [r.path for r in ds.readers if not r.has_domain]
-            if lacking:
-                raise InputError(f"{lacking[0]}: column 'domain' is missing; --by domain needs traces with domains")
+    by = parse_split(by)
+    fields = count_fields(ds, by)
     builder = StatsBuilder(ds.meta, by, sample_stride(ds.num_tokens, sample_tokens))
     for b in ds.iter_batches(batch_size=batch_size, fields=fields):
         builder.add(b)

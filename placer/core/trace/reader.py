@@ -144,16 +144,24 @@ class TraceReader:
                              f"expected 0 (prefill) or 1 (decode)")
 
     # -- reading -----------------------------------------------------------------------------------
+    @property
+    def row_group_tokens(self) -> list[int]:
+        """Tokens (rows) of each Parquet row group, in file order (from the footer; nothing is read)."""
+        md = self._pf.metadata
+        return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+
     def iter_batches(
         self,
         batch_size: int = DEFAULT_BATCH,
         fields: Iterable[str] = ("experts", "present"),
         validate: bool = True,
+        row_groups: range | None = None,
     ) -> Iterator[RoutingBatch]:
         """Yield ``RoutingBatch``es of at most ``batch_size`` whole tokens, holding only ``fields``.
 
         ``fields`` is any of: experts, weights, present, seq, position, phase, token, domain. Asking for
         ``present`` from a trace without missing rows gives ``present_TL=None`` (all present).
+        ``row_groups``: read only these row groups (a shard of the file; default: all).
         """
         fields = tuple(fields)
         unknown = [f for f in fields if f not in FIELDS]
@@ -165,8 +173,14 @@ class TraceReader:
         if not columns:
             columns = ["phase"]
         row = 0
+        selected = None
+        if row_groups is not None:
+            sizes = self.row_group_tokens
+            if row_groups.step != 1 or not 0 <= row_groups.start <= row_groups.stop <= len(sizes):
+                raise ValueError(f"{self.path}: row groups {row_groups} outside the file's {len(sizes)}")
+            row, selected = sum(sizes[:row_groups.start]), list(row_groups)
         try:
-            for rb in self._pf.iter_batches(batch_size=batch_size, columns=columns):
+            for rb in self._pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=selected):
                 n = rb.num_rows
                 # Without the experts column the batch carries a zero-size placeholder of the right length.
                 b = RoutingBatch(experts_TLK=np.zeros((n, 0, 0), dtype=self.meta.id_dtype))
