@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.moeplace-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all clean traces tiny-model notebook
+.PHONY: install demo test test-all clean traces tiny-model notebook gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,30 @@ notebook: $(STAMP)
 	nbclient.NotebookClient(nb, timeout=600, kernel_name='python3', record_timing=False).execute(); \
 	nbformat.write(nb, 'analysis.ipynb')"
 
+# Every measurement that needs a GPU, in one script of at most 8 minutes (docs/calibrate.md): on a GPU machine
+# `make gpu-check` runs it with that machine's python3 (its CUDA torch) from the source tree; WHEELS=dir
+# installs what that Python lacks from a folder of wheels (`make gpu-wheels`), without a registry.
+# `make gpu-check DRY=1` runs the same steps on the CPU with small shapes (the test suite does).
+GPU_PYTHON ?= python3
+GPU_OUT ?= gpu-check-out
+ifdef DRY
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py --dry --out $(GPU_OUT)
+else
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --out $(GPU_OUT) $(if $(WHEELS),--wheels $(WHEELS))
+endif
+
+# Wheels for a GPU machine without a registry (CPython $(GPU_WHEELS_PY), x86-64 Linux) of the dependencies it
+# lacks when it has torch, transformers, pyarrow, pandas, networkx, typer and rich (docs/calibrate.md).
+GPU_WHEELS_PY ?= 3.12
+GPU_WHEELS ?= numba llvmlite ortools protobuf absl-py immutabledict jsonschema jsonschema-specifications \
+	referencing rpds-py attrs matplotlib contourpy cycler fonttools kiwisolver pillow pyparsing pulp highspy \
+	pytest iniconfig pluggy pytest-timeout
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_WHEELS_PY) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_28_x86_64 --platform any -d wheels $(GPU_WHEELS)
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache gpu-check-out .gpu-venv

@@ -16,6 +16,7 @@ from placer.core.fileio import require_file
 from placer.core.mode import TrafficMode
 from placer.core.stats import RoutingStats, load_only_stats, load_stats
 from placer.core.stats import stats_from_traces as compute_stats_from_traces
+from placer.core.hardware import load_topology_source
 from placer.core.topology import Topology, preset
 from placer.core.trace.reader import TraceDataset
 from placer.core.trace.schema import RoutingBatch
@@ -96,20 +97,33 @@ def problem_from_stats(stats: RoutingStats, topology: Topology, redundant: int =
     )
 
 
-def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | None,
+def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | str | None,
                      default: Topology | None = None) -> Topology:
-    """The topology of ``--topology FILE`` or ``--gpus G [--nodes N]`` (checked against each other), else
-    ``default``; a InputError naming the values otherwise."""
+    """The topology of ``--topology`` combined with ``--gpus G [--nodes N]``, else ``default``.
+
+    ``--topology`` names a hardware file (``moeplace calibrate``'s output) or a preset (``h100``, ...): it says
+    what the machine is, ``--gpus``/``--nodes`` how many GPUs and nodes (default: ``default``'s). A flat
+    topology file carries its own counts, which ``--gpus``/``--nodes`` must then match. Without
+    ``--topology``, ``--gpus``/``--nodes`` take the h100 preset. InputError naming the values otherwise.
+    This is the one path every command (solve, evaluate, replay, simulate) reads a topology through.
+    """
     if topology_file is not None:
-        topo = Topology.load(topology_file)
-        for flag, field, value in (("--gpus", "num_gpus", gpus), ("--nodes", "num_nodes", nodes)):
-            if value is not None and value != getattr(topo, field):
-                raise InputError(f"{topology_file}: field '{field}' is {getattr(topo, field)}, but {flag} is {value}")
-        return topo
+        src = load_topology_source(topology_file)
+        if isinstance(src, Topology):
+            for flag, field, value in (("--gpus", "num_gpus", gpus), ("--nodes", "num_nodes", nodes)):
+                if value is not None and value != getattr(src, field):
+                    raise InputError(f"{topology_file}: field '{field}' is {getattr(src, field)}, but {flag} is {value}")
+            return src
+        if gpus is None:
+            if default is None:
+                raise InputError(f"{src.where} describes the hardware, not how many GPUs: give --gpus G "
+                                 f"(and --nodes N)")
+            gpus, nodes = default.num_gpus, nodes or default.num_nodes
+        return src.topology(gpus, nodes or 1)
     if gpus is not None:
         return preset(gpus, nodes or 1)
     if nodes is not None and default is not None and nodes != default.num_nodes:
-        return preset(default.num_gpus, nodes)
+        return preset(default.num_gpus, nodes, **default.hardware_fields())
     if default is not None:
         return default
     raise InputError("give the GPUs with --gpus G (and --nodes N), or a topology file with --topology FILE")

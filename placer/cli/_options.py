@@ -17,9 +17,10 @@ def check_solver(name: str | None) -> str | None:
     return name
 
 
-GPUS_HELP = "EP ranks (GPUs); the topology is the H100 preset of docs/cost-model.md."
+GPUS_HELP = "EP ranks (GPUs); the hardware is --topology's, else the h100 preset (docs/calibrate.md)."
 NODES_HELP = "Nodes the GPUs sit in (GPU g on node g // (G / N)); default 1."
-TOPOLOGY_HELP = "Topology JSON (num_gpus, num_nodes, bandwidths, latencies, expert compute; see placer/core/topology.py)."
+TOPOLOGY_HELP = ("Hardware file (moeplace calibrate) or preset (h100, h200, a100), combined with --gpus/--nodes; or a "
+                 "topology JSON with its own num_gpus (placer/core/topology.py). See docs/calibrate.md.")
 STATS_HELP = "Statistics file written by `moeplace stats` (repeatable: summed, or each one a scenario)."
 LOAD_HELP = ("Load-only input (balance only): a \\[layers, experts] matrix (.npy, .csv, .pt) of counts or real-valued "
              "loads (rates, averages), or an SGLang logical_count file (.pt stat dump, .json), as `moeplace stats --load` "

@@ -38,7 +38,10 @@ def replay(
         "shapes; the check then cannot tell apart experts of one set); 0: every expert its own."),
     check: str = typer.Option("all", "--check", help="Compare outputs with the reference for all measured steps, the first, or none."),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes the ranks are split into, for intra/inter-node bytes (default: the placement's)."),
-    topology: Optional[Path] = typer.Option(None, "--topology", help="Topology JSON whose links the virtual backend models."),
+    topology: Optional[Path] = typer.Option(
+        None, "--topology", help="Hardware file (moeplace calibrate), preset name (h100, h200, a100) or topology "
+        "JSON: the links the virtual backend models, and the cost model's predicted times beside the measured "
+        "ones (default: the first placement's topology, else h100)."),
     redundant: int = typer.Option(0, "--redundant", help="Redundant slots per layer for solver-named placements without :R."),
     timeout: float = typer.Option(
         300.0, "--timeout", help="Stop every rank and fail if no rank makes progress for this many seconds."),
@@ -56,7 +59,9 @@ def replay(
     weights: out = h + sum_k w_k FFN_k(RMSNorm(h)) (MoE blocks only, no attention). Every token's final output is
     compared with a single-process reference; the report gives per-layer and total time, the compute
     straggler, bytes per rank and link class, tokens computed per rank, and each placement's speedup over the
-    first. Exit code 1 if a placement's outputs differ from the reference.
+    first, and the cost model's predicted step time and speedup with the same topology beside them (with the
+    rank correlation of predicted and measured speedups). Exit code 1 if a placement's outputs differ from the
+    reference.
 
     Under torchrun (RANK/WORLD_SIZE set) the command runs as one rank (env:// rendezvous); rank 0 reports.
     """
@@ -85,12 +90,20 @@ def replay(
         print(json.dumps(report, indent=2))
     else:
         con = console()
+        if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
+            con.width = max(con.width, 140)
         con.print(report_table(report))
         checked = [c["check"] for c in report["placements"] if c["check"].get("tokens_checked")]
         if checked:
             con.print(f"checked {checked[0]['tokens_checked']:,} tokens per placement against the single-process "
                       f"reference: largest relative error {max(c['max_rel_error'] for c in checked):.1e} "
                       f"(tolerance {checked[0]['tolerance']:.1e})")
+        pred = report.get("prediction")
+        if pred:
+            rho = pred["rank_correlation"]
+            con.print(f"predicted: the cost model with {report['topology']['source']}; rank correlation of predicted "
+                      f"and measured speedups {'-' if rho is None else f'{rho:.2f}'} over {pred['placements']} "
+                      f"placements; largest step-time error {pred['max_abs_step_error']:.0%}")
         con.print(f"weights: {report['weights']}; timer: {report['timer']}; communication: {report['communication']}"
                   + (f"; report: {out}" if out is not None else ""))
     verdict(report)

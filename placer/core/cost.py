@@ -430,7 +430,9 @@ class TraceEvaluator:
         self._compute_L = np.zeros(L)
         self._comm_L = np.zeros(L)
 
-    def add(self, batch: RoutingBatch) -> None:
+    def add(self, batch: RoutingBatch, first_token: int | None = None) -> None:
+        """Count a batch of consecutive tokens. ``first_token``: the trace index of its first token (the
+        replica rule uses it; default: right after the tokens added so far)."""
         T = len(batch)
         if T == 0:
             return
@@ -445,22 +447,24 @@ class TraceEvaluator:
                              f"{self.placement.num_experts} experts")
         present = batch.present_or_ones()
         home = home_gpu(batch.seq_T, self.placement.num_gpus)
+        base = self.tokens if first_token is None else int(first_token)
         start = 0
         while start < T:
             n = T - start
             if self.tokens_per_step is not None:
                 n = min(n, self.tokens_per_step - self._step_tokens)
             sl = slice(start, start + n)
-            _accumulate(ex[sl], present[sl], home[sl], self.tokens + start, self._l2p, self._cnt,
+            _accumulate(ex[sl], present[sl], home[sl], base + start, self._l2p, self._cnt,
                         self._gpu_of_slot, self._node_of_gpu, self.mode is TrafficMode.COHERENT,
                         self._step_slot_tok, self._step_sends, self._counts)
             self._step_tokens += n
             start += n
             if self.tokens_per_step is not None and self._step_tokens == self.tokens_per_step:
-                self._close_step()
+                self.close_step()
         self.tokens += T
 
-    def _close_step(self) -> None:
+    def close_step(self) -> None:
+        """End the current step here (a step shorter than ``tokens_per_step``, as replay's last one can be)."""
         if self._step_tokens == 0:
             return
         compute, comm = step_times_us(self._step_slot_tok, self._step_sends, self.topology,
@@ -476,7 +480,7 @@ class TraceEvaluator:
 
     def result(self) -> EvalResult:
         """The result over the tokens added so far (closes a partial last step)."""
-        self._close_step()
+        self.close_step()
         p, topo = self.placement, self.topology
         L, G = p.num_layers, p.num_gpus
         load_LG = self._slot_tok.reshape(L, G, p.slots_per_gpu).sum(-1)

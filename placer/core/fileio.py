@@ -102,10 +102,7 @@ def read_model_config(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any
     cfg_path = model / "config.json"
     if not cfg_path.is_file():
         raise InputError(f"{model}: no config.json; not a Hugging Face checkpoint folder")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{cfg_path}: not valid JSON ({exc})") from None
+    cfg = read_json(cfg_path, "config.json")
     if not isinstance(cfg, dict):
         raise InputError(f"{cfg_path}: expected a JSON object")
     return cfg_path, cfg

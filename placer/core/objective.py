@@ -136,7 +136,8 @@ class Weights:
         """The weights given, the others from the topology's time model:
 
         - ``inter_weight``: ``intra_weight x intra_bw / inter_bw`` (9 with the H100 preset): a network message
-          weighs what its transfer takes;
+          weighs what its transfer takes, and never less than an NVLink one (a topology whose network is
+          faster than its links inside a node, as a calibration on CPU processes can measure, gives intra);
         - ``balance_weight``: one token more on a layer's busiest GPU adds ``topology.token_compute_us`` of expert
           compute (above the knee); one message more adds about ``topology.token_message_us / G`` to the slowest
           GPU's link time (messages spread over the G GPUs), and a remote GPU in ep mode is two messages
@@ -146,7 +147,7 @@ class Weights:
         mode = TrafficMode.parse(mode)
         intra = _weight("intra_weight", 1.0 if intra_weight is None else intra_weight)
         if inter_weight is None:
-            inter_weight = intra * topology.intra_bw_gbs / topology.inter_bw_gbs
+            inter_weight = max(intra, intra * topology.intra_bw_gbs / topology.inter_bw_gbs)
         if balance_weight is None:
             per_message = 2.0 if mode is TrafficMode.EP else 1.0
             balance_weight = topology.num_gpus * topology.token_compute_us / topology.token_message_us / per_message

@@ -1,17 +1,16 @@
 """The machines a placement is solved for: GPUs, nodes, links and expert compute speed.
 
-Defaults describe H100 nodes of 8 GPUs: NVLink 4 inside a node (900 GB/s bidirectional, 450 GB/s each way
-per GPU), one 400 Gb/s InfiniBand NIC per GPU across nodes (50 GB/s), and an expert FFN whose time is flat
-below a knee and linear above it, as measured for this project on an H100 (``shared/reference/
-h100-expert-ffn.md``: about 75-80 us launch-bound floor, 550-650 TFLOP/s above the knee).
+Defaults describe H100 nodes of 8 GPUs (the ``h100`` preset, ``placer/core/presets/h100.json``, which names the
+source of every figure): NVLink 4 inside a node (900 GB/s bidirectional, 450 GB/s each way per GPU), one
+400 Gb/s InfiniBand NIC per GPU across nodes (50 GB/s), and an expert FFN whose time is flat below a knee and
+linear above it, as measured for this project on an H100 (``docs/reference/h100-expert-ffn.md``: about 75-80
+us launch-bound floor, 550-650 TFLOP/s above the knee). ``moeplace calibrate`` measures these figures on the
+machine it runs on and writes them as a hardware file (``placer.core.hardware``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,13 @@ class Topology:
     hidden_size, dtype_bytes: a token's hidden state is hidden_size * dtype_bytes bytes on the wire.
     expert_ffn_size: an expert's intermediate size (SwiGLU: 3 matrices of hidden x ffn).
     expert_floor_us: time of one expert's FFN on a small batch (launch-bound floor).
-    expert_tflops: achieved TFLOP/s of an expert's FFN above the knee.
+    expert_tflops: achieved TFLOP/s of an expert's FFN above the knee (the slope of the time curve).
+    expert_intercept_us: where the throughput-bound line meets zero tokens (0: the line goes through the
+        origin, as the H100 preset assumes; a calibrated curve fits it: per-call overheads on a CPU make it
+        positive, a GPU whose efficiency drops on large batches negative).
+
+    The expert time curve (``expert_time_us``) is the knee model of docs/cost-model.md:
+    ``max(expert_floor_us, expert_intercept_us + tokens x token_compute_us)`` for tokens > 0.
     """
 
     num_gpus: int
@@ -43,6 +48,7 @@ class Topology:
     dtype_bytes: int = 2
     expert_floor_us: float = 75.0
     expert_tflops: float = 600.0
+    expert_intercept_us: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("num_gpus", "num_nodes", "hidden_size", "expert_ffn_size", "dtype_bytes"):
@@ -59,6 +65,8 @@ class Topology:
             v = getattr(self, name)
             if not v >= 0:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
+        if not isinstance(self.expert_intercept_us, (int, float, np.floating)) or not np.isfinite(self.expert_intercept_us):
+            raise ValueError(f"expert_intercept_us must be a finite number, got {self.expert_intercept_us!r}")
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -89,11 +97,17 @@ class Topology:
         """Transfer time of one token's hidden state over NVLink (bandwidth only, no latency)."""
         return self.token_bytes / (self.intra_bw_gbs * 1e3)
 
+    @property
+    def expert_knee_tokens(self) -> float:
+        """Tokens at which the throughput-bound line reaches the floor (the knee of the time curve)."""
+        return max(0.0, (self.expert_floor_us - self.expert_intercept_us) / self.token_compute_us)
+
     def expert_time_us(self, tokens: np.ndarray | float) -> np.ndarray:
         """Time of one expert's SwiGLU FFN on ``tokens`` tokens: flat at ``expert_floor_us`` below the knee,
-        linear above it (``token_compute_us`` per token); 0 for no tokens."""
+        linear above it (``expert_intercept_us`` + ``token_compute_us`` per token); 0 for no tokens."""
         tokens = np.asarray(tokens, dtype=np.float64)
-        return np.where(tokens > 0, np.maximum(self.expert_floor_us, self._throughput_us(tokens)), 0.0)
+        line = self.expert_intercept_us + self._throughput_us(tokens)
+        return np.where(tokens > 0, np.maximum(self.expert_floor_us, line), 0.0)
 
     def token_link_us_GG(self) -> np.ndarray:
         """[G, G] transfer time of one token's hidden state from GPU g to GPU g' (NVLink inside a node, the
@@ -119,6 +133,10 @@ class Topology:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def hardware_fields(self) -> dict[str, Any]:
+        """Every field but the GPU and node counts: what the machine is, not how many of it."""
+        return {k: v for k, v in asdict(self).items() if k not in ("num_gpus", "num_nodes")}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "topology") -> "Topology":
         if not isinstance(d, dict):
@@ -133,17 +151,6 @@ class Topology:
             return cls(**d)
         except (TypeError, ValueError) as exc:
             raise InputError(f"{where}: {exc}") from None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Topology":
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: topology file not found")
-        try:
-            d = json.loads(p.read_text())
-        except ValueError as exc:
-            raise InputError(f"{p}: not valid JSON ({exc})") from None
-        return cls.from_dict(d, where=str(p))
 
     def with_(self, **changes: Any) -> "Topology":
         return replace(self, **changes)

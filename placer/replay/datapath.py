@@ -66,6 +66,13 @@ def unpack(ex: TExchange, buf: torch.Tensor, recv: torch.Tensor) -> torch.Tensor
     return out
 
 
+def apply_expert(out: torch.Tensor, xn: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
+                 expert: ExpertWeights) -> None:
+    """One slot's work: ``out[rows] += w * FFN(xn[rows])`` (gather the rows, the SwiGLU expert, the gate weight,
+    scatter-add). ``moeplace calibrate`` times exactly this to fit the expert time curve."""
+    out.index_add_(0, rows, swiglu(xn.index_select(0, rows), expert) * w)
+
+
 def compute(cp: TCompute, x: torch.Tensor, experts: list[ExpertWeights]) -> torch.Tensor:
     """The rank's new contributions: its slots' weighted expert outputs on the normalised rows, plus the rows
     it keeps (the residual)."""
@@ -73,27 +80,35 @@ def compute(cp: TCompute, x: torch.Tensor, experts: list[ExpertWeights]) -> torc
     xn = rms_norm(x)
     for rows, w, expert in zip(cp.slot_rows, cp.slot_weights, experts):
         if rows.numel():
-            out.index_add_(0, rows, swiglu(xn.index_select(0, rows), expert) * w)
+            apply_expert(out, xn, rows, w, expert)
     if cp.keep_rows.numel():
         out.index_add_(0, cp.keep_rows, x.index_select(0, cp.keep_rows))
     return out
 
 
 class Timer:
-    """Marks on a timeline; ``segments_ms()`` gives the time between consecutive marks.
+    """Marks on a timeline; ``elapsed_ms(a, b)`` gives the time between two marks.
 
-    On a GPU the marks are CUDA events on the current stream (the kernels' own time, read after one
-    synchronisation at the end of a step); on CPU, ``time.perf_counter``.
+    On a GPU the marks are CUDA events on the current stream (the kernels' own time, launch gaps included,
+    read after one synchronisation at the end of a step). On a CPU, ``compute_clock=True`` with torch on one
+    thread reads the thread's CPU time (``time.thread_time``): compute alone, which the other processes of a
+    shared machine do not inflate (a call longer than a scheduler slice is otherwise stretched by every
+    process that shares its core); else wall time, ``time.perf_counter``. Only code that computes without
+    waiting on other processes (the virtual backend's expert compute, calibrate) asks for the CPU clock.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, compute_clock: bool = False) -> None:
         self.cuda = device.type == "cuda"
         self.device = device
+        self._clock = time.thread_time if (compute_clock and not self.cuda and torch.get_num_threads() == 1) \
+            else time.perf_counter
         self._marks: list = []
 
     @property
     def name(self) -> str:
-        return "cuda-events" if self.cuda else "perf_counter"
+        if self.cuda:
+            return "cuda-events"
+        return "thread_time" if self._clock is time.thread_time else "perf_counter"
 
     def reset(self) -> None:
         self._marks = []
@@ -104,7 +119,7 @@ class Timer:
             ev.record()
             self._marks.append(ev)
         else:
-            self._marks.append(time.perf_counter())
+            self._marks.append(self._clock())
         return len(self._marks) - 1
 
     def elapsed_ms(self, a: int, b: int) -> float:

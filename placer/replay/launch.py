@@ -1,6 +1,7 @@
-"""Starting the ranks of a gloo or NCCL replay, watching them, and stopping them all when one fails.
+"""Starting the ranks of a gloo or NCCL run (replay, calibrate's link measurement), watching them, and
+stopping them all when one fails.
 
-Without torchrun, ``launch`` starts one process per rank with torch.multiprocessing (spawn), rendezvous
+Without torchrun, ``launch_ranks`` starts one process per rank with torch.multiprocessing (spawn), rendezvous
 through a file in a private temporary folder (no port to collide with other runs). Ranks report progress
 and errors on a queue. When a rank raises (its error is reported), dies (a non-zero exit or a signal, with
 no report), or no rank reports progress for ``timeout_s`` seconds, every rank is stopped (SIGTERM, then
@@ -18,10 +19,13 @@ import queue
 import shutil
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from placer.core.errors import MoeplaceError
 from placer.replay.config import ReplayConfig
+
+# A rank's work: target(rank, world, backend, init_method, payload, progress) -> result (rank 0's is returned).
+RankTarget = Callable[..., Any]
 
 # The process ids of the last launch's ranks (tests check that none is left).
 LAST_RANK_PIDS: list[int] = []
@@ -42,22 +46,27 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _threads(cfg: ReplayConfig, world: int) -> int:
-    return cfg.threads or max(1, (os.cpu_count() or 1) // world)
+def rank_threads(threads: int, world: int) -> int:
+    """CPU threads of one rank: ``threads``, or (0) the cores shared evenly among the ranks."""
+    return threads or max(1, (os.cpu_count() or 1) // world)
 
 
-def rank_entry(rank: int, world: int, backend: str, init_method: str, cfg: ReplayConfig, q) -> None:
+def replay_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayConfig, progress) -> Any:
+    from placer.replay.worker import run_rank
+
+    return run_rank(rank, world, backend, init_method, cfg, progress=progress)
+
+
+def rank_entry(rank: int, world: int, backend: str, init_method: str, target: RankTarget, payload: Any,
+               threads: int, q) -> None:
     """The body of a spawned rank process: run, report the result (rank 0) or the error, exit."""
     os.environ["MOEPLACE_QUIET"] = "1"
     code = 0
     try:
         import torch
 
-        torch.set_num_threads(_threads(cfg, world))
-        from placer.replay.worker import run_rank
-
-        result = run_rank(rank, world, backend, init_method, cfg,
-                          progress=lambda run: q.put(("progress", rank, run)))
+        torch.set_num_threads(rank_threads(threads, world))
+        result = target(rank, world, backend, init_method, payload, lambda run: q.put(("progress", rank, run)))
         q.put(("result", rank, result))
     except BaseException as exc:  # every failure is reported, then the process exits non-zero
         q.put(("error", rank, _one_line(exc)))
@@ -88,15 +97,24 @@ def _stop(procs) -> None:
 def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int], None] | None = None,
            poll_s: float = 0.1, grace_s: float = 1.0) -> list[dict]:
     """Run a gloo/NCCL replay with one spawned process per rank; return rank 0's case reports."""
+    return launch_ranks(cfg.world_size, backend, replay_rank, cfg, timeout_s=cfg.timeout_s, threads=cfg.threads,
+                        on_progress=on_progress, poll_s=poll_s, grace_s=grace_s)
+
+
+def launch_ranks(world: int, backend: str, target: RankTarget, payload: Any, timeout_s: float, threads: int = 0,
+                 on_progress: Callable[[int], None] | None = None, poll_s: float = 0.1, grace_s: float = 1.0,
+                 what: str = "replay") -> Any:
+    """Run ``target`` in ``world`` spawned rank processes (``payload`` is pickled to each); return rank 0's
+    result. ``target`` must be a module-level function (spawn imports it by name); it calls ``progress(-1)``
+    once it joined the group and ``progress(step)`` after each step. ``what`` names the run in errors."""
     import torch.multiprocessing as mp
 
-    world = cfg.world_size
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    tmp = tempfile.mkdtemp(prefix="moeplace-replay-")
+    tmp = tempfile.mkdtemp(prefix=f"moeplace-{what}-")
     init = f"file://{os.path.join(tmp, 'rendezvous')}"
-    procs = [ctx.Process(target=rank_entry, args=(r, world, backend, init, cfg, q), daemon=True,
-                         name=f"moeplace-replay-rank{r}") for r in range(world)]
+    procs = [ctx.Process(target=rank_entry, args=(r, world, backend, init, target, payload, threads, q), daemon=True,
+                         name=f"moeplace-{what}-rank{r}") for r in range(world)]
     LAST_RANK_PIDS.clear()
     errors: list[tuple[int, str]] = []
     result = None
@@ -110,7 +128,7 @@ def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int], None] |
         failed_at = None
         ready: set[int] = set()
         # Start-up (spawning, importing torch, the rendezvous) may take a while on a busy machine.
-        startup_s = max(cfg.timeout_s, STARTUP_S)
+        startup_s = max(timeout_s, STARTUP_S)
         while True:
             try:
                 msg = q.get(timeout=poll_s)
@@ -141,17 +159,17 @@ def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int], None] |
             if failed_at is not None and (now - failed_at >= grace_s):
                 if died and not any(r == died[0][0] for r, _ in errors):
                     r, code = died[0]
-                    raise MoeplaceError(f"replay failed: rank {r} died ({_describe_exit(code)}) without an error "
+                    raise MoeplaceError(f"{what} failed: rank {r} died ({_describe_exit(code)}) without an error "
                                         f"report; all {world} ranks were stopped")
                 r, text = errors[0]
-                raise MoeplaceError(f"replay failed: rank {r}: {text}; all {world} ranks were stopped")
+                raise MoeplaceError(f"{what} failed: rank {r}: {text}; all {world} ranks were stopped")
             if failed_at is None and all(p.exitcode == 0 for p in procs) and 0 in reported:
                 break
-            limit = cfg.timeout_s if len(ready) == world else startup_s
+            limit = timeout_s if len(ready) == world else startup_s
             if failed_at is None and now - quiet_since > limit:
                 behind = min(last.values())
                 where = "before the first step" if behind < 0 else f"after step {behind + 1}"
-                raise MoeplaceError(f"replay failed: no rank made progress for {limit:g} s ({where}); "
+                raise MoeplaceError(f"{what} failed: no rank made progress for {limit:g} s ({where}); "
                                     f"a rank is hung; all {world} ranks were stopped (--timeout)")
     finally:
         _stop(procs)
@@ -159,5 +177,5 @@ def launch(cfg: ReplayConfig, backend: str, on_progress: Callable[[int], None] |
         q.cancel_join_thread()
         shutil.rmtree(tmp, ignore_errors=True)
     if result is None:
-        raise MoeplaceError("replay failed: rank 0 returned no result")
+        raise MoeplaceError(f"{what} failed: rank 0 returned no result")
     return result

@@ -110,6 +110,29 @@ def add_speedups(cases: list[dict]) -> None:
         ) if c["compute_straggler_ms_per_layer"] > 0 else None
 
 
+def add_predictions(cases: list[dict], predicted: list[dict]) -> dict:
+    """Put the cost model's prediction beside each placement's measurement (in place) and return the report's
+    ``prediction`` summary: the rank correlation of predicted and measured speedups over the first placement,
+    and the largest errors. Errors are predicted / measured - 1."""
+    from placer.replay.predict import rank_correlation
+
+    base = predicted[0]["step_ms"]
+    for c, p in zip(cases, predicted):
+        c["predicted_step_ms"] = _r(p["step_ms"])
+        c["predicted_compute_ms_per_layer"] = _r(p["compute_ms_per_layer"])
+        c["predicted_comm_ms_per_layer"] = _r(p["comm_ms_per_layer"])
+        c["predicted_speedup_vs_first"] = _r(base / p["step_ms"], 3) if p["step_ms"] > 0 else None
+        c["step_error"] = _r(p["step_ms"] / c["step_ms_median"] - 1, 4) if c["step_ms_median"] > 0 else None
+        c["speedup_error"] = (_r(c["predicted_speedup_vs_first"] / c["speedup_vs_first"] - 1, 4)
+                              if c["predicted_speedup_vs_first"] and c["speedup_vs_first"] else None)
+    pairs = [(c["predicted_speedup_vs_first"], c["speedup_vs_first"]) for c in cases
+             if c["predicted_speedup_vs_first"] is not None and c["speedup_vs_first"] is not None]
+    rho = rank_correlation([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+    worst = lambda key: max((abs(c[key]) for c in cases if c[key] is not None), default=None)  # noqa: E731
+    return {"rank_correlation": None if rho is None else _r(rho, 4), "placements": len(cases),
+            "max_abs_step_error": worst("step_error"), "max_abs_speedup_error": worst("speedup_error")}
+
+
 def _ms(x: float) -> str:
     return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
 
@@ -124,10 +147,13 @@ def report_table(report: dict):
                      f"communication {comm}"), title_justify="left",
               caption="correct: every token matches the single-process reference; step: median step time; "
                       "straggler: slowest rank's expert time per layer; speedup: over the first placement, "
-                      "same run", caption_justify="left")
+                      "same run; predicted: the cost model on the same steps and topology (docs/cost-model.md)",
+              caption_justify="left")
     inter = report["nodes"] > 1
+    predicted = "predicted_step_ms" in report["placements"][0]
     t.add_column("placement", overflow="fold")
-    for col in ("correct", "step ms", "straggler ms", "MB sent") + (("MB inter-node",) if inter else ()) + ("speedup",):
+    for col in (("correct", "step ms", "straggler ms", "MB sent") + (("MB inter-node",) if inter else ()) + ("speedup",)
+                + (("predicted ms", "predicted speedup") if predicted else ())):
         t.add_column(col, justify="right")
     for c in report["placements"]:
         chk = c["check"]
@@ -140,6 +166,9 @@ def report_table(report: dict):
         if inter:
             row.append(f"{c['bytes_inter_node'] / 1e6:.3g}")
         row.append(f"{c['speedup_vs_first']:.2f}x" if c["speedup_vs_first"] is not None else "-")
+        if predicted:
+            row += [_ms(c["predicted_step_ms"]),
+                    f"{c['predicted_speedup_vs_first']:.2f}x" if c["predicted_speedup_vs_first"] is not None else "-"]
         t.add_row(*row)
     return t
 
@@ -162,9 +191,11 @@ def case_report(case, measure: CaseMeasure, check: dict, node_of_rank: np.ndarra
 
 
 def build_report(cfg, backend: str, device: str, timer: str, cases: list[dict], wall_s: float,
-                 weights: str) -> dict:
-    """The whole report: the run's settings and each placement's entry, with speedups over the first."""
+                 weights: str, predicted: list[dict] | None = None) -> dict:
+    """The whole report: the run's settings and each placement's entry, with speedups over the first and,
+    given ``predicted`` (``placer.replay.predict.predict_cases``), the cost model's prediction beside them."""
     add_speedups(cases)
+    prediction = add_predictions(cases, predicted) if predicted is not None else None
     modes = sorted({c["mode"] for c in cases})
     virtual = backend == "virtual"
     topo = cfg.topology
@@ -194,5 +225,7 @@ def build_report(cfg, backend: str, device: str, timer: str, cases: list[dict], 
         "layer_output": "h + sum_k w_k * FFN_k(RMSNorm(h)) (pre-norm and residual of a MoE block; no attention)",
         "wall_time_s": round(wall_s, 3),
         "correct": all(c["check"].get("correct", True) for c in cases),
+        "topology": None if topo is None else {"source": cfg.extra.get("topology"), **topo.to_dict()},
+        "prediction": prediction,
         "placements": cases,
     }

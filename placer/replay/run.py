@@ -13,13 +13,14 @@ from placer.core.errors import InputError, MoeplaceError
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.core.placement_io import load_placement
-from placer.core.topology import Topology, preset
+from placer.core.topology import Topology
 from placer.core.trace.reader import TraceReader
-from placer.inputs import problem_from_stats, stats_from_traces
+from placer.inputs import problem_from_stats, resolve_topology, stats_from_traces
 from placer.progress import progress_bar
 from placer.replay.config import BACKENDS, Case, ReplayConfig
 from placer.replay.experts import DTYPES, CheckpointExperts
 from placer.replay.launch import launch, torchrun_env
+from placer.replay.predict import predict_cases
 from placer.replay.report import build_report
 from placer.replay.virtual import run_virtual
 from placer.replay.worker import device_for, run_rank
@@ -53,16 +54,20 @@ class ReplayRequest:
     threads: int = 0
     fail_rank: int | None = None
     fail_how: str = "raise"
+    solve_time_limit_s: float = 60.0
 
 
-def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int, redundant: int, mode: TrafficMode) -> Placement:
+def solve_on_trace(name: str, trace: Path, gpus: int, nodes: int | None, redundant: int, mode: TrafficMode,
+                   topology: Path | str | None = None, time_limit_s: float = 60.0) -> Placement:
     """A placement from the solver registry, solved on the statistics of ``trace`` (the replayed trace: an
-    in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test)."""
+    in-sample placement; solve on another trace with ``moeplace solve`` for an out-of-sample test), for the
+    hardware of ``topology`` (a hardware file or preset; default h100: what ``auto`` weighs balance with)."""
+    topo = resolve_topology(gpus, nodes, topology)
     try:
-        problem = problem_from_stats(stats_from_traces([trace]), preset(gpus, nodes), redundant, mode)
+        problem = problem_from_stats(stats_from_traces([trace]), topo, redundant, mode)
     except ValueError as exc:
         raise InputError(f"solver {name}: {exc}") from None
-    return get_solver(name)(problem, SolveOptions(time_limit_s=60.0, seed=0))
+    return get_solver(name)(problem, SolveOptions(time_limit_s=time_limit_s, seed=0))
 
 
 def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Placement, str | None]:
@@ -75,7 +80,8 @@ def _resolve(req: ReplayRequest, arg: str, mode: TrafficMode) -> tuple[str, Plac
         if req.world_size is None:
             raise InputError(f"placement {arg!r} names a solver: give --world-size so it can be solved")
         redundant = int(r) if r else req.redundant
-        p = solve_on_trace(name, req.trace, req.world_size, req.nodes or 1, redundant, mode)
+        p = solve_on_trace(name, req.trace, req.world_size, req.nodes, redundant, mode, req.topology,
+                           req.solve_time_limit_s)
         return arg, p, None
     raise InputError(f"{arg}: placement file not found (nor a solver name: {', '.join(SOLVER_NAMES)}, "
                      f"optionally NAME:REDUNDANT)")
@@ -132,23 +138,8 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
         if req.weight_bank:
             raise InputError("--weight-bank applies to random weights, not to --model")
 
-    topo = None
-    if req.topology is not None:
-        topo = Topology.load(req.topology)
-        if topo.num_gpus != G:
-            raise InputError(f"{req.topology}: topology has {topo.num_gpus} GPUs, the placements {G}")
-    elif cases[0].placement.topology is not None and cases[0].placement.topology.num_gpus == G:
-        topo = cases[0].placement.topology
-    nodes = req.nodes or (topo.num_nodes if topo is not None else cases[0].placement.num_nodes)
-    if G % nodes:
-        raise InputError(f"--nodes {nodes}: world size {G} must divide evenly into nodes")
-    if req.backend == "virtual":
-        elem = torch.empty((), dtype=DTYPES.get(req.dtype, torch.float32)).element_size()
-        base = topo if topo is not None and topo.num_nodes == nodes else None
-        try:
-            topo = (base or Topology(num_gpus=G, num_nodes=nodes)).with_(hidden_size=hidden, dtype_bytes=elem)
-        except ValueError as exc:
-            raise InputError(f"topology: {exc}") from None
+    topo, topology_note = replay_topology(req, cases[0].placement, hidden, ffn)
+    nodes = topo.num_nodes
     if req.fail_rank is not None and req.backend == "virtual":
         raise InputError("--fail-rank is a test hook of the gloo and nccl backends")
     try:
@@ -159,10 +150,40 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
             model=None if req.model is None else str(req.model), tokens_per_step=req.tokens_per_step,
             steps=req.steps, warmup=req.warmup, seed=req.seed, weight_bank=req.weight_bank, check=req.check,
             nodes=nodes, topology=topo, timeout_s=req.timeout_s, device=req.device, threads=req.threads,
-            fail_rank=req.fail_rank, fail_how=req.fail_how,
+            fail_rank=req.fail_rank, fail_how=req.fail_how, extra={"topology": topology_note},
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
+
+
+def replay_topology(req: ReplayRequest, first: Placement, hidden: int, ffn: int) -> tuple[Topology, str]:
+    """The topology a replay models communication with (virtual backend) and predicts its times with (every
+    backend), and a note saying where it came from.
+
+    ``--topology`` (a hardware file, a preset or a flat topology file) combined with the placements' GPUs
+    and ``--nodes`` through the shared path (``placer.inputs.resolve_topology``); else the first placement's
+    own topology, else the h100 preset. Its layer shape is set to the replay's (hidden, FFN, dtype): an expert
+    curve calibrated for another shape keeps its floor and intercept and scales its slope by FLOPs, and the
+    note says so."""
+    G = first.num_gpus
+    if req.nodes is not None and G % req.nodes:
+        raise InputError(f"--nodes {req.nodes}: world size {G} must divide evenly into nodes")
+    own = first.topology if first.topology is not None and first.topology.num_gpus == G else None
+    default = own or Topology(num_gpus=G, num_nodes=first.num_nodes)
+    topo = resolve_topology(None, req.nodes, req.topology, default=default)
+    if topo.num_gpus != G:
+        raise InputError(f"{req.topology}: topology has {topo.num_gpus} GPUs, the placements {G}")
+    source = str(req.topology) if req.topology is not None else (
+        "the first placement's topology" if own is not None else "the h100 preset")
+    elem = torch.empty((), dtype=DTYPES.get(req.dtype, torch.float32)).element_size()
+    shape = (topo.hidden_size, topo.expert_ffn_size, topo.dtype_bytes)
+    note = f"{source}: expert curve for hidden {shape[0]} x FFN {shape[1]} ({shape[2]}-byte dtype)"
+    if shape != (hidden, ffn, elem):
+        note += f", scaled by FLOPs to the replay's {hidden} x {ffn} ({elem}-byte)"
+    try:
+        return topo.with_(hidden_size=hidden, expert_ffn_size=ffn, dtype_bytes=elem), note
+    except ValueError as exc:
+        raise InputError(f"topology: {exc}") from None
 
 
 def check_devices(cfg: ReplayConfig, backend: str) -> None:
@@ -202,8 +223,7 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             cases = launch(cfg, backend, on_progress=lambda run: adv(1))
         device = "cuda (one GPU per rank)" if backend == "nccl" else "cpu"
         timer = "cuda-events" if backend == "nccl" else "perf_counter"
-
-    return build_report(cfg, backend, device, timer, cases, time.perf_counter() - t0, weights)
+    return build_report(cfg, backend, device, timer, cases, time.perf_counter() - t0, weights, predict_cases(cfg))
 
 
 def verdict(report: dict) -> None:

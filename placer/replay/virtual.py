@@ -4,6 +4,8 @@ one GPU) or none.
 The data path is the same plan and the same tensor code as the distributed ranks; only the transport is a
 slice inside the process. Each rank's expert computation of each layer runs on the device and is timed on
 its own (CUDA events on a GPU, perf_counter on CPU); the slowest rank sets the layer's compute time.
+On a CPU with torch on one thread (``--threads 1``) the compute is timed with the thread's CPU time, so that
+other processes of a shared machine do not stretch it (``datapath.Timer``; the report's ``timer`` says which).
 Communication is not run over links: its time is **modelled** from the bytes and messages each rank sends
 (``Topology.link_time_us``: NVLink inside a node, the network across nodes), and the report says so.
 A layer's time is the slowest rank's dispatch + the slowest rank's compute + the slowest rank's combine.
@@ -103,7 +105,7 @@ def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[li
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
     sched = cfg.schedule
     dt = DTYPES[cfg.dtype]
-    timer = Timer(device)
+    timer = Timer(device, compute_clock=True)
     nodes = cfg.node_of_rank()
     row_bytes = cfg.hidden * torch.empty((), dtype=dt).element_size()
     topo = cfg.topology or Topology(num_gpus=G, num_nodes=cfg.nodes, hidden_size=cfg.hidden,
