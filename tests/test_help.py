@@ -51,3 +51,14 @@ def test_a_rendered_help_fills_its_lines():
     # Lines of a paragraph run to the width (the last line of a paragraph may be short).
     short = [t for t, nxt in zip(text, text[1:]) if len(t) < 60 and nxt[:1].islower()]
     assert not short, short
+
+
+def test_readme_command_table_names_every_command():
+    """The README's command table is the front door: every top-level command has a row."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `moeplace "))
+    missing = [p[0] for p, _ in COMMANDS if len(p) == 1 and f"`moeplace {p[0]}" not in table]
+    groups = [g.name for g in app.registered_groups if f"`moeplace {g.name}" not in table]
+    assert not missing and not groups, f"README command table lacks: {missing + groups}"
