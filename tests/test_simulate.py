@@ -34,7 +34,7 @@ def test_policies_see_only_the_past_and_static_never_moves():
     _, _, windows = _windows()
     topo = Topology(4)
     sim = simulate(windows, [Policy.parse("static"), Policy.parse("greedy"), Policy.parse("rebalance:1")],
-                   topo, redundant=4, mode="ep", expert_bytes=100.0)
+                   topo, redundant=4, mode="ep", expert_bytes=100.0, time_limit_s=1.0)
     assert sim.windows == ["w1", "w2", "w3"] and len(sim.rows) == 9
     static = [r for r in sim.rows if r.policy == "static"]
     assert all(r.moves == 0 and r.transfer_ms == 0.0 for r in static)
