@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from placer.core.errors import MoeplaceError, InputError
-from placer.core.fileio import prepare_output, temp_beside
+from placer.core.fileio import prepare_output, replace_atomic, temp_beside
 from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema
 
 DEFAULT_ROW_GROUP = 65536
@@ -128,7 +128,11 @@ class TraceWriter:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
             raise InputError(f"{self.path}: nothing to write, the trace has no tokens")
-        os.replace(self._tmp, self.path)
+        try:
+            replace_atomic(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
