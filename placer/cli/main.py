@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Iterator, Sequence
 
 import click
@@ -51,6 +52,23 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _warnings_after_success(debug: bool) -> Iterator[None]:
+    """Hold back the warnings a command raises (a library's RuntimeWarning about the very values an error then
+    names): shown once it succeeds, dropped when it fails, so that an error stays one line (``--debug`` shows
+    them either way)."""
+    with warnings.catch_warnings(record=True) as caught:
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            held = list(caught)
+    if ok or debug:
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _command():
     """The click command tree of the app, each command checked for outputs that are also inputs and its
     Ctrl-C carried out as ``Interrupted``."""
@@ -90,7 +108,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("MOEPLACE_DEBUG", "") not in ("", "0")
     state["debug"] = debug
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(), _warnings_after_success(debug):
             result = _command().main(args=args, prog_name="moeplace", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except (click.exceptions.Exit, _TyperExit) as exc:
