@@ -188,7 +188,7 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
     if suffix == ".npy":
         try:
             raw = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"{p}: not a readable .npy array ({first_line(exc, 160)})") from None
         load, info = _matrix(_as_loads(raw, p, "array"), p, "array"), {"load_source": "npy"}
     elif suffix == ".csv":
