@@ -113,8 +113,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(result) if isinstance(result, int) else 0
     except (click.exceptions.Exit, _TyperExit) as exc:
         return exc.exit_code
-    except (click.ClickException, _TyperClickException) as exc:
-        exc.show()
+    except (click.ClickException, _TyperClickException) as exc:  # a bad option: one line, like every error
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see {ctx.command_path} --help" if ctx is not None else ""
+        _err(" ".join(exc.format_message().split()).rstrip(".") + hint)
         return exc.exit_code
     except (click.exceptions.Abort, _TyperAbort):
         _err("interrupted")
@@ -125,6 +127,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         _err("terminated")
         return 143
+    except MemoryError as exc:  # a shape too large for this machine: a failure, not a bug
+        _err(f"out of memory ({first_line(exc, None, empty='no detail')}); try smaller inputs or options")
+        return 1
     except MoeplaceError as exc:
         if state.get("debug"):
             traceback.print_exc()
