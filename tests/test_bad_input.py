@@ -80,6 +80,12 @@ def files(tmp_path_factory):
     f["big_w"] = _raw_trace(d / "big_w.parquet", weights=_weights(5, 0, 0, 1e6), weight_type=pa.float32())
     f["dup"] = _raw_trace(d / "dup.parquet", experts=_dup_experts())
     f["null_row"] = _raw_trace(d / "null_row.parquet", null_row=6)
+
+    class _EditedMeta:  # metadata edited by hand: a layer index repeated
+        def to_json(self):
+            return json.dumps({**json.loads(TraceMeta(L, E, K).to_json()), "moe_layer_indices": [3, 3]})
+
+    f["rep_idx"] = _raw_trace(d / "rep_idx.parquet", meta=_EditedMeta())
     good = f["trace"].read_bytes()
     (d / "trunc.parquet").write_bytes(good[: len(good) // 2])
     f["trunc"] = d / "trunc.parquet"
@@ -154,6 +160,7 @@ CASES = [
     ("replay {inf_w} {placement} --backend virtual", 2, ["row 3", "non-finite"]),
     ("replay {neg_w} {placement} --backend virtual", 2, ["row 4, layer 0, rank 1", "negative gate weight"]),
     ("replay {big_w} {placement} --backend virtual", 2, ["row 5", "above float16's range"]),
+    ("info {rep_idx}", 2, ["metadata: moe_layer_indices [3, 3] must be distinct layer numbers >= 0"]),
     ("stats {trace} {trace_idx}", 2, ["moe_layer_indices [3, 5] differ", "one model"]),
     ("solve {trace} {trace_idx} --gpus 2 -o {dir}/x.json", 2, ["moe_layer_indices [3, 5] differ"]),
     # Hand-edited placements
@@ -195,6 +202,11 @@ CASES = [
     ("stats --load {bom} -o {bom}", 2, ["--out names the same file as --load"]),
     ("export {placement} --format sglang -o {placement}", 2, ["--out names the same file"]),
     ("import {imp_neg_layer} -o {imp_neg_layer}", 2, ["--out names the same file"]),
+    # The parser's own errors
+    ("rebalance {placement} {trace} --budget 1 -o {dir}/x.json", 2, ["No such option: --budget",
+                                                                     "see moeplace rebalance --help"]),
+    ("solve {trace} --gpus x -o {dir}/x.json", 2, ["Invalid value for '--gpus'", "see moeplace solve --help"]),
+    ("solve {trace} --gpus 2", 2, ["Missing option '--out'"]),
     ("solve {trace} --gpus 2 -o /proc/moeplace-x.json", 2, ["/proc/moeplace-x.json", "cannot write in output folder"]),
     ("solve {trace} --gpus 2 -o {trace}/x.json", 2, ["cannot create output folder"]),
 ]
@@ -254,6 +266,16 @@ def test_warnings_are_held_back_when_the_command_fails(cli, files, monkeypatch):
         res = cli("stats", "--load", files["bom"])
     assert_one_line_error(res, 2, "the failure the warning was about")
     assert not [w for w in seen if "overflow" in str(w.message)]
+
+
+def test_out_of_memory_is_a_one_line_failure(cli, files, monkeypatch):
+    from placer.core.stats import loadonly
+
+    def too_big(path, top_k=None):
+        raise MemoryError("Unable to allocate 52.2 GiB for an array")
+
+    monkeypatch.setattr(loadonly, "load_only_stats", too_big)
+    assert_one_line_error(cli("stats", "--load", files["bom"]), 1, "out of memory (Unable to allocate 52.2 GiB")
 
 
 def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
