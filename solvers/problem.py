@@ -51,6 +51,9 @@ class PlacementProblem:
         G = self.topology.num_gpus
         if self.num_redundant < 0:
             raise ValueError(f"redundant ({self.num_redundant}) must be >= 0")
+        if self.num_redundant > E * (G - 1):  # beyond it some GPU holds two copies of one expert (and 10^12 hangs)
+            raise ValueError(f"redundant ({self.num_redundant}) exceeds experts x (gpus - 1) = {E} x {G - 1}: every "
+                             f"expert would be on every GPU and still some GPU hold two copies of one expert")
         P = E + self.num_redundant
         if P % G:
             raise ValueError(f"experts ({E}) + redundant ({self.num_redundant}) must divide by gpus ({G})")

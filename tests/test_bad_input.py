@@ -191,8 +191,10 @@ CASES = [
     ("synth -L 2 -E 4 -K 2 -T 10 --zipf inf -o {dir}/x.parquet", 2, ["zipf (inf)"]),
     ("solve {trace} --gpus 2 --nodes 0 -o {dir}/x.json", 2, ["num_nodes must be a positive integer, got 0"]),
     ("solve {trace} --gpus 3 -o {dir}/x.json", 2, ["must divide by gpus (3)"]),
+    ("solve {trace} --gpus 2 --redundant 1000000000000 -o {dir}/x.json", 2, ["redundant (1000000000000) exceeds "
+                                                                              "experts x (gpus - 1) = 4 x 1"]),
     ("replay {trace} {placement} --backend virtual --hidden 0", 2, ["hidden_size must be a positive integer, got 0"]),
-    ("replay {trace} {placement} --backend virtual --nodes 0", 2, ["--nodes 0: must be positive"]),
+    ("replay {trace} {placement} --backend virtual --nodes 0", 2, ["--nodes 0: must be a positive integer"]),
     ("replay {trace} {placement} --backend virtual --weight-bank -1", 2, ["weight-bank (-1) must be >= 0"]),
     # Outputs that are inputs, and outputs that cannot be written
     ("solve {trace} --gpus 2 -o {trace}", 2, ["--out names the same file as an input", "must be outside the inputs"]),

@@ -167,8 +167,10 @@ def replay_topology(req: ReplayRequest, first: Placement, hidden: int, ffn: int)
     curve calibrated for another shape keeps its floor and intercept and scales its slope by FLOPs, and the
     note says so."""
     G = first.num_gpus
-    if req.nodes is not None and (req.nodes < 1 or G % req.nodes):
-        raise InputError(f"--nodes {req.nodes}: must be positive and divide the world size {G} evenly")
+    if req.nodes is not None and req.nodes < 1:
+        raise InputError(f"--nodes {req.nodes}: must be a positive integer")
+    if req.nodes is not None and G % req.nodes:
+        raise InputError(f"--nodes {req.nodes}: world size {G} must divide evenly into nodes")
     own = first.topology if first.topology is not None and first.topology.num_gpus == G else None
     default = own or Topology(num_gpus=G, num_nodes=first.num_nodes)
     topo = resolve_topology(None, req.nodes, req.topology, default=default)
