@@ -21,19 +21,31 @@ from typing import Any, Iterator
 from placer.core.errors import InputError, MoeplaceError, first_line
 
 
+def output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) for outputs; a one-line ``InputError`` if it cannot be, or
+    cannot be written (a file in the way, a read-only file system, no permission)."""
+    folder = Path(path) if str(path) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{folder}: is a file; the {what} must be a folder") from None
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the {what} ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: the {what} is not writable")
+    return folder
+
+
 def prepare_output(path: str | os.PathLike) -> Path:
     """Check that ``path`` can be written as a file, create its parent folder and remove the temporary files
     that killed runs writing the same output left behind."""
     out = Path(path)
     if out.exists() and out.is_dir():
         raise InputError(f"{out}: output path is a directory, expected a file name")
-    parent = out.parent if str(out.parent) else Path(".")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create output folder {parent} ({exc.strerror})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{out}: output folder {parent} is not writable")
+        output_folder(out.parent)
+    except InputError as exc:
+        raise InputError(f"{out}: {exc}") from None
     remove_stale_temps(out)
     return out
 
