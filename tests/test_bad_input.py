@@ -211,6 +211,7 @@ CASES = [
     ("solve {trace} --gpus 2", 2, ["Missing option '--out'"]),
     ("solve {trace} --gpus 2 -o /proc/moeplace-x.json", 2, ["/proc/moeplace-x.json", "cannot write in output folder"]),
     ("solve {trace} --gpus 2 -o {trace}/x.json", 2, ["t.parquet: is a file; the output folder must be a folder"]),
+    ("stats {trace} --plots /proc/moeplace-plots", 2, ["cannot create the --plots folder"]),
     ("stats {trace} --plots {placement}", 2, ["p.json: --plots needs a folder, and this is a file"]),
 ]
 
