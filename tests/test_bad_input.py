@@ -193,6 +193,7 @@ CASES = [
     ("solve {trace} --gpus 3 -o {dir}/x.json", 2, ["must divide by gpus (3)"]),
     ("solve {trace} --gpus 2 --redundant 1000000000000 -o {dir}/x.json", 2, ["redundant (1000000000000) exceeds "
                                                                               "experts x (gpus - 1) = 4 x 1"]),
+    ("solve {trace} --gpus 2 --redundant 6 -o {dir}/x.json", 2, ["some GPU would hold two copies of one expert"]),
     ("replay {trace} {placement} --backend virtual --hidden 0", 2, ["hidden_size must be a positive integer, got 0"]),
     ("replay {trace} {placement} --backend virtual --nodes 0", 2, ["--nodes 0: must be a positive integer"]),
     ("replay {trace} {placement} --backend virtual --weight-bank -1", 2, ["weight-bank (-1) must be >= 0"]),
