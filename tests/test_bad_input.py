@@ -362,6 +362,7 @@ def test_sigkill_leaves_a_temp_that_the_next_run_removes(tmp_path, cli):
     assert out.read_bytes() != b"the previous output"
 
 
+@pytest.mark.slow  # two synth processes of 100,000 tokens
 def test_two_runs_writing_one_output_leave_one_whole_file(tmp_path):
     out = tmp_path / "t.parquet"
     env = {**os.environ, "PYTHONPATH": str(REPO), "MOEPLACE_QUIET": "1"}

@@ -137,6 +137,7 @@ def _children(pid):
         return []
 
 
+@pytest.mark.slow  # two gloo launches, about 15 s each on a shared 2-core machine
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the process tree from /proc")
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_a_killed_launcher_leaves_no_rank_and_no_rendezvous_folder(tmp_path, sig, code):
