@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from placer.core.errors import InputError
-from placer.core.fileio import read_model_config
+from placer.core.fileio import output_folder, read_model_config
 from placer.core.placement import Placement
 
 PROVENANCE = "moeplace-apply.json"
@@ -324,7 +324,7 @@ def apply_placement(p: Placement, model: str | os.PathLike, out: str | os.PathLi
     rename, permute = _plan(ck, p)
 
     # Step 1: build the new folder beside its final name, so that the rename at the end is atomic.
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         # Step 2: copy everything but the weights unchanged (config, tokenizer, index, ...).

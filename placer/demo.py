@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from placer.core.errors import MoeplaceError
-from placer.core.fileio import write_json_atomic
+from placer.core.fileio import output_folder, write_json_atomic
 from placer.core.mode import TrafficMode
 from placer.core.placement_io import load_placement, save_placement
 from placer.core.stats.core import compute_stats
@@ -294,7 +294,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 
 
 def run_demo(out: Path, console: Console) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     ctx = DemoContext(out=out, console=console)
     t0 = time.perf_counter()
     for name, fn in STEPS:

@@ -210,7 +210,14 @@ def import_long(
     layer_name, token_name, experts_name = resolved["layer"][0], resolved["token"][0], resolved["experts"][0]
     if not pa.types.is_integer(layer_col.type):
         raise InputError(f"{path}: field '{layer_name}' has type {layer_col.type}, expected integer layer indices")
+    if layer_col.null_count:
+        row = int(np.nonzero(layer_col.is_null().to_numpy(zero_copy_only=False))[0][0])
+        raise InputError(f"{path}: record {row}: field '{layer_name}' ({FieldMap.OPTIONS['layer']}) is missing")
     layer_vals = layer_col.to_numpy(zero_copy_only=False).astype(np.int64)
+    if (layer_vals < 0).any():
+        row = int(np.nonzero(layer_vals < 0)[0][0])
+        raise InputError(f"{path}: record {row}: field '{layer_name}' = {int(layer_vals[row])}; layer indices "
+                         f"are >= 0")
     moe_layers = np.unique(layer_vals)
     layer_idx = np.searchsorted(moe_layers, layer_vals)
     L = len(moe_layers)

@@ -118,10 +118,10 @@ def resolve_topology(gpus: int | None, nodes: int | None, topology_file: Path | 
             if default is None:
                 raise InputError(f"{src.where} describes the hardware, not how many GPUs: give --gpus G "
                                  f"(and --nodes N)")
-            gpus, nodes = default.num_gpus, nodes or default.num_nodes
-        return src.topology(gpus, nodes or 1)
+            gpus, nodes = default.num_gpus, default.num_nodes if nodes is None else nodes
+        return src.topology(gpus, 1 if nodes is None else nodes)
     if gpus is not None:
-        return preset(gpus, nodes or 1)
+        return preset(gpus, 1 if nodes is None else nodes)
     if nodes is not None and default is not None and nodes != default.num_nodes:
         return preset(default.num_gpus, nodes, **default.hardware_fields())
     if default is not None:

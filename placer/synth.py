@@ -69,8 +69,8 @@ class SynthConfig:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if self.clusters < 0 or self.clusters > self.experts:
             raise ValueError(f"clusters ({self.clusters}) must be between 0 and experts ({self.experts})")
-        if self.zipf < 0:
-            raise ValueError(f"zipf ({self.zipf}) must be >= 0")
+        if not 0 <= self.zipf < float("inf"):  # NaN fails this too
+            raise ValueError(f"zipf ({self.zipf}) must be a finite number >= 0")
         if not isinstance(self.drift_periods, (int, np.integer)) or self.drift_periods < 1:
             raise ValueError(f"drift_periods must be a positive integer, got {self.drift_periods!r}")
         for name in ("affinity", "domain_shift", "decode_fraction", "drift"):
@@ -242,22 +242,26 @@ def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
     planted = plant(cfg, rng)
     L, E, K, C, D = cfg.layers, cfg.experts, cfg.top_k, cfg.clusters, cfg.domains
     n_seqs = math.ceil(cfg.tokens / cfg.seq_len)
+    # One int16 domain per sequence is all that is kept per sequence (2 bytes per seq_len tokens); the row of
+    # the popularity table each token uses is computed chunk by chunk.
+    P = cfg.drift_periods if planted.domain_mix_PD is not None else 1
     if planted.domain_mix_PD is None:
-        seq_domain = rng.integers(0, D, size=n_seqs).astype(np.int16)
-        seq_table = seq_domain.astype(np.int64)   # row of the popularity table: the domain
+        # integers(0, 1) draws nothing: with one domain no per-sequence array is drawn at all.
+        seq_domain = (rng.integers(0, D, size=n_seqs).astype(np.int16) if D > 1
+                      else np.zeros(n_seqs, dtype=np.int16))
         popularity_XLE = planted.popularity_DLE
     else:
         # With drift, period p of the sequences draws its domains from its own mix, and row p * D + d of the
-        # table is domain d's popularity in period p.
-        P = cfg.drift_periods
-        seq_period = np.arange(n_seqs) * P // n_seqs
-        u = rng.random(n_seqs)
+        # table is domain d's popularity in period p. The uniforms are drawn in pieces (the same numbers).
         seq_domain = np.empty(n_seqs, dtype=np.int16)
-        for p in range(P):
-            mine = seq_period == p
-            seq_domain[mine] = np.minimum(np.searchsorted(np.cumsum(planted.domain_mix_PD[p]), u[mine], side="right"),
-                                          D - 1)
-        seq_table = seq_period * D + seq_domain
+        cum_PD = np.cumsum(planted.domain_mix_PD, axis=1)
+        for lo in range(0, n_seqs, CHUNK):
+            hi = min(lo + CHUNK, n_seqs)
+            u = rng.random(hi - lo)
+            period = np.arange(lo, hi) * P // n_seqs
+            for p in np.unique(period):
+                mine = period == p
+                seq_domain[lo:hi][mine] = np.minimum(np.searchsorted(cum_PD[p], u[mine], side="right"), D - 1)
         popularity_XLE = planted.drift_popularity_PDLE.reshape(P * D, L, E)
     decode_from = cfg.seq_len - int(round(cfg.decode_fraction * cfg.seq_len))
 
@@ -296,7 +300,7 @@ def generate(cfg: SynthConfig) -> tuple[TraceMeta, Iterator[RoutingBatch]]:
             seq = idx // cfg.seq_len
             pos = (idx % cfg.seq_len).astype(np.int32)
             dom = seq_domain[seq].astype(np.int64)
-            table = seq_table[seq]
+            table = (seq * P // n_seqs) * D + dom  # the popularity row: period * D + domain (period 0 without drift)
             experts = np.empty((n, L, K), dtype=np.int64)
             clus = np.zeros(n, dtype=np.int64)
             if C > 0:

@@ -51,6 +51,11 @@ class PlacementProblem:
         G = self.topology.num_gpus
         if self.num_redundant < 0:
             raise ValueError(f"redundant ({self.num_redundant}) must be >= 0")
+        # Beyond E x (G - 1) copies some GPU holds two copies of one expert (one GPU: allowed up to E, as a model);
+        # an absurd count (10^12) would otherwise run without end.
+        if self.num_redundant > E * max(G - 1, 1):
+            raise ValueError(f"redundant ({self.num_redundant}) exceeds experts x (gpus - 1) = {E} x {max(G - 1, 1)}: "
+                             f"some GPU would hold two copies of one expert")
         P = E + self.num_redundant
         if P % G:
             raise ValueError(f"experts ({E}) + redundant ({self.num_redundant}) must divide by gpus ({G})")

@@ -194,7 +194,7 @@ def bench_validate(
     """Replay several placements over several traces; report the rank correlation between the cost model's
     predicted speedups and the measured ones, each placement's errors, and a PNG scatter."""
     from placer.cli.common import print_json
-    from placer.core.fileio import write_json_atomic, write_text_atomic
+    from placer.core.fileio import output_folder, write_json_atomic, write_text_atomic
     from placer.progress import progress_bar
     from placer.replay.run import ReplayRequest, prepare, run
 
@@ -204,7 +204,7 @@ def bench_validate(
     names = expand(list(placements or DEFAULT_PLACEMENTS), gpus)
     if len(names) < 2:
         raise InputError(f"give at least two placements to compare, got {len(names)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     if not traces:
         traces = synthetic_traces(out_dir, steps * tokens_per_step, layers, experts, top_k)
     if topology is None:

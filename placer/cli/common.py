@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from rich.console import Console
 from rich.table import Table
@@ -32,3 +34,42 @@ def kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
     for k, v in rows:
         t.add_row(str(k), str(v))
     return t
+
+
+# Parameters that name files or folders a command writes; every other path parameter is read.
+OUTPUT_PARAMS = ("out", "graph", "plots", "plot")
+
+
+def _paths(value: Any) -> list[Path]:
+    if isinstance(value, Path):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, Path)]
+    return []
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def check_outputs_not_inputs(params: Mapping[str, Any]) -> None:
+    """Refuse a command whose output path names one of its inputs (or another of its outputs): writing it
+    would destroy the input. ``params``: the command's parsed parameters by name (``placer.cli.main`` checks
+    every command with it before running it)."""
+    outputs = [(name, p) for name in OUTPUT_PARAMS for p in _paths(params.get(name))]
+    inputs = [(name, p) for name, v in params.items() if name not in OUTPUT_PARAMS for p in _paths(v)]
+    for i, (oname, out) in enumerate(outputs):
+        for iname, inp in inputs + outputs[:i]:
+            if _same(out, inp):
+                raise UsageError(f"{out}: --{oname.replace('_', '-')} names the same file as {_option(iname)} {inp}; "
+                                 f"the output must be outside the inputs (writing it would destroy that file)")
+
+
+def _option(name: str) -> str:
+    return "an input" if name in ("inputs", "paths", "files", "traces", "source", "file", "trace", "current",
+                                  "placement") else f"--{name.replace('_', '-')}"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 import click
+import typer
 
 from placer.core.errors import MoeplaceError, first_line
 
@@ -22,30 +27,109 @@ def _err(msg: str) -> None:
     print(f"moeplace: error: {msg}", file=sys.stderr, flush=True)
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler, so that ``finally`` blocks (temporary files, rank processes) run."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C inside a command, carried past typer (which would turn it into a silent exit code 130)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the command runs, SIGTERM raises ``Terminated`` (in the main thread only, where signals land)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_after_success(debug: bool) -> Iterator[None]:
+    """Hold back the warnings a command raises (a library's RuntimeWarning about the very values an error then
+    names): shown once it succeeds, dropped when it fails, so that an error stays one line (``--debug`` shows
+    them either way)."""
+    with warnings.catch_warnings(record=True) as caught:
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            held = list(caught)
+    if ok or debug:
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _command():
+    """The click command tree of the app, each command checked for outputs that are also inputs and its
+    Ctrl-C carried out as ``Interrupted``."""
+    from placer.cli import app
+    from placer.cli.common import check_outputs_not_inputs
+
+    def guard(cmd) -> None:
+        if hasattr(cmd, "commands"):  # a group (typer may vendor its own click: no isinstance)
+            for sub in cmd.commands.values():
+                guard(sub)
+        elif cmd.callback is not None:
+            callback = cmd.callback
+
+            def checked(*args, **kwargs):
+                check_outputs_not_inputs(kwargs)
+                try:
+                    return callback(*args, **kwargs)
+                except KeyboardInterrupt:
+                    raise Interrupted() from None
+
+            cmd.callback = checked
+
+    root = typer.main.get_command(app)
+    guard(root)
+    return root
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    Exit codes: 0 success, 1 failure, 2 usage error (bad option, bad input file), 130 interrupted.
+    Exit codes: 0 success, 1 failure, 2 usage error (bad option, bad input file), 130 interrupted (SIGINT,
+    Ctrl-C), 143 terminated (SIGTERM). An interrupted or terminated command removes its temporary files.
     """
-    from placer.cli import app, state
+    from placer.cli import state
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MOEPLACE_DEBUG", "") not in ("", "0")
     state["debug"] = debug
     try:
-        result = app(args=args, prog_name="moeplace", standalone_mode=False)
+        with _sigterm_raises(), _warnings_after_success(debug):
+            result = _command().main(args=args, prog_name="moeplace", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except (click.exceptions.Exit, _TyperExit) as exc:
         return exc.exit_code
-    except (click.ClickException, _TyperClickException) as exc:
-        exc.show()
+    except (click.ClickException, _TyperClickException) as exc:  # a bad option: one line, like every error
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see {ctx.command_path} --help" if ctx is not None else ""
+        _err(" ".join(exc.format_message().split()).rstrip(".") + hint)
         return exc.exit_code
     except (click.exceptions.Abort, _TyperAbort):
-        _err("aborted")
-        return 130
-    except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except (KeyboardInterrupt, Interrupted):
+        _err("interrupted")
+        return 130
+    except Terminated:
+        _err("terminated")
+        return 143
+    except MemoryError as exc:  # a shape too large for this machine: a failure, not a bug
+        _err(f"out of memory ({first_line(exc, None, empty='no detail')}); try smaller inputs or options")
+        return 1
     except MoeplaceError as exc:
         if state.get("debug"):
             traceback.print_exc()

@@ -46,6 +46,7 @@ def train_tiny(
     import tempfile
 
     from placer.cli.common import console, kv_table
+    from placer.core.fileio import output_folder
     from placer.progress import progress_bar, stderr_console
     from placer.tiny import BUNDLED_MODEL_DIR
     from placer.tiny.card import model_card
@@ -64,7 +65,7 @@ def train_tiny(
     except ValueError as exc:
         raise UsageError(f"train-tiny: {exc}") from None
     corpus = load_corpus(allow_mismatch=allow_corpus_mismatch)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is meant to be read by all
     try:

@@ -96,7 +96,10 @@ class Placement:
     report: SolveReport = field(default_factory=SolveReport)
 
     def __post_init__(self) -> None:
-        arr = np.array(self.phy2log_LP, dtype=np.int64, copy=True)
+        try:
+            arr = np.array(self.phy2log_LP, dtype=np.int64, copy=True)
+        except OverflowError:  # an id beyond int64 (a hand-edited file): outside [0, E) like any other
+            raise ValueError(f"phy2log holds an expert id beyond 64-bit integers, outside [0, {self.num_experts})") from None
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
             raise ValueError(f"phy2log must be a non-empty [layers, slots] matrix, got shape {arr.shape}")
         arr.setflags(write=False)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from placer.core.errors import InputError
-from placer.core.fileio import atomic_path
+from placer.core.fileio import atomic_path, output_folder
 from placer.core.stats.core import RoutingStats
 
 
@@ -67,7 +67,7 @@ def write_plots(out_dir: str | os.PathLike, s: RoutingStats, layers: Sequence[in
     for l in layers:
         if not 0 <= l < L:
             raise InputError(f"--plot-layers {l}: outside the {L} MoE layers (0..{L - 1})")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "--plots folder")
     name = s.model_name if s.model_name != "unknown" else "routing"
     model_layer = list(s.moe_layer_indices) or list(range(L))
     w = min(4 + E / 12, 16)

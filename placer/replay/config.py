@@ -80,6 +80,8 @@ class ReplayConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
         if self.warmup < 0:
             raise ValueError(f"warmup ({self.warmup}) must be >= 0")
+        if self.weight_bank < 0:
+            raise ValueError(f"weight-bank ({self.weight_bank}) must be >= 0")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.check not in CHECKS:

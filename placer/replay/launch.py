@@ -6,7 +6,9 @@ through a file in a private temporary folder (no port to collide with other runs
 and errors on a queue. When a rank raises (its error is reported), dies (a non-zero exit or a signal, with
 no report), or no rank reports progress for ``timeout_s`` seconds, every rank is stopped (SIGTERM, then
 SIGKILL), the temporary folder removed, and one error names the rank and what happened. Nothing is left
-running, on success or failure (Ctrl-C included).
+running, on success or failure (Ctrl-C, and SIGTERM, which the command line turns into an exception, included).
+A launcher killed outright (SIGKILL) cannot stop its ranks: each rank watches its parent and exits, removing
+the rendezvous folder, within half a second of the parent's death (``watch_parent``).
 
 Under torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), the command runs as that one rank with the
 ``env://`` rendezvous instead (``torchrun_env``); torchrun then stops the other ranks if one fails.
@@ -18,6 +20,7 @@ import os
 import queue
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -57,10 +60,35 @@ def replay_rank(rank: int, world: int, backend: str, init_method: str, cfg: Repl
     return run_rank(rank, world, backend, init_method, cfg, progress=progress)
 
 
+def watch_parent(parent: int, rendezvous_dir: str | None, poll_s: float = 0.5) -> threading.Thread:
+    """In a rank: exit as soon as the process that started it (``parent``) is gone. A parent killed by
+    SIGKILL cannot stop its ranks, and they would otherwise wait on the others until gloo's timeout; the
+    rank that notices removes the rendezvous folder the parent would have removed (``rendezvous_dir``)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        if rendezvous_dir:
+            shutil.rmtree(rendezvous_dir, ignore_errors=True)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="moeplace-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+def rendezvous_dir(init_method: str) -> str | None:
+    """The private folder of a ``file://`` rendezvous (None for env:// and tcp://)."""
+    return os.path.dirname(init_method[len("file://"):]) if init_method.startswith("file://") else None
+
+
 def rank_entry(rank: int, world: int, backend: str, init_method: str, target: RankTarget, payload: Any,
-               threads: int, q) -> None:
-    """The body of a spawned rank process: run, report the result (rank 0) or the error, exit."""
+               threads: int, q, parent: int | None = None) -> None:
+    """The body of a spawned rank process: run, report the result (rank 0) or the error, exit; exit early if
+    the launching process (``parent``) dies."""
     os.environ["MOEPLACE_QUIET"] = "1"
+    if parent is not None:
+        watch_parent(parent, rendezvous_dir(init_method))
     code = 0
     try:
         import torch
@@ -113,7 +141,8 @@ def launch_ranks(world: int, backend: str, target: RankTarget, payload: Any, tim
     q = ctx.Queue()
     tmp = tempfile.mkdtemp(prefix=f"moeplace-{what}-")
     init = f"file://{os.path.join(tmp, 'rendezvous')}"
-    procs = [ctx.Process(target=rank_entry, args=(r, world, backend, init, target, payload, threads, q), daemon=True,
+    procs = [ctx.Process(target=rank_entry, args=(r, world, backend, init, target, payload, threads, q, os.getpid()),
+                         daemon=True,
                          name=f"moeplace-{what}-rank{r}") for r in range(world)]
     LAST_RANK_PIDS.clear()
     errors: list[tuple[int, str]] = []

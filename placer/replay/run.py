@@ -128,7 +128,8 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
         cases.append(Case(name=name, placement=p, mode=mode, path=path))
     G = cases[0].placement.num_gpus
 
-    hidden, ffn = req.hidden or 128, req.ffn or 256
+    hidden = 128 if req.hidden is None else req.hidden  # 0 is refused by ReplayConfig, not replaced
+    ffn = 256 if req.ffn is None else req.ffn
     if req.model is not None:
         ck = CheckpointExperts(req.model, meta.moe_layer_indices, meta.num_experts)
         for opt, mine, theirs in (("--hidden", req.hidden, ck.hidden), ("--ffn", req.ffn, ck.ffn)):
@@ -166,6 +167,8 @@ def replay_topology(req: ReplayRequest, first: Placement, hidden: int, ffn: int)
     curve calibrated for another shape keeps its floor and intercept and scales its slope by FLOPs, and the
     note says so."""
     G = first.num_gpus
+    if req.nodes is not None and req.nodes < 1:
+        raise InputError(f"--nodes {req.nodes}: must be a positive integer")
     if req.nodes is not None and G % req.nodes:
         raise InputError(f"--nodes {req.nodes}: world size {G} must divide evenly into nodes")
     own = first.topology if first.topology is not None and first.topology.num_gpus == G else None

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +127,44 @@ def test_under_torchrun_each_process_is_one_rank(tmp_path):
     rep = json.loads(out.read_text())
     assert rep["world_size"] == 2 and rep["correct"] and rep["placements"][0]["check"]["tokens_checked"] == 200
     assert proc.stdout.count("communication") == 2  # rank 0 prints the table (title and footer); rank 1 nothing
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow  # two gloo launches, about 15 s each on a shared 2-core machine
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+def test_a_killed_launcher_leaves_no_rank_and_no_rendezvous_folder(tmp_path, sig, code):
+    """The launcher dies mid-replay (a hung rank keeps it running): SIGTERM runs its cleanup; after SIGKILL the
+    ranks notice their parent is gone, exit and remove the rendezvous folder themselves."""
+    trace, p = _two_gpu_case(tmp_path)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MOEPLACE_QUIET": "1", "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "placer", "replay", str(trace), str(p), "--backend", "gloo",
+                             "--hidden", "16", "--ffn", "16", "--tokens-per-step", "100", "--steps", "2", "--threads",
+                             "1", "--timeout", "300", "--fail-rank", "1", "--fail-how", "hang"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.monotonic()
+    while not list(tmp.glob("moeplace-replay-*/rendezvous*")) or len(_children(proc.pid)) < 2:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() - t0 < 180
+        time.sleep(0.1)
+    time.sleep(2)  # the ranks are in the group, rank 1 hangs
+    ranks = _children(proc.pid)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode == code
+    t1 = time.monotonic()
+    while any(not _dead(r) for r in ranks) and time.monotonic() - t1 < 10:
+        time.sleep(0.1)
+    assert all(_dead(r) for r in ranks), "a rank outlived its launcher"
+    assert not list(tmp.glob("moeplace-replay-*")), "the rendezvous folder was left behind"
+    proc.stderr.close()

@@ -92,6 +92,53 @@ class RoutingStats:
         """Add the counts of one batch of tokens (reference NumPy implementation)."""
         accumulate_reference(self, b)
 
+    def inconsistency(self) -> str | None:
+        """What breaks the identities exact counts of tokens always satisfy (a tampered or corrupted stats
+        file), or None: counts >= 0; a layer's load sums to K x its tokens, its top-1 load to its tokens;
+        top-1 load <= load; co-activation symmetric with the load on its diagonal; transitions sum to K x K
+        (top-1: 1) x the tokens present at both layers, which are at most those of either layer; no layer has
+        more tokens than the statistics. Real-valued loads are only checked for being >= 0."""
+        for name, a in self.counts().items():
+            if a.size and a.min() < 0:
+                return f"{name} holds a negative count ({a.min()})"
+        if self.real_valued:
+            return None
+        K, tok = self.top_k, self.tokens
+        if tok < 0:
+            return f"tokens is {tok}"
+        if self.tokens_L is not None:
+            if self.tokens_L.size and self.tokens_L.max() > tok:
+                return f"tokens_L holds {int(self.tokens_L.max())}, more than the {tok} tokens"
+            if self.extra.get("top_k_known", True):
+                bad = np.nonzero(self.load_LE.sum(axis=1) != K * self.tokens_L)[0]
+                if bad.size:
+                    l = int(bad[0])
+                    return (f"layer {l}: load_LE sums to {int(self.load_LE[l].sum())}, expected top_k x tokens_L = "
+                            f"{K} x {int(self.tokens_L[l])}")
+        if self.load_only:
+            return None
+        checks = [
+            ("load1_LE", self.load1_LE.sum(axis=1), self.tokens_L, "tokens_L"),
+            ("trans_LEE", self.trans_LEE.sum(axis=(1, 2)), K * K * self.pair_tokens_L, "top_k^2 x pair_tokens_L"),
+            ("trans1_LEE", self.trans1_LEE.sum(axis=(1, 2)), self.pair_tokens_L, "pair_tokens_L"),
+        ]
+        for name, got, want, what in checks:
+            bad = np.nonzero(got != want)[0]
+            if bad.size:
+                l = int(bad[0])
+                return f"layer {l}: {name} sums to {int(got[l])}, expected {what} = {int(want[l])}"
+        if (self.load1_LE > self.load_LE).any():
+            l, e = (int(i[0]) for i in np.nonzero(self.load1_LE > self.load_LE))
+            return f"layer {l}, expert {e}: top-1 load {int(self.load1_LE[l, e])} exceeds load {int(self.load_LE[l, e])}"
+        diag = np.diagonal(self.coact_LEE, axis1=1, axis2=2)
+        if not (np.array_equal(self.coact_LEE, self.coact_LEE.transpose(0, 2, 1)) and np.array_equal(diag, self.load_LE)):
+            return "coact_LEE is not symmetric with load_LE on its diagonal"
+        pair_cap = np.minimum(self.tokens_L[:-1], self.tokens_L[1:])
+        if (self.pair_tokens_L > pair_cap).any():
+            l = int(np.nonzero(self.pair_tokens_L > pair_cap)[0][0])
+            return f"layer {l}: pair_tokens_L {int(self.pair_tokens_L[l])} exceeds the tokens of layer {l} or {l + 1}"
+        return None
+
     def counts(self) -> dict[str, np.ndarray]:
         """The count arrays present (all of ``COUNT_FIELDS``, or ``load_LE`` and what a load-only source had)."""
         return {name: getattr(self, name) for name in COUNT_FIELDS if getattr(self, name) is not None}

@@ -111,7 +111,10 @@ def load_stats(path: str | os.PathLike) -> RoutingStats:
                 key = prefix + name
                 if key not in z.files:
                     raise InputError(f"{p}: array '{key}' is missing")
-                a = z[key]
+                try:
+                    a = z[key]
+                except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:  # object arrays, corrupt entries
+                    raise InputError(f"{p}: array '{key}' cannot be read ({first_line(exc, 120)})") from None
                 if a.shape != _shape_of(name, L, E):
                     raise InputError(f"{p}: array '{key}' has shape {list(a.shape)}, expected "
                                      f"{list(_shape_of(name, L, E))} for {L} layers x {E} experts")
@@ -125,9 +128,27 @@ def load_stats(path: str | os.PathLike) -> RoutingStats:
                 counts[name] = a.astype(np.int64)
             if "load_LE" not in counts:
                 raise InputError(f"{p}: array '{prefix}load_LE' is missing")
-            return RoutingStats(L, E, K, tokens=int(m.get("tokens", 0)), model_name=str(meta.get("model_name", "unknown")),
-                                moe_layer_indices=tuple(meta.get("moe_layer_indices") or range(L)),
-                                sources=tuple(m.get("sources", ())), extra=dict(m.get("extra") or {}), **counts)
+            tokens = m.get("tokens", 0)
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+                raise InputError(f"{p}: meta_json field '{prefix}tokens' must be an integer >= 0, got {tokens!r}")
+            if not isinstance(m.get("sources", []), list) or not isinstance(m.get("extra") or {}, dict):
+                raise InputError(f"{p}: meta_json fields 'sources' and 'extra' must be a list and an object")
+            s = RoutingStats(L, E, K, tokens=tokens, model_name=str(meta.get("model_name", "unknown")),
+                             moe_layer_indices=layers, sources=tuple(map(str, m.get("sources", ()))),
+                             extra=dict(m.get("extra") or {}), **counts)
+            problem = s.inconsistency()
+            if problem is not None:
+                raise InputError(f"{p}: {prefix or 'counts: '}{problem}; the file was altered or corrupted "
+                                 f"(recompute it with `moeplace stats`)")
+            return s
+
+        layers = meta.get("moe_layer_indices") or list(range(L))
+        if (not isinstance(layers, list) or len(layers) != L
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+                or len(set(layers)) != L):
+            raise InputError(f"{p}: meta_json field 'moe_layer_indices' must list {L} distinct layer numbers >= 0, "
+                             f"got {layers!r}"[:300])
+        layers = tuple(layers)
 
         s = read("", meta)
         names, split_meta = meta.get("splits", []), meta.get("split_meta", [])

@@ -40,7 +40,7 @@ from placer.core.fileio import read_json, require_file
 from placer.core.stats.core import RoutingStats
 
 SUFFIXES = (".npy", ".csv", ".pt", ".pth", ".json")
-# Whole numbers above this are not exactly representable as float64 counts: such values are kept as reals.
+# Whole numbers whose total reaches this are not exact as float64 counts (and near int64's overflow): kept as reals.
 _EXACT_FLOAT_INT = 2 ** 53
 
 
@@ -64,9 +64,10 @@ def _as_loads(a: Any, path: Path, what: str) -> np.ndarray:
     if (arr < 0).any():
         idx = tuple(int(i[0]) for i in np.nonzero(arr < 0))
         raise InputError(f"{path}: {what}{list(idx)} = {arr[idx].item()!r} is negative; loads are >= 0")
-    if np.issubdtype(arr.dtype, np.floating):
-        if (arr == np.round(arr)).all() and arr.max() < _EXACT_FLOAT_INT:
-            return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating) and not (arr == np.round(arr)).all():
+        return arr.astype(np.float64)
+    # Whole numbers are counts while their total stays exact in float64 (and far from int64's overflow).
+    if arr.astype(np.float64).sum() >= _EXACT_FLOAT_INT:
         return arr.astype(np.float64)
     return arr.astype(np.int64)
 
@@ -83,15 +84,39 @@ def _matrix(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    for skip in (0, 1):
-        try:
-            arr = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
-            break
-        except ValueError as exc:
-            err = exc
-    else:
-        raise InputError(f"{path}: not a comma-separated matrix of numbers ({first_line(err, 120)})")
-    return arr
+    """A comma-separated matrix: a byte-order mark is ignored, a first row that is not all numbers is a header,
+    and every other row must be numbers, as many as the first numeric row."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file; expected a comma-separated matrix of numbers") from None
+    rows = [(i + 1, [f.strip() for f in line.split(",")]) for i, line in enumerate(text.splitlines()) if line.strip()]
+    if rows and not _numeric(rows[0][1]):
+        rows = rows[1:]  # a header row
+    if not rows:
+        raise InputError(f"{path}: not a comma-separated matrix of numbers: no rows of numbers")
+    width = len(rows[0][1])
+    values = []
+    for line, fields in rows:
+        if len(fields) != width:
+            raise InputError(f"{path}: not a comma-separated matrix of numbers: line {line} has {len(fields)} "
+                             f"values, the first row of numbers has {width}")
+        if not _numeric(fields):
+            bad = next(f for f in fields if not _numeric([f]))
+            raise InputError(f"{path}: not a comma-separated matrix of numbers: line {line}: {bad!r} is not a "
+                             f"number")
+        values.append([int(f) if f.lstrip("+-").isdigit() else float(f) for f in fields])
+    exact = all(isinstance(v, int) and abs(v) < 2 ** 63 for r in values for v in r)
+    return np.array(values, dtype=np.int64 if exact else np.float64)
+
+
+def _numeric(fields: list[str]) -> bool:
+    try:
+        for f in fields:
+            float(f)
+    except ValueError:
+        return False
+    return True
 
 
 def _logical_count(data: dict, path: Path, source: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -163,7 +188,7 @@ def load_only_stats(path: str | os.PathLike, top_k: int | None = None) -> Routin
     if suffix == ".npy":
         try:
             raw = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"{p}: not a readable .npy array ({first_line(exc, 160)})") from None
         load, info = _matrix(_as_loads(raw, p, "array"), p, "array"), {"load_source": "npy"}
     elif suffix == ".csv":

@@ -20,6 +20,7 @@ from placer.core.trace.schema import (
     SCHEMA_VERSION,
     RoutingBatch,
     TraceMeta,
+    routing_problem,
 )
 
 DEFAULT_BATCH = 65536
@@ -123,25 +124,30 @@ class TraceReader:
         return meta
 
     def _check_batch(self, b: RoutingBatch, first_row: int, has_experts: bool) -> None:
-        E = self.meta.num_experts
-        ex = b.experts_TLK
-        if has_experts and ex.size:
-            bad = (ex >= E) | (ex < 0) if np.issubdtype(ex.dtype, np.signedinteger) else (ex >= E)
-            if b.present_TL is not None:
-                bad &= b.present_TL[:, :, None]
-            if bad.any():
-                t, l, k = (int(i[0]) for i in np.nonzero(bad))
-                raise InputError(
-                    f"{self.path}: column 'experts': row {first_row + t}, layer {l}, rank {k} holds expert "
-                    f"id {int(ex[t, l, k])}, outside [0, {E})"
-                )
-        if b.weights_TLK is not None and not np.isfinite(b.weights_TLK).all():
-            t = int(np.nonzero(~np.isfinite(b.weights_TLK).reshape(len(b), -1).all(1))[0][0])
-            raise InputError(f"{self.path}: column 'weights': row {first_row + t} holds a non-finite gate weight")
+        problem = routing_problem(b, self.meta.num_experts)
+        if problem is not None:
+            col, t, what = problem
+            raise InputError(f"{self.path}: column '{col}': row {first_row + t}, {what}")
         if b.phase_T is not None and b.phase_T.size and (b.phase_T.min() < 0 or b.phase_T.max() >= len(PHASES)):
             t = int(np.nonzero((b.phase_T < 0) | (b.phase_T >= len(PHASES)))[0][0])
             raise InputError(f"{self.path}: column 'phase': row {first_row + t} holds {int(b.phase_T[t])}, "
                              f"expected 0 (prefill) or 1 (decode)")
+
+    def _check_nulls(self, cols: dict[str, pa.Array], first_row: int) -> None:
+        """A null row (or a null inside a row's list) would turn into garbage numbers: refuse it."""
+        for name, col in cols.items():
+            if name == "token_id":  # nullable by design: unknown vocabulary ids
+                continue
+            nulls = col.null_count
+            if not nulls and pa.types.is_fixed_size_list(col.type):
+                nulls = col.flatten().null_count
+                if nulls:
+                    width = col.type.list_size
+                    t = int(np.nonzero(col.flatten().is_null().to_numpy(zero_copy_only=False))[0][0]) // width
+                    raise InputError(f"{self.path}: column '{name}': row {first_row + t} holds a null value")
+            if nulls:
+                t = int(np.nonzero(col.is_null().to_numpy(zero_copy_only=False))[0][0])
+                raise InputError(f"{self.path}: column '{name}': row {first_row + t} is null")
 
     # -- reading -----------------------------------------------------------------------------------
     @property
@@ -185,6 +191,8 @@ class TraceReader:
                 # Without the experts column the batch carries a zero-size placeholder of the right length.
                 b = RoutingBatch(experts_TLK=np.zeros((n, 0, 0), dtype=self.meta.id_dtype))
                 cols = {name: rb.column(i) for i, name in enumerate(rb.schema.names)}
+                if validate:
+                    self._check_nulls(cols, row)
                 if "experts" in cols:
                     b.experts_TLK = _flat_numpy(cols["experts"]).reshape(n, L, K)
                 if "weights" in cols:
@@ -270,6 +278,11 @@ class TraceDataset:
                 raise InputError(
                     f"{r.path}: shape (layers, experts, top_k) = {r.meta.shape} differs from "
                     f"{first.path}: {first.meta.shape}; traces read together must have one shape"
+                )
+            if r.meta.moe_layer_indices != first.meta.moe_layer_indices:
+                raise InputError(
+                    f"{r.path}: moe_layer_indices {list(r.meta.moe_layer_indices)} differ from {first.path}: "
+                    f"{list(first.meta.moe_layer_indices)}; traces read together must come from one model"
                 )
         self.meta = first.meta
         self.num_tokens = sum(r.num_tokens for r in self.readers)

@@ -96,6 +96,8 @@ class TraceMeta:
             raise ValueError(
                 f"moe_layer_indices has {len(self.moe_layer_indices)} entries, num_layers is {self.num_layers}"
             )
+        if min(self.moe_layer_indices) < 0 or len(set(self.moe_layer_indices)) != self.num_layers:
+            raise ValueError(f"moe_layer_indices {list(self.moe_layer_indices)} must be distinct layer numbers >= 0")
         if not self.created_at:
             object.__setattr__(self, "created_at", _now_iso())
 
@@ -154,6 +156,67 @@ class RoutingBatch:
     def select(self, rows: np.ndarray) -> "RoutingBatch":
         """The tokens ``rows`` (a boolean mask or indices, in the order given), every field kept."""
         return RoutingBatch(*(None if (v := getattr(self, f.name)) is None else v[rows] for f in fields(self)))
+
+
+# The largest float16: gate weights are stored as float16, so a larger one would be written as infinity.
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def routing_problem(b: RoutingBatch, num_experts: int) -> tuple[str, int, str] | None:
+    """The first thing wrong with a batch's routing where the token is present, as (column, row in the batch,
+    what is wrong), or None: an expert id outside [0, E), an expert listed twice in one token's layer, a gate
+    weight that is not finite, negative or above float16's range (``FLOAT16_MAX``). The trace reader and
+    writer both check batches with it."""
+    ex = b.experts_TLK
+    pres = None if b.present_TL is None else b.present_TL[:, :, None]
+    if ex.size:
+        bad = (ex >= num_experts) | (ex < 0) if np.issubdtype(ex.dtype, np.signedinteger) else (ex >= num_experts)
+        if pres is not None:
+            bad &= pres
+        if bad.any():
+            t, l, k = (int(i[0]) for i in np.nonzero(bad))
+            return "experts", t, (f"layer {l}, rank {k} holds expert id {int(ex[t, l, k])}, "
+                                  f"outside [0, {num_experts})")
+        dup = _repeats_TL(ex)
+        if dup is not None:
+            if pres is not None:
+                dup &= b.present_TL
+            if dup.any():
+                t, l = (int(i[0]) for i in np.nonzero(dup))
+                return "experts", t, f"layer {l} lists expert {_repeated(ex[t, l])} twice ({ex[t, l].tolist()})"
+    w = b.weights_TLK
+    if w is not None and w.size:
+        bad = ~np.isfinite(w) | (w < 0) | (w > FLOAT16_MAX)
+        if pres is not None:
+            bad &= pres
+        if bad.any():
+            t, l, k = (int(i[0]) for i in np.nonzero(bad))
+            v = float(w[t, l, k])
+            why = ("a non-finite gate weight" if not np.isfinite(v) else "a negative gate weight" if v < 0
+                   else f"a gate weight above float16's range ({FLOAT16_MAX:g})")
+            return "weights", t, f"layer {l}, rank {k} holds {why}: {v!r}"
+    return None
+
+
+def _repeats_TL(ex: np.ndarray) -> np.ndarray | None:
+    """[T, L] True where a token lists one expert twice in a layer (None for top-1)."""
+    K = ex.shape[2]
+    if K < 2:
+        return None
+    if K > 16:  # a sort beats K*(K-1)/2 comparisons
+        srt = np.sort(ex, axis=2)
+        return (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)
+    cols = [np.ascontiguousarray(ex[:, :, k]) for k in range(K)]
+    dup = np.zeros(ex.shape[:2], dtype=bool)
+    for i in range(K):
+        for j in range(i + 1, K):
+            dup |= cols[i] == cols[j]
+    return dup
+
+
+def _repeated(ids: np.ndarray) -> int:
+    vals, counts = np.unique(ids, return_counts=True)
+    return int(vals[counts > 1][0])
 
 
 def arrow_schema(meta: TraceMeta, with_token_id: bool, with_domain: bool, with_present: bool) -> pa.Schema:

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from placer.core.errors import MoeplaceError, InputError
-from placer.core.fileio import prepare_output, temp_beside
-from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema
+from placer.core.fileio import prepare_output, replace_atomic, temp_beside
+from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema, routing_problem
 
 DEFAULT_ROW_GROUP = 65536
 
@@ -79,8 +79,10 @@ class TraceWriter:
         experts = batch.experts_TLK
         if experts.shape != (n, L, K):
             raise MoeplaceError(f"{self.path}: batch experts shape {experts.shape} does not match [T, {L}, {K}]")
-        if experts.size and (experts.min() < 0 or experts.max() >= E):
-            raise MoeplaceError(f"{self.path}: expert id out of range [0, {E}) in batch")
+        problem = routing_problem(batch, E)
+        if problem is not None:  # what the reader would refuse is never written
+            col, t, what = problem
+            raise InputError(f"{self.path}: cannot write token {self.tokens_written + t}: column '{col}': {what}")
         cols: dict[str, pa.Array] = {
             "seq_id": pa.array(_or_default(batch.seq_T, n, np.int64, self.tokens_written), pa.int64()),
             "position": pa.array(_or_default(batch.position_T, n, np.int32, 0), pa.int32()),
@@ -128,7 +130,11 @@ class TraceWriter:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
             raise InputError(f"{self.path}: nothing to write, the trace has no tokens")
-        os.replace(self._tmp, self.path)
+        try:
+            replace_atomic(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
