@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 import numpy as np
 from numba import njit
 
+from placer.core.errors import require_positive_ints
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 
 CHUNK = 16384  # tokens generated at a time; fixed so that output does not depend on any option
@@ -61,18 +62,13 @@ class SynthConfig:
     drift_periods: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("layers", "experts", "top_k", "tokens", "domains", "seq_len"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_positive_ints(self, ("layers", "experts", "top_k", "tokens", "domains", "seq_len", "drift_periods"))
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if self.clusters < 0 or self.clusters > self.experts:
             raise ValueError(f"clusters ({self.clusters}) must be between 0 and experts ({self.experts})")
         if not 0 <= self.zipf < float("inf"):  # NaN fails this too
             raise ValueError(f"zipf ({self.zipf}) must be a finite number >= 0")
-        if not isinstance(self.drift_periods, (int, np.integer)) or self.drift_periods < 1:
-            raise ValueError(f"drift_periods must be a positive integer, got {self.drift_periods!r}")
         for name in ("affinity", "domain_shift", "decode_fraction", "drift"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from placer.core.errors import require_positive_ints
 from placer.core.hardware import KneeFit, fit_knee
 from placer.replay.datapath import Timer, apply_expert
 from placer.replay.experts import DTYPES
@@ -55,10 +56,8 @@ class ExpertCurveSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "ffn", "max_tokens", "min_rounds", "max_rounds"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        require_positive_ints(self, ("hidden", "ffn", "max_tokens", "min_rounds", "max_rounds"),
+                              label=lambda name: name.replace("_", "-"))
         if self.max_tokens < 8:
             raise ValueError(f"max-tokens ({self.max_tokens}) must be at least 8: the fit needs several counts")
         if self.dtype not in DTYPES:

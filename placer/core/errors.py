@@ -38,3 +38,14 @@ def first_line(exc: BaseException, limit: int | None = 200, empty: str | None = 
     text = str(exc).strip()
     line = text.splitlines()[0] if text else (type(exc).__name__ if empty is None else empty)
     return line[:limit] if limit else line
+
+
+def require_positive_ints(obj: object, names: tuple[str, ...], label=lambda name: name) -> None:
+    """Raise ``ValueError`` unless every named attribute of ``obj`` (a configuration dataclass) is an integer
+    (Python or NumPy, not bool) of at least 1; ``label`` turns an attribute name into the name the user knows."""
+    import numbers
+
+    for name in names:
+        v = getattr(obj, name)
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{label(name)} must be a positive integer, got {v!r}")

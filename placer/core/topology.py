@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from placer.core.errors import InputError
+from placer.core.errors import InputError, require_positive_ints
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,7 @@ class Topology:
     expert_intercept_us: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("num_gpus", "num_nodes", "hidden_size", "expert_ffn_size", "dtype_bytes"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_positive_ints(self, ("num_gpus", "num_nodes", "hidden_size", "expert_ffn_size", "dtype_bytes"))
         if self.num_gpus % self.num_nodes:
             raise ValueError(f"gpus ({self.num_gpus}) must divide evenly into nodes ({self.num_nodes})")
         for name in ("intra_bw_gbs", "inter_bw_gbs", "expert_tflops"):

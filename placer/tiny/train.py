@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from placer.core.errors import require_positive_ints
 from placer.tiny.vocab import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, ByteCodec
 
 
@@ -46,10 +47,8 @@ class TinyConfig:
     eval_batches: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("layers", "experts", "top_k", "hidden", "heads", "expert_ffn", "steps", "batch_size",
-                     "seq_len", "threads", "eval_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive_ints(self, ("layers", "experts", "top_k", "hidden", "heads", "expert_ffn", "steps",
+                                     "batch_size", "seq_len", "threads", "eval_every", "eval_batches"))
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
