@@ -131,12 +131,21 @@ class CpsatModel:
         for l in layers:
             for g in range(G):
                 m.Add(sum(int(load[l, i]) * self.x[l][i][g] for i in range(P)) <= self.maxload[l])
-        # An expert's copies sit on GPUs in copy order, so the replica rule serves the tokens counted.
+        # An expert's copies sit on GPUs in copy order, so the replica rule serves the tokens counted; and on
+        # different GPUs (``copy_step`` 1), since a second copy on a GPU only splits that GPU's tokens.
         prev, _ = inst.prev_next_LP()
+        step = inst.copy_step
         for l in layers:
             for i in np.nonzero(prev[l] >= 0)[0]:
                 j = int(prev[l, i])
-                m.Add(sum(g * self.x[l][j][g] for g in range(G)) <= sum(g * self.x[l][i][g] for g in range(G)))
+                m.Add(sum(g * self.x[l][j][g] for g in range(G)) + step <= sum(g * self.x[l][i][g] for g in range(G)))
+        # At most one copy of an expert per GPU (implied by the order above; stated for propagation).
+        if inst.redundant and step:
+            for l in layers:
+                for e in np.nonzero(inst.cnt_LE[l] > 1)[0]:
+                    copies = range(inst.base_LE[l, e], inst.base_LE[l, e] + inst.cnt_LE[l, e])
+                    for g in range(G):
+                        m.AddAtMostOne(self.x[l][i][g] for i in copies)
         # GPUs of a node are interchangeable: the smallest item on a GPU grows with the GPU (without copies,
         # whose order would conflict); every layer in ep mode, layer 0 in coherent mode.
         self.symmetry = not inst.redundant
