@@ -9,7 +9,12 @@ them):
   type reaches that GPU (and node): the distinct GPUs and nodes of a token-layer, exact for any top-k;
 - ``coherent``: for every pair of items of adjacent layers with transitions and every GPU (and node), an
   indicator that both sit there: the pair hops are the transitions not covered;
-- intra- vs inter-node costs from the ``Weights`` (defaults from the topology's bandwidths).
+- intra- vs inter-node costs from the ``Weights`` (defaults from the topology's bandwidths);
+- an expert's copies on GPUs in copy order, never two on one GPU (a second copy would only split that GPU's
+  tokens).
+
+``CpsatModel`` reads like an OR-Tools sample: Data, Variables, Constraints (a sentence above each group; the
+traffic indicators of ep and coherent in ``_ep_layer`` / ``_coherent_pair``), Objective, Solve.
 
 It is warm-started from the best feasible baseline, runs ``threads`` workers with a deterministic time
 budget derived from ``--time-limit``, and reports CP-SAT's bound and gap (status OPTIMAL only when CP-SAT
