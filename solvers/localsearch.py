@@ -174,9 +174,10 @@ def _ep_contrib(x, sign, data, s, gpu):
     """Add (sign=1) or remove (-1) token type x's share of the running sums, for the current state."""
     types, node = data.types, data.node
     cntg, cntn, B, lone, C, BN, loneN, CN, tot = s.cntg, s.cntn, s.B, s.lone, s.C, s.BN, s.loneN, s.CN, s.tot
+    dg, dn = s.dg, s.dn
     K = types.shape[1]
     c = data.cnt[x] * sign
-    ng, nn = distinct_of(types[x], gpu, node, s.dg, s.dn)
+    ng, nn = distinct_of(types[x], gpu, node, dg, dn)
     for k in range(K):
         i = types[x, k]
         gi = gpu[i]
@@ -187,9 +188,9 @@ def _ep_contrib(x, sign, data, s, gpu):
         if cntn[x, ni] == 1:
             loneN[i] += c
         for q in range(ng):
-            B[i, s.dg[q]] += c
+            B[i, dg[q]] += c
         for q in range(nn):
-            BN[i, s.dn[q]] += c
+            BN[i, dn[q]] += c
         for k2 in range(k + 1, K):
             j = types[x, k2]
             gj = gpu[j]
@@ -261,7 +262,9 @@ def ep_move(data, s, rules, costs, gpu, i, j):
 @njit(cache=True)
 def ep_swap(data, s, gpu, w, i, j):
     """Swap items i and j (on different GPUs) and update the running sums; returns the work done."""
+    # (fields read once: a field read from a named tuple inside a loop costs a reference count each time)
     types, node, ptr, occ = data.types, data.node, data.ptr, data.occ
+    stamp, affected, cntg, cntn = s.stamp, s.affected, s.cntg, s.cntn
     K = types.shape[1]
     g1 = gpu[i]
     g2 = gpu[j]
@@ -270,35 +273,35 @@ def ep_swap(data, s, gpu, w, i, j):
     na = 0
     for p in range(ptr[i], ptr[i + 1]):
         x = occ[p]
-        s.stamp[x] = mark
-        s.affected[na] = x
+        stamp[x] = mark
+        affected[na] = x
         na += 1
     for p in range(ptr[j], ptr[j + 1]):
         x = occ[p]
-        if s.stamp[x] != mark:
-            s.stamp[x] = mark
-            s.affected[na] = x
+        if stamp[x] != mark:
+            stamp[x] = mark
+            affected[na] = x
             na += 1
     for q in range(na):
-        _ep_contrib(s.affected[q], -1.0, data, s, gpu)
+        _ep_contrib(affected[q], -1.0, data, s, gpu)
     for q in range(na):
-        x = s.affected[q]
+        x = affected[q]
         for k in range(K):
             it = types[x, k]
             if it == i:
-                s.cntg[x, g1] -= 1
-                s.cntg[x, g2] += 1
-                s.cntn[x, node[g1]] -= 1
-                s.cntn[x, node[g2]] += 1
+                cntg[x, g1] -= 1
+                cntg[x, g2] += 1
+                cntn[x, node[g1]] -= 1
+                cntn[x, node[g2]] += 1
             elif it == j:
-                s.cntg[x, g2] -= 1
-                s.cntg[x, g1] += 1
-                s.cntn[x, node[g2]] -= 1
-                s.cntn[x, node[g1]] += 1
+                cntg[x, g2] -= 1
+                cntg[x, g1] += 1
+                cntn[x, node[g2]] -= 1
+                cntn[x, node[g1]] += 1
     gpu[i] = g2
     gpu[j] = g1
     for q in range(na):
-        _ep_contrib(s.affected[q], 1.0, data, s, gpu)
+        _ep_contrib(affected[q], 1.0, data, s, gpu)
     s.top[0], s.top[1], s.top[2] = _move_load(s.load, w, i, j, g1, g2)
     return na * K * K * 2
 
@@ -402,6 +405,7 @@ def pair_move(W, s, node, rules, costs, gpu, i, j):
 def pair_swap(W, s, node, gpu, w, i, j):
     """Swap items i and j and update the surrogate's sums; returns the work done."""
     P = gpu.shape[0]
+    A, AN = s.A, s.AN
     g1 = gpu[i]
     g2 = gpu[j]
     n1 = node[g1]
@@ -409,11 +413,11 @@ def pair_swap(W, s, node, gpu, w, i, j):
     for k in range(P):
         dw = W[k, i] - W[k, j]
         if dw != 0.0:
-            s.A[k, g1] -= dw
-            s.A[k, g2] += dw
+            A[k, g1] -= dw
+            A[k, g2] += dw
             if n1 != n2:
-                s.AN[k, n1] -= dw
-                s.AN[k, n2] += dw
+                AN[k, n1] -= dw
+                AN[k, n2] += dw
     gpu[i] = g2
     gpu[j] = g1
     s.top[0], s.top[1], s.top[2] = _move_load(s.load, w, i, j, g1, g2)
