@@ -683,6 +683,8 @@ def coherent_search(trans, node, N, rules, costs, gpu, order, budget):
                 bj = -1
                 cur = load[l, a]
                 for j in range(P):
+                    if gpu[l, j] == g1:  # (swap_max refuses it too; skipping it first is faster)
+                        continue
                     m = swap_max(l, l, i, j, gpu, prev, nxt, step, load, w, cap, a, b, c)
                     if m < 0.0:
                         continue
