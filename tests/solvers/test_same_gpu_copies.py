@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from solvers.problem import SolveOptions
 from solvers.registry import specs
@@ -61,3 +63,35 @@ def test_copies_are_capped_at_one_per_gpu_only_when_possible():
     assert replicate_hottest(np.array([90.0, 1.0, 1.0, 1.0]), 8)[1].tolist() == [5, 1, 1, 1]
     # More slots per GPU than experts: some GPU must hold two copies; the cap allows it.
     assert copies_cap(2, 8, 2) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 40), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_copies_capped_and_packed_never_share_a_gpu(G, extra_experts, extra_slots, seed):
+    """EPLB's rule capped at one copy per GPU, then the LPT packing with labels (greedy's and auto's start): no
+    GPU gets two copies of an expert, whatever the (Zipf-skewed) loads."""
+    from solvers.layout import copies_cap, pack_balanced, replicate_hottest
+
+    E = G + extra_experts
+    s = -(-E // G) + extra_slots
+    assume(G * s <= E * G)
+    load = np.random.default_rng(seed).zipf(1.5, size=E).astype(float)
+    phy, cnt = replicate_hottest(load, G * s, copies_cap(E, G * s, G))
+    assert cnt.max() <= G
+    pack, _ = pack_balanced(load[phy] / cnt[phy], G, s, label_N=phy)
+    assert np.bincount(pack, minlength=G).tolist() == [s] * G
+    for g in range(G):
+        assert len(set(phy[pack == g].tolist())) == s
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 20), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_random_deals_a_layer_whose_shuffle_put_two_copies_together(G, extra_experts, s, seed):
+    from placer.core.placement import same_gpu_copies
+    from solvers.random_layout import _apart
+
+    E = max(G * s - extra_experts, 1)
+    items = np.arange(G * s) % E
+    out = _apart(np.random.default_rng(seed).permutation(items), G)
+    assert sorted(out.tolist()) == sorted(items.tolist())
+    assert same_gpu_copies(out[None], G).sum() == 0 or np.bincount(items).max() > G
