@@ -186,6 +186,8 @@ class CpsatModel:
                     for i in range(P):
                         model.add(on_gpu[l][i][g] <= sum(on_gpu[l][j][g - 1] for j in range(i)))
 
+        # Variables, constraints and objective terms of the traffic: ep, the GPUs and nodes each token type
+        # reaches; coherent, the transitions kept on one GPU and node.
         if inst.traffic and inst.mode is TrafficMode.EP:
             self.ep = EpIndicators()
             for l in layers:
