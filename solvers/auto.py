@@ -85,6 +85,8 @@ def assignment_sweep(inst: Instance, gpu_LP: np.ndarray) -> tuple[np.ndarray, in
             continue
         trial = gpu.copy()
         trial[l] = row
+        if not inst.order_ok(trial):  # two copies of an expert on one GPU
+            continue
         v = terms(inst, trial).value
         if v < cur - 1e-9:
             gpu, cur = trial, v
@@ -93,7 +95,7 @@ def assignment_sweep(inst: Instance, gpu_LP: np.ndarray) -> tuple[np.ndarray, in
 
 
 def perturb(inst: Instance, gpu_LP: np.ndarray, layer: int, swaps: int, rng: np.random.Generator) -> np.ndarray:
-    """``swaps`` random swaps in one layer that keep the copy order and the cap."""
+    """``swaps`` random swaps in one layer that keep the copy order (copies on different GPUs) and the cap."""
     gpu = gpu_LP.copy()
     row = gpu[layer]
     prev, nxt = inst.prev_next_LP()
@@ -109,7 +111,9 @@ def perturb(inst: Instance, gpu_LP: np.ndarray, layer: int, swaps: int, rng: np.
         trial = row.copy()
         trial[i], trial[j] = g2, g1
         p, n = prev[layer], nxt[layer]
-        if any(p[k] >= 0 and trial[p[k]] > trial[k] or n[k] >= 0 and trial[n[k]] < trial[k] for k in (i, j)):
+        step = inst.copy_step
+        if any(p[k] >= 0 and trial[p[k]] + step > trial[k] or n[k] >= 0 and trial[n[k]] < trial[k] + step
+               for k in (i, j)):
             continue
         l1, l2 = loads[g1] - w[i] + w[j], loads[g2] - w[j] + w[i]
         if max(l1, l2) > inst.cap_L[layer] * (1 + 1e-12):

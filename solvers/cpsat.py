@@ -9,7 +9,12 @@ them):
   type reaches that GPU (and node): the distinct GPUs and nodes of a token-layer, exact for any top-k;
 - ``coherent``: for every pair of items of adjacent layers with transitions and every GPU (and node), an
   indicator that both sit there: the pair hops are the transitions not covered;
-- intra- vs inter-node costs from the ``Weights`` (defaults from the topology's bandwidths).
+- intra- vs inter-node costs from the ``Weights`` (defaults from the topology's bandwidths);
+- an expert's copies on GPUs in copy order, never two on one GPU (a second copy would only split that GPU's
+  tokens).
+
+``CpsatModel`` reads like an OR-Tools sample: Data, Variables, Constraints (a sentence above each group; the
+traffic indicators of ep and coherent in ``_ep_layer`` / ``_coherent_pair``), Objective, Solve.
 
 It is warm-started from the best feasible baseline, runs ``threads`` workers with a deterministic time
 budget derived from ``--time-limit``, and reports CP-SAT's bound and gap (status OPTIMAL only when CP-SAT
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -90,258 +96,305 @@ def canonical(inst: Instance, gpu_LP: np.ndarray, per_layer: bool) -> np.ndarray
     return out
 
 
+@dataclass
+class EpIndicators:
+    """ep: the indicators of the token types of the model's layers."""
+
+    same_gpu: dict[tuple[int, int, int], list] = field(default_factory=dict)   # [l, i, j][g]: i and j both on g
+    same_node: dict[tuple[int, int, int], list] = field(default_factory=dict)  # [l, i, j][n]: both on node n
+    reaches_gpu: dict[tuple[int, int], list] = field(default_factory=dict)     # [l, x][g] (top-k > 2): x reaches g
+    reaches_node: dict[tuple[int, int], list] = field(default_factory=dict)    # [l, x][n]
+
+
+@dataclass
+class CoherentIndicators:
+    """coherent: the indicators of the item pairs of adjacent layers with transitions."""
+
+    kept_gpu: dict[tuple[int, int, int], list] = field(default_factory=dict)   # [l, i, j][g]: i (l), j (l+1) on g
+    kept_node: dict[tuple[int, int, int], list] = field(default_factory=dict)  # [l, i, j][n]: both on node n
+
+
 class CpsatModel:
     """The CP-SAT model of some layers of an instance (all layers in ``coherent`` mode)."""
 
     def __init__(self, inst: Instance, layers: list[int], hint_LP: np.ndarray | None) -> None:
         self.inst, self.layers = inst, layers
-        m = self.model = cp_model.CpModel()
+        model = self.model = cp_model.CpModel()
         G, N, P, s = inst.G, inst.N, inst.P, inst.s
         gpn = G // N
+        self.ep: EpIndicators | None = None
+        self.coherent: CoherentIndicators | None = None
+
         # Data: integer loads and caps; integer objective coefficients (weights are multiples of 0.001). Loads
         # that are not whole (rates, a load split among copies) are scaled by F and rounded: a rounded model
         # proves nothing, and its cap gets the s/2 units a GPU's rounded load may differ by.
         F = load_scale(inst.load_LP)
-        S = self.S = inst.scale() * F
-        cg, cn, cb = (int(round(c * S)) for c in (inst.c_gpu, inst.c_node, inst.c_bal / F))
+        self.scale = inst.scale() * F
+        c_gpu, c_node, c_bal = (int(round(c * self.scale)) for c in (inst.c_gpu, inst.c_node, inst.c_bal / F))
         load = self.load = np.rint(inst.load_LP * F).astype(np.int64)
         self.rounded = not np.array_equal(load, inst.load_LP * F)
-        self.const = 0.0
+        self.const = 0.0  # the objective's constant part, in model units
         objective: list[Any] = []
 
-        # Variables: x_{l}_{i}_{g} = item i of layer l sits on GPU g; maxload_{l} = the layer's largest load.
-        self.x = {l: [[m.NewBoolVar(f"x_{l}_{i}_{g}") for g in range(G)] for i in range(P)] for l in layers}
-        self.maxload = {}
+        # Variables: on_gpu[l][i][g] = item i of layer l sits on GPU g; max_load[l] = the layer's largest load.
+        self.on_gpu = {l: [[model.new_bool_var(f"x_{l}_{i}_{g}") for g in range(G)] for i in range(P)]
+                       for l in layers}
+        on_gpu = self.on_gpu
+        self.max_load = {}
         for l in layers:
             cap = int(math.floor(inst.cap_L[l] * F + 1e-9)) + (s + 1) // 2 * self.rounded \
                 if np.isfinite(inst.cap_L[l]) else int(load[l].sum())
             lb = int(math.ceil(load[l].sum() / G - 1e-9))
-            self.maxload[l] = m.NewIntVar(min(lb, cap), cap, f"maxload_{l}")
-            objective.append(cb * self.maxload[l])
+            self.max_load[l] = model.new_int_var(min(lb, cap), cap, f"maxload_{l}")
+            objective.append(c_bal * self.max_load[l])
 
         # Constraints: each item sits on exactly one GPU.
         for l in layers:
             for i in range(P):
-                m.AddExactlyOne(self.x[l][i])
+                model.add_exactly_one(on_gpu[l][i])
         # Each GPU holds exactly s items.
         for l in layers:
             for g in range(G):
-                m.Add(sum(self.x[l][i][g] for i in range(P)) == s)
+                model.add(sum(on_gpu[l][i][g] for i in range(P)) == s)
         # Every GPU's load is at most the layer's largest load, which the cap bounds.
         for l in layers:
             for g in range(G):
-                m.Add(sum(int(load[l, i]) * self.x[l][i][g] for i in range(P)) <= self.maxload[l])
-        # An expert's copies sit on GPUs in copy order, so the replica rule serves the tokens counted.
+                model.add(sum(int(load[l, i]) * on_gpu[l][i][g] for i in range(P)) <= self.max_load[l])
+        # An expert's copies sit on GPUs in copy order, so the replica rule serves the tokens counted; and on
+        # different GPUs (``copy_step`` 1), since a second copy on a GPU only splits that GPU's tokens.
         prev, _ = inst.prev_next_LP()
+        step = inst.copy_step
         for l in layers:
             for i in np.nonzero(prev[l] >= 0)[0]:
                 j = int(prev[l, i])
-                m.Add(sum(g * self.x[l][j][g] for g in range(G)) <= sum(g * self.x[l][i][g] for g in range(G)))
+                model.add(sum(g * on_gpu[l][j][g] for g in range(G)) + step
+                          <= sum(g * on_gpu[l][i][g] for g in range(G)))
+        # At most one copy of an expert per GPU (implied by the order above; stated for propagation).
+        if inst.redundant and step:
+            for l in layers:
+                for e in np.nonzero(inst.cnt_LE[l] > 1)[0]:
+                    copies = range(inst.base_LE[l, e], inst.base_LE[l, e] + inst.cnt_LE[l, e])
+                    for g in range(G):
+                        model.add_at_most_one(on_gpu[l][i][g] for i in copies)
         # GPUs of a node are interchangeable: the smallest item on a GPU grows with the GPU (without copies,
         # whose order would conflict); every layer in ep mode, layer 0 in coherent mode.
-        self.symmetry = not inst.redundant
-        if self.symmetry:
+        if not inst.redundant:
             for l in (layers if inst.mode is TrafficMode.EP else layers[:1]):
                 for g in range(1, G):
                     if g % gpn == 0:
                         continue
                     for i in range(P):
-                        m.Add(self.x[l][i][g] <= sum(self.x[l][j][g - 1] for j in range(i)))
+                        model.add(on_gpu[l][i][g] <= sum(on_gpu[l][j][g - 1] for j in range(i)))
 
+        # Variables, constraints and objective terms of the traffic: ep, the GPUs and nodes each token type
+        # reaches; coherent, the transitions kept on one GPU and node.
         if inst.traffic and inst.mode is TrafficMode.EP:
-            self._ep_traffic(layers, cg, cn, objective)
+            self.ep = EpIndicators()
+            for l in layers:
+                self._ep_layer(l, c_gpu, c_node, objective)
         elif inst.traffic:
-            # coherent: z_{l}_{i}_{j}_{g} only if item i of layer l and item j of layer l+1 both sit on GPU g
-            # (zn: on node n); each item shares its GPU with at most s items of the other layer (its node
-            # with at most s G/N). Hops = transitions - those kept on one GPU.
-            self.z: dict[tuple[int, int, int], list] = {}
-            self.zn: dict[tuple[int, int, int], list] = {}
+            self.coherent = CoherentIndicators()
             for l in layers[:-1]:
-                tr = np.rint(inst.trans_LPP[l]).astype(np.int64)
-                self.const += float(tr.sum()) * (cg + cn)
-                pairs = np.argwhere(tr > 0)
-                deg_a: dict[tuple[int, int], list] = {}
-                deg_b: dict[tuple[int, int], list] = {}
-                dna: dict[tuple[int, int], list] = {}
-                dnb: dict[tuple[int, int], list] = {}
-                for i, j in pairs:
-                    i, j = int(i), int(j)
-                    z = [m.NewBoolVar(f"z_{l}_{i}_{j}_{g}") for g in range(G)]
-                    for g in range(G):
-                        m.AddImplication(z[g], self.x[l][i][g])
-                        m.AddImplication(z[g], self.x[l + 1][j][g])
-                        deg_a.setdefault((i, g), []).append(z[g])
-                        deg_b.setdefault((j, g), []).append(z[g])
-                    m.Add(sum(z) <= 1)
-                    self.z[l, i, j] = z
-                    objective.append(-int(cg * tr[i, j]) * sum(z))
-                    if N > 1:
-                        zn = [m.NewBoolVar(f"zn_{l}_{i}_{j}_{n}") for n in range(N)]
-                        for n in range(N):
-                            gs = range(n * gpn, (n + 1) * gpn)
-                            m.Add(zn[n] <= sum(self.x[l][i][g] for g in gs))
-                            m.Add(zn[n] <= sum(self.x[l + 1][j][g] for g in gs))
-                            dna.setdefault((i, n), []).append(zn[n])
-                            dnb.setdefault((j, n), []).append(zn[n])
-                        m.Add(sum(zn) <= 1)
-                        self.zn[l, i, j] = zn
-                        objective.append(-int(cn * tr[i, j]) * sum(zn))
-                for (i, g), zs in deg_a.items():
-                    m.Add(sum(zs) <= s * self.x[l][i][g])
-                for (j, g), zs in deg_b.items():
-                    m.Add(sum(zs) <= s * self.x[l + 1][j][g])
-                for (i, n), zs in dna.items():
-                    m.Add(sum(zs) <= s * gpn)
-                for (j, n), zs in dnb.items():
-                    m.Add(sum(zs) <= s * gpn)
+                self._coherent_pair(l, c_gpu, c_node, objective)
 
         # Objective: the weighted sum of the layers' largest loads and the traffic.
-        m.Minimize(sum(objective))
+        model.minimize(sum(objective))
         if hint_LP is not None:
             self._hint(hint_LP)
 
-    def _ep_traffic(self, layers: list[int], cg: int, cn: int, objective: list[Any]) -> None:
-        """ep: distinct GPUs and nodes of every token type."""
-        inst, m = self.inst, self.model
-        G, N, s, S = inst.G, inst.N, inst.s, self.S
+    def _coherent_pair(self, l: int, c_gpu: int, c_node: int, objective: list[Any]) -> None:
+        """coherent, layers l and l+1: hops = transitions - those kept on one GPU (node)."""
+        inst, model, on_gpu, ind = self.inst, self.model, self.on_gpu, self.coherent
+        G, N, s = inst.G, inst.N, inst.s
         gpn = G // N
-        self.u: dict[tuple[int, int], list] = {}
-        self.v: dict[tuple[int, int], list] = {}
-        self.y: dict[tuple[int, int, int], list] = {}
-        self.yn: dict[tuple[int, int, int], list] = {}
-        for l in layers:
-            t = inst.types_L[l]
-            self.const += S * inst.offset_L[l] * (inst.c_gpu + inst.c_node)
-            X, K = t.items_XK.shape
-            cnt = np.rint(t.count_X).astype(np.int64)
-            self.const += (cg + cn) * float(cnt.sum()) * K
-            if K == 1 or X == 0:
-                continue
-            # y_{l}_{i}_{j}_{g}: items i and j of a common type both sit on GPU g (yn: on node n); an item
-            # shares its GPU with at most s - 1 others (its node with s G/N - 1): co-located pairs.
-            W = inst.pair_weights(l)
-            iu, ju = np.nonzero(np.triu(W, k=1) > 0)
-            deg: dict[tuple[int, int], list] = {}
-            degn: dict[tuple[int, int], list] = {}
-            same: dict[tuple[int, int], Any] = {}
-            samen: dict[tuple[int, int], Any] = {}
-            for i, j in zip(iu.tolist(), ju.tolist()):
-                y = [m.NewBoolVar(f"y_{l}_{i}_{j}_{g}") for g in range(G)]
+        tr = np.rint(inst.trans_LPP[l]).astype(np.int64)
+        self.const += float(tr.sum()) * (c_gpu + c_node)
+        per_gpu_a: dict[tuple[int, int], list] = {}
+        per_gpu_b: dict[tuple[int, int], list] = {}
+        per_node_a: dict[tuple[int, int], list] = {}
+        per_node_b: dict[tuple[int, int], list] = {}
+        for i, j in np.argwhere(tr > 0):
+            i, j = int(i), int(j)
+            # Variables: kept[g] = item i of layer l and item j of layer l+1 both sit on GPU g.
+            kept = [model.new_bool_var(f"z_{l}_{i}_{j}_{g}") for g in range(G)]
+            # Constraints: a pair is kept on GPU g only if both items sit there, on one GPU at most.
+            for g in range(G):
+                model.add_implication(kept[g], on_gpu[l][i][g])
+                model.add_implication(kept[g], on_gpu[l + 1][j][g])
+                per_gpu_a.setdefault((i, g), []).append(kept[g])
+                per_gpu_b.setdefault((j, g), []).append(kept[g])
+            model.add(sum(kept) <= 1)
+            ind.kept_gpu[l, i, j] = kept
+            objective.append(-int(c_gpu * tr[i, j]) * sum(kept))
+            if N > 1:
+                # The same per node: kept_n[n] only if both items sit on node n.
+                kept_n = [model.new_bool_var(f"zn_{l}_{i}_{j}_{n}") for n in range(N)]
+                for n in range(N):
+                    gs = range(n * gpn, (n + 1) * gpn)
+                    model.add(kept_n[n] <= sum(on_gpu[l][i][g] for g in gs))
+                    model.add(kept_n[n] <= sum(on_gpu[l + 1][j][g] for g in gs))
+                    per_node_a.setdefault((i, n), []).append(kept_n[n])
+                    per_node_b.setdefault((j, n), []).append(kept_n[n])
+                model.add(sum(kept_n) <= 1)
+                ind.kept_node[l, i, j] = kept_n
+                objective.append(-int(c_node * tr[i, j]) * sum(kept_n))
+        # An item shares its GPU with at most s items of the other layer (its node with at most s G/N).
+        for (i, g), ks in per_gpu_a.items():
+            model.add(sum(ks) <= s * on_gpu[l][i][g])
+        for (j, g), ks in per_gpu_b.items():
+            model.add(sum(ks) <= s * on_gpu[l + 1][j][g])
+        for ks in per_node_a.values():
+            model.add(sum(ks) <= s * gpn)
+        for ks in per_node_b.values():
+            model.add(sum(ks) <= s * gpn)
+
+    def _ep_layer(self, l: int, c_gpu: int, c_node: int, objective: list[Any]) -> None:
+        """ep, layer l: the distinct GPUs and nodes of every token type."""
+        inst, model, on_gpu, ind = self.inst, self.model, self.on_gpu, self.ep
+        G, N, s = inst.G, inst.N, inst.s
+        gpn = G // N
+        t = inst.types_L[l]
+        self.const += self.scale * inst.offset_L[l] * (inst.c_gpu + inst.c_node)
+        X, K = t.items_XK.shape
+        cnt = np.rint(t.count_X).astype(np.int64)
+        self.const += (c_gpu + c_node) * float(cnt.sum()) * K
+        if K == 1 or X == 0:
+            return
+        W = inst.pair_weights(l)
+        iu, ju = np.nonzero(np.triu(W, k=1) > 0)
+        per_gpu: dict[tuple[int, int], list] = {}
+        per_node: dict[tuple[int, int], list] = {}
+        same: dict[tuple[int, int], Any] = {}
+        same_n: dict[tuple[int, int], Any] = {}
+        for i, j in zip(iu.tolist(), ju.tolist()):
+            # Variables: both[g] = items i and j of a common type both sit on GPU g.
+            both = [model.new_bool_var(f"y_{l}_{i}_{j}_{g}") for g in range(G)]
+            # Constraints: a pair is together on GPU g only if both items sit there, on one GPU at most.
+            for g in range(G):
+                model.add_implication(both[g], on_gpu[l][i][g])
+                model.add_implication(both[g], on_gpu[l][j][g])
+                per_gpu.setdefault((i, g), []).append(both[g])
+                per_gpu.setdefault((j, g), []).append(both[g])
+            model.add(sum(both) <= 1)
+            ind.same_gpu[l, i, j] = both
+            same[i, j] = sum(both)
+            if N > 1:
+                # The same per node: both_n[n] only if both items sit on node n.
+                both_n = [model.new_bool_var(f"yn_{l}_{i}_{j}_{n}") for n in range(N)]
+                for n in range(N):
+                    gs = range(n * gpn, (n + 1) * gpn)
+                    model.add(both_n[n] <= sum(on_gpu[l][i][g] for g in gs))
+                    model.add(both_n[n] <= sum(on_gpu[l][j][g] for g in gs))
+                    per_node.setdefault((i, n), []).append(both_n[n])
+                    per_node.setdefault((j, n), []).append(both_n[n])
+                model.add(sum(both_n) <= 1)
+                ind.same_node[l, i, j] = both_n
+                same_n[i, j] = sum(both_n)
+        # An item shares its GPU with at most s - 1 others (its node with s G/N - 1): co-located pairs.
+        for (i, g), bs in per_gpu.items():
+            model.add(sum(bs) <= (s - 1) * on_gpu[l][i][g])
+        for bs in per_node.values():
+            model.add(sum(bs) <= s * gpn - 1)
+        if K == 2:
+            # Objective (top-2): a token-layer reaches 2 GPUs unless its pair is co-located (exact).
+            for (i, j), v in same.items():
+                objective.append(-int(c_gpu * round(W[i, j])) * v)
+            for (i, j), v in same_n.items():
+                objective.append(-int(c_node * round(W[i, j])) * v)
+            return
+        self.const -= (c_gpu + c_node) * float(cnt.sum()) * K
+        for x in range(X):
+            items = [int(i) for i in t.items_XK[x]]
+            # Variables (top-k > 2): reaches[g] = type x reaches GPU g.
+            reaches = [model.new_bool_var(f"u_{l}_{x}_{g}") for g in range(G)]
+            # Constraints: a type reaches every GPU of its items, and at least K - (its co-located pairs) GPUs
+            # (a valid cut), and at least K / s.
+            for g in range(G):
+                for i in items:
+                    model.add_implication(on_gpu[l][i][g], reaches[g])
+            pairs = [same[a, b] for k, a in enumerate(items) for b in items[k + 1:] if (a, b) in same]
+            model.add(sum(reaches) >= K - sum(pairs))
+            model.add(sum(reaches) >= math.ceil(K / s))
+            ind.reaches_gpu[l, x] = reaches
+            objective.append(int(c_gpu * cnt[x]) * sum(reaches))
+            if N > 1:
+                # The same per node: a type reaches a node if it reaches one of its GPUs.
+                reaches_n = [model.new_bool_var(f"v_{l}_{x}_{n}") for n in range(N)]
                 for g in range(G):
-                    m.AddImplication(y[g], self.x[l][i][g])
-                    m.AddImplication(y[g], self.x[l][j][g])
-                    deg.setdefault((i, g), []).append(y[g])
-                    deg.setdefault((j, g), []).append(y[g])
-                m.Add(sum(y) <= 1)
-                self.y[l, i, j] = y
-                same[i, j] = sum(y)
-                if N > 1:
-                    yn = [m.NewBoolVar(f"yn_{l}_{i}_{j}_{n}") for n in range(N)]
-                    for n in range(N):
-                        gs = range(n * gpn, (n + 1) * gpn)
-                        m.Add(yn[n] <= sum(self.x[l][i][g] for g in gs))
-                        m.Add(yn[n] <= sum(self.x[l][j][g] for g in gs))
-                        degn.setdefault((i, n), []).append(yn[n])
-                        degn.setdefault((j, n), []).append(yn[n])
-                    m.Add(sum(yn) <= 1)
-                    self.yn[l, i, j] = yn
-                    samen[i, j] = sum(yn)
-            for (i, g), ys in deg.items():
-                m.Add(sum(ys) <= (s - 1) * self.x[l][i][g])
-            for (i, n), ys in degn.items():
-                m.Add(sum(ys) <= s * gpn - 1)
-            if K == 2:
-                # Top-2: a token-layer reaches 2 GPUs unless its pair is co-located (exact).
-                for (i, j), v in same.items():
-                    objective.append(-int(cg * round(W[i, j])) * v)
-                for (i, j), v in samen.items():
-                    objective.append(-int(cn * round(W[i, j])) * v)
-                continue
-            # Top-k > 2: a type reaches GPU g (u) if any of its items sits there, node n (v) if it reaches
-            # a GPU of n; it reaches at least K - (its co-located pairs) GPUs (a valid cut).
-            self.const -= (cg + cn) * float(cnt.sum()) * K
-            for xi in range(X):
-                items = [int(i) for i in t.items_XK[xi]]
-                u = [m.NewBoolVar(f"u_{l}_{xi}_{g}") for g in range(G)]
-                for g in range(G):
-                    for i in items:
-                        m.AddImplication(self.x[l][i][g], u[g])
-                pairs = [same[a, b] for k, a in enumerate(items) for b in items[k + 1:] if (a, b) in same]
-                m.Add(sum(u) >= K - sum(pairs))
-                m.Add(sum(u) >= math.ceil(K / s))
-                self.u[l, xi] = u
-                objective.append(int(cg * cnt[xi]) * sum(u))
-                if N > 1:
-                    v = [m.NewBoolVar(f"v_{l}_{xi}_{n}") for n in range(N)]
-                    for g in range(G):
-                        m.AddImplication(u[g], v[g // gpn])
-                    pn = [samen[a, b] for k, a in enumerate(items) for b in items[k + 1:] if (a, b) in samen]
-                    m.Add(sum(v) >= K - sum(pn))
-                    self.v[l, xi] = v
-                    objective.append(int(cn * cnt[xi]) * sum(v))
-                else:
-                    self.const += cn * float(cnt[xi])
+                    model.add_implication(reaches[g], reaches_n[g // gpn])
+                pairs_n = [same_n[a, b] for k, a in enumerate(items) for b in items[k + 1:] if (a, b) in same_n]
+                model.add(sum(reaches_n) >= K - sum(pairs_n))
+                ind.reaches_node[l, x] = reaches_n
+                objective.append(int(c_node * cnt[x]) * sum(reaches_n))
+            else:
+                self.const += c_node * float(cnt[x])
 
     def _hint(self, gpu_LP: np.ndarray) -> None:
-        inst, m = self.inst, self.model
+        """The warm start: every variable's value for the assignment ``gpu_LP``."""
+        inst, model = self.inst, self.model
         node = inst.node_of_gpu
         for l in self.layers:
             for i in range(inst.P):
                 for g in range(inst.G):
-                    m.AddHint(self.x[l][i][g], int(gpu_LP[l, i] == g))
-            m.AddHint(self.maxload[l], int(np.bincount(gpu_LP[l], weights=self.load[l], minlength=inst.G).max()))
-        for (l, xi), u in getattr(self, "u", {}).items():
-            on = set(gpu_LP[l, inst.types_L[l].items_XK[xi]].tolist())
-            for g in range(inst.G):
-                m.AddHint(u[g], int(g in on))
-            if (l, xi) in self.v:
-                nodes = {int(node[g]) for g in on}
-                for n, v in enumerate(self.v[l, xi]):
-                    m.AddHint(v, int(n in nodes))
-        for (l, i, j), y in getattr(self, "y", {}).items():
-            for g in range(inst.G):
-                m.AddHint(y[g], int(gpu_LP[l, i] == g and gpu_LP[l, j] == g))
-            if (l, i, j) in self.yn:
-                for n, yn in enumerate(self.yn[l, i, j]):
-                    m.AddHint(yn, int(node[gpu_LP[l, i]] == n and node[gpu_LP[l, j]] == n))
-        for (l, i, j), z in getattr(self, "z", {}).items():
-            for g in range(inst.G):
-                m.AddHint(z[g], int(gpu_LP[l, i] == g and gpu_LP[l + 1, j] == g))
-            if (l, i, j) in self.zn:
-                for n, zn in enumerate(self.zn[l, i, j]):
-                    m.AddHint(zn, int(node[gpu_LP[l, i]] == n and node[gpu_LP[l + 1, j]] == n))
+                    model.add_hint(self.on_gpu[l][i][g], int(gpu_LP[l, i] == g))
+            model.add_hint(self.max_load[l],
+                           int(np.bincount(gpu_LP[l], weights=self.load[l], minlength=inst.G).max()))
+        if self.ep is not None:
+            ep = self.ep
+            for (l, x), reaches in ep.reaches_gpu.items():
+                on = set(gpu_LP[l, inst.types_L[l].items_XK[x]].tolist())
+                for g in range(inst.G):
+                    model.add_hint(reaches[g], int(g in on))
+                if (l, x) in ep.reaches_node:
+                    nodes = {int(node[g]) for g in on}
+                    for n, v in enumerate(ep.reaches_node[l, x]):
+                        model.add_hint(v, int(n in nodes))
+            for (l, i, j), both in ep.same_gpu.items():
+                for g in range(inst.G):
+                    model.add_hint(both[g], int(gpu_LP[l, i] == g and gpu_LP[l, j] == g))
+                if (l, i, j) in ep.same_node:
+                    for n, v in enumerate(ep.same_node[l, i, j]):
+                        model.add_hint(v, int(node[gpu_LP[l, i]] == n and node[gpu_LP[l, j]] == n))
+        if self.coherent is not None:
+            co = self.coherent
+            for (l, i, j), kept in co.kept_gpu.items():
+                for g in range(inst.G):
+                    model.add_hint(kept[g], int(gpu_LP[l, i] == g and gpu_LP[l + 1, j] == g))
+                if (l, i, j) in co.kept_node:
+                    for n, v in enumerate(co.kept_node[l, i, j]):
+                        model.add_hint(v, int(node[gpu_LP[l, i]] == n and node[gpu_LP[l + 1, j]] == n))
 
     def solve(self, det_time: float, seed: int, num_workers: int) -> dict[str, Any]:
         """Solve within ``det_time`` deterministic seconds (wall-clock safety: det_time / DET_PER_SECOND x
         WALL_SAFETY); returns status name, assignment of the model's layers (or None), value and bound (in
         objective units, constant included), and how it stopped."""
         solver = cp_model.CpSolver()
-        p = solver.parameters
-        p.num_workers = num_workers
-        p.random_seed = seed
+        params = solver.parameters
+        params.num_workers = num_workers
+        params.random_seed = seed
         if num_workers > 1:
-            p.interleave_search = True
-        p.max_deterministic_time = max(det_time, 0.005)
-        p.max_time_in_seconds = max(det_time, 0.005) / DET_PER_SECOND * WALL_SAFETY
+            params.interleave_search = True
+        params.max_deterministic_time = max(det_time, 0.005)
+        params.max_time_in_seconds = max(det_time, 0.005) / DET_PER_SECOND * WALL_SAFETY
         t0 = time.perf_counter()
-        status = solver.Solve(self.model)
+        status = solver.solve(self.model)
         wall = time.perf_counter() - t0
-        name = solver.StatusName(status)
+        name = solver.status_name(status)
         res: dict[str, Any] = {"status": name, "gpu": None, "wall_s": wall,
                                "deterministic_time": solver.deterministic_time}
-        res["stopped_by_wall_clock"] = bool(wall >= p.max_time_in_seconds * 0.98
-                                            and solver.deterministic_time < p.max_deterministic_time)
+        res["stopped_by_wall_clock"] = bool(wall >= params.max_time_in_seconds * 0.98
+                                            and solver.deterministic_time < params.max_deterministic_time)
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             gpu = {}
             for l in self.layers:
-                gpu[l] = np.array([next(g for g in range(self.inst.G) if solver.BooleanValue(self.x[l][i][g]))
+                gpu[l] = np.array([next(g for g in range(self.inst.G) if solver.boolean_value(self.on_gpu[l][i][g]))
                                    for i in range(self.inst.P)])
             if self.rounded:  # keep the hint of a layer whose rounded loads hid a GPU above the true cap
                 gpu = {l: row for l, row in gpu.items()
                        if layer_loads(self.inst, l, row).max() <= self.inst.cap_L[l] * (1 + 1e-9)}
             res["gpu"] = gpu
-            res["value"] = (solver.ObjectiveValue() + self.const) / self.S
-            res["bound"] = None if self.rounded else (solver.BestObjectiveBound() + self.const) / self.S
+            res["value"] = (solver.objective_value + self.const) / self.scale
+            res["bound"] = None if self.rounded else (solver.best_objective_bound + self.const) / self.scale
             res["proven"] = status == cp_model.OPTIMAL and not self.rounded
         elif status == cp_model.UNKNOWN:
             # No solution within the budget: CP-SAT's bound is not meaningful then; the hint stays.

@@ -2,7 +2,8 @@
 weights and the balance cap.
 
 Items. With redundant slots (P = E + R) the hottest experts get extra copies first, by EPLB's rule (the
-expert with the largest load per copy gets the next one; ``solvers.layout.replicate_hottest``). Copy r of
+expert with the largest load per copy gets the next one; ``solvers.layout.replicate_hottest``), at most one per
+GPU (``copies_cap``). Copy r of
 expert e is the *item* ``base_LE[l, e] + r``; items are numbered expert-major, so without redundancy item =
 expert. The project's replica rule (``Placement.slots_for_tokens``: token t uses copy ``t mod cnt(e)``, the
 copies in increasing slot order) then fixes which tokens each item serves, **provided the copies of an
@@ -30,7 +31,7 @@ import numpy as np
 
 from placer.core.mode import TrafficMode
 from placer.core.objective import TRAFFIC_QUANTITIES, WEIGHT_DECIMALS, Objective, Quantity, Weights
-from solvers.layout import pack_balanced, replicate_hottest
+from solvers.layout import copies_cap, pack_balanced, replicate_hottest
 from solvers.problem import PlacementProblem, SolveOptions
 
 DEFAULT_MAX_IMBALANCE = 1.05
@@ -128,6 +129,13 @@ class Instance:
     def redundant(self) -> bool:
         return self.P > self.E
 
+    @property
+    def copy_step(self) -> int:
+        """How far up copy r + 1 of an expert sits from copy r, at least: 1 (copies on different GPUs, since a
+        second copy on a GPU only splits that GPU's tokens: a wasted slot), or 0 where an expert has more copies
+        than there are GPUs."""
+        return int((self.cnt_LE <= self.G).all())
+
     # -- objective coefficients ----------------------------------------------------------------------
     @property
     def decomposes(self) -> bool:
@@ -160,8 +168,8 @@ class Instance:
 
     # -- items -------------------------------------------------------------------------------------
     def prev_next_LP(self) -> tuple[np.ndarray, np.ndarray]:
-        """[L, P] the previous / next copy of the same expert (-1 if none): copy r must sit on a GPU no
-        higher than copy r + 1."""
+        """[L, P] the previous / next copy of the same expert (-1 if none): copy r + 1 must sit on a GPU at least
+        ``copy_step`` above copy r's."""
         prev = np.full((self.L, self.P), -1, dtype=np.int64)
         nxt = np.full((self.L, self.P), -1, dtype=np.int64)
         for l in range(self.L):
@@ -172,9 +180,10 @@ class Instance:
         return prev, nxt
 
     def order_ok(self, gpu_LP: np.ndarray) -> bool:
-        """True if every expert's copies sit on non-decreasing GPUs in copy order."""
+        """True if every expert's copies sit on increasing GPUs in copy order (non-decreasing where
+        ``copy_step`` is 0)."""
         same = self.item_expert_LP[:, 1:] == self.item_expert_LP[:, :-1]
-        return bool((gpu_LP[:, 1:][same] >= gpu_LP[:, :-1][same]).all())
+        return bool((gpu_LP[:, 1:][same] >= gpu_LP[:, :-1][same] + self.copy_step).all())
 
     def capacity_ok(self, gpu_LP: np.ndarray) -> bool:
         counts = np.stack([np.bincount(g, minlength=self.G) for g in gpu_LP])
@@ -284,7 +293,7 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, copies_LE: 
 
     # Step 1: copies of the hottest experts (EPLB's rule, unless given), then items expert-major.
     if copies_LE is None:
-        cnt = np.stack([replicate_hottest(problem.load_LE[l], P)[1] for l in range(L)])
+        cnt = np.stack([replicate_hottest(problem.load_LE[l], P, copies_cap(E, P, G))[1] for l in range(L)])
     else:
         cnt = np.asarray(copies_LE, dtype=np.int64)
         if cnt.shape != (L, E) or (cnt < 1).any() or (cnt.sum(axis=1) != P).any():

@@ -45,8 +45,8 @@ from solvers.assignment import gpu_from_placement, judge, terms
 from solvers.bounds import gap_of, lower_bound
 from solvers.common import WallGuard
 from solvers.instance import Instance, build_instance, lpt_start
-from solvers.layout import replicate_hottest
-from solvers.localsearch import _swap_keeps_order, _swap_max, _top3, improve
+from solvers.layout import copies_cap, replicate_hottest
+from solvers.localsearch import _top3, improve, swap_max
 from solvers.problem import PlacementProblem, SolveOptions
 
 EPS = 1e-12
@@ -134,9 +134,11 @@ class Scenarios:
 
 
 def hedged_copies(scn: Scenarios) -> np.ndarray:
-    """[L, E] copies: EPLB's rule on every expert's peak load per token over the scenarios."""
+    """[L, E] copies: EPLB's rule on every expert's peak load per token over the scenarios (at most one per GPU)."""
     peak = np.max(np.stack([p.load_LE * w for p, w in zip(scn.problems, scn.weights_s)]), axis=0)
-    return np.stack([replicate_hottest(peak[l], scn.first.num_slots)[1] for l in range(scn.first.num_layers)])
+    p = scn.first
+    cap = copies_cap(p.num_experts, p.num_slots, p.topology.num_gpus)
+    return np.stack([replicate_hottest(peak[l], p.num_slots, cap)[1] for l in range(p.num_layers)])
 
 
 def _no_cap(options: SolveOptions) -> SolveOptions:
@@ -183,12 +185,13 @@ def _combine(tot, mean):
 
 
 @njit(cache=True)
-def _robust_layer(gpu, w_SP, W_SPP, cap_S, node, N, prev, nxt, cb, cg, cn, tot, mean, order, budget):
+def _robust_layer(gpu, w_SP, W_SPP, cap_S, node, N, prev, nxt, step, cb, cg, cn, tot, mean, order, budget):
     """Swap search on one layer (``ep``: the objective decomposes by layer for every scenario) against the robust
     combination of the scenarios' totals ``tot`` (updated in place with each taken swap's change); returns the
     work done."""
     S, P = w_SP.shape
     G = node.shape[0]
+    gpu1, prev1, nxt1 = gpu.reshape(1, P), prev.reshape(1, P), nxt.reshape(1, P)  # the layer as [1, P] rows
     load = np.zeros((S, G))
     A = np.zeros((S, P, G))
     AN = np.zeros((S, P, N))
@@ -219,12 +222,11 @@ def _robust_layer(gpu, w_SP, W_SPP, cap_S, node, N, prev, nxt, cb, cg, cn, tot, 
             bj = -1
             for j in range(P):
                 g2 = gpu[j]
-                if g2 == g1 or not _swap_keeps_order(i, j, g1, g2, gpu, prev, nxt):
-                    continue
                 n2 = node[g2]
                 ok = True
                 for s in range(S):
-                    m = _swap_max(load[s], w_SP[s], i, j, g1, g2, top[s, 0], top[s, 1], top[s, 2], cap_S[s])
+                    m = swap_max(0, s, i, j, gpu1, prev1, nxt1, step, load, w_SP, cap_S[s], top[s, 0], top[s, 1],
+                                 top[s, 2])
                     if m < 0.0:
                         ok = False
                         break
@@ -274,7 +276,7 @@ def _robust_layer(gpu, w_SP, W_SPP, cap_S, node, N, prev, nxt, cb, cg, cn, tot, 
 # scenario's change, the running sums updated after a swap) but not their sums: deliberately two kernels, as
 # localsearch.py has, because numba compiles a plain loop over arrays far faster than one behind a callback.
 @njit(cache=True)
-def _robust_coherent(gpu, w_SLP, T_SLPP, cap_SL, node, N, prev, nxt, cb, cg, cn, tot, mean, order, budget):
+def _robust_coherent(gpu, w_SLP, T_SLPP, cap_SL, node, N, prev, nxt, step, cb, cg, cn, tot, mean, order, budget):
     """Swap search on all layers (``coherent``: transitions couple each layer to the next) against the robust
     combination of the scenarios' totals ``tot`` (updated in place); returns the work done."""
     S, L, P = w_SLP.shape
@@ -316,13 +318,11 @@ def _robust_coherent(gpu, w_SLP, T_SLPP, cap_SL, node, N, prev, nxt, cb, cg, cn,
                 bj = -1
                 for j in range(P):
                     g2 = gpu[l, j]
-                    if g2 == g1 or not _swap_keeps_order(i, j, g1, g2, gpu[l], prev[l], nxt[l]):
-                        continue
                     n2 = node[g2]
                     ok = True
                     for s in range(S):
-                        m = _swap_max(load[s, l], w_SLP[s, l], i, j, g1, g2, top[s, 0], top[s, 1], top[s, 2],
-                                     cap_SL[s, l])
+                        m = swap_max(l, l, i, j, gpu, prev, nxt, step, load[s], w_SLP[s], cap_SL[s, l], top[s, 0],
+                                     top[s, 1], top[s, 2])
                         if m < 0.0:
                             ok = False
                             break
@@ -405,7 +405,7 @@ class RobustSearch:
         out = [("lpt-peak", lpt_start(peak, inst.item_expert_LP, inst.G))]
         for p in baselines:
             gpu = gpu_from_placement(inst, p)
-            if gpu is not None:
+            if gpu is not None and inst.order_ok(gpu):
                 out.append((p.report.solver, gpu))
         return out
 
@@ -441,7 +441,8 @@ class RobustSearch:
                     w_SP = np.stack([i.load_LP[l] * w for i, w in zip(self.insts, self.w_s)])
                     share = max((budget - work) / inst.L, 1.0)
                     row = gpu[l].copy()
-                    work += _robust_layer(row, w_SP, W, cap_SL[:, l].copy(), node, inst.N, prev[l], nxt[l], self.cb, self.cg, self.cn,
+                    work += _robust_layer(row, w_SP, W, cap_SL[:, l].copy(), node, inst.N, prev[l], nxt[l], inst.copy_step,
+                                          self.cb, self.cg, self.cn,
                                           tot, self.mean, rng.permutation(inst.P).astype(np.int64), share)
                     gpu[l] = row
                     if wall.over():
@@ -450,7 +451,8 @@ class RobustSearch:
                 w_SLP = np.stack([i.load_LP * w for i, w in zip(self.insts, self.w_s)])
                 T = np.stack([i.trans_LPP * w for i, w in zip(self.insts, self.w_s)])
                 order = np.stack([rng.permutation(inst.P) for _ in range(inst.L)]).astype(np.int64)
-                work += _robust_coherent(gpu, w_SLP, T, cap_SL, node, inst.N, prev, nxt, self.cb, self.cg, self.cn, tot,
+                work += _robust_coherent(gpu, w_SLP, T, cap_SL, node, inst.N, prev, nxt, inst.copy_step, self.cb, self.cg,
+                                         self.cn, tot,
                                          self.mean, order, max(budget - work, 1.0))
             # The surrogate's choices are judged exactly: a round that does not improve the robust value ends it.
             v = self.value(gpu)
@@ -476,9 +478,11 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") ->
     baselines = []
     for spec in registry.warm_starts():  # asked at call time: the solvers register as the package loads
         try:
-            baselines.append(spec(summed, SolveOptions(time_limit_s=1.0)))
+            p = spec(summed, SolveOptions(time_limit_s=1.0))
         except ValueError:
             continue
+        if not p.same_gpu_copies_LG.any():  # a second copy of an expert on a GPU is a wasted slot (eplb's)
+            baselines.append(p)
     # Step 0: the baselines judged by the robust objective with their own copies (each set of copies built once).
     others: list[tuple[RobustSearch, list[Placement]]] = []
     for p in baselines:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 os.environ.setdefault("MOEPLACE_QUIET", "1")
+os.environ.setdefault("MOEPLACE_CHECK_SEARCH", "1")  # local search checks its predicted changes (solvers/localsearch.py)
 
 
 @dataclass

@@ -60,10 +60,11 @@ def test_greedy_by_hand():
     # Loads 10, 1, 1, 8 on 2 GPUs of 2 slots: 10 -> GPU 0, 8 -> GPU 1, 1 -> GPU 1 (9 < 10), 1 -> GPU 0 (GPU 1 full).
     p = solve("greedy", [[10, 1, 1, 8]], gpus=2)
     np.testing.assert_array_equal(p.phy2log_LP, [[0, 2, 3, 1]])
-    # With 2 redundant slots expert 0 (load 12) gets both extra copies (12 > 4, then 6 > 4): replicas of 4.
-    # Replicas 4 (e0), 4 (e3), 4 (e0) -> GPUs 0, 1, 1; the third copy of e0 must share GPU 0; then 2, 2.
+    # With 2 redundant slots expert 0 (load 12) gets one extra copy (12 > 4), and then, at one copy per GPU,
+    # expert 3 (4 > 2): replicas 6 (e0), 6 (e0), 2, 2, 2 (e3), 2 (e3) -> GPUs 0, 1, 0, 1, 0, 1 (the second
+    # copy of e3 avoids the GPU holding the first).
     p = solve("greedy", [[12, 2, 2, 4]], gpus=2, redundant=2)
-    np.testing.assert_array_equal(p.phy2log_LP, [[0, 0, 1, 3, 0, 2]])
+    np.testing.assert_array_equal(p.phy2log_LP, [[0, 1, 3, 0, 2, 3]])
     np.testing.assert_allclose(p.gpu_load_LG(np.array([[12, 2, 2, 4]])), [[10, 10]])
 
 
