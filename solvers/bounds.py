@@ -44,67 +44,89 @@ def bmatching_ub(W: np.ndarray, cap_left: int, cap_right: int) -> float:
 def star_lb(W: np.ndarray, tot_P: np.ndarray, group: int, K: int) -> float:
     """A lower bound on the sum over token-layers of the distinct groups (GPUs or nodes of ``group``
     items) their items reach. Each token-layer x reaching |S(x)| groups equals the sum over its items i of
-    1 / m, with m the number of x's items in i's group; 1 / m is convex in m, so it is at least any of its
-    tangents, and the tokens of i have at most the top ``group - 1`` pair weights of i as partners in
-    its group. Each item takes its best tangent."""
+    1 / m, with m the number of x's items in i's group; 1 / m is convex in m, so the sum over i's tokens is
+    at least its tokens times 1 / (1 + their mean number of partners) (Jensen), and the tokens of i have at
+    most the top ``group - 1`` pair weights of i as partners in its group."""
     M = min(K, group) - 1
     if M <= 0:
         return float(tot_P.sum())
     top = -np.sort(-W, axis=1)[:, :group - 1].sum(axis=1)
     top = np.minimum(top, M * tot_P)
-    m0 = np.arange(M + 1, dtype=np.float64)[:, None]           # tangent points
-    f, df = 1.0 / (1.0 + m0), -1.0 / (1.0 + m0) ** 2
-    lb = tot_P[None, :] * (f - df * m0) + df * top[None, :]    # [M + 1, P]
-    return float(lb.max(axis=0).sum())
+    mean = np.divide(top, tot_P, out=np.zeros_like(top), where=tot_P > 0)
+    return float((tot_P / (1.0 + mean)).sum())
 
 
 def balance_lb(inst: Instance, l: int) -> float:
+    """A lower bound on layer l's largest GPU load. With one item per GPU it is the heaviest item; with two,
+    the best pairing of the items is the heaviest with the lightest, the second heaviest with the second
+    lightest, ... (exact); otherwise the mean, or the heaviest item with the s - 1 lightest."""
     w = np.sort(inst.load_LP[l])
     total = w.sum()
     lb = total / inst.G
     if inst.exact and (w == np.round(w)).all():  # whole loads: the largest GPU load is whole too
         lb = np.ceil(lb - 1e-9)
+    if inst.s == 2:
+        lb = max(lb, float((w + w[::-1]).max()))
     # The busiest item's GPU holds s - 1 other items, at least the s - 1 lightest.
     return float(max(lb, w[-1] + w[: inst.s - 1].sum()))
 
 
-def lower_bound(inst: Instance) -> tuple[float, dict[str, Any]]:
-    """A valid lower bound on the objective of every feasible assignment, by parts: each layer's largest
-    load (mean, heaviest item), and the traffic relaxed to a b-matching of co-located pairs (each item
-    shares its GPU with s - 1 items of its layer (ep) or s items of the next layer (coherent); its node with
-    s G/N - 1 or s G/N) solved by min-cost flow. Only valid for exact counts."""
+def _distinct_lb(W: np.ndarray, tot: np.ndarray, tokens: float, K: int, group: int) -> float:
+    """ep: a lower bound on a layer's distinct groups (GPUs or nodes of ``group`` items), summed over its
+    token-layers. With at most two items of a token in a group, its distinct groups are K minus its co-located
+    pairs, and the co-located pairs of all tokens weigh at most a b-matching of the pair weights (each item
+    with ``group - 1`` partners), solved exactly by min-cost flow; with more (tight for top-2, weak for larger
+    top-k) the same holds as a bound; and always the convex share bound (``star_lb``)."""
+    kt = tokens * K
+    lb = max(tokens * np.ceil(K / group), star_lb(W, tot, group, K))
+    if K <= 3 or group <= 2:
+        lb = max(lb, kt - bmatching_ub(W, group - 1, group - 1) / 2.0)
+    return float(lb)
+
+
+def layer_bounds(inst: Instance) -> tuple[np.ndarray, dict[str, Any]]:
+    """[L] lower bounds of every layer's part of the objective (their sum bounds the objective; in coherent
+    mode the pair hops between layers l and l + 1 are counted at layer l), and the summed parts. Only valid
+    for exact counts. Computed once per instance."""
+    cached = getattr(inst, "_layer_bounds", None)
+    if cached is not None:
+        return cached
     L, s, G, N = inst.L, inst.s, inst.G, inst.N
     per_node = s * G // N
-    bal = sum(balance_lb(inst, l) for l in range(L))
-    gpus = nodes = 0.0
+    bal_L = np.array([balance_lb(inst, l) for l in range(L)])
+    gpus_L, nodes_L = np.zeros(L), np.zeros(L)
     if inst.traffic and inst.mode is TrafficMode.EP:
         for l in range(L):
             t = inst.types_L[l]
             tokens = float(t.count_X.sum())
             K = t.items_XK.shape[1] if t.items_XK.ndim == 2 else 1
             if t.items_XK.shape[0] == 0:
-                gpus += inst.offset_L[l]
-                nodes += inst.offset_L[l]
+                gpus_L[l] = nodes_L[l] = inst.offset_L[l]
                 continue
             W = inst.pair_weights(l)
-            kt = float(t.count_X.sum()) * K
             tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, K), minlength=inst.P)
-            # The pairwise b-matching is tight for top-2 and weak (and slow) for larger top-k.
-            g_lb = max(tokens * np.ceil(K / s), star_lb(W, tot, s, K),
-                       kt - bmatching_ub(W, s - 1, s - 1) / 2.0 if K <= 3 else 0.0)
-            n_lb = max(tokens * np.ceil(K / per_node), star_lb(W, tot, per_node, K),
-                       kt - bmatching_ub(W, per_node - 1, per_node - 1) / 2.0 if K <= 3 else 0.0) \
-                if N > 1 else tokens
-            gpus += inst.offset_L[l] + g_lb
-            nodes += inst.offset_L[l] + n_lb
+            gpus_L[l] = inst.offset_L[l] + _distinct_lb(W, tot, tokens, K, s)
+            nodes_L[l] = inst.offset_L[l] + (_distinct_lb(W, tot, tokens, K, per_node) if N > 1 else tokens)
     elif inst.traffic:
         for l in range(L - 1):
             tr = inst.trans_LPP[l]
-            gpus += tr.sum() - bmatching_ub(tr, s, s)
+            gpus_L[l] = tr.sum() - bmatching_ub(tr, s, s)
             if N > 1:
-                nodes += tr.sum() - bmatching_ub(tr, per_node, per_node)
-    parts = {"max_load_sum": bal, "gpus": gpus, "nodes": nodes}
-    return inst.value(gpus, nodes, bal), parts
+                nodes_L[l] = tr.sum() - bmatching_ub(tr, per_node, per_node)
+    per_layer = np.array([inst.value(gpus_L[l], nodes_L[l], bal_L[l]) for l in range(L)])
+    parts = {"max_load_sum": float(bal_L.sum()), "gpus": float(gpus_L.sum()), "nodes": float(nodes_L.sum())}
+    inst._layer_bounds = (per_layer, parts)  # the instance is not changed after it is built
+    return per_layer, parts
+
+
+def lower_bound(inst: Instance) -> tuple[float, dict[str, Any]]:
+    """A valid lower bound on the objective of every feasible assignment, by parts: each layer's largest
+    load (mean, heaviest items), and the traffic relaxed to a b-matching of co-located pairs (each item
+    shares its GPU with s - 1 items of its layer (ep) or s items of the next layer (coherent); its node with
+    s G/N - 1 or s G/N) solved by min-cost flow, or bounded by the convex share of a token's distinct groups.
+    Only valid for exact counts."""
+    per_layer, parts = layer_bounds(inst)
+    return inst.value(parts["gpus"], parts["nodes"], parts["max_load_sum"]), parts
 
 
 # -- placements -------------------------------------------------------------------------------------------
