@@ -41,7 +41,7 @@ import numpy as np
 from placer.core.placement import Placement
 from solvers import exact
 from solvers.assignment import Outcome, finish, terms
-from solvers.bounds import layer_bounds
+from solvers.bounds import ep_layer_bound, keep_layer_bounds, layer_bounds
 from solvers.common import WALL_SAFETY, WallGuard, assign_to_gpus, best_start
 from solvers.cpsat import model_size, run_cpsat
 from solvers.instance import Instance, build_instance, sort_copies
@@ -63,6 +63,9 @@ FINISH_PER_START = 3.0
 FINISH_MIN_S = 0.05
 # A local-search call does at most 1/LS_CHUNKS of the budget between two looks at the clock.
 LS_CHUNKS = 40
+# The final check of the objective against the cost model (``assignment.finish``) runs through every routing
+# entry (token x layer x rank) at about this many a second (measured on the reference machine under load).
+COST_CHECK_ENTRIES_PER_SECOND = 6e6
 # CP-SAT builds its model in Python at about this many boolean variables per second (measured on the
 # reference machine under load); a model whose build would take more than half its nominal time, or more
 # than the wall clock leaves, is not built.
@@ -162,6 +165,15 @@ class Budget:
     options: SolveOptions
 
 
+def cpsat_fits(inst: Instance, layers: list[int]) -> bool:
+    """The CP-SAT model of ``layers`` has at most CPSAT_MAX_VARIABLES boolean variables (judged first by a
+    cheap count: its placement variables, and in ep mode with top-k > 2 one indicator per token type and GPU)."""
+    n = len(layers) * inst.P * inst.G
+    if inst.traffic and inst.mode.decomposes_by_layer and inst.K > 2:
+        n += sum(inst.types_L[l].items_XK.shape[0] for l in layers) * inst.G
+    return n <= CPSAT_MAX_VARIABLES and model_size(inst, layers) <= CPSAT_MAX_VARIABLES
+
+
 def _cpsat_time(inst: Instance, layers: list[int], nominal_s: float, wall: WallGuard) -> tuple[float, str | None]:
     """CP-SAT's nominal seconds for ``layers`` within what the wall clock leaves after building its model
     (estimated from its size), or 0 and why not."""
@@ -198,6 +210,9 @@ def search_layer(inst: Instance, l: int, gpu_LP: np.ndarray, b: Budget,
     derived from (seed, l) only, so that layers can be searched in any order or at once."""
     wall = WallGuard.until(min(b.deadline, time.monotonic() + b.slice_s))
     out: dict[str, Any] = {"proven": False, "rounds": 0, "kept": 0, "work": 0.0, "cpsat": None}
+    # The layer's lower bound first (the relaxations; only the cheap one once the clock has stopped the layer).
+    out["bound"] = ep_layer_bound(inst, l, cheap=wall.over())
+    out["cheap_bound"] = wall.fired
     # Step 2: exact, the best of every partition of the layer (if the clock allows).
     if parts is not None and not wall.over():
         out.update(row=exact.best_partition(inst, l, parts), proven=True, wall=False)
@@ -218,7 +233,7 @@ def search_layer(inst: Instance, l: int, gpu_LP: np.ndarray, b: Budget,
             out["cpsat"] = {"skipped": why}
     # Step 5: iterated local search with the work left.
     rng = np.random.default_rng([b.seed, l])
-    cur = layer_value(inst, l, gpu[l])
+    cur = layer_value(inst, l, gpu[l]) if inst.traffic and work < b.total and not wall.over() else 0.0
     while not out["proven"] and inst.traffic and work < b.total and not wall.over():
         trial = perturb(inst, gpu, l, swaps=max(2, inst.P // 50), rng=rng)
         trial, w = improve(inst, trial, max(1.0, min(b.total - work, b.total / 20)), seed + out["rounds"] + 1, [l])
@@ -270,8 +285,7 @@ def _solve_by_layer(inst: Instance, gpu: np.ndarray, options: SolveOptions, dead
             parts = exact.partitions(inst.P, inst.G, wall)
         except exact.Stopped:
             extra["exact_stopped_by_wall_clock"] = True
-    size = max(model_size(inst, [l]) for l in range(inst.L))
-    use_cpsat = parts is None and inst.traffic and size <= CPSAT_MAX_VARIABLES
+    use_cpsat = parts is None and inst.traffic and all(cpsat_fits(inst, [l]) for l in range(inst.L))
     work_total = WORK_PER_SECOND * T * WORK_SHARE
     per_layer = work_total / inst.L
     cpsat_s = (1 - SEARCH_SHARE_BEFORE_CPSAT) * WORK_SHARE * T / inst.L if use_cpsat else 0.0
@@ -283,9 +297,9 @@ def _solve_by_layer(inst: Instance, gpu: np.ndarray, options: SolveOptions, dead
     results = search_layers(inst, gpu, b, parts, threads)
     gpu = np.stack([r["row"] for r in results])
     proven = [bool(r["proven"]) for r in results]
+    layer_lb, _ = keep_layer_bounds(inst, np.stack([r["bound"] for r in results]))
     bound = None
     if any(proven):
-        layer_lb, _ = layer_bounds(inst)
         bound = float(sum(layer_value(inst, l, gpu[l]) if proven[l] else layer_lb[l] for l in range(inst.L)))
     extra["by_layer"] = {
         "threads": layers_at_once, "proven_layers": int(sum(proven)),
@@ -293,6 +307,7 @@ def _solve_by_layer(inst: Instance, gpu: np.ndarray, options: SolveOptions, dead
         "iterated_local_search_rounds": int(sum(r["rounds"] for r in results)),
         "kept": int(sum(r["kept"] for r in results)),
         "layers_stopped_by_wall_clock": int(sum(r["wall"] for r in results)),
+        "layers_with_cheap_bound": int(sum(r["cheap_bound"] for r in results)),
     }
     cp = [r["cpsat"] for r in results if r["cpsat"]]
     if cp:
@@ -313,8 +328,7 @@ def _solve_whole(inst: Instance, gpu: np.ndarray, options: SolveOptions, deadlin
     T = options.time_limit_s
     wall = WallGuard.until(deadline)
     rng = np.random.default_rng(options.seed)
-    size = model_size(inst, list(range(inst.L)))
-    use_cpsat = inst.traffic and size <= CPSAT_MAX_VARIABLES
+    use_cpsat = inst.traffic and cpsat_fits(inst, list(range(inst.L)))
     work_total = WORK_PER_SECOND * T * WORK_SHARE
     chunk = work_total / LS_CHUNKS
     first = (SEARCH_SHARE_BEFORE_CPSAT if use_cpsat else FIRST_SEARCH_SHARE) * work_total
@@ -386,7 +400,10 @@ def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     t1 = time.perf_counter()
     terms(inst, gpu)
     finish_s = max(FINISH_PER_START * (time.perf_counter() - t1), FINISH_MIN_S)
-    layer_bounds(inst)
+    if inst.from_paths:
+        finish_s += np.asarray(problem.paths_TLK).size / COST_CHECK_ENTRIES_PER_SECOND
+    if not inst.decomposes:
+        layer_bounds(inst)  # ep: each layer's bound comes with its search
     phases = extra["phase_end_s"] = {"start": round(time.perf_counter() - start, 3)}
     deadline = t0 + SEARCH_END * T - finish_s
     wall = WallGuard.until(deadline)

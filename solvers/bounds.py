@@ -84,39 +84,63 @@ def _distinct_lb(W: np.ndarray, tot: np.ndarray, tokens: float, K: int, group: i
     return float(lb)
 
 
+def ep_layer_bound(inst: Instance, l: int, cheap: bool = False) -> np.ndarray:
+    """ep (or balance only): [distinct GPUs, distinct nodes, largest load] lower bounds of layer l. ``cheap``:
+    without the pair weights (the balance bound and one group per K / group items of a token), for a search
+    the wall clock has stopped."""
+    s, N = inst.s, inst.N
+    per_node = s * inst.G // N
+    out = np.array([0.0, 0.0, balance_lb(inst, l)])
+    if not inst.traffic:
+        return out
+    t = inst.types_L[l]
+    tokens = float(t.count_X.sum())
+    K = t.items_XK.shape[1] if t.items_XK.ndim == 2 else 1
+    if t.items_XK.shape[0] == 0:
+        out[:2] = inst.offset_L[l]
+        return out
+    if cheap:
+        out[0] = inst.offset_L[l] + tokens * np.ceil(K / s)
+        out[1] = inst.offset_L[l] + (tokens * np.ceil(K / per_node) if N > 1 else tokens)
+        return out
+    W = inst.pair_weights(l)
+    tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, K), minlength=inst.P)
+    out[0] = inst.offset_L[l] + _distinct_lb(W, tot, tokens, K, s)
+    out[1] = inst.offset_L[l] + (_distinct_lb(W, tot, tokens, K, per_node) if N > 1 else tokens)
+    return out
+
+
+def keep_layer_bounds(inst: Instance, parts_L3: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Record [L, 3] per-layer bound parts (distinct GPUs or pair hops, distinct nodes or node pair hops,
+    largest load) as the instance's bounds (``layer_bounds`` then returns them)."""
+    parts_L3 = np.asarray(parts_L3, dtype=np.float64)
+    per_layer = np.array([inst.value(*row) for row in parts_L3])
+    parts = {"max_load_sum": float(parts_L3[:, 2].sum()), "gpus": float(parts_L3[:, 0].sum()),
+             "nodes": float(parts_L3[:, 1].sum())}
+    inst._layer_bounds = (per_layer, parts)  # the instance is not changed after it is built
+    return per_layer, parts
+
+
 def layer_bounds(inst: Instance) -> tuple[np.ndarray, dict[str, Any]]:
     """[L] lower bounds of every layer's part of the objective (their sum bounds the objective; in coherent
     mode the pair hops between layers l and l + 1 are counted at layer l), and the summed parts. Only valid
-    for exact counts. Computed once per instance."""
+    for exact counts. Computed once per instance (or given by ``keep_layer_bounds``)."""
     cached = getattr(inst, "_layer_bounds", None)
     if cached is not None:
         return cached
     L, s, G, N = inst.L, inst.s, inst.G, inst.N
+    if inst.decomposes:
+        return keep_layer_bounds(inst, np.stack([ep_layer_bound(inst, l) for l in range(L)]))
     per_node = s * G // N
-    bal_L = np.array([balance_lb(inst, l) for l in range(L)])
-    gpus_L, nodes_L = np.zeros(L), np.zeros(L)
-    if inst.traffic and inst.mode is TrafficMode.EP:
-        for l in range(L):
-            t = inst.types_L[l]
-            tokens = float(t.count_X.sum())
-            K = t.items_XK.shape[1] if t.items_XK.ndim == 2 else 1
-            if t.items_XK.shape[0] == 0:
-                gpus_L[l] = nodes_L[l] = inst.offset_L[l]
-                continue
-            W = inst.pair_weights(l)
-            tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, K), minlength=inst.P)
-            gpus_L[l] = inst.offset_L[l] + _distinct_lb(W, tot, tokens, K, s)
-            nodes_L[l] = inst.offset_L[l] + (_distinct_lb(W, tot, tokens, K, per_node) if N > 1 else tokens)
-    elif inst.traffic:
+    rows = np.zeros((L, 3))
+    rows[:, 2] = [balance_lb(inst, l) for l in range(L)]
+    if inst.traffic:
         for l in range(L - 1):
             tr = inst.trans_LPP[l]
-            gpus_L[l] = tr.sum() - bmatching_ub(tr, s, s)
+            rows[l, 0] = tr.sum() - bmatching_ub(tr, s, s)
             if N > 1:
-                nodes_L[l] = tr.sum() - bmatching_ub(tr, per_node, per_node)
-    per_layer = np.array([inst.value(gpus_L[l], nodes_L[l], bal_L[l]) for l in range(L)])
-    parts = {"max_load_sum": float(bal_L.sum()), "gpus": float(gpus_L.sum()), "nodes": float(nodes_L.sum())}
-    inst._layer_bounds = (per_layer, parts)  # the instance is not changed after it is built
-    return per_layer, parts
+                rows[l, 1] = tr.sum() - bmatching_ub(tr, per_node, per_node)
+    return keep_layer_bounds(inst, rows)
 
 
 def lower_bound(inst: Instance) -> tuple[float, dict[str, Any]]:
