@@ -236,7 +236,9 @@ def search_layer(inst: Instance, l: int, gpu_LP: np.ndarray, b: Budget,
     cur = layer_value(inst, l, gpu[l]) if inst.traffic and work < b.total and not wall.over() else 0.0
     while not out["proven"] and inst.traffic and work < b.total and not wall.over():
         trial = perturb(inst, gpu, l, swaps=max(2, inst.P // 50), rng=rng)
-        trial, w = improve(inst, trial, max(1.0, min(b.total - work, b.total / 20)), seed + out["rounds"] + 1, [l])
+        # (without the pairwise surrogate, whose pair weights cost more than a round on large layers)
+        trial, w = improve(inst, trial, max(1.0, min(b.total - work, b.total / 20)), seed + out["rounds"] + 1, [l],
+                           pair_first=False)
         work += w + ROUND_OVERHEAD
         out["rounds"] += 1
         v = layer_value(inst, l, trial[l])

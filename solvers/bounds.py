@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import njit
 from ortools.graph.python import min_cost_flow
 
 from placer.core.mode import TrafficMode
@@ -84,6 +85,30 @@ def _distinct_lb(W: np.ndarray, tot: np.ndarray, tokens: float, K: int, group: i
     return float(lb)
 
 
+@njit(cache=True)
+def _pair_weights(items_XK, count_X, P):
+    W = np.zeros((P, P))
+    X, K = items_XK.shape
+    for x in range(X):
+        c = count_X[x]
+        for a in range(K):
+            i = items_XK[x, a]
+            for b in range(a + 1, K):
+                j = items_XK[x, b]
+                W[i, j] += c
+                W[j, i] += c
+    return W
+
+
+def pair_weights(inst: Instance, l: int) -> np.ndarray:
+    """ep: [P, P] tokens of layer l using both items i and j (``Instance.pair_weights``, in one compiled pass
+    without temporaries: the bounds of every layer need it)."""
+    t = inst.types_L[l]
+    if t.items_XK.ndim != 2 or t.items_XK.shape[1] < 2:
+        return inst.pair_weights(l)
+    return _pair_weights(t.items_XK.astype(np.int64), t.count_X.astype(np.float64), inst.P)
+
+
 def ep_layer_bound(inst: Instance, l: int, cheap: bool = False) -> np.ndarray:
     """ep (or balance only): [distinct GPUs, distinct nodes, largest load] lower bounds of layer l. ``cheap``:
     without the pair weights (the balance bound and one group per K / group items of a token), for a search
@@ -103,7 +128,7 @@ def ep_layer_bound(inst: Instance, l: int, cheap: bool = False) -> np.ndarray:
         out[0] = inst.offset_L[l] + tokens * np.ceil(K / s)
         out[1] = inst.offset_L[l] + (tokens * np.ceil(K / per_node) if N > 1 else tokens)
         return out
-    W = inst.pair_weights(l)
+    W = pair_weights(inst, l)
     tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, K), minlength=inst.P)
     out[0] = inst.offset_L[l] + _distinct_lb(W, tot, tokens, K, s)
     out[1] = inst.offset_L[l] + (_distinct_lb(W, tot, tokens, K, per_node) if N > 1 else tokens)

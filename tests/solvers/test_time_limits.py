@@ -94,3 +94,25 @@ def test_load_only_exact_enumeration_too_large_for_the_limit():
     p = get_solver("auto")(problem, SolveOptions(time_limit_s=2.0))
     within_limit(p, time.perf_counter() - t0, 2.0)
     assert p.report.extra["by_layer"]["exact_layers"] == 0
+
+
+@pytest.mark.parametrize("redundant,nodes", [(8, 2), (0, 1)])
+def test_threads_give_the_serial_placement(redundant, nodes, monkeypatch):
+    """ep decomposes by layer: --threads 2 searches two layers at once in worker processes, each layer on its
+    own budget and seeds, and returns the serial placement, bound and gap (when the wall clock cut neither:
+    the work budget is made a tenth of the calibrated one, so that it runs out well before the clock)."""
+    import solvers.auto
+
+    monkeypatch.setattr(solvers.auto, "WORK_PER_SECOND", solvers.auto.WORK_PER_SECOND / 10)
+    _, b = trace(6, 32, 4, 3000, seed=9, clusters=4)
+    problem = problem_of(b, 32, 4, nodes, redundant, "ep")
+    runs = [get_solver("auto")(problem, SolveOptions(time_limit_s=3, seed=3, threads=t)) for t in (1, 2)]
+    if any(p.report.extra["stopped_by_wall_clock"] for p in runs):
+        pytest.skip("the machine is too loaded: the wall clock cut a search, which trades reproducibility away")
+    serial, parallel = runs
+    assert parallel.report.extra["by_layer"]["threads"] == 2 and serial.report.extra["by_layer"]["threads"] == 1
+    assert np.array_equal(serial.phy2log_LP, parallel.phy2log_LP)
+    for key in ("objective_value", "bound", "gap", "status"):
+        assert getattr(serial.report, key) == getattr(parallel.report, key), key
+    assert serial.report.extra["work"] == parallel.report.extra["work"]
+    assert serial.report.extra["by_layer"]["iterated_local_search_rounds"] > 6
