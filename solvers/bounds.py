@@ -45,16 +45,20 @@ def bmatching_ub(W: np.ndarray, cap_left: int, cap_right: int) -> float:
 def star_lb(W: np.ndarray, tot_P: np.ndarray, group: int, K: int) -> float:
     """A lower bound on the sum over token-layers of the distinct groups (GPUs or nodes of ``group``
     items) their items reach. Each token-layer x reaching |S(x)| groups equals the sum over its items i of
-    1 / m, with m the number of x's items in i's group; 1 / m is convex in m, so the sum over i's tokens is
-    at least its tokens times 1 / (1 + their mean number of partners) (Jensen), and the tokens of i have at
-    most the top ``group - 1`` pair weights of i as partners in its group."""
+    1 / (1 + o), with o the number of x's other items in i's group, a whole number of at most
+    M = min(K, group) - 1. On whole numbers 1 / (1 + o) equals its piecewise-linear interpolation g, which is
+    convex and decreasing, so the sum over i's tokens is at least their number times g(their mean o)
+    (Jensen), and their o add up to at most the top ``group - 1`` pair weights of i (its group's partners)."""
     M = min(K, group) - 1
     if M <= 0:
         return float(tot_P.sum())
     top = -np.sort(-W, axis=1)[:, :group - 1].sum(axis=1)
     top = np.minimum(top, M * tot_P)
     mean = np.divide(top, tot_P, out=np.zeros_like(top), where=tot_P > 0)
-    return float((tot_P / (1.0 + mean)).sum())
+    lo = np.minimum(np.floor(mean), M - 1)
+    frac = mean - lo
+    g = (1 - frac) / (1.0 + lo) + frac / (2.0 + lo)
+    return float((tot_P * g).sum())
 
 
 def balance_lb(inst: Instance, l: int) -> float:
