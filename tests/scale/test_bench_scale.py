@@ -48,7 +48,7 @@ def test_bench_scale_solve_small_run(tmp_path, cli, monkeypatch):
         assert a["wall_s"] <= 3 * 1.1 + 1.5 and a["status"] in ("OPTIMAL", "FEASIBLE")
         assert a["bound"] <= a["objective"] + 1e-6 and 0 <= a["gap"] < 1
         assert a["objective"] <= r["eplb_objective"]
-    assert r["search_ratio"] > 0 and r["peak_rss_mb"] > 0 and isinstance(r["same_placement"], bool)
+    assert r["search_ratio"] > 0 and r["work_rate_ratio"] > 0 and r["peak_rss_mb"] > 0 and isinstance(r["same_placement"], bool)
     text = "\n".join(f"{k}: {v}" for k, v in scale.rows_solve(json.loads(res.out)["solve"]))
     assert "solve small: auto, 2 thread(s)" in text and "--threads 2 vs 1" in text
 
