@@ -116,3 +116,13 @@ def test_threads_give_the_serial_placement(redundant, nodes, monkeypatch):
         assert getattr(serial.report, key) == getattr(parallel.report, key), key
     assert serial.report.extra["work"] == parallel.report.extra["work"]
     assert serial.report.extra["by_layer"]["iterated_local_search_rounds"] > 6
+
+
+def test_exflow_stops_cbc_at_the_deadline():
+    """A program small enough to build (6 x 32 experts on 4 GPUs) on which CBC spent 80 s in its root node
+    with a 1.25 s limit: the watchdog stops it, and the previous batch or the sweeps stand."""
+    _, b = trace(6, 32, 2, 5000, seed=4, clusters=4)
+    problem = problem_of(b, 32, 4, 1, 0, "coherent")
+    t0 = time.perf_counter()
+    p = get_solver("exflow")(problem, SolveOptions(time_limit_s=LIMIT))
+    within_limit(p, time.perf_counter() - t0)
