@@ -61,8 +61,10 @@ WORK_SHARE = 0.7
 SEARCH_END = 0.85
 FINISH_PER_START = 3.0
 FINISH_MIN_S = 0.05
-# A local-search call does at most 1/LS_CHUNKS of the budget between two looks at the clock.
+# A local-search call does at most 1/LS_CHUNKS of the budget (ep: 1/LAYER_CHUNKS of a layer's) between two
+# looks at the clock.
 LS_CHUNKS = 40
+LAYER_CHUNKS = 4
 # The final check of the objective against the cost model (``assignment.finish``) runs through every routing
 # entry (token x layer x rank) at about this many a second (measured on the reference machine under load).
 COST_CHECK_ENTRIES_PER_SECOND = 6e6
@@ -293,7 +295,7 @@ def _solve_by_layer(inst: Instance, gpu: np.ndarray, options: SolveOptions, dead
     cpsat_s = (1 - SEARCH_SHARE_BEFORE_CPSAT) * WORK_SHARE * T / inst.L if use_cpsat else 0.0
     layers_at_once = min(threads, inst.L)
     b = Budget(first=(SEARCH_SHARE_BEFORE_CPSAT if use_cpsat else FIRST_SEARCH_SHARE) * per_layer,
-               total=per_layer, cpsat_s=cpsat_s, chunk=work_total / LS_CHUNKS, deadline=deadline,
+               total=per_layer, cpsat_s=cpsat_s, chunk=per_layer / LAYER_CHUNKS, deadline=deadline,
                slice_s=wall.left() * layers_at_once / inst.L, seed=options.seed,
                options=dataclasses.replace(options, threads=1))
     results = search_layers(inst, gpu, b, parts, threads)
