@@ -153,8 +153,10 @@ class Budget:
 
     first: work for the first local search; total: work in all (first + iterated local search).
     cpsat_s: nominal CP-SAT seconds (0: no CP-SAT). chunk: work of one local-search call between looks at the
-    clock. deadline: ``time.monotonic()`` value at which every search stops; slice_s: wall-clock seconds one
-    layer's search may take (ep). seed: the solve's seed. options: the CP-SAT options (ep: one worker).
+    clock. deadline: ``time.monotonic()`` value at which every search stops. ep: the layers run in waves of
+    ``threads`` from ``begin`` (a ``time.monotonic()`` value), each wave ``slice_s`` seconds of wall clock; a
+    layer stops at its wave's end (or a quarter slice after it starts, if its wave is late), and never after
+    the deadline. seed: the solve's seed. options: the CP-SAT options (ep: one worker).
     """
 
     first: float
@@ -165,6 +167,8 @@ class Budget:
     slice_s: float
     seed: int
     options: SolveOptions
+    begin: float = 0.0
+    threads: int = 1
 
 
 def cpsat_fits(inst: Instance, layers: list[int]) -> bool:
@@ -196,7 +200,8 @@ def _local_search(inst: Instance, gpu: np.ndarray, budget: float, chunk: float, 
     work = 0.0
     k = 0
     while work < budget and not wall.over():
-        gpu2, w = improve(inst, gpu, max(min(chunk, budget - work), 1.0), seed + 104729 * k, layers)
+        # (the pairwise surrogate on the first call only: its pair weights cost more than a call on large layers)
+        gpu2, w = improve(inst, gpu, max(min(chunk, budget - work), 1.0), seed + 104729 * k, layers, pair_first=k == 0)
         work += w
         k += 1
         same = np.array_equal(gpu2, gpu)
@@ -210,11 +215,13 @@ def search_layer(inst: Instance, l: int, gpu_LP: np.ndarray, b: Budget,
                  parts: np.ndarray | None = None) -> dict[str, Any]:
     """ep (or balance only): layer l's search, steps 2-5, from ``gpu_LP[l]``, on its own budget and seeds
     derived from (seed, l) only, so that layers can be searched in any order or at once."""
-    wall = WallGuard.until(min(b.deadline, time.monotonic() + b.slice_s))
+    now = time.monotonic()
+    wave_end = b.begin + (l // b.threads + 1) * b.slice_s
+    wall = WallGuard.until(min(b.deadline, max(wave_end, now + 0.25 * b.slice_s)))
     out: dict[str, Any] = {"proven": False, "rounds": 0, "kept": 0, "work": 0.0, "cpsat": None}
-    # The layer's lower bound first (the relaxations; only the cheap one once the clock has stopped the layer).
-    out["bound"] = ep_layer_bound(inst, l, cheap=wall.over())
-    out["cheap_bound"] = wall.fired
+    # The layer's lower bound first (the relaxations; only the cheap one once the deadline has passed).
+    out["cheap_bound"] = now >= b.deadline
+    out["bound"] = ep_layer_bound(inst, l, cheap=out["cheap_bound"])
     # Step 2: exact, the best of every partition of the layer (if the clock allows).
     if parts is not None and not wall.over():
         out.update(row=exact.best_partition(inst, l, parts), proven=True, wall=False)
@@ -297,7 +304,7 @@ def _solve_by_layer(inst: Instance, gpu: np.ndarray, options: SolveOptions, dead
     b = Budget(first=(SEARCH_SHARE_BEFORE_CPSAT if use_cpsat else FIRST_SEARCH_SHARE) * per_layer,
                total=per_layer, cpsat_s=cpsat_s, chunk=per_layer / LAYER_CHUNKS, deadline=deadline,
                slice_s=wall.left() * layers_at_once / inst.L, seed=options.seed,
-               options=dataclasses.replace(options, threads=1))
+               options=dataclasses.replace(options, threads=1), begin=time.monotonic(), threads=layers_at_once)
     results = search_layers(inst, gpu, b, parts, threads)
     gpu = np.stack([r["row"] for r in results])
     proven = [bool(r["proven"]) for r in results]
