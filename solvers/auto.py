@@ -69,9 +69,9 @@ LAYER_CHUNKS = 4
 # entry (token x layer x rank) at about this many a second (measured on the reference machine under load).
 COST_CHECK_ENTRIES_PER_SECOND = 6e6
 # CP-SAT builds its model in Python at about this many boolean variables per second (measured on the
-# reference machine under load); a model whose build would take more than half its nominal time, or more
-# than the wall clock leaves, is not built.
-CPSAT_BUILD_VARS_PER_SECOND = 2e4
+# reference machine at load 3: 10,000-20,000 for ep top-2 and top-4 layers and a coherent model); a model
+# whose build would take more than half its nominal time, or more than the wall clock leaves, is not built.
+CPSAT_BUILD_VARS_PER_SECOND = 1e4
 # CP-SAT is tried on models up to this many boolean variables (per layer in ep mode).
 CPSAT_MAX_VARIABLES = 60_000
 # Share of the work budget for the first local search (the rest: iterated local search), or, where
