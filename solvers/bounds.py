@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import njit
 from ortools.graph.python import min_cost_flow
 
 from placer.core.mode import TrafficMode
@@ -44,67 +45,141 @@ def bmatching_ub(W: np.ndarray, cap_left: int, cap_right: int) -> float:
 def star_lb(W: np.ndarray, tot_P: np.ndarray, group: int, K: int) -> float:
     """A lower bound on the sum over token-layers of the distinct groups (GPUs or nodes of ``group``
     items) their items reach. Each token-layer x reaching |S(x)| groups equals the sum over its items i of
-    1 / m, with m the number of x's items in i's group; 1 / m is convex in m, so it is at least any of its
-    tangents, and the tokens of i have at most the top ``group - 1`` pair weights of i as partners in
-    its group. Each item takes its best tangent."""
+    1 / (1 + o), with o the number of x's other items in i's group, a whole number of at most
+    M = min(K, group) - 1. On whole numbers 1 / (1 + o) equals its piecewise-linear interpolation g, which is
+    convex and decreasing, so the sum over i's tokens is at least their number times g(their mean o)
+    (Jensen), and their o add up to at most the top ``group - 1`` pair weights of i (its group's partners)."""
     M = min(K, group) - 1
     if M <= 0:
         return float(tot_P.sum())
     top = -np.sort(-W, axis=1)[:, :group - 1].sum(axis=1)
     top = np.minimum(top, M * tot_P)
-    m0 = np.arange(M + 1, dtype=np.float64)[:, None]           # tangent points
-    f, df = 1.0 / (1.0 + m0), -1.0 / (1.0 + m0) ** 2
-    lb = tot_P[None, :] * (f - df * m0) + df * top[None, :]    # [M + 1, P]
-    return float(lb.max(axis=0).sum())
+    mean = np.divide(top, tot_P, out=np.zeros_like(top), where=tot_P > 0)
+    lo = np.minimum(np.floor(mean), M - 1)
+    frac = mean - lo
+    g = (1 - frac) / (1.0 + lo) + frac / (2.0 + lo)
+    return float((tot_P * g).sum())
 
 
 def balance_lb(inst: Instance, l: int) -> float:
+    """A lower bound on layer l's largest GPU load. With one item per GPU it is the heaviest item; with two,
+    the best pairing of the items is the heaviest with the lightest, the second heaviest with the second
+    lightest, ... (exact); otherwise the mean, or the heaviest item with the s - 1 lightest."""
     w = np.sort(inst.load_LP[l])
     total = w.sum()
     lb = total / inst.G
     if inst.exact and (w == np.round(w)).all():  # whole loads: the largest GPU load is whole too
         lb = np.ceil(lb - 1e-9)
+    if inst.s == 2:
+        lb = max(lb, float((w + w[::-1]).max()))
     # The busiest item's GPU holds s - 1 other items, at least the s - 1 lightest.
     return float(max(lb, w[-1] + w[: inst.s - 1].sum()))
 
 
-def lower_bound(inst: Instance) -> tuple[float, dict[str, Any]]:
-    """A valid lower bound on the objective of every feasible assignment, by parts: each layer's largest
-    load (mean, heaviest item), and the traffic relaxed to a b-matching of co-located pairs (each item
-    shares its GPU with s - 1 items of its layer (ep) or s items of the next layer (coherent); its node with
-    s G/N - 1 or s G/N) solved by min-cost flow. Only valid for exact counts."""
+def _distinct_lb(W: np.ndarray, tot: np.ndarray, tokens: float, K: int, group: int) -> float:
+    """ep: a lower bound on a layer's distinct groups (GPUs or nodes of ``group`` items), summed over its
+    token-layers. With at most two items of a token in a group, its distinct groups are K minus its co-located
+    pairs, and the co-located pairs of all tokens weigh at most a b-matching of the pair weights (each item
+    with ``group - 1`` partners), solved exactly by min-cost flow; with more (tight for top-2, weak for larger
+    top-k) the same holds as a bound; and always the convex share bound (``star_lb``)."""
+    kt = tokens * K
+    lb = max(tokens * np.ceil(K / group), star_lb(W, tot, group, K))
+    if K <= 3 or group <= 2:
+        lb = max(lb, kt - bmatching_ub(W, group - 1, group - 1) / 2.0)
+    return float(lb)
+
+
+@njit(cache=True)
+def _pair_weights(items_XK, count_X, P):
+    W = np.zeros((P, P))
+    X, K = items_XK.shape
+    for x in range(X):
+        c = count_X[x]
+        for a in range(K):
+            i = items_XK[x, a]
+            for b in range(a + 1, K):
+                j = items_XK[x, b]
+                W[i, j] += c
+                W[j, i] += c
+    return W
+
+
+def pair_weights(inst: Instance, l: int) -> np.ndarray:
+    """ep: [P, P] tokens of layer l using both items i and j (``Instance.pair_weights``, in one compiled pass
+    without temporaries: the bounds of every layer need it)."""
+    t = inst.types_L[l]
+    if t.items_XK.ndim != 2 or t.items_XK.shape[1] < 2:
+        return inst.pair_weights(l)
+    return _pair_weights(t.items_XK.astype(np.int64), t.count_X.astype(np.float64), inst.P)
+
+
+def ep_layer_bound(inst: Instance, l: int, cheap: bool = False) -> np.ndarray:
+    """ep (or balance only): [distinct GPUs, distinct nodes, largest load] lower bounds of layer l. ``cheap``:
+    without the pair weights (the balance bound and one group per K / group items of a token), for a search
+    the wall clock has stopped."""
+    s, N = inst.s, inst.N
+    per_node = s * inst.G // N
+    out = np.array([0.0, 0.0, balance_lb(inst, l)])
+    if not inst.traffic:
+        return out
+    t = inst.types_L[l]
+    tokens = float(t.count_X.sum())
+    K = t.items_XK.shape[1] if t.items_XK.ndim == 2 else 1
+    if t.items_XK.shape[0] == 0:
+        out[:2] = inst.offset_L[l]
+        return out
+    if cheap:
+        out[0] = inst.offset_L[l] + tokens * np.ceil(K / s)
+        out[1] = inst.offset_L[l] + (tokens * np.ceil(K / per_node) if N > 1 else tokens)
+        return out
+    W = pair_weights(inst, l)
+    tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, K), minlength=inst.P)
+    out[0] = inst.offset_L[l] + _distinct_lb(W, tot, tokens, K, s)
+    out[1] = inst.offset_L[l] + (_distinct_lb(W, tot, tokens, K, per_node) if N > 1 else tokens)
+    return out
+
+
+def keep_layer_bounds(inst: Instance, parts_L3: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Record [L, 3] per-layer bound parts (distinct GPUs or pair hops, distinct nodes or node pair hops,
+    largest load) as the instance's bounds (``layer_bounds`` then returns them)."""
+    parts_L3 = np.asarray(parts_L3, dtype=np.float64)
+    per_layer = np.array([inst.value(*row) for row in parts_L3])
+    parts = {"max_load_sum": float(parts_L3[:, 2].sum()), "gpus": float(parts_L3[:, 0].sum()),
+             "nodes": float(parts_L3[:, 1].sum())}
+    inst._layer_bounds = (per_layer, parts)  # the instance is not changed after it is built
+    return per_layer, parts
+
+
+def layer_bounds(inst: Instance) -> tuple[np.ndarray, dict[str, Any]]:
+    """[L] lower bounds of every layer's part of the objective (their sum bounds the objective; in coherent
+    mode the pair hops between layers l and l + 1 are counted at layer l), and the summed parts. Only valid
+    for exact counts. Computed once per instance (or given by ``keep_layer_bounds``)."""
+    cached = getattr(inst, "_layer_bounds", None)
+    if cached is not None:
+        return cached
     L, s, G, N = inst.L, inst.s, inst.G, inst.N
+    if inst.decomposes:
+        return keep_layer_bounds(inst, np.stack([ep_layer_bound(inst, l) for l in range(L)]))
     per_node = s * G // N
-    bal = sum(balance_lb(inst, l) for l in range(L))
-    gpus = nodes = 0.0
-    if inst.traffic and inst.mode is TrafficMode.EP:
-        for l in range(L):
-            t = inst.types_L[l]
-            tokens = float(t.count_X.sum())
-            K = t.items_XK.shape[1] if t.items_XK.ndim == 2 else 1
-            if t.items_XK.shape[0] == 0:
-                gpus += inst.offset_L[l]
-                nodes += inst.offset_L[l]
-                continue
-            W = inst.pair_weights(l)
-            kt = float(t.count_X.sum()) * K
-            tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, K), minlength=inst.P)
-            # The pairwise b-matching is tight for top-2 and weak (and slow) for larger top-k.
-            g_lb = max(tokens * np.ceil(K / s), star_lb(W, tot, s, K),
-                       kt - bmatching_ub(W, s - 1, s - 1) / 2.0 if K <= 3 else 0.0)
-            n_lb = max(tokens * np.ceil(K / per_node), star_lb(W, tot, per_node, K),
-                       kt - bmatching_ub(W, per_node - 1, per_node - 1) / 2.0 if K <= 3 else 0.0) \
-                if N > 1 else tokens
-            gpus += inst.offset_L[l] + g_lb
-            nodes += inst.offset_L[l] + n_lb
-    elif inst.traffic:
+    rows = np.zeros((L, 3))
+    rows[:, 2] = [balance_lb(inst, l) for l in range(L)]
+    if inst.traffic:
         for l in range(L - 1):
             tr = inst.trans_LPP[l]
-            gpus += tr.sum() - bmatching_ub(tr, s, s)
+            rows[l, 0] = tr.sum() - bmatching_ub(tr, s, s)
             if N > 1:
-                nodes += tr.sum() - bmatching_ub(tr, per_node, per_node)
-    parts = {"max_load_sum": bal, "gpus": gpus, "nodes": nodes}
-    return inst.value(gpus, nodes, bal), parts
+                rows[l, 1] = tr.sum() - bmatching_ub(tr, per_node, per_node)
+    return keep_layer_bounds(inst, rows)
+
+
+def lower_bound(inst: Instance) -> tuple[float, dict[str, Any]]:
+    """A valid lower bound on the objective of every feasible assignment, by parts: each layer's largest
+    load (mean, heaviest items), and the traffic relaxed to a b-matching of co-located pairs (each item
+    shares its GPU with s - 1 items of its layer (ep) or s items of the next layer (coherent); its node with
+    s G/N - 1 or s G/N) solved by min-cost flow, or bounded by the convex share of a token's distinct groups.
+    Only valid for exact counts."""
+    per_layer, parts = layer_bounds(inst)
+    return inst.value(parts["gpus"], parts["nodes"], parts["max_load_sum"]), parts
 
 
 # -- placements -------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ for 8 experts on 4 GPUs).
   item per GPU there is one partition and the chain decouples into one max-weight assignment per pair
   of layers (OR-Tools' linear sum assignment).
 
-All three need one node and no redundant copies (copies must keep GPU order, which renaming breaks).
+All three need one node and no redundant copies (copies must keep GPU order, which renaming breaks). They
+are tried only when their enumeration fits the time limit and memory (``affordable``), and they stop at a
+wall-clock deadline (then ``auto`` goes on with its heuristic steps, without claiming optimality).
 """
 
 from __future__ import annotations
@@ -25,9 +27,17 @@ import numpy as np
 from ortools.graph.python import linear_sum_assignment
 
 from solvers.assignment import Outcome
+from solvers.common import WallGuard
 from solvers.instance import Instance
 
 MAX_WORK = 3e7  # the largest enumeration (partitions x types, partition pairs x bijections) attempted
+# The partitions are listed by a Python recursion: about 40,000-60,000 a second on the project's 2-core
+# reference machine under load (measured: 2.6M partitions of 16 items on 4 GPUs in 42 s), 8 bytes per item
+# each. An enumeration is attempted only if listing them takes at most EXACT_SHARE of the time limit at that
+# rate and their array at most MAX_PARTITION_BYTES.
+PARTITIONS_PER_SECOND = 4e4
+EXACT_SHARE = 0.25
+MAX_PARTITION_BYTES = 256e6
 
 
 def num_partitions(P: int, G: int) -> int:
@@ -35,9 +45,19 @@ def num_partitions(P: int, G: int) -> int:
     return math.factorial(P) // (math.factorial(s) ** G * math.factorial(G))
 
 
-def partitions(P: int, G: int) -> np.ndarray:
+def affordable(P: int, G: int, time_limit_s: float) -> bool:
+    """Listing every partition of P items on G GPUs fits EXACT_SHARE of the time limit and the memory cap."""
+    n = num_partitions(P, G)
+    return n / PARTITIONS_PER_SECOND <= EXACT_SHARE * time_limit_s and n * P * 8 <= MAX_PARTITION_BYTES
+
+
+class Stopped(Exception):
+    """The wall-clock deadline passed during an enumeration."""
+
+
+def partitions(P: int, G: int, wall: WallGuard | None = None) -> np.ndarray:
     """[n, P] every partition of P items into G unlabeled blocks of P/G, as block labels numbered by
-    their smallest item."""
+    their smallest item. Raises ``Stopped`` if ``wall`` fires first."""
     s = P // G
     labels = np.full(P, -1, dtype=np.int64)
     out: list[np.ndarray] = []
@@ -46,6 +66,8 @@ def partitions(P: int, G: int) -> np.ndarray:
         free = np.nonzero(labels < 0)[0]
         if free.size == 0:
             out.append(labels.copy())
+            if wall is not None and len(out) % 4096 == 0 and wall.over():
+                raise Stopped
             return
         first = free[0]
         for comb in itertools.combinations(free[1:].tolist(), s - 1):
@@ -59,9 +81,11 @@ def partitions(P: int, G: int) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(-1, P)
 
 
-def applicable(inst: Instance) -> str | None:
-    """Which exact method fits this instance (None: none does)."""
+def applicable(inst: Instance, time_limit_s: float = math.inf) -> str | None:
+    """Which exact method fits this instance and the time limit (None: none does)."""
     if inst.N != 1 or inst.redundant or not inst.exact:
+        return None
+    if inst.s > 1 and not affordable(inst.P, inst.G, time_limit_s):
         return None
     n = num_partitions(inst.P, inst.G)
     if inst.decomposes:
@@ -80,22 +104,18 @@ def _block_loads(inst: Instance, l: int, parts: np.ndarray) -> np.ndarray:
     return loads.max(axis=1)
 
 
-def solve_ep(inst: Instance) -> Outcome:
-    """Every layer's best partition (traffic + balance, within the cap)."""
-    parts = partitions(inst.P, inst.G)
-    gpu = np.empty((inst.L, inst.P), dtype=np.int64)
-    for l in range(inst.L):
-        maxload = _block_loads(inst, l, parts)
-        cost = inst.c_bal * maxload
-        if inst.traffic:
-            t = inst.types_L[l]
-            if t.items_XK.shape[0]:
-                b = np.sort(parts[:, t.items_XK], axis=2)                       # [n, X, K]
-                distinct = 1 + (np.diff(b, axis=2) != 0).sum(axis=2)
-                cost = cost + inst.c_gpu * (distinct @ t.count_X)
-        cost[maxload > inst.cap_L[l] * (1 + 1e-9)] = np.inf
-        gpu[l] = parts[int(np.argmin(cost))]
-    return Outcome(gpu, proven=True, extra={"method": "exact: best partition of every layer"})
+def best_partition(inst: Instance, l: int, parts: np.ndarray) -> np.ndarray:
+    """ep: layer l's best partition among ``parts`` (traffic + balance, within the cap), as GPU labels."""
+    maxload = _block_loads(inst, l, parts)
+    cost = inst.c_bal * maxload
+    if inst.traffic:
+        t = inst.types_L[l]
+        if t.items_XK.shape[0]:
+            b = np.sort(parts[:, t.items_XK], axis=2)                       # [n, X, K]
+            distinct = 1 + (np.diff(b, axis=2) != 0).sum(axis=2)
+            cost = cost + inst.c_gpu * (distinct @ t.count_X)
+    cost[maxload > inst.cap_L[l] * (1 + 1e-9)] = np.inf
+    return parts[int(np.argmin(cost))]
 
 
 def solve_assignment(inst: Instance) -> Outcome:
@@ -116,9 +136,13 @@ def solve_assignment(inst: Instance) -> Outcome:
     return Outcome(gpu, proven=True, extra={"method": "exact: max-weight assignment per pair of layers"})
 
 
-def solve_dp(inst: Instance) -> Outcome:
-    """Shortest path over layers, states = partitions within the cap, arcs = best bijection of blocks."""
-    parts = partitions(inst.P, inst.G)
+def solve_dp(inst: Instance, wall: WallGuard) -> Outcome | None:
+    """Shortest path over layers, states = partitions within the cap, arcs = best bijection of blocks (None
+    if ``wall`` fires first)."""
+    try:
+        parts = partitions(inst.P, inst.G, wall)
+    except Stopped:
+        return None
     n, G = parts.shape[0], inst.G
     perms = np.array(list(itertools.permutations(range(G))), dtype=np.int64)      # [B, G]
     onehot = np.zeros((n, G, inst.P))
@@ -132,6 +156,8 @@ def solve_dp(inst: Instance) -> Outcome:
     best = state[0].copy()
     back_p, back_b = [], []
     for l in range(inst.L - 1):
+        if wall.over():
+            return None
         tr = inst.trans_LPP[l]
         W = np.einsum("pbi,ij,qcj->pqbc", onehot, tr, onehot, optimize=True)         # [n, n, G, G]
         kept = W[:, :, np.arange(G)[None, :], perms].sum(axis=3)                      # [n, n, B]
@@ -163,13 +189,20 @@ def solve_dp(inst: Instance) -> Outcome:
     return Outcome(gpu, proven=True, extra={"method": f"exact: dynamic programming over {n} partitions per layer"})
 
 
-def solve(inst: Instance) -> Outcome | None:
-    method = applicable(inst)
-    if method == "enumerate":
-        return solve_ep(inst) if inst.decomposes else None
+def solve(inst: Instance, time_limit_s: float = math.inf, wall: WallGuard | None = None) -> Outcome | None:
+    """The exact method that fits the instance and the time limit (``applicable``), or None (none fits, or
+    ``wall`` fired first). ``auto`` enumerates ep layers inside its per-layer search (``best_partition``)."""
+    wall = WallGuard(math.inf) if wall is None else wall
+    method = applicable(inst, time_limit_s)
+    try:
+        if method == "enumerate" and inst.decomposes:
+            parts = partitions(inst.P, inst.G, wall)
+            gpu = np.stack([best_partition(inst, l, parts) for l in range(inst.L)])
+            return Outcome(gpu, proven=True, extra={"method": "exact: best partition of every layer"})
+    except Stopped:
+        return None
     if method == "assignment":
         return solve_assignment(inst)
     if method == "dp":
-        return solve_dp(inst)
+        return solve_dp(inst, wall)
     return None
-

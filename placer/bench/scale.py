@@ -12,7 +12,17 @@ Parts (``--part``, all by default); each is a function ``part(options) -> dict``
   after: on a shared machine the wall time measures the neighbours too, CPU time much less. The synthetic shards are
   written first (not timed) and kept in ``--workdir`` if given.
 
-The large solves (Kimi-K2 and DeepSeek-V3 shapes on hundreds of GPUs) are to be added as a ``solve`` part.
+- ``solve``: ``moeplace solve``'s default solver (``auto``, ep mode) on the two largest shapes of issue 14:
+  Kimi-K2 (60 MoE layers x 384 experts, top-8) on 256 GPUs in 32 nodes with 128 redundant slots, and
+  DeepSeek-V3 (58 x 256, top-8) on 320 GPUs in 40 nodes with 64 redundant slots (one slot per GPU), each
+  from a synthetic trace (``--solve-tokens`` tokens; written first, not timed, kept in ``--workdir``). A child
+  process per shape reads the trace as ``moeplace solve`` does (timed apart: the time limit does not cover
+  reading inputs), solves it with ``eplb`` (the reference), then with ``auto`` at ``--time-limit`` with one
+  thread and with ``--threads``: wall time against the limit, peak memory, objective against eplb's, bound,
+  gap, and the ratio of the two runs' layer-search phases (the phase the threads share) with a check that
+  both gave the same placement. Where the wall clock cut both searches (the budget is larger than the
+  machine does in the limit), the phases last about as long and the ratio that counts is the work done per
+  second of layer search.
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ class ScaleOptions:
     top_k: int
     clusters: int
     seed: int
+    solve_tokens: int = 100_000
+    time_limit: float = 90.0
+    threads: int = 2
 
 
 # -- what every run is checked by ---------------------------------------------------------------------------
@@ -223,8 +236,114 @@ def rows_stats(r: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-PARTS: dict[str, Callable[[ScaleOptions], dict[str, Any]]] = {"stats": part_stats}
-ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {"stats": rows_stats}
+# -- the large solves ----------------------------------------------------------------------------------------
+
+# name: (layers, experts, top-k, GPUs, nodes, redundant slots)
+SOLVE_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "kimi-k2": (60, 384, 8, 256, 32, 128),
+    "deepseek-v3": (58, 256, 8, 320, 40, 64),
+}
+
+
+def _solve_child(args: str) -> None:
+    """Run in a fresh process: read one trace as ``moeplace solve`` does, then time eplb and auto (1 and N
+    threads) on it; print one JSON line."""
+    os.environ["MOEPLACE_QUIET"] = "1"
+    import resource
+
+    import numpy as np
+
+    from placer.inputs import problem_from_stats, resolve_topology
+    from placer.scenarios import read_scenarios
+    from solvers import SolveOptions, get_solver
+    from solvers.assignment import judge
+
+    a = json.loads(args)
+    t0 = time.perf_counter()
+    read = read_scenarios([Path(a["trace"])], with_paths=True)
+    problem = problem_from_stats(read[0].stats, resolve_topology(a["gpus"], a["nodes"], None), a["redundant"],
+                                 "ep", paths=read[0].paths)
+    out: dict[str, Any] = {"read_s": time.perf_counter() - t0, "load_before": os.getloadavg()[0]}
+    eplb = get_solver("eplb")(problem, SolveOptions())
+    out["eplb_objective"] = float(judge(problem, SolveOptions(params={"max_imbalance": 0}), eplb)[1].value)
+    for threads in (1, a["threads"]):
+        t1 = time.perf_counter()
+        p = get_solver("auto")(problem, SolveOptions(time_limit_s=a["time_limit"], seed=0, threads=threads))
+        r = p.report
+        phases = r.extra["phase_end_s"]
+        out[f"auto_{threads}"] = {
+            "wall_s": time.perf_counter() - t1, "status": str(r.status.value), "objective": r.objective_value,
+            "bound": r.bound, "gap": r.gap, "search_s": phases["by_layer"] - phases["start"],
+            "start_s": phases["start"], "stopped_by_wall_clock": r.extra["stopped_by_wall_clock"],
+            "layers_stopped_by_wall_clock": r.extra["by_layer"]["layers_stopped_by_wall_clock"],
+            "work": r.extra["work"], "placement_sha256": hashlib.sha256(np.ascontiguousarray(p.phy2log_LP)).hexdigest(),
+        }
+    out["load_after"] = os.getloadavg()[0]
+    out["peak_rss_mb"] = _peak_rss_mb()
+    out["workers_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def part_solve(o: ScaleOptions) -> dict[str, Any]:
+    if o.time_limit <= 0 or o.solve_tokens < 1:
+        raise InputError(f"--time-limit {o.time_limit} and --solve-tokens {o.solve_tokens} must be positive")
+    if o.threads < 2:
+        raise InputError(f"--threads {o.threads}: compare at least 2 threads against 1")
+    from placer.bench.stats import _synth
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    shapes = {}
+    for name, (L, E, K, G, N, R) in SOLVE_SHAPES.items():
+        trace = o.workdir / f"solve-{name}-{L}x{E}-top{K}-{o.solve_tokens}-seed{o.seed}.parquet"
+        synth_s = 0.0 if trace.exists() else _synth(trace, L, E, K, o.solve_tokens, o.clusters, o.seed)
+        args = json.dumps({"trace": str(trace), "gpus": G, "nodes": N, "redundant": R, "time_limit": o.time_limit,
+                           "threads": o.threads})
+        proc = subprocess.run([sys.executable, "-c", "import sys; from placer.bench.scale import _solve_child; "
+                               "_solve_child(sys.argv[1])", args], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise MoeplaceError(f"the timed solve of the {name} shape failed (exit {proc.returncode}): {last}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        one, many = r["auto_1"], r[f"auto_{o.threads}"]
+        r.update(shape=[L, E, K], gpus=G, nodes=N, redundant=R, tokens=o.solve_tokens, synth_s=synth_s,
+                 time_limit=o.time_limit, threads=o.threads,
+                 same_placement=one["placement_sha256"] == many["placement_sha256"],
+                 search_ratio=one["search_s"] / max(many["search_s"], 1e-9),
+                 work_rate_ratio=(many["work"] / max(many["search_s"], 1e-9)) / max(one["work"] / max(one["search_s"], 1e-9), 1e-9),
+                 wall_ratio=one["wall_s"] / max(many["wall_s"], 1e-9))
+        shapes[name] = r
+    return {"cores": os.cpu_count() or 1, "shapes": shapes}
+
+
+def rows_solve(r: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for name, s in r["shapes"].items():
+        L, E, K = s["shape"]
+        rows.append((f"solve {name}: shape", f"{L} x {E} x top-{K} on {s['gpus']} GPUs in {s['nodes']} nodes, "
+                                             f"{s['redundant']} redundant slots; {s['tokens']:,} tokens, read in "
+                                             f"{s['read_s']:.1f} s (not in the limit)"))
+        rows.append((f"solve {name}: eplb objective", f"{s['eplb_objective']:,.0f}"))
+        for key in ("auto_1", f"auto_{s['threads']}"):
+            a = s[key]
+            threads = key.split("_")[1]
+            gap = "-" if a["gap"] is None else f"{100 * a['gap']:.1f} %"
+            cut = f", wall clock cut {a['layers_stopped_by_wall_clock']} layers" if a["stopped_by_wall_clock"] else ""
+            rows.append((f"solve {name}: auto, {threads} thread(s)",
+                         f"{a['wall_s']:.1f} s of a {s['time_limit']:g} s limit ({a['status']}{cut}); objective "
+                         f"{a['objective']:,.0f} ({100 * (1 - a['objective'] / s['eplb_objective']):.1f} % below "
+                         f"eplb), bound {a['bound']:,.0f}, gap {gap}"))
+        rows.append((f"solve {name}: peak memory", f"{s['peak_rss_mb']:,.0f} MB (workers {s['workers_peak_rss_mb']:,.0f} MB each)"))
+        rows.append((f"solve {name}: --threads {s['threads']} vs 1",
+                     f"layer search {s['search_ratio']:.2f}x, whole solve {s['wall_ratio']:.2f}x, local-search work per "
+                     f"second of layer search {s['work_rate_ratio']:.2f}x; same placement: "
+                     f"{'yes' if s['same_placement'] else 'no (the wall clock cut the searches differently)'}; "
+                     f"load average {s['load_before']:.1f} -> {s['load_after']:.1f}"))
+    return rows
+
+
+PARTS: dict[str, Callable[[ScaleOptions], dict[str, Any]]] = {"stats": part_stats, "solve": part_solve}
+ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {"stats": rows_stats, "solve": rows_solve}
 
 
 def bench_scale(
@@ -237,6 +356,9 @@ def bench_scale(
     top_k: int = typer.Option(8, "--top-k", "-K", help="stats: experts per token (DeepSeek-V3: 8)."),
     clusters: int = typer.Option(8, "--clusters", help="stats: planted clusters of the synthetic trace."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first synthetic shard (the next ones: seed + 1, ...)."),
+    solve_tokens: int = typer.Option(100_000, "--solve-tokens", help="solve: tokens of each shape's synthetic trace."),
+    time_limit: float = typer.Option(90.0, "--time-limit", help="solve: auto's --time-limit in seconds."),
+    threads: int = typer.Option(2, "--threads", help="solve: auto's --threads compared against one."),
     workdir: Optional[Path] = typer.Option(
         None, "--workdir", help="Folder for the synthetic traces, kept for the next run (default: a temporary "
         "folder, removed afterwards)."),
@@ -248,6 +370,9 @@ def bench_scale(
     and 5 GB of disk to synthesise on 2 cores, not timed) counted on Dask with 1 and with --workers local
     workers (one kernel thread each), against the single-process path with one kernel thread and with every
     core; every run's statistics must be equal bit for bit. Small runs: --tokens 4000 -L 4 -E 16 -K 2.
+
+    The solve part: auto on the Kimi-K2 and DeepSeek-V3 shapes (hundreds of GPUs) at --time-limit, with 1 and
+    --threads threads, against eplb (about 4 x --time-limit per shape, plus writing the traces).
     """
     import shutil
 
@@ -262,7 +387,8 @@ def bench_scale(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         o = ScaleOptions(workdir=folder, tokens=tokens, shards=shards, workers=workers, layers=layers,
-                         experts=experts, top_k=top_k, clusters=clusters, seed=seed)
+                         experts=experts, top_k=top_k, clusters=clusters, seed=seed, solve_tokens=solve_tokens,
+                         time_limit=time_limit, threads=threads)
         result = {name: PARTS[name](o) for name in chosen}
     finally:
         if tmp is not None:

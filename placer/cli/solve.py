@@ -36,11 +36,14 @@ def solve(
     mode: TrafficMode = typer.Option(TrafficMode.EP, "--mode", help="Traffic model to solve for: ep or coherent."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
     time_limit: float = typer.Option(
-        60.0, "--time-limit", help="Seconds a solver may run (auto/cpsat: a budget in calibrated work units and "
-                                   "deterministic time, so results repeat; see docs/solvers.md)."),
+        60.0, "--time-limit", help="Seconds a solve may take on the wall clock, reading the inputs apart: it ends "
+                                   "within the limit plus 10 % (auto/cpsat: a budget in calibrated work units and "
+                                   "deterministic time, so results repeat unless the clock cuts them; see "
+                                   "docs/solvers.md)."),
     threads: int = typer.Option(
-        0, "--threads", help="Solver threads (0 = the solver's default: one CP-SAT worker, one MILP thread; "
-                             "N > 1 CP-SAT workers are interleaved, so results stay deterministic)."),
+        0, "--threads", help="Solver threads (0 = the solver's default: one). auto in ep mode (or on loads "
+                             "only): N layers searched at once in worker processes, with the serial result; "
+                             "coherent and cpsat: N interleaved CP-SAT workers; MILP solvers: N threads."),
     groups: Optional[int] = typer.Option(
         None, "--groups", help="eplb: expert groups (DeepSeek-V3's n_group); hierarchical if nodes divide them."),
     balance_weight: Optional[float] = typer.Option(

@@ -9,7 +9,7 @@ from tests.conftest import assert_one_line_error
 
 def test_bench_solve_small(cli):
     res = cli("bench", "solve", "--part", "mixtral", "--part", "heldout", "--mixtral-tokens", "2000",
-              "--mixtral-time-limit", "1", "--heldout-time-limit", "1", "--train", "missing.parquet", "--json")
+              "--mixtral-time-limit", "5", "--heldout-time-limit", "1", "--train", "missing.parquet", "--json")
     assert res.code == 0, res.err
     d = json.loads(res.out)
     assert [(r["gpus"], r["mode"]) for r in d["mixtral"]] == [(4, "ep"), (4, "coherent"), (8, "ep"), (8, "coherent")]
