@@ -42,8 +42,8 @@ from placer.core.placement import Placement
 from solvers import exact
 from solvers.assignment import Outcome, finish, terms
 from solvers.bounds import ep_layer_bound, keep_layer_bounds, layer_bounds
-from solvers.common import WALL_SAFETY, WallGuard, assign_to_gpus, best_start
-from solvers.cpsat import model_size, run_cpsat
+from solvers.common import SEARCH_END, WALL_SAFETY, WallGuard, assign_to_gpus, best_start, finish_seconds
+from solvers.cpsat import build_seconds, model_size, run_cpsat
 from solvers.instance import Instance, build_instance, sort_copies
 from solvers.localsearch import improve, layer_value
 from solvers.problem import PlacementProblem, SolveOptions
@@ -55,23 +55,14 @@ from solvers.robust import solve_robust
 # rest is for building the instance, the start, the bound and finishing, and a margin for a loaded machine.
 WORK_PER_SECOND = 2e7
 WORK_SHARE = 0.7
-# The wall-clock deadline of the searches: SEARCH_END of the limit after the start, less what finishing
-# is expected to take (FINISH_PER_START times the time the start's objective took to evaluate, at least
-# FINISH_MIN_S); the solve then ends within the limit plus 10 % (docs/solvers.md, "Time limits").
-SEARCH_END = 0.85
-FINISH_PER_START = 3.0
-FINISH_MIN_S = 0.05
+# The wall-clock deadline of the searches: solvers/common.py's SEARCH_END of the limit, less what finishing
+# is expected to take (``finish_seconds``); the solve then ends within the limit plus 10 % (docs/solvers.md).
 # A local-search call does at most 1/LS_CHUNKS of the budget (ep: 1/LAYER_CHUNKS of a layer's) between two
 # looks at the clock.
 LS_CHUNKS = 40
 LAYER_CHUNKS = 4
-# The final check of the objective against the cost model (``assignment.finish``) runs through every routing
-# entry (token x layer x rank) at about this many a second (measured on the reference machine under load).
-COST_CHECK_ENTRIES_PER_SECOND = 6e6
-# CP-SAT builds its model in Python at about this many boolean variables per second (measured on the
-# reference machine at load 3: 10,000-20,000 for ep top-2 and top-4 layers and a coherent model); a model
-# whose build would take more than half its nominal time, or more than the wall clock leaves, is not built.
-CPSAT_BUILD_VARS_PER_SECOND = 1e4
+# A CP-SAT model whose build (``cpsat.build_seconds``) would take more than half its nominal time, or more
+# than the wall clock leaves, is not built.
 # CP-SAT is tried on models up to this many boolean variables (per layer in ep mode).
 CPSAT_MAX_VARIABLES = 60_000
 # Share of the work budget for the first local search (the rest: iterated local search), or, where
@@ -187,7 +178,7 @@ def cpsat_fits(inst: Instance, layers: list[int]) -> bool:
 def _cpsat_time(inst: Instance, layers: list[int], nominal_s: float, wall: WallGuard) -> tuple[float, str | None]:
     """CP-SAT's nominal seconds for ``layers`` within what the wall clock leaves after building its model
     (estimated from its size), or 0 and why not."""
-    build_s = model_size(inst, layers) / CPSAT_BUILD_VARS_PER_SECOND
+    build_s = build_seconds(inst, layers)
     if build_s > 0.5 * nominal_s:
         return 0.0, "its model would take more than half its time to build"
     left = wall.left() - build_s
@@ -402,7 +393,7 @@ def _solve_whole(inst: Instance, gpu: np.ndarray, options: SolveOptions, deadlin
 
 @solver("auto", summary="the default: exact where the structure allows, local search and CP-SAT with a bound otherwise",
         params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True,
-        robust=solve_robust)
+        robust=solve_robust, compiled=True)
 def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     t0 = time.monotonic()
@@ -412,11 +403,7 @@ def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     # Step 1: the best feasible start, and the bound (kept for the report).
     start_name, gpu, value = best_start(inst, problem)
     extra: dict[str, Any] = {"start": {"solver": start_name, "objective": value}}
-    t1 = time.perf_counter()
-    terms(inst, gpu)
-    finish_s = max(FINISH_PER_START * (time.perf_counter() - t1), FINISH_MIN_S)
-    if inst.from_paths:
-        finish_s += np.asarray(problem.paths_TLK).size / COST_CHECK_ENTRIES_PER_SECOND
+    finish_s = finish_seconds(inst, problem, gpu)
     if not inst.decomposes:
         layer_bounds(inst)  # ep: each layer's bound comes with its search
     phases = extra["phase_end_s"] = {"start": round(time.perf_counter() - start, 3)}

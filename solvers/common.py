@@ -19,6 +19,16 @@ from solvers.problem import PlacementProblem, SolveOptions
 # and a cut-off by the wall clock trades reproducibility away only when it fires (the placement says so).
 DET_PER_SECOND = 0.75
 WALL_SAFETY = 1.0
+# The wall-clock deadline of an optimising solver's searches: SEARCH_END of the limit after the start, less
+# what finishing is expected to take (``finish_seconds``), so that the solve ends within the limit plus 10 %.
+SEARCH_END = 0.85
+# Finishing (``assignment.finish``: the objective, the bound, the check against the cost model) is expected to
+# take FINISH_PER_START times one evaluation of the start's objective (at least FINISH_MIN_S), plus the cost
+# model's pass over every routing entry (token x layer x rank) at about COST_CHECK_ENTRIES_PER_SECOND
+# (measured on the reference machine under load).
+FINISH_PER_START = 3.0
+FINISH_MIN_S = 0.05
+COST_CHECK_ENTRIES_PER_SECOND = 6e6
 
 
 def starts(inst: Instance, problem: PlacementProblem) -> list[tuple[str, np.ndarray]]:
@@ -45,6 +55,16 @@ def best_start(inst: Instance, problem: PlacementProblem) -> tuple[str, np.ndarr
         if best is None or v < best[2] - 1e-9:
             best = (name, gpu, v)
     return best
+
+
+def finish_seconds(inst: Instance, problem: PlacementProblem, gpu_LP: np.ndarray) -> float:
+    """Seconds that finishing a solve of ``inst`` is expected to take (timed on one evaluation of ``gpu_LP``)."""
+    t1 = time.perf_counter()
+    terms(inst, gpu_LP)
+    s = max(FINISH_PER_START * (time.perf_counter() - t1), FINISH_MIN_S)
+    if inst.from_paths:
+        s += np.asarray(problem.paths_TLK).size / COST_CHECK_ENTRIES_PER_SECOND
+    return s
 
 
 def workers(options: SolveOptions) -> int:

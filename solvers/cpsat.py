@@ -37,12 +37,24 @@ from placer.core.errors import MoeplaceError
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from solvers.assignment import Outcome, finish, layer_loads
-from solvers.common import DET_PER_SECOND, WALL_SAFETY, best_start, workers
+from solvers.common import DET_PER_SECOND, SEARCH_END, WALL_SAFETY, WallGuard, best_start, finish_seconds, workers
 from solvers.instance import Instance, build_instance
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import solver
 
 MAX_LITERALS = 2_000_000  # a larger model is refused with a message (use ``auto``)
+# The model is built in Python at about this many boolean variables per second (measured on the reference
+# machine at load 3: 10,000-20,000 for ep top-2 and top-4 layers and a coherent model).
+BUILD_VARS_PER_SECOND = 1e4
+
+
+class BuildCut(Exception):
+    """The wall clock ran out while a model was being built (``CpsatModel(wall=...)``)."""
+
+
+def build_seconds(inst: Instance, layers: list[int]) -> float:
+    """Seconds the model of ``layers`` is expected to take to build."""
+    return model_size(inst, layers) / BUILD_VARS_PER_SECOND
 
 
 def model_size(inst: Instance, layers: list[int]) -> int:
@@ -117,8 +129,10 @@ class CoherentIndicators:
 class CpsatModel:
     """The CP-SAT model of some layers of an instance (all layers in ``coherent`` mode)."""
 
-    def __init__(self, inst: Instance, layers: list[int], hint_LP: np.ndarray | None) -> None:
-        self.inst, self.layers = inst, layers
+    def __init__(self, inst: Instance, layers: list[int], hint_LP: np.ndarray | None,
+                 wall: WallGuard | None = None) -> None:
+        """The model of ``layers``, hinted with ``hint_LP``; raises ``BuildCut`` if ``wall`` fires meanwhile."""
+        self.inst, self.layers, self.wall = inst, layers, wall
         model = self.model = cp_model.CpModel()
         G, N, P, s = inst.G, inst.N, inst.P, inst.s
         gpn = G // N
@@ -196,11 +210,17 @@ class CpsatModel:
             self.coherent = CoherentIndicators()
             for l in layers[:-1]:
                 self._coherent_pair(l, c_gpu, c_node, objective)
+        self._check_clock()
 
         # Objective: the weighted sum of the layers' largest loads and the traffic.
         model.minimize(sum(objective))
         if hint_LP is not None:
             self._hint(hint_LP)
+
+    def _check_clock(self) -> None:
+        """Stop the build (``BuildCut``) once the wall clock has run out."""
+        if self.wall is not None and self.wall.over():
+            raise BuildCut
 
     def _coherent_pair(self, l: int, c_gpu: int, c_node: int, objective: list[Any]) -> None:
         """coherent, layers l and l+1: hops = transitions - those kept on one GPU (node)."""
@@ -215,6 +235,7 @@ class CpsatModel:
         per_node_b: dict[tuple[int, int], list] = {}
         for i, j in np.argwhere(tr > 0):
             i, j = int(i), int(j)
+            self._check_clock()
             # Variables: kept[g] = item i of layer l and item j of layer l+1 both sit on GPU g.
             kept = [model.new_bool_var(f"z_{l}_{i}_{j}_{g}") for g in range(G)]
             # Constraints: a pair is kept on GPU g only if both items sit there, on one GPU at most.
@@ -267,6 +288,7 @@ class CpsatModel:
         same: dict[tuple[int, int], Any] = {}
         same_n: dict[tuple[int, int], Any] = {}
         for i, j in zip(iu.tolist(), ju.tolist()):
+            self._check_clock()
             # Variables: both[g] = items i and j of a common type both sit on GPU g.
             both = [model.new_bool_var(f"y_{l}_{i}_{j}_{g}") for g in range(G)]
             # Constraints: a pair is together on GPU g only if both items sit there, on one GPU at most.
@@ -304,6 +326,7 @@ class CpsatModel:
             return
         self.const -= (c_gpu + c_node) * float(cnt.sum()) * K
         for x in range(X):
+            self._check_clock()
             items = [int(i) for i in t.items_XK[x]]
             # Variables (top-k > 2): reaches[g] = type x reaches GPU g.
             reaches = [model.new_bool_var(f"u_{l}_{x}_{g}") for g in range(G)]
@@ -334,6 +357,7 @@ class CpsatModel:
         inst, model = self.inst, self.model
         node = inst.node_of_gpu
         for l in self.layers:
+            self._check_clock()
             for i in range(inst.P):
                 for g in range(inst.G):
                     model.add_hint(self.on_gpu[l][i][g], int(gpu_LP[l, i] == g))
@@ -366,7 +390,7 @@ class CpsatModel:
 
     def solve(self, det_time: float, seed: int, num_workers: int) -> dict[str, Any]:
         """Solve within ``det_time`` deterministic seconds (wall-clock safety: det_time / DET_PER_SECOND x
-        WALL_SAFETY); returns status name, assignment of the model's layers (or None), value and bound (in
+        WALL_SAFETY, and no later than the model's ``wall``); returns status name, assignment of the model's layers (or None), value and bound (in
         objective units, constant included), and how it stopped."""
         solver = cp_model.CpSolver()
         params = solver.parameters
@@ -376,6 +400,8 @@ class CpsatModel:
             params.interleave_search = True
         params.max_deterministic_time = max(det_time, 0.005)
         params.max_time_in_seconds = max(det_time, 0.005) / DET_PER_SECOND * WALL_SAFETY
+        if self.wall is not None:
+            params.max_time_in_seconds = max(min(params.max_time_in_seconds, self.wall.left()), 0.005)
         t0 = time.perf_counter()
         status = solver.solve(self.model)
         wall = time.perf_counter() - t0
@@ -406,10 +432,12 @@ class CpsatModel:
 
 
 def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s: float,
-              layers: list[int] | None = None) -> Outcome:
+              layers: list[int] | None = None, wall: WallGuard | None = None) -> Outcome:
     """CP-SAT on the instance (ep: layer by layer), warm-started from ``hint_LP``, for ``time_s`` nominal
     seconds (deterministic time ``time_s x DET_PER_SECOND``, split evenly among the blocks, what a block
-    leaves passing to the next). The hint is kept where CP-SAT finds nothing within its budget."""
+    leaves passing to the next). The hint is kept where CP-SAT finds nothing within its budget. With ``wall``,
+    a block whose build (``build_seconds``) would not end before the deadline is not built, a build the
+    deadline overtakes is dropped, and no solve runs past it (status ``skipped``: the hint, no bound)."""
     layers = list(range(inst.L)) if layers is None else layers
     size = model_size(inst, layers)
     if size > MAX_LITERALS:
@@ -427,7 +455,13 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
     wall_stop = False
     for k, block in enumerate(blocks):
         share = max(det_total - det_used, 0.0) / (len(blocks) - k)
-        res = CpsatModel(inst, block, hint).solve(share, options.seed + block[0], workers(options))
+        try:
+            if wall is not None and build_seconds(inst, block) >= wall.left():
+                raise BuildCut
+            res = CpsatModel(inst, block, hint, wall).solve(share, options.seed + block[0], workers(options))
+        except BuildCut:
+            res = {"status": "skipped", "gpu": None, "bound": None, "proven": False, "deterministic_time": 0.0,
+                   "stopped_by_wall_clock": True}
         statuses[res["status"]] = statuses.get(res["status"], 0) + 1
         det_used += res["deterministic_time"]
         wall_stop |= res["stopped_by_wall_clock"]
@@ -443,11 +477,15 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
 
 
 @solver("cpsat", summary="one joint CP-SAT model of balance, traffic and redundant copies, with CP-SAT's bound",
-        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True)
+        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True, compiled=True)
 def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
+    t0 = time.monotonic()
     inst = build_instance(problem, options)
     name, hint, _ = best_start(inst, problem)
-    out = run_cpsat(inst, hint, options, options.time_limit_s)
+    # The wall-clock deadline (docs/solvers.md, "Time limits"): CP-SAT's own time as in auto, its model's build
+    # and solve cut at SEARCH_END of the limit less what finishing takes.
+    wall = WallGuard.until(t0 + SEARCH_END * options.time_limit_s - finish_seconds(inst, problem, hint))
+    out = run_cpsat(inst, hint, options, options.time_limit_s, wall=wall)
     out.extra["warm_start"] = name
     return finish(inst, out, "cpsat", start)

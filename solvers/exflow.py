@@ -39,7 +39,7 @@ import numpy as np
 from placer.core.objective import Quantity
 from placer.core.placement import Placement
 from solvers import milp
-from solvers.common import WallGuard, assign_to_gpus
+from solvers.common import SEARCH_END, WallGuard, assign_to_gpus
 from solvers.instance import weights_of
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import solver
@@ -49,8 +49,8 @@ from solvers.registry import solver
 TERMS_PER_SECOND = 4e4
 BYTES_PER_TERM = 1000
 MAX_MODEL_BYTES = 1.5e9
-# The batches stop by this share of the limit (the rest: reading the solution, the placement's figures).
-SEARCH_END = 0.85
+# The batches stop by solvers/common.py's SEARCH_END of the limit (the rest: reading the solution, the
+# placement's figures).
 MIN_SOLVE_S = 0.5
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 from placer.core.placement import Placement
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.robust import Scenarios, scenario_figures
+from solvers.warmup import warm_up
 
 SolveFn = Callable[[PlacementProblem, SolveOptions], Placement]
 RobustFn = Callable[[Scenarios, SolveOptions], Placement]
@@ -34,6 +35,8 @@ class SolverSpec:
         of equal objective the first wins), or None.
     robust: its solve of several scenarios at once (``solvers/robust.py``); without one, ``solve_scenarios`` gives
         it the scenarios' sum.
+    compiled: it searches with numba kernels, compiled (or loaded from numba's cache) on a tiny problem before
+        its first solve in a process, so that the compilation does not eat its time limit (``solvers/warmup.py``).
     """
 
     name: str
@@ -45,10 +48,13 @@ class SolverSpec:
     copies: bool = True
     warm_start: int | None = None
     robust: RobustFn | None = None
+    compiled: bool = False
 
     def __call__(self, problem: PlacementProblem, options: SolveOptions | None = None) -> Placement:
         options = SolveOptions() if options is None else options
         self.check(problem, options)
+        if self.compiled:
+            warm_up(self.name, problem.mode, False, lambda ps, o: self.solve(ps[0], o))
         return self.solve(problem, options)
 
     def check(self, problem: PlacementProblem, options: SolveOptions) -> None:
@@ -71,6 +77,9 @@ class SolverSpec:
         if self.robust is not None:
             for problem in scn.problems:
                 self.check(problem, options)
+            if self.compiled:
+                warm_up(self.name, scn.first.mode, True,
+                        lambda ps, o: self.robust(Scenarios(tuple(ps), ("a", "b"), (1.0, 1.0)), o))
             return self.robust(scn, options)
         placement = self(scn.summed(), options)
         extra = {**placement.report.extra, "scenarios": scenario_figures(scn, options, placement)}
