@@ -306,6 +306,9 @@ def ep_swap(data, s, gpu, w, i, j):
     return na * K * K * 2
 
 
+# Deliberate duplicates: the best-improvement loops of ep_layer_search, ep_pair_search and coherent_search (and
+# robust.py's _robust_layer / _robust_coherent) have the same shape with a different change and swap inside.
+# numba inlines those (inline="always"); passing them in as first-class functions costs 2-3x in these loops.
 @njit(cache=True)
 def ep_layer_search(data, rules, costs, gpu, order, budget):
     """Improve one ep layer's assignment ``gpu`` in place (best partner for each item in turn); returns (the

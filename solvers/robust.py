@@ -189,6 +189,7 @@ def _robust_layer(gpu, w_SP, W_SPP, cap_S, node, N, prev, nxt, step, cb, cg, cn,
     """Swap search on one layer (``ep``: the objective decomposes by layer for every scenario) against the robust
     combination of the scenarios' totals ``tot`` (updated in place with each taken swap's change); returns the
     work done."""
+    # (a deliberate duplicate of _robust_coherent's and localsearch's loops: see localsearch.ep_layer_search)
     S, P = w_SP.shape
     G = node.shape[0]
     gpu1, prev1, nxt1 = gpu.reshape(1, P), prev.reshape(1, P), nxt.reshape(1, P)  # the layer as [1, P] rows
