@@ -43,7 +43,7 @@ from solvers import exact
 from solvers.assignment import Outcome, finish, terms
 from solvers.bounds import ep_layer_bound, keep_layer_bounds, layer_bounds
 from solvers.common import SEARCH_END, WALL_SAFETY, WallGuard, assign_to_gpus, best_start, finish_seconds
-from solvers.cpsat import build_seconds, model_size, run_cpsat
+from solvers.cpsat import build_seconds, model_size, run_cpsat, run_cpsat_robust
 from solvers.instance import Instance, build_instance, sort_copies
 from solvers.localsearch import improve, layer_value
 from solvers.problem import PlacementProblem, SolveOptions
@@ -393,7 +393,7 @@ def _solve_whole(inst: Instance, gpu: np.ndarray, options: SolveOptions, deadlin
 
 @solver("auto", summary="the default: exact where the structure allows, local search and CP-SAT with a bound otherwise",
         params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True,
-        robust=solve_robust, compiled=True)
+        robust=lambda scn, options: solve_robust(scn, options, "auto", cpsat=run_cpsat_robust), compiled=True)
 def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     t0 = time.monotonic()

@@ -36,11 +36,12 @@ from ortools.sat.python import cp_model
 from placer.core.errors import MoeplaceError
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
-from solvers.assignment import Outcome, finish, layer_loads
+from solvers.assignment import Outcome, finish, layer_loads, terms
 from solvers.common import DET_PER_SECOND, SEARCH_END, WALL_SAFETY, WallGuard, best_start, finish_seconds, workers
 from solvers.instance import Instance, build_instance
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import solver
+from solvers.robust import solve_robust
 
 MAX_LITERALS = 2_000_000  # a larger model is refused with a message (use ``auto``)
 # The model is built in Python at about this many boolean variables per second (measured on the reference
@@ -130,10 +131,13 @@ class CpsatModel:
     """The CP-SAT model of some layers of an instance (all layers in ``coherent`` mode)."""
 
     def __init__(self, inst: Instance, layers: list[int], hint_LP: np.ndarray | None,
-                 wall: WallGuard | None = None) -> None:
-        """The model of ``layers``, hinted with ``hint_LP``; raises ``BuildCut`` if ``wall`` fires meanwhile."""
+                 wall: WallGuard | None = None, share: CpsatModel | None = None) -> None:
+        """The model of ``layers``, hinted with ``hint_LP``; raises ``BuildCut`` if ``wall`` fires meanwhile.
+        With ``share`` (another scenario's model of the same items: ``RobustCpsatModel``), this instance's
+        largest loads, traffic and objective are added to that model, on its placement variables, and not
+        minimised: ``objective`` and ``const`` hold them."""
         self.inst, self.layers, self.wall = inst, layers, wall
-        model = self.model = cp_model.CpModel()
+        model = self.model = cp_model.CpModel() if share is None else share.model
         G, N, P, s = inst.G, inst.N, inst.P, inst.s
         gpn = G // N
         self.ep: EpIndicators | None = None
@@ -152,7 +156,7 @@ class CpsatModel:
 
         # Variables: on_gpu[l][i][g] = item i of layer l sits on GPU g; max_load[l] = the layer's largest load.
         self.on_gpu = {l: [[model.new_bool_var(f"x_{l}_{i}_{g}") for g in range(G)] for i in range(P)]
-                       for l in layers}
+                       for l in layers} if share is None else share.on_gpu
         on_gpu = self.on_gpu
         self.max_load = {}
         for l in layers:
@@ -161,19 +165,51 @@ class CpsatModel:
             lb = int(math.ceil(load[l].sum() / G - 1e-9))
             self.max_load[l] = model.new_int_var(min(lb, cap), cap, f"maxload_{l}")
             objective.append(c_bal * self.max_load[l])
-
-        # Constraints: each item sits on exactly one GPU.
-        for l in layers:
-            for i in range(P):
-                model.add_exactly_one(on_gpu[l][i])
-        # Each GPU holds exactly s items.
-        for l in layers:
-            for g in range(G):
-                model.add(sum(on_gpu[l][i][g] for i in range(P)) == s)
+        if share is None:
+            self._assignment_constraints()
         # Every GPU's load is at most the layer's largest load, which the cap bounds.
         for l in layers:
             for g in range(G):
                 model.add(sum(int(load[l, i]) * on_gpu[l][i][g] for i in range(P)) <= self.max_load[l])
+        if share is None:
+            self._copy_constraints()
+
+        # Variables, constraints and objective terms of the traffic: ep, the GPUs and nodes each token type
+        # reaches; coherent, the transitions kept on one GPU and node.
+        if inst.traffic and inst.mode is TrafficMode.EP:
+            self.ep = EpIndicators()
+            for l in layers:
+                self._ep_layer(l, c_gpu, c_node, objective)
+        elif inst.traffic:
+            self.coherent = CoherentIndicators()
+            for l in layers[:-1]:
+                self._coherent_pair(l, c_gpu, c_node, objective)
+        self._check_clock()
+
+        # Objective: the weighted sum of the layers' largest loads and the traffic.
+        self.objective = sum(objective)
+        if share is None:
+            model.minimize(self.objective)
+        if hint_LP is not None:
+            self._hint(hint_LP, placement=share is None)
+
+    def _assignment_constraints(self) -> None:
+        """Constraints on the placement variables alone: a valid assignment of items to slots."""
+        inst, model, on_gpu = self.inst, self.model, self.on_gpu
+        # Constraints: each item sits on exactly one GPU.
+        for l in self.layers:
+            for i in range(inst.P):
+                model.add_exactly_one(on_gpu[l][i])
+        # Each GPU holds exactly s items.
+        for l in self.layers:
+            for g in range(inst.G):
+                model.add(sum(on_gpu[l][i][g] for i in range(inst.P)) == inst.s)
+
+    def _copy_constraints(self) -> None:
+        """Constraints on the placement variables alone: copies and symmetric GPUs."""
+        inst, model, on_gpu, layers = self.inst, self.model, self.on_gpu, self.layers
+        G, N, P = inst.G, inst.N, inst.P
+        gpn = G // N
         # An expert's copies sit on GPUs in copy order, so the replica rule serves the tokens counted; and on
         # different GPUs (``copy_step`` 1), since a second copy on a GPU only splits that GPU's tokens.
         prev, _ = inst.prev_next_LP()
@@ -199,23 +235,6 @@ class CpsatModel:
                         continue
                     for i in range(P):
                         model.add(on_gpu[l][i][g] <= sum(on_gpu[l][j][g - 1] for j in range(i)))
-
-        # Variables, constraints and objective terms of the traffic: ep, the GPUs and nodes each token type
-        # reaches; coherent, the transitions kept on one GPU and node.
-        if inst.traffic and inst.mode is TrafficMode.EP:
-            self.ep = EpIndicators()
-            for l in layers:
-                self._ep_layer(l, c_gpu, c_node, objective)
-        elif inst.traffic:
-            self.coherent = CoherentIndicators()
-            for l in layers[:-1]:
-                self._coherent_pair(l, c_gpu, c_node, objective)
-        self._check_clock()
-
-        # Objective: the weighted sum of the layers' largest loads and the traffic.
-        model.minimize(sum(objective))
-        if hint_LP is not None:
-            self._hint(hint_LP)
 
     def _check_clock(self) -> None:
         """Stop the build (``BuildCut``) once the wall clock has run out."""
@@ -352,13 +371,14 @@ class CpsatModel:
             else:
                 self.const += c_node * float(cnt[x])
 
-    def _hint(self, gpu_LP: np.ndarray) -> None:
-        """The warm start: every variable's value for the assignment ``gpu_LP``."""
+    def _hint(self, gpu_LP: np.ndarray, placement: bool = True) -> None:
+        """The warm start: every variable's value for the assignment ``gpu_LP`` (the placement variables' too
+        unless ``placement`` is False: another scenario's model hinted them)."""
         inst, model = self.inst, self.model
         node = inst.node_of_gpu
         for l in self.layers:
             self._check_clock()
-            for i in range(inst.P):
+            for i in range(inst.P if placement else 0):
                 for g in range(inst.G):
                     model.add_hint(self.on_gpu[l][i][g], int(gpu_LP[l, i] == g))
             model.add_hint(self.max_load[l],
@@ -421,6 +441,7 @@ class CpsatModel:
             res["gpu"] = gpu
             res["value"] = (solver.objective_value + self.const) / self.scale
             res["bound"] = None if self.rounded else (solver.best_objective_bound + self.const) / self.scale
+            res["model_bound"] = solver.best_objective_bound
             res["proven"] = status == cp_model.OPTIMAL and not self.rounded
         elif status == cp_model.UNKNOWN:
             # No solution within the budget: CP-SAT's bound is not meaningful then; the hint stays.
@@ -429,6 +450,84 @@ class CpsatModel:
         else:
             raise MoeplaceError(f"cpsat: CP-SAT ended with status {name}")
         return res
+
+
+# The robust model is tried up to this many boolean variables (all scenarios together), as auto's CP-SAT.
+ROBUST_MAX_VARIABLES = 60_000
+# Scenario weights become integer coefficients of at most this (the largest scenario weight per model unit).
+ROBUST_COEFFICIENT = 1000
+
+
+class RobustCpsatModel:
+    """One model of several scenarios of the same items (``solvers/robust.py``): the placement variables and
+    their constraints once, each scenario's largest loads and traffic on them (``CpsatModel(share=...)``), and
+    the worst (or the sum) of the scenarios' objectives per token minimised.
+
+    Data: scenario s's objective in its model's units is ``objective_s + const_s`` (``scale_s`` units per unit
+    of the project objective) and weighs ``w_s`` (1 / its tokens): its robust term is ``w_s / scale_s`` times
+    it. CP-SAT needs integers, so the term becomes ``coef_s x objective_s + floor(coef_s x const_s)`` with
+    ``coef_s`` = ROBUST_COEFFICIENT x that ratio / the largest ratio, rounded. Every term is then at most
+    ``unit`` x the true one, where ``unit`` = max over s of coef_s x scale_s / w_s, so CP-SAT's bound / unit
+    (worst) or / (S x unit) (mean) is a valid bound of the robust objective; its placements are judged on the
+    exact objective by the caller.
+    """
+
+    def __init__(self, insts: list[Instance], w_s: np.ndarray, mean: bool, hint_LP: np.ndarray,
+                 wall: WallGuard | None) -> None:
+        layers = list(range(insts[0].L))
+        # Variables and constraints: the first scenario's model holds the placement; the others add theirs.
+        self.parts = [CpsatModel(insts[0], layers, None, wall, share=None)]
+        self.parts += [CpsatModel(inst, layers, None, wall, share=self.parts[0]) for inst in insts[1:]]
+        model = self.model = self.parts[0].model
+        self.mean, self.wall = mean, wall
+        self.rounded = any(p.rounded for p in self.parts)
+        ratio = [float(w) / p.scale for p, w in zip(self.parts, w_s)]
+        self.coef = [max(int(round(ROBUST_COEFFICIENT * r / max(ratio))), 1) for r in ratio]
+        self.unit = max(c / r for c, r in zip(self.coef, ratio))
+        scenario = [c * p.objective + math.floor(c * p.const) for c, p in zip(self.coef, self.parts)]
+        # Objective (replacing the first model's): the worst scenario, a variable at least every scenario's
+        # term, or the sum of the terms.
+        if mean:
+            model.minimize(sum(scenario))
+        else:
+            worst = model.new_int_var(-(2**50), 2**50, "worst_scenario")
+            for term in scenario:
+                model.add(worst >= term)
+            model.minimize(worst)
+            # (hinted just above the hint's worst term, which the exact objective gives up to rounding)
+            at_hint = [c * (terms(p.inst, hint_LP).value * p.scale - p.const) + math.floor(c * p.const)
+                       for c, p in zip(self.coef, self.parts)]
+            model.add_hint(worst, int(math.ceil(max(at_hint))) + max(self.coef))
+        for p in self.parts:
+            p._hint(hint_LP, placement=p is self.parts[0])
+
+    def solve(self, det_time: float, seed: int, num_workers: int) -> tuple[np.ndarray | None, float | None, str]:
+        """(the assignment CP-SAT found or None, a valid bound of the robust objective or None, status)."""
+        res = self.parts[0].solve(det_time, seed, num_workers)
+        if res["gpu"] is None or self.rounded:
+            return None if self.rounded else res["gpu"], None, res["status"]
+        gpu = np.stack([res["gpu"][l] for l in self.parts[0].layers])
+        bound = res["model_bound"] / (self.unit * (len(self.parts) if self.mean else 1))
+        return gpu, bound, res["status"]
+
+
+def run_cpsat_robust(insts: list[Instance], w_s: np.ndarray, mean: bool, hint_LP: np.ndarray,
+                     options: SolveOptions, time_s: float, wall: WallGuard) -> Outcome | None:
+    """The robust model (``RobustCpsatModel``) for ``time_s`` nominal seconds, warm-started from ``hint_LP``;
+    None when it is larger than ROBUST_MAX_VARIABLES or cannot be built before the deadline. The outcome's
+    bound is valid for these items (their copies); ``proven`` is never claimed (the coefficients are rounded:
+    a zero gap on the exact objective proves it)."""
+    layers = list(range(insts[0].L))
+    size = sum(model_size(inst, layers) for inst in insts)
+    if size > ROBUST_MAX_VARIABLES or size / BUILD_VARS_PER_SECOND >= wall.left():
+        return None
+    try:
+        gpu, bound, status = RobustCpsatModel(insts, w_s, mean, hint_LP, wall).solve(
+            time_s * DET_PER_SECOND, options.seed, workers(options))
+    except (BuildCut, MoeplaceError):  # out of time, or a model CP-SAT refused: the search's result stands
+        return None
+    return Outcome(hint_LP if gpu is None else gpu, bound=bound,
+                   extra={"robust_cpsat": {"status": status, "variables": size}})
 
 
 def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s: float,
@@ -477,7 +576,8 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
 
 
 @solver("cpsat", summary="one joint CP-SAT model of balance, traffic and redundant copies, with CP-SAT's bound",
-        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True, compiled=True)
+        params=("balance_weight", "intra_weight", "inter_weight", "max_imbalance"), token_paths=True, compiled=True,
+        robust=lambda scn, options: solve_robust(scn, options, "cpsat", cpsat=run_cpsat_robust))
 def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     start = time.perf_counter()
     t0 = time.monotonic()

@@ -53,9 +53,18 @@ class SolverSpec:
     def __call__(self, problem: PlacementProblem, options: SolveOptions | None = None) -> Placement:
         options = SolveOptions() if options is None else options
         self.check(problem, options)
-        if self.compiled:
-            warm_up(self.name, problem.mode, False, lambda ps, o: self.solve(ps[0], o))
+        self.compile(problem.mode)
         return self.solve(problem, options)
+
+    def compile(self, mode: str, robust: bool = False) -> None:
+        """Compile (or load) the solver's numba kernels for ``mode`` (and its robust solve) in this process, if
+        it has any and has not yet (``solvers/warmup.py``); a benchmark calls it before it starts timing."""
+        if not self.compiled:
+            return
+        if robust and self.robust is not None:
+            warm_up(self.name, mode, True, lambda ps, o: self.robust(Scenarios(tuple(ps), ("a", "b"), (1.0, 1.0)), o))
+        elif not robust:
+            warm_up(self.name, mode, False, lambda ps, o: self.solve(ps[0], o))
 
     def check(self, problem: PlacementProblem, options: SolveOptions) -> None:
         """ValueError naming the value if the solver cannot take ``options`` or ``problem``."""
@@ -77,9 +86,7 @@ class SolverSpec:
         if self.robust is not None:
             for problem in scn.problems:
                 self.check(problem, options)
-            if self.compiled:
-                warm_up(self.name, scn.first.mode, True,
-                        lambda ps, o: self.robust(Scenarios(tuple(ps), ("a", "b"), (1.0, 1.0)), o))
+            self.compile(scn.first.mode, robust=True)
             return self.robust(scn, options)
         placement = self(scn.summed(), options)
         extra = {**placement.report.extra, "scenarios": scenario_figures(scn, options, placement)}

@@ -16,11 +16,16 @@ so a large scenario does not drown a small one; ``worst`` minimises the largest 
    once: the largest GPU load exactly, the traffic by the pairwise surrogate in ``ep`` (tokens of a pair of items
    that share a GPU or node; exact for top-2) and exactly (pair hops) in ``coherent``; a swap is taken when the
    worst (or mean) scenario improves. After every round the scenarios' objectives are measured again exactly.
-4. **Report.** The better, by the exact robust objective, of the search's placement and of the warm-start
+4. **CP-SAT on the robust objective** (``cpsat.RobustCpsatModel``, where the joint model of all scenarios fits
+   ROBUST_MAX_VARIABLES and the time left): the placement variables once, every scenario's loads and traffic
+   on them, the worst (or the sum) of their weighted objectives minimised, warm-started from the search. Its
+   placement is kept if it is better on the exact robust objective; its bound (scaled back from the model's
+   integer coefficients so that it stays valid) tightens the bound of the hedged copies.
+5. **Report.** The better, by the exact robust objective, of the search's placement and of the warm-start
    baselines on the sum (with their own copies: so never worse than them), the exact objective of every
    scenario (``scenario_figures``), and a valid lower bound: for each set of copies considered, the worst (or
    mean) of the scenarios' own lower bounds (``bounds.lower_bound``, each no larger than its scenario's
-   objective for any placement of those copies); the smallest of these.
+   objective for any placement of those copies), or CP-SAT's where larger; the smallest of these.
 
 Solvers without a robust method (``SolverSpec.robust``) are given the scenarios' sum (``Scenarios.summed``) and
 their placement is reported on every scenario the same way.
@@ -28,9 +33,10 @@ their placement is reported on every scenario the same way.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numba import njit
@@ -41,7 +47,7 @@ from placer.core.placement import Placement, SolveReport, SolveStatus
 from placer.core.trace.reader import concat_batches
 from placer.core.trace.schema import RoutingBatch
 from solvers import registry
-from solvers.assignment import gpu_from_placement, judge, terms
+from solvers.assignment import Outcome, gpu_from_placement, judge, terms
 from solvers.bounds import gap_of, lower_bound
 from solvers.common import WallGuard
 from solvers.instance import Instance, build_instance, lpt_start
@@ -413,12 +419,19 @@ class RobustSearch:
     def caps(self, gpu_LP: np.ndarray) -> np.ndarray:
         """[S, L] each scenario's cap on a layer's largest GPU load (its instance's, ``max_imbalance`` x its mean),
         raised to the load ``gpu_LP`` already has there, per token: a swap never pushes a scenario over it."""
+        return np.stack([i.cap_L * w * (1 + 1e-12) for i, w in zip(self.capped_at(gpu_LP), self.w_s)])
+
+    def capped_at(self, gpu_LP: np.ndarray) -> list[Instance]:
+        """The scenarios' instances with their caps raised to the loads ``gpu_LP`` has (each cap is feasible
+        alone; together they may not be)."""
         out = []
-        for inst, w in zip(self.insts, self.w_s):
+        for inst in self.insts:
             have = np.array([np.bincount(gpu_LP[l], weights=inst.load_LP[l], minlength=inst.G).max()
                              for l in range(inst.L)])
-            out.append(np.maximum(inst.cap_L, have) * w * (1 + 1e-12))
-        return np.stack(out)
+            raised = copy.copy(inst)
+            raised.cap_L = np.maximum(inst.cap_L, have)
+            out.append(raised)
+        return out
 
     def improve(self, gpu_LP: np.ndarray, budget: float, seed: int, wall: WallGuard) -> tuple[np.ndarray, float, int]:
         """Rounds of the robust swap search until a round finds nothing, the work budget or the wall clock
@@ -469,8 +482,16 @@ class RobustSearch:
         return self.scn.aggregate.combine(lower_bound(inst)[0] * w for inst, w in zip(self.insts, self.w_s))
 
 
-def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") -> Placement:
-    """``auto``'s robust solve (module docstring)."""
+# CP-SAT's nominal share of the time limit on the joint robust model (step 3), after the searches; the wall clock
+# cuts it at the searches' deadline.
+CPSAT_SHARE = 0.5
+RobustCpsat = Callable[[list[Instance], np.ndarray, bool, np.ndarray, SolveOptions, float, WallGuard], Outcome | None]
+
+
+def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto", cpsat: RobustCpsat | None = None
+                 ) -> Placement:
+    """The robust solve of ``auto`` and ``cpsat`` (module docstring); ``cpsat``: the joint CP-SAT model's
+    solve (``solvers.cpsat.run_cpsat_robust``, handed in by the registering solver)."""
     start = time.perf_counter()
     wall = WallGuard(options.time_limit_s * SEARCH_WALL_SHARE)
     search = RobustSearch(scn, options)
@@ -504,10 +525,27 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") ->
     name, gpu, start_v = min(cands, key=lambda c: c[2])
     # Step 2: the robust swap search on its work budget (deterministic; the wall clock is only a safety stop).
     gpu, value, rounds = search.improve(gpu, budget / 2, options.seed, wall)
-    # Step 3: the better of the search's placement and the baselines on the sum (their own copies), and a bound
+    # Step 3: CP-SAT on the joint model of every scenario, warm-started from the search, where it fits the time
+    # left: a better placement is kept (judged exactly), and its bound holds for these copies.
+    cp_bound, cp_extra = None, {"status": "not run"}
+    if cpsat is not None and not wall.over():
+        insts = search.capped_at(gpu)  # the caps the search kept to (raised to its start's loads)
+        out = cpsat(insts, search.w_s, search.mean, gpu, options, CPSAT_SHARE * options.time_limit_s, wall)
+        if out is not None:
+            cp_extra, cp_bound = out.extra["robust_cpsat"], out.bound
+            cp_extra["bound"] = cp_bound
+            v = search.value(out.gpu_LP)
+            if v < value - 1e-12 and inst.order_ok(out.gpu_LP):
+                gpu, value = out.gpu_LP, v
+                cp_extra["improved"] = True
+        else:
+            cp_extra = {"status": "skipped: too large for the time left"}
+    # Step 4: the better of the search's placement and the baselines on the sum (their own copies), and a bound
     # valid for every set of copies considered.
     placement = inst.problem.placement(gpu, inst.item_expert_LP, SolveReport())
-    bounds, chosen, judged = [search.bound()], "robust search (hedged copies)", search
+    chosen = "robust search (hedged copies)" + (", improved by CP-SAT" if cp_extra.get("improved") else "")
+    # (CP-SAT's bound holds for the placements within the caps the search kept to, as both placements are)
+    bounds, judged = [max(search.bound(), cp_bound or 0.0)], search
     for other, group in others:
         bounds.append(other.bound())
         for p in group:
@@ -523,6 +561,7 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto") ->
         "start": {"solver": name, "objective": start_v}, "rounds": rounds, "stopped_by_wall_clock": wall.fired,
         "copies": "hedged: EPLB's rule on each expert's peak load per token over the scenarios",
         "chosen": chosen, "weights": {**inst.weights.to_dict(), "max_imbalance": inst.max_imbalance},
+        "robust_cpsat": cp_extra,
         "objective_is_estimate": not exact,
     }
     extra["scenarios"] = scenario_figures(scn, options, placement, insts=judged.insts)

@@ -100,6 +100,8 @@ def run(L: int, E: int, K: int, G: int, N: int, R: int, W: int, tokens: int, dri
 
     # Step 2: robust auto, and eplb / auto on the summed training windows.
     placements, walls = {}, {}
+    get_solver("auto").compile(scn.first.mode, robust=True)  # numba's compilation (or cache load) is not solve time
+    get_solver("auto").compile(scn.first.mode)
     for name, solve in (("robust auto", lambda: get_solver("auto").solve_scenarios(scn, options)),
                         ("eplb (sum)", lambda: get_solver("eplb")(scn.summed())),
                         ("auto (sum)", lambda: get_solver("auto")(scn.summed(), options))):
