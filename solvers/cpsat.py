@@ -478,8 +478,8 @@ class RobustCpsatModel:
         # Variables and constraints: the first scenario's model holds the placement; the others add theirs.
         self.parts = [CpsatModel(insts[0], layers, None, wall, share=None)]
         self.parts += [CpsatModel(inst, layers, None, wall, share=self.parts[0]) for inst in insts[1:]]
-        model = self.model = self.parts[0].model
-        self.mean, self.wall = mean, wall
+        model = self.parts[0].model
+        self.mean = mean
         self.rounded = any(p.rounded for p in self.parts)
         ratio = [float(w) / p.scale for p, w in zip(self.parts, w_s)]
         self.coef = [max(int(round(ROBUST_COEFFICIENT * r / max(ratio))), 1) for r in ratio]
@@ -512,22 +512,30 @@ class RobustCpsatModel:
 
 
 def run_cpsat_robust(insts: list[Instance], w_s: np.ndarray, mean: bool, hint_LP: np.ndarray,
-                     options: SolveOptions, time_s: float, wall: WallGuard) -> Outcome | None:
-    """The robust model (``RobustCpsatModel``) for ``time_s`` nominal seconds, warm-started from ``hint_LP``;
-    None when it is larger than ROBUST_MAX_VARIABLES or cannot be built before the deadline. The outcome's
-    bound is valid for these items (their copies); ``proven`` is never claimed (the coefficients are rounded:
-    a zero gap on the exact objective proves it)."""
+                     options: SolveOptions, time_s: float, wall: WallGuard) -> Outcome:
+    """The robust model (``RobustCpsatModel``) for ``time_s`` nominal seconds, warm-started from ``hint_LP``.
+    The hint comes back, with no bound and ``extra["robust_cpsat"]["status"]`` saying why, when the model is
+    larger than ROBUST_MAX_VARIABLES, cannot be built before the deadline, or CP-SAT refuses it or finds
+    nothing. The outcome's bound is valid for these items (their copies); ``proven`` is never claimed (the
+    coefficients are rounded: a zero gap on the exact objective proves it)."""
     layers = list(range(insts[0].L))
     size = sum(model_size(inst, layers) for inst in insts)
-    if size > ROBUST_MAX_VARIABLES or size / BUILD_VARS_PER_SECOND >= wall.left():
-        return None
-    try:
-        gpu, bound, status = RobustCpsatModel(insts, w_s, mean, hint_LP, wall).solve(
-            time_s * DET_PER_SECOND, options.seed, workers(options))
-    except (BuildCut, MoeplaceError):  # out of time, or a model CP-SAT refused: the search's result stands
-        return None
-    return Outcome(hint_LP if gpu is None else gpu, bound=bound,
-                   extra={"robust_cpsat": {"status": status, "variables": size}})
+    status = None
+    if size > ROBUST_MAX_VARIABLES:
+        status = f"skipped: {size} variables, more than {ROBUST_MAX_VARIABLES}"
+    elif size / BUILD_VARS_PER_SECOND >= wall.left():
+        status = "skipped: no time left to build the model"
+    else:
+        try:
+            gpu, bound, status = RobustCpsatModel(insts, w_s, mean, hint_LP, wall).solve(
+                time_s * DET_PER_SECOND, options.seed, workers(options))
+            if gpu is not None:
+                return Outcome(gpu, bound=bound, extra={"robust_cpsat": {"status": status, "variables": size}})
+        except BuildCut:
+            status = "skipped: the deadline overtook the build"
+        except MoeplaceError as exc:  # a model CP-SAT refused (e.g. infeasible): the search's result stands
+            status = f"skipped: {exc}"
+    return Outcome(hint_LP, extra={"robust_cpsat": {"status": status, "variables": size}})
 
 
 def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s: float,

@@ -485,7 +485,7 @@ class RobustSearch:
 # CP-SAT's nominal share of the time limit on the joint robust model (step 3), after the searches; the wall clock
 # cuts it at the searches' deadline.
 CPSAT_SHARE = 0.5
-RobustCpsat = Callable[[list[Instance], np.ndarray, bool, np.ndarray, SolveOptions, float, WallGuard], Outcome | None]
+RobustCpsat = Callable[[list[Instance], np.ndarray, bool, np.ndarray, SolveOptions, float, WallGuard], Outcome]
 
 
 def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto", cpsat: RobustCpsat | None = None
@@ -531,15 +531,12 @@ def solve_robust(scn: Scenarios, options: SolveOptions, solver: str = "auto", cp
     if cpsat is not None and not wall.over():
         insts = search.capped_at(gpu)  # the caps the search kept to (raised to its start's loads)
         out = cpsat(insts, search.w_s, search.mean, gpu, options, CPSAT_SHARE * options.time_limit_s, wall)
-        if out is not None:
-            cp_extra, cp_bound = out.extra["robust_cpsat"], out.bound
-            cp_extra["bound"] = cp_bound
-            v = search.value(out.gpu_LP)
-            if v < value - 1e-12 and inst.order_ok(out.gpu_LP):
-                gpu, value = out.gpu_LP, v
-                cp_extra["improved"] = True
-        else:
-            cp_extra = {"status": "skipped: too large for the time left"}
+        cp_extra, cp_bound = out.extra["robust_cpsat"], out.bound
+        cp_extra["bound"] = cp_bound
+        v = search.value(out.gpu_LP)
+        if v < value - 1e-12 and inst.order_ok(out.gpu_LP):
+            gpu, value = out.gpu_LP, v
+            cp_extra["improved"] = True
     # Step 4: the better of the search's placement and the baselines on the sum (their own copies), and a bound
     # valid for every set of copies considered.
     placement = inst.problem.placement(gpu, inst.item_expert_LP, SolveReport())

@@ -14,9 +14,12 @@ import sys
 from typing import Callable
 
 import numpy as np
+from numba.core.dispatcher import Dispatcher
 
 from placer.core.mode import TrafficMode
+from placer.core.stats.core import compute_stats
 from placer.core.topology import Topology
+from placer.core.trace.schema import RoutingBatch
 from solvers.problem import PlacementProblem, SolveOptions
 
 _DONE: set[tuple[str, TrafficMode, bool]] = set()
@@ -28,20 +31,9 @@ def tiny_problem(mode: TrafficMode, seed: int = 0) -> PlacementProblem:
     rng = np.random.default_rng(seed)
     T, L, E, K = 64, 2, 8, 2
     paths = np.stack([np.stack([rng.choice(E, K, replace=False) for _ in range(L)]) for _ in range(T)])
-    load = np.zeros((L, E))
-    coact = np.zeros((L, E, E))
-    trans = np.zeros((L - 1, E, E))
-    for t in range(T):
-        for l in range(L):
-            a, b = paths[t, l]
-            load[l, [a, b]] += 1
-            coact[l, a, b] += 1
-            coact[l, b, a] += 1
-            if l + 1 < L:
-                for e in paths[t, l]:
-                    trans[l, e, paths[t, l + 1]] += 1
-    return PlacementProblem(load, Topology(4, 2), num_redundant=4, mode=mode, top_k=K, coact_LEE=coact,
-                            trans_LEE=trans, paths_TLK=paths.astype(np.int64), present_TL=np.ones((T, L), bool),
+    st = compute_stats([RoutingBatch(paths)], L, E, K)
+    return PlacementProblem(st.load_LE, Topology(4, 2), num_redundant=4, mode=mode, top_k=K, coact_LEE=st.coact_LEE,
+                            trans_LEE=st.trans_LEE, paths_TLK=paths, present_TL=np.ones((T, L), bool),
                             seq_T=np.zeros(T, dtype=np.int64))
 
 
@@ -53,8 +45,6 @@ WARM_UP_ROUNDS = 8
 
 def compiled_kernels() -> int:
     """How many (kernel, signature) pairs the project's numba kernels have compiled or loaded in this process."""
-    from numba.core.dispatcher import Dispatcher
-
     n = 0
     for name, module in list(sys.modules.items()):
         if module is not None and name.split(".")[0] in ("solvers", "placer"):

@@ -14,6 +14,8 @@ Python code expects; the layer that read the values from a file or an option tur
 
 from __future__ import annotations
 
+import numbers
+
 
 class MoeplaceError(Exception):
     """A failure reported to the user as one line; exit code 1."""
@@ -43,8 +45,6 @@ def first_line(exc: BaseException, limit: int | None = 200, empty: str | None = 
 def require_positive_ints(obj: object, names: tuple[str, ...], label=lambda name: name) -> None:
     """Raise ``ValueError`` unless every named attribute of ``obj`` (a configuration dataclass) is an integer
     (Python or NumPy, not bool) of at least 1; ``label`` turns an attribute name into the name the user knows."""
-    import numbers
-
     for name in names:
         v = getattr(obj, name)
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
