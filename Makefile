@@ -43,8 +43,10 @@ notebook: $(STAMP)
 
 # Every measurement that needs a GPU, in one script of at most 8 minutes (docs/calibrate.md): on a GPU machine
 # `make gpu-check` runs it with that machine's python3 (its CUDA torch) from the source tree; WHEELS=dir
-# installs what that Python lacks from a folder of wheels (`make gpu-wheels`), without a registry.
-# `make gpu-check DRY=1` runs the same steps on the CPU with small shapes (the test suite does).
+# installs what that Python lacks from a folder of wheels (`make gpu-wheels`) into .gpu-site, put on PYTHONPATH
+# (never a virtual environment: one made from a python3 that is itself a virtual environment would not see its
+# torch), without a registry. `make gpu-check DRY=1` runs the same steps on the CPU with small shapes (the test
+# suite does).
 GPU_PYTHON ?= python3
 GPU_OUT ?= gpu-check-out
 ifdef DRY
@@ -56,15 +58,20 @@ gpu-check:
 endif
 
 # Wheels for a GPU machine without a registry (CPython $(GPU_WHEELS_PY), x86-64 Linux) of the dependencies it
-# lacks when it has torch, transformers, pyarrow, pandas, networkx, typer and rich (docs/calibrate.md).
+# lacks when it has torch, numpy, pandas, pyarrow, numba, matplotlib, networkx, typer, rich, transformers,
+# safetensors and pytest (the project's H200): ortools and jsonschema with their dependencies, at the versions
+# this checkout's $(VENV) has (the ones the tests pass with); 31 MB (docs/calibrate.md). A name with ==VERSION
+# is taken as it is. pulp and highspy (the ILP solvers, which no step of gpu-check runs) add 20 MB:
+# make gpu-wheels GPU_WHEELS="$(GPU_WHEELS) pulp highspy"
 GPU_WHEELS_PY ?= 3.12
-GPU_WHEELS ?= numba llvmlite ortools protobuf absl-py immutabledict jsonschema jsonschema-specifications \
-	referencing rpds-py attrs matplotlib contourpy cycler fonttools kiwisolver pillow pyparsing pulp highspy \
-	pytest iniconfig pluggy pytest-timeout
+GPU_WHEELS ?= ortools protobuf absl-py immutabledict jsonschema jsonschema-specifications referencing rpds-py attrs \
+	pytest-timeout
 gpu-wheels: $(STAMP)
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_WHEELS_PY) \
 		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
-		--platform manylinux_2_28_x86_64 --platform any -d wheels $(GPU_WHEELS)
+		--platform manylinux_2_28_x86_64 --platform any -d wheels \
+		$$($(PY) -c "import importlib.metadata as m, sys; print(' '.join(d if '==' in d else d + '==' + \
+		m.version(d) for d in sys.argv[1:]))" $(GPU_WHEELS))
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache gpu-check-out .gpu-venv
+	rm -rf $(VENV) demo-out .pytest_cache gpu-check-out .gpu-site

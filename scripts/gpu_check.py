@@ -19,10 +19,12 @@ skipped):
 the test suite can run the script and it cannot rot; its figures are not GPU figures and the block says so.
 
 Runs from the source tree (the repository root is put on ``PYTHONPATH``); nothing is downloaded. With
-``--wheels DIR`` the dependencies this Python lacks are installed from that folder of wheels into a virtual
-environment (``--system-site-packages``, so the machine's CUDA build of torch is used), with
-``pip install --no-index --find-links DIR``; ``make gpu-wheels`` fills such a folder on a machine that can
-reach the registry. Without it, a missing dependency is named and the steps that need it fail.
+``--wheels DIR`` the wheels of that folder whose distribution this Python lacks are installed, without an
+index and without their dependencies, into a folder (``--site``, default ``.gpu-site``) that is put on
+``PYTHONPATH`` before this script runs again: the machine's own packages (its CUDA build of torch) stay where
+they are and are never reinstalled, also when this Python is itself a virtual environment (a virtual
+environment made from one would not see them). ``make gpu-wheels`` fills such a folder on a machine that can
+reach the registry. Without it, a missing dependency is named and the check stops.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,35 +41,99 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Import name -> distribution of every dependency (pyproject.toml) but torch, which the GPU machine brings.
+# Import name -> distribution of every dependency the steps need (pyproject.toml) but torch, which the GPU machine
+# brings.
 DEPENDENCIES = {
-    "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "networkx": "networkx", "pulp": "pulp",
-    "highspy": "highspy", "ortools": "ortools", "transformers": "transformers", "safetensors": "safetensors",
-    "typer": "typer", "rich": "rich", "matplotlib": "matplotlib", "jsonschema": "jsonschema", "yaml": "pyyaml",
-    "numba": "numba", "pytest": "pytest", "pytest_timeout": "pytest-timeout",
+    "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "networkx": "networkx", "ortools": "ortools",
+    "transformers": "transformers", "safetensors": "safetensors", "typer": "typer", "rich": "rich",
+    "matplotlib": "matplotlib", "jsonschema": "jsonschema", "yaml": "pyyaml", "numba": "numba", "pytest": "pytest",
+    "pytest_timeout": "pytest-timeout",
 }
+# Needed only by the ILP solvers (milp, moetuner, exflow), which no step runs: a missing one is reported, not fatal.
+OPTIONAL = {"pulp": "pulp", "highspy": "highspy"}
 BUDGET_S = 480.0
 
 
-def missing_modules(python: str) -> list[str]:
+def missing_modules(python: str, modules=DEPENDENCIES) -> list[str]:
     code = ("import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] "
             "if importlib.util.find_spec(m) is None]))")
-    out = subprocess.run([python, "-c", code, *DEPENDENCIES], capture_output=True, text=True, check=True)
+    out = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
-def install_from_wheels(wheels: Path, venv: Path) -> str:
-    """A virtual environment over this Python's packages, with what it lacks installed from ``wheels``."""
-    if not (venv / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    missing = missing_modules(python)
-    if missing:
-        dists = [DEPENDENCIES[m] for m in missing]
-        print(f"gpu-check: installing {' '.join(dists)} from {wheels} (no index)", flush=True)
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels), *dists],
-                       check=True)
-    return python
+def _dist(name: str) -> str:
+    """A distribution's normalised name (PEP 503): ``PyYAML`` and ``pyyaml``, ``absl_py`` and ``absl-py`` agree."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _distributions(python: str, paths: list[str] | None = None) -> dict[str, str]:
+    """Normalised name -> version of the distributions ``python`` has (isolated from ``PYTHONPATH``), or of those
+    under ``paths``."""
+    code = ("import importlib.metadata as m, json, sys; a = sys.argv[1:]; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in (m.distributions(path=a) if a "
+            "else m.distributions()) if d.metadata['Name']}))")
+    out = subprocess.run([python, "-I", "-c", code, *(paths or [])], capture_output=True, text=True, check=True)
+    return {_dist(k): v for k, v in json.loads(out.stdout).items()}
+
+
+def with_path(env: dict[str, str], *paths: Path) -> dict[str, str]:
+    """``env`` with ``paths`` in front of its ``PYTHONPATH``."""
+    old = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in map(str, paths)]
+    return {**env, "PYTHONPATH": os.pathsep.join([*map(str, paths), *old])}
+
+
+def install_from_wheels(wheels: Path, site: Path, python: str = sys.executable) -> dict[str, str]:
+    """Install into ``site`` the wheels of ``wheels`` whose distribution ``python`` lacks (``pip install --no-index
+    --no-deps --target``), check that they import beside its own packages, and return the environment to run with
+    (``site`` and the source tree on ``PYTHONPATH``). A distribution ``python`` has is kept at its version."""
+    if not wheels.is_dir():
+        raise ValueError(f"--wheels {wheels}: not a folder")
+    have = _distributions(python)
+    site.mkdir(parents=True, exist_ok=True)
+    in_site = _distributions(python, [str(site)])
+    install, seen = [], {}
+    for whl in sorted(wheels.glob("*.whl")):
+        name, version = whl.name.split("-")[:2]
+        d = _dist(name)
+        if d in seen:
+            raise ValueError(f"--wheels {wheels}: two wheels of {d} ({seen[d]}, {whl.name}); keep one")
+        seen[d] = whl.name
+        if d in have:
+            if have[d] != version:
+                print(f"gpu-check: keeping {d} {have[d]} of {python} (the folder has {version})", flush=True)
+        elif in_site.get(d) != version:
+            install.append(whl)
+    env = with_path(dict(os.environ), site, ROOT)
+    if install:
+        print(f"gpu-check: installing {' '.join(w.name.split('-')[0] for w in install)} from {wheels} into {site} "
+              f"(no index)", flush=True)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+                        "--no-deps", "--upgrade", "--target", str(site), *map(str, install)], check=True)
+    # The modules the folder brought must import beside this Python's own (a version clash shows here).
+    tops = sorted({t for w in install for t in _top_level(site, w)})
+    if tops:
+        res = subprocess.run([python, "-c", "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)",
+                              *tops], env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            last = [l for l in res.stderr.splitlines() if l.strip()]
+            raise ValueError(f"the wheels installed into {site} do not import: {last[-1] if last else res.returncode}")
+    return env
+
+
+def _top_level(site: Path, whl: Path) -> list[str]:
+    """The importable top-level names a wheel installed into ``site`` (its ``top_level.txt``, else its folders)."""
+    name = whl.name.split("-")[0]
+    info = next((p for p in site.glob("*.dist-info") if _dist(p.name.split("-")[0]) == _dist(name)), None)
+    if info is None:
+        return []
+    top = info / "top_level.txt"
+    if top.exists():
+        names = top.read_text().split()
+    else:  # RECORD's first path parts
+        names = {line.split(",")[0].split("/")[0] for line in (info / "RECORD").read_text().splitlines() if line}
+        names = [n.removesuffix(".py") for n in names if not n.endswith((".dist-info", ".data")) and "." not in
+                 n.removesuffix(".py") and not n.startswith("_")]
+    return [n for n in names if n.isidentifier() and not n.startswith("_")]
 
 
 class Runner:
@@ -161,20 +228,34 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry", action="store_true", help="the same steps on the CPU with small shapes")
     ap.add_argument("--wheels", type=Path, help="install missing dependencies from this folder of wheels")
-    ap.add_argument("--venv", type=Path, default=ROOT / ".gpu-venv", help="where --wheels installs them")
+    ap.add_argument("--site", type=Path, default=ROOT / ".gpu-site",
+                    help="the folder --wheels installs into (put on PYTHONPATH)")
     ap.add_argument("--out", type=Path, default=ROOT / "gpu-check-out", help="folder for the block and the JSON")
     ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole run")
     a = ap.parse_args(argv)
-    if a.wheels and Path(sys.executable).resolve() != (a.venv / "bin" / "python").resolve():
-        python = install_from_wheels(a.wheels, a.venv)
-        os.execv(python, [python, __file__, *[x for x in (argv if argv is not None else sys.argv[1:])]])
+    site = str(a.site.resolve())
+    if a.wheels and os.environ.get("MOEPLACE_GPU_SITE") != site:
+        try:
+            env = install_from_wheels(a.wheels, a.site.resolve())
+        except (ValueError, subprocess.CalledProcessError) as e:
+            print(f"gpu-check: {e}", file=sys.stderr)
+            return 2
+        # Again, with the folder on PYTHONPATH (the interpreter reads it when it starts).
+        os.execve(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
+                  {**env, "MOEPLACE_GPU_SITE": site})
     missing = missing_modules(sys.executable)
     if missing:
         print(f"gpu-check: this Python lacks {', '.join(DEPENDENCIES[m] for m in missing)}: give WHEELS=dir (a "
               f"folder of wheels, `make gpu-wheels`)", file=sys.stderr)
         return 2
+    optional = missing_modules(sys.executable, OPTIONAL)
+    if optional:
+        print(f"gpu-check: this Python lacks {', '.join(OPTIONAL[m] for m in optional)}: the ILP solvers will not "
+              f"run (no step needs them)", file=sys.stderr)
     os.environ["MOEPLACE_QUIET"] = "1"
+    # The source tree, for this process and the processes the steps start.
     sys.path.insert(0, str(ROOT))
+    os.environ.update(with_path(dict(os.environ), ROOT))
     env = environment()
     dry = a.dry
     if not dry and not env["cuda"]:

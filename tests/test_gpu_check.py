@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,3 +41,65 @@ def test_gpu_check_refuses_a_machine_without_a_gpu():
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", "/nonexistent/never"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "no CUDA GPU is visible" in res.stderr and "DRY=1" in res.stderr
+
+
+def _wheel(folder: Path, dist: str, version: str, module: str, source: str) -> Path:
+    """A minimal pure-Python wheel, zipped by hand (PEP 427): one module, its METADATA, WHEEL and RECORD."""
+    import zipfile
+
+    info = f"{dist.replace('-', '_')}-{version}.dist-info"
+    files = {f"{module}/__init__.py": source,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+             f"{info}/top_level.txt": f"{module}\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    path = folder / f"{dist.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+def test_wheels_install_beside_the_packages_of_a_python_that_is_a_virtual_environment(tmp_path):
+    """``make gpu-check WHEELS=dir`` on a machine whose python3 is itself a virtual environment (the project's H200:
+    /opt/torch/.venv, with its CUDA torch): the wheels it lacks become importable beside its own packages, and one
+    it has (here numpy, as torch would be) is not reinstalled. The test's own interpreter (a virtual environment
+    with numpy, and without the dummy package) stands in for it; no registry is reached."""
+    assert sys.prefix != sys.base_prefix, "the tests run in a virtual environment (the stand-in)"
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    wheels.mkdir()
+    _wheel(wheels, "moeplace-dummy-pkg", "1.0", "moeplace_dummy_pkg", "VALUE = 42\n")
+    _wheel(wheels, "numpy", "0.0.1", "numpy", "raise ImportError('the folder's numpy shadowed the machine's')\n")
+    # The script's whole path: install, start again with the folder on PYTHONPATH, then stop (no GPU here).
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--wheels", str(wheels), "--site",
+                          str(site), "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert "installing moeplace_dummy_pkg from" in res.stdout, res.stdout + res.stderr
+    assert "keeping numpy" in res.stdout and "(the folder has 0.0.1)" in res.stdout
+    assert (site / "moeplace_dummy_pkg" / "__init__.py").exists() and not (site / "numpy").exists()
+    import torch
+
+    if not torch.cuda.is_available():  # it got past the dependency check, with the installed folder on the path
+        assert res.returncode == 2 and "no CUDA GPU is visible" in res.stderr, res.stderr
+    # The environment it runs with: the wheel's module, the parent's numpy and the source tree, from anywhere.
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    env = gpu_check.install_from_wheels(wheels, site)  # a second time: nothing to install
+    code = ("import moeplace_dummy_pkg, numpy, placer, sys; assert moeplace_dummy_pkg.VALUE == 42; "
+            "print(numpy.__file__, placer.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    np_file, placer_file = out.stdout.split()
+    assert not np_file.startswith(str(site)) and placer_file.startswith(str(ROOT))
+
+
+def test_wheels_that_do_not_import_are_refused_in_one_line(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "moeplace-broken-pkg", "1.0", "moeplace_broken_pkg", "raise ImportError('needs protobuf 6')\n")
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--wheels", str(wheels), "--site",
+                          str(tmp_path / "site"), "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "do not import: ImportError: needs protobuf 6" in res.stderr
