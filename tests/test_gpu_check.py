@@ -31,6 +31,13 @@ def test_gpu_check_dry_run(tmp_path):
                  "**Predicted against measured**", "| placement | correct | median step ms |"):
         assert part in block, part
     assert figures["replay_bundled"]["correct"] and len(figures["replay_bundled"]["placements"]) == 3
+    # Every step has an estimate for the GPU run's budget, and the bundled model is solved on the topology its
+    # replay predicts with (the calibrated file).
+    assert set(steps) == set(_script().ESTIMATE_S)
+    calibrated = str(tmp_path / "calibrate-bundled.json")
+    for s in figures["steps"]:
+        if s["step"].startswith(("solve_bundled", "replay_bundled")):
+            assert f"--topology {calibrated}" in s["command"], s
 
 
 def test_gpu_check_refuses_a_machine_without_a_gpu():
@@ -103,3 +110,24 @@ def test_wheels_that_do_not_import_are_refused_in_one_line(tmp_path):
                          text=True, timeout=300)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "do not import: ImportError: needs protobuf 6" in res.stderr
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_step_whose_estimate_does_not_fit_the_budget_is_skipped_and_reported(tmp_path, monkeypatch):
+    """The 8-minute budget holds: a step is started only when its estimated duration fits what is left."""
+    gpu_check = _script()
+    r = gpu_check.Runner(tmp_path, budget_s=100, estimates_s={"long": 300, "short": 1})
+    assert r.moeplace("long", ["--help"]) is None
+    assert r.moeplace("short", ["--help"]) is True
+    long, short = r.steps
+    assert long["status"] == "skipped" and short["status"] == "ok"
+    assert long["detail"].startswith("needs about 300 s (an estimate); ") and "of the 100 s budget left" in long["detail"]
+    assert "| long | skipped |" in "\n".join(f"| {s['step']} | {s['status']} |" for s in r.steps)
+    # Every step of the GPU run has an estimate, and together they fit the default budget.
+    assert sum(gpu_check.ESTIMATE_S.values()) <= gpu_check.BUDGET_S
