@@ -52,6 +52,10 @@ def test_validate_prints_the_correlations(cli, traces, tmp_path):
     res = cli(*args)
     assert res.code == 0, res.err
     assert "rank correlation of predicted and measured speedups" in res.out and "scatter.png" in res.out
+    # The summary's errors are absolute, printed unsigned and labelled so (a '+' would read as "predicted high").
+    line = next(l for l in res.out.splitlines() if "step-time error" in l)
+    assert line.startswith("absolute step-time error: median ") and "absolute speedup error" in line
+    assert "+" not in line and "-" not in line.replace("step-time", ""), line
 
 
 @pytest.mark.multiprocess

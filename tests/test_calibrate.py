@@ -132,6 +132,7 @@ def test_calibrate_takes_the_shape_of_a_model(cli, tmp_path):
     ("expert", KeyError, ["field 'expert' is missing"]),
     ("links.intra.bandwidth_gbs", -5.0, ["field 'links.intra.bandwidth_gbs' is -5.0, must be positive"]),
     ("expert.floor_us", 12345.0, ["field 'expert.floor_us' no longer fits"]),
+    ("metadata.fit_errors", KeyError, ["field 'metadata.fit_errors' is missing"]),
 ])
 def test_a_tampered_calibration_is_refused_by_every_command(cli, hw_file, trace, tmp_path, path, value, fragments):
     bad = tmp_path / "bad.json"
@@ -140,6 +141,25 @@ def test_a_tampered_calibration_is_refused_by_every_command(cli, hw_file, trace,
                           "bad.json", *fragments)
     assert_one_line_error(cli("replay", trace, "contiguous", "-G", 4, "--backend", "virtual", "--topology", bad), 2,
                           "bad.json", *fragments)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["calibrate", "--device", "cpu"], "give the layer shape to calibrate"),
+    (["calibrate", "--hidden", 8, "--ffn", 8, "--device", "cuda"], "--device cuda: no CUDA GPU is visible"),
+    (["replay", "TRACE", "contiguous", "-G", 4, "--backend", "virtual", "--device", "cuda"],
+     "--device cuda: no CUDA GPU is visible"),
+])
+def test_bad_input_is_one_line_before_any_progress_bar(cli, trace, tmp_path, monkeypatch, args, fragment):
+    """With progress bars on (a piped stderr shows them too), a wrong option is the only line on stderr."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("MOEPLACE_QUIET", "0")
+    args = [trace if a == "TRACE" else a for a in args]
+    if args[0] == "calibrate":
+        args += ["--out", tmp_path / "hw.json"]
+    assert_one_line_error(cli(*args), 2, fragment)
 
 
 @pytest.mark.multiprocess

@@ -130,6 +130,10 @@ def tamper(doc: dict, path: str, value) -> dict:
     ("expert.points", KeyError, ["field 'expert.points' is missing: a measured curve keeps its points"]),
     ("expert.source", KeyError, ["field 'expert.source' is missing"]),
     ("expert.colour", "red", ["field 'expert.colour' is unknown"]),
+    ("metadata.fit_errors", KeyError, ["field 'metadata.fit_errors' is missing: a file with measured curves"]),
+    ("metadata.fit_errors.expert", KeyError, ["field 'metadata.fit_errors.expert' is None"]),
+    ("metadata.fit_errors.expert.max_rel_error", 0.5, ["field 'metadata.fit_errors.expert.max_rel_error' is 0.5",
+                                                       "edited"]),
 ])
 def test_a_tampered_file_is_refused_naming_the_field(path, value, fragments):
     with pytest.raises(InputError) as exc:
@@ -138,6 +142,19 @@ def test_a_tampered_file_is_refused_naming_the_field(path, value, fragments):
     assert msg.startswith("hw.json: ") and "\n" not in msg
     for f in fragments:
         assert f in msg, msg
+
+
+def test_fit_errors_are_recorded_for_the_fitted_curves_and_presets_still_read():
+    meta = _measured_doc()["metadata"]
+    assert set(meta["fit_errors"]) == {"expert", "expert_heldout", "links.intra", "links.inter"}
+    assert meta["fit_errors"]["links.inter"] == "not measured"
+    # A planning file without points needs none; every preset reads (h100 keeps its measured points).
+    plan = tamper(tamper(tamper(_measured_doc(), "metadata.fit_errors", KeyError), "expert.points", KeyError),
+                  "links.intra.points", KeyError)
+    plan["expert"]["source"] = plan["links"]["intra"]["source"] = "vendor: a datasheet"
+    read_hardware(plan, "plan.json")
+    for name in ("a100", "h100", "h200"):
+        load_preset(name)
 
 
 def test_the_default_weights_follow_the_time_model_and_keep_the_network_dearer():

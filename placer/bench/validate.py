@@ -275,8 +275,11 @@ def _print(result: dict, out_dir: Path) -> None:
     pooled = s["rank_correlation_pooled"]
     con.print(f"rank correlation of predicted and measured speedups: per trace {per}; pooled "
               f"{'-' if pooled is None else f'{pooled:.2f}'}")
-    con.print(f"step-time error: median {pct(s['median_abs_step_error'])}, largest {pct(s['max_abs_step_error'])}; "
-              f"speedup error: median {pct(s['median_abs_speedup_error'])}, largest {pct(s['max_abs_speedup_error'])}")
+    # The summary's errors are absolute values (unsigned); the rows' are signed (predicted low is negative).
+    apct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    con.print(f"absolute step-time error: median {apct(s['median_abs_step_error'])}, largest "
+              f"{apct(s['max_abs_step_error'])}; absolute speedup error: median {apct(s['median_abs_speedup_error'])}, "
+              f"largest {apct(s['max_abs_speedup_error'])}")
     con.print(f"wrote {out_dir / 'validate.json'}, {out_dir / 'validate.md'}, {out_dir / 'scatter.png'} "
               f"({result['wall_time_s']:.0f} s)")
 

@@ -147,27 +147,28 @@ def _driver_version() -> str | None:
         return None
 
 
-def calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None = None,
-              link_progress: Callable[[int], None] | None = None) -> dict | None:
-    """Measure and return the hardware document (None on the ranks other than 0 under torchrun)."""
-    import torch
+@dataclass
+class CalibratePlan:
+    """A checked request: what is measured, and how (``plan``)."""
 
-    before = torch.get_num_threads()
-    try:
-        return _calibrate(req, progress, link_progress)
-    finally:
-        torch.set_num_threads(before)
+    base: Any  # the preset for what is not measured
+    hidden: int
+    ffn: int
+    shape_from: str
+    env: tuple[int, int, int] | None  # torchrun's (rank, world, local rank)
+    device: str
+    dtype: str
+    threads: int
+    spec: Any  # ExpertCurveSpec
+    links: Any  # LinkSpec or None
 
 
-def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
-               link_progress: Callable[[int], None] | None) -> dict | None:
-    import torch
-
-    from placer.calibrate.expert import ExpertCurveSpec, measure_expert_curve
-    from placer.calibrate.links import LinkSpec, check_world, fit_points
+def plan(req: CalibrateRequest) -> CalibratePlan:
+    """Check every option (InputError naming the first wrong one) before anything is measured or printed."""
+    from placer.calibrate.expert import ExpertCurveSpec
+    from placer.calibrate.links import LinkSpec, check_world
     from placer.replay.launch import torchrun_env
 
-    t0 = time.perf_counter()
     if req.preset not in preset_names():
         raise InputError(f"--preset {req.preset!r} does not exist; presets: {', '.join(preset_names())}")
     base = load_preset(req.preset)
@@ -182,8 +183,6 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
     if req.backend is not None and env is None:
         check_world(req.backend, req.world_size)  # before anything starts
     device = resolve_device(req.device if env is None or req.backend != "nccl" else "cuda")
-    if env is not None and device == "cuda":
-        torch.cuda.set_device(env[2] % torch.cuda.device_count())
     dtype = req.dtype if req.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if dtype not in DTYPE_BYTES:
         raise InputError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPE_BYTES)}")
@@ -192,8 +191,6 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
     # On a CPU one thread by default: timed in CPU time, which a loaded machine does not stretch (with two
     # threads on a shared 2-core machine the wall-clock curve's fit error reached 89 %).
     threads = req.threads or (1 if device == "cpu" else 0)
-    if threads:
-        torch.set_num_threads(threads)
     try:
         spec = ExpertCurveSpec(
             hidden=hidden, ffn=ffn, dtype=dtype, device=device,
@@ -212,6 +209,37 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
                              seed=req.seed, ranks_per_node=rpn)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    return CalibratePlan(base=base, hidden=hidden, ffn=ffn, shape_from=shape_from, env=env, device=device,
+                         dtype=dtype, threads=threads, spec=spec, links=links)
+
+
+def calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None = None,
+              link_progress: Callable[[int], None] | None = None, checked: CalibratePlan | None = None) -> dict | None:
+    """Measure and return the hardware document (None on the ranks other than 0 under torchrun). ``checked``:
+    the request's ``plan`` when the caller checked it already."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _calibrate(req, checked or plan(req), progress, link_progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _calibrate(req: CalibrateRequest, pl: CalibratePlan, progress: Callable[[int], None] | None,
+               link_progress: Callable[[int], None] | None) -> dict | None:
+    import torch
+
+    from placer.calibrate.expert import measure_expert_curve
+    from placer.calibrate.links import fit_points
+
+    t0 = time.perf_counter()
+    base, hidden, ffn, shape_from, env = pl.base, pl.hidden, pl.ffn, pl.shape_from, pl.env
+    device, dtype, spec, links = pl.device, pl.dtype, pl.spec, pl.links
+    if env is not None and device == "cuda":
+        torch.cuda.set_device(env[2] % torch.cuda.device_count())
+    if pl.threads:
+        torch.set_num_threads(pl.threads)
 
     # Step 1: the links (under torchrun every rank takes part first; rank 0 then measures the expert).
     link_points = {"intra": None, "inter": None}
@@ -264,13 +292,6 @@ def _calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None,
             sections[cls] = link_section(fit, f"not measured ({why}{cap}): preset {req.preset}: {theirs['source']}")
     meta = machine_metadata(device, threads)
     meta["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    meta["fit_errors"] = {"expert": {k: expert["fit"][k] for k in ("max_rel_error", "median_rel_error")},
-                          "expert_heldout": {k: expert["fit"].get("heldout", {}).get(k)
-                                             for k in ("max_rel_error", "median_rel_error")}}
-    for cls in ("intra", "inter"):
-        f = sections[cls].get("fit")
-        meta["fit_errors"][f"links.{cls}"] = ({k: f[k] for k in ("max_rel_error", "median_rel_error")}
-                                             if f else "not measured")
     desc = f"calibrated on {device_name} ({device}), {hidden} x {ffn} {dtype} expert"
     doc = hardware_doc(expert, sections["intra"], sections["inter"], meta, description=desc)
     read_hardware(doc, "calibrate's output")  # what is written must read back

@@ -51,7 +51,7 @@ def calibrate(
     torchrun across nodes, across nodes); what is not measured comes from --preset and says so. Details:
     docs/calibrate.md.
     """
-    from placer.calibrate.run import CalibrateRequest, calibrate as run_calibrate
+    from placer.calibrate.run import CalibrateRequest, calibrate as run_calibrate, plan
     from placer.cli.common import print_json
     from placer.core.fileio import prepare_output, write_json_atomic
     from placer.progress import progress_bar
@@ -61,8 +61,10 @@ def calibrate(
                            max_call_ms=max_call_ms, budget_s=budget, threads=threads, backend=backend,
                            world_size=world_size, link_repeats=link_repeats, timeout_s=timeout, preset=preset,
                            ranks_per_node=ranks_per_node)
+    checked = plan(req)  # a wrong option is one line, before the progress bar starts
     with progress_bar(None, "calibrate (expert rounds, link sizes)", unit="step") as advance:
-        doc = run_calibrate(req, progress=advance, link_progress=lambda step: step >= 0 and advance(1))
+        doc = run_calibrate(req, progress=advance, link_progress=lambda step: step >= 0 and advance(1),
+                            checked=checked)
     if doc is None:  # a rank other than 0 under torchrun
         return
     write_json_atomic(out, doc)

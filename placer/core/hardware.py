@@ -14,8 +14,9 @@ weights and replay's predictions use. The format (``docs/calibrate.md``), versio
      "metadata": {...}}
 
 A file is refused (``InputError``, one line naming the file, the field and the value) if its format or version
-is unknown, a curve is missing, a figure is out of range, or a fitted curve no longer fits the points it was
-fitted to (the file was edited after it was measured).
+is unknown, a curve is missing, a figure is out of range, a fitted curve no longer fits the points it was
+fitted to (the file was edited after it was measured), or a file with fitted curves lacks their errors in
+``metadata.fit_errors`` (or records others).
 
 The fits are pure NumPy: ``fit_knee`` (expert time: flat floor, then a line) and ``fit_link`` (latency +
 bytes / bandwidth), both least squares in relative error, since the points span orders of magnitude.
@@ -244,6 +245,26 @@ def _check_fit(d: dict, where: str, path: str, predict, value_key: str) -> None:
                     f"file records {fit['max_rel_error']:.4f}): edited after it was measured?")
 
 
+def _check_fit_errors(meta: dict, sections: dict[str, dict], where: str) -> None:
+    """A file with curves fitted to points (calibrate's) records each one's error in ``metadata.fit_errors``, and
+    the record agrees with the curve's own ``fit``."""
+    fitted = [path for path, sec in sections.items() if sec.get("points")]
+    if not fitted:
+        return
+    rec = meta.get("fit_errors")
+    if not isinstance(rec, dict):
+        raise _fail(where, "metadata.fit_errors", "is missing: a file with measured curves records every fit's "
+                    "error" if rec is None else f"must be a JSON object, got {type(rec).__name__}")
+    for path in fitted:
+        got, want = rec.get(path), sections[path]["fit"]["max_rel_error"]
+        if not isinstance(got, dict) or isinstance(got.get("max_rel_error"), bool) or \
+                not isinstance(got.get("max_rel_error"), (int, float)):
+            raise _fail(where, f"metadata.fit_errors.{path}", f"is {got!r}: the measured curve's error is missing")
+        if abs(float(got["max_rel_error"]) - float(want)) > FIT_CHECK_TOLERANCE:
+            raise _fail(where, f"metadata.fit_errors.{path}.max_rel_error", f"is {got['max_rel_error']!r}, the "
+                        f"curve's fit records {want!r}: edited after it was measured?")
+
+
 def read_hardware(doc: Any, where: str) -> Hardware:
     """Check a hardware document (the parsed JSON of a hardware file) and return it as ``Hardware``."""
     d = _obj(doc, where, "", _TOP)
@@ -278,6 +299,7 @@ def read_hardware(doc: Any, where: str) -> Hardware:
     for cls in ("intra", "inter"):
         lf = LinkFit(fields[f"{cls}_latency_us"], fields[f"{cls}_bw_gbs"])
         _check_fit(sections[f"links.{cls}"], where, f"links.{cls}", lf.predict, "bandwidth_gbs")
+    _check_fit_errors(d["metadata"], sections, where)
     hw = Hardware(fields=fields, doc=d, where=where)
     hw.topology(1)  # every value in range
     return hw
@@ -363,10 +385,27 @@ def link_section(fit: LinkFit, source: str, points: np.ndarray | None = None, **
     return sec
 
 
+def fit_errors(expert: dict, intra: dict, inter: dict) -> dict[str, Any]:
+    """``metadata.fit_errors``: the largest and median relative error of every curve fitted to points (the
+    expert's also on its held-out points), "not measured" for the others."""
+    keys = ("max_rel_error", "median_rel_error")
+    out: dict[str, Any] = {}
+    for name, sec in (("expert", expert), ("links.intra", intra), ("links.inter", inter)):
+        fit = sec.get("fit") if sec.get("points") else None
+        out[name] = {k: fit.get(k) for k in keys} if isinstance(fit, dict) else "not measured"
+        if name == "expert" and isinstance(fit, dict):
+            out["expert_heldout"] = {k: fit.get("heldout", {}).get(k) for k in keys}
+    return out
+
+
 def hardware_doc(expert: dict, intra: dict, inter: dict, metadata: dict, description: str | None = None) -> dict:
-    """A version-1 hardware document from its sections."""
+    """A version-1 hardware document from its sections; ``metadata.fit_errors`` is added when a curve was fitted
+    to points."""
     doc: dict[str, Any] = {"format": FORMAT, "version": VERSION}
     if description:
         doc["description"] = description
+    errors = fit_errors(expert, intra, inter)
+    if any(isinstance(v, dict) for v in errors.values()):
+        metadata = {**metadata, "fit_errors": errors}
     doc.update(expert=expert, links={"intra": intra, "inter": inter}, metadata=metadata)
     return doc

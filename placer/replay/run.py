@@ -22,7 +22,7 @@ from placer.replay.experts import DTYPES, CheckpointExperts
 from placer.replay.launch import launch, torchrun_env
 from placer.replay.predict import predict_cases
 from placer.replay.report import build_report
-from placer.replay.virtual import run_virtual
+from placer.replay.virtual import preflight, run_virtual, virtual_device
 from placer.replay.worker import device_for, run_rank
 from solvers import SOLVER_NAMES, SolveOptions, get_solver
 
@@ -92,6 +92,10 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
     mismatch: nothing has started yet)."""
     if req.backend not in BACKENDS:
         raise InputError(f"--backend {req.backend!r} is not one of {', '.join(BACKENDS)}")
+    if req.device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device {req.device!r} is not one of auto, cpu, cuda")
+    if req.backend == "virtual":
+        virtual_device(req.device)  # no GPU for --device cuda: before a placement is solved
     reader = TraceReader(req.trace)
     meta = reader.meta
     L = meta.num_layers if req.layers is None else req.layers
@@ -218,6 +222,7 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             return None
         device, timer = str(device_for(backend, local)), ("cuda-events" if backend == "nccl" else "perf_counter")
     elif backend == "virtual":
+        preflight(cfg)  # a missing GPU or too little memory: one line before the progress bar
         with progress_bar(total, "replay (virtual)", unit="step", quiet=quiet) as adv:
             cases, device, timer = run_virtual(cfg, progress=lambda run: adv(1))
     else:

@@ -31,9 +31,21 @@ from placer.core.topology import Topology
 def virtual_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise MoeplaceError("--device cuda: no CUDA GPU is visible")
+            raise InputError("--device cuda: no CUDA GPU is visible (use --device cpu)")
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def preflight(cfg: ReplayConfig) -> torch.device:
+    """The virtual backend's device, once it is known that the run fits it (InputError otherwise): checked before
+    anything starts or prints."""
+    device = virtual_device(cfg.device)
+    if device.type == "cuda":
+        need, (free, _) = weight_bytes(cfg, cfg.expert_source()), torch.cuda.mem_get_info(device)
+        if need > 0.8 * free:
+            raise InputError(f"the experts of {cfg.num_layers} layers need {need / 2**30:.1f} GiB on the GPU, "
+                             f"{free / 2**30:.1f} GiB are free: use --weight-bank N or --layers")
+    return device
 
 
 def exchange_all(exs: list[TExchange], bufs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
@@ -94,13 +106,8 @@ def weight_bytes(cfg: ReplayConfig, source) -> int:
 
 
 def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[list[dict], str, str]:
-    device = virtual_device(cfg.device)
+    device = preflight(cfg)
     source = cfg.expert_source()
-    if device.type == "cuda":
-        need, (free, _) = weight_bytes(cfg, source), torch.cuda.mem_get_info(device)
-        if need > 0.8 * free:
-            raise InputError(f"the experts of {cfg.num_layers} layers need {need / 2**30:.1f} GiB on the GPU, "
-                             f"{free / 2**30:.1f} GiB are free: use --weight-bank N or --layers")
     G, S, L = cfg.world_size, cfg.steps, cfg.num_layers
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
     sched = cfg.schedule
