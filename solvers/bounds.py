@@ -61,19 +61,52 @@ def star_lb(W: np.ndarray, tot_P: np.ndarray, group: int, K: int) -> float:
     return float((tot_P * g).sum())
 
 
-def balance_lb(inst: Instance, l: int) -> float:
-    """A lower bound on layer l's largest GPU load. With one item per GPU it is the heaviest item; with two,
-    the best pairing of the items is the heaviest with the lightest, the second heaviest with the second
-    lightest, ... (exact); otherwise the mean, or the heaviest item with the s - 1 lightest."""
-    w = np.sort(inst.load_LP[l])
-    total = w.sum()
-    lb = total / inst.G
-    if inst.exact and (w == np.round(w)).all():  # whole loads: the largest GPU load is whole too
+def balance_lb_items(w_P: np.ndarray, G: int, s: int, whole: bool = False) -> float:
+    """A lower bound on the largest GPU load when ``G`` GPUs hold ``s`` of the items of loads ``w_P`` each: the
+    mean (rounded up for whole loads: the largest GPU load is whole too), the heaviest item with the s - 1
+    lightest, and, with two items per GPU, the best pairing of the items: the heaviest with the lightest, the
+    second heaviest with the second lightest, ... (exact)."""
+    w = np.sort(np.asarray(w_P, dtype=np.float64))
+    lb = w.sum() / G
+    if whole and (w == np.round(w)).all():
         lb = np.ceil(lb - 1e-9)
-    if inst.s == 2:
+    if s == 2:
         lb = max(lb, float((w + w[::-1]).max()))
     # The busiest item's GPU holds s - 1 other items, at least the s - 1 lightest.
-    return float(max(lb, w[-1] + w[: inst.s - 1].sum()))
+    return float(max(lb, w[-1] + w[: s - 1].sum()))
+
+
+def balance_lb(inst: Instance, l: int) -> float:
+    """A lower bound on layer l's largest GPU load (``balance_lb_items`` of the layer's items)."""
+    return balance_lb_items(inst.load_LP[l], inst.G, inst.s, whole=inst.exact)
+
+
+def load_balance_bounds(load_LE: np.ndarray, num_gpus: int, slots_per_gpu: int) -> np.ndarray:
+    """[L] lower bounds on each layer's largest GPU load over **every** placement of the layer's experts on
+    ``num_gpus`` GPUs of ``slots_per_gpu`` slots, any copies included, for loads split evenly among an expert's
+    copies (a load matrix, as ``evaluate`` counts it): the mean load per GPU, and the heaviest copy with the
+    s - 1 lightest copies. No placement's heaviest copy is lighter than that of EPLB's replication (each extra
+    copy to the expert of the largest load per copy, which minimises the largest; ``replicate_hottest``), and no
+    copy of expert e is lighter than its load over the most copies it can have (P - E + 1), so the s - 1
+    lightest copies of any placement weigh at least the s - 1 smallest of those. Valid for every solver's
+    placement, so the gaps of several solvers compare (``balance_lb``'s pairing and its lightest copies hold
+    only for the copies an instance fixed)."""
+    from solvers.layout import replicate_hottest
+
+    load_LE = np.asarray(load_LE, dtype=np.float64)
+    L, E = load_LE.shape
+    s = slots_per_gpu
+    P = num_gpus * s
+    out = np.zeros(L)
+    for l in range(L):
+        w = load_LE[l]
+        _, cnt = replicate_hottest(w, P)
+        heaviest = float((w / cnt).max())
+        most = P - E + 1
+        lightest = np.sort(w / most)[: s - 1]  # each expert's copies: `most` at the most, each at least w / most
+        light = float(np.sort(np.repeat(lightest, min(most, s - 1)))[: s - 1].sum()) if s > 1 else 0.0
+        out[l] = max(w.sum() / num_gpus, heaviest + light)
+    return out
 
 
 def _distinct_lb(W: np.ndarray, tot: np.ndarray, tokens: float, K: int, group: int) -> float:

@@ -10,11 +10,11 @@ from placer.core.objective import Objective, Quantity, Term, Weights
 from placer.core.placement import Placement, SolveReport
 from placer.core.topology import Topology
 from placer.core.trace.schema import RoutingBatch
-from solvers.assignment import feasible, gpu_from_placement, terms
-from solvers.bounds import lower_bound, star_lb
+from solvers.assignment import feasible, gpu_from_placement, layer_loads, terms
+from solvers.bounds import _distinct_lb, balance_lb, bmatching_ub, lower_bound, star_lb
 from solvers.instance import build_instance, max_imbalance_of, sort_copies
 from solvers.problem import SolveOptions
-from tests.solvers.helpers import brute_force, problem_of, trace
+from tests.solvers.helpers import brute_force, labelled_layers, problem_of, trace
 
 
 def random_assignment(inst, rng):
@@ -84,16 +84,100 @@ def test_weighted_objectives_are_measured_and_recorded():
         Objective((Term(Quantity.COHERENT_PAIR_HOPS, 1.0), Term(Quantity.EP_DISPATCH_GPUS, 1.0)))
 
 
-@pytest.mark.parametrize("mode,L,E,K,G,N", [("ep", 2, 6, 3, 2, 1), ("coherent", 2, 6, 2, 3, 1),
-                                              ("ep", 2, 4, 2, 4, 2), ("coherent", 3, 4, 2, 2, 2)])
-def test_lower_bound_below_the_optimum(mode, L, E, K, G, N):
+@pytest.mark.parametrize("mode,L,E,K,G,N,R", [
+    ("ep", 2, 6, 3, 2, 1, 0), ("coherent", 2, 6, 2, 3, 1, 0), ("ep", 2, 4, 2, 4, 2, 0), ("coherent", 3, 4, 2, 2, 2, 0),
+    # Two slots per GPU with copies: the exact pairing of the balance bound and the pair matching of distinct
+    # GPUs (top-2, and top-3 across two nodes of two GPUs).
+    ("ep", 2, 3, 2, 2, 1, 1), ("ep", 1, 6, 3, 4, 2, 2), ("ep", 2, 5, 2, 3, 1, 1),
+])
+def test_lower_bound_below_the_optimum(mode, L, E, K, G, N, R):
     """The min-cost-flow / tangent bound never exceeds the true optimum found by enumeration."""
     _, b = trace(L, E, K, 600, seed=4)
-    inst = build_instance(problem_of(b, E, G, N, 0, mode), SolveOptions(params={"max_imbalance": 0}))
+    inst = build_instance(problem_of(b, E, G, N, R, mode), SolveOptions(params={"max_imbalance": 0}))
+    assert inst.s == (2 if R else inst.s)
     best = brute_force(inst, lambda g: terms(inst, g).value, lambda g: feasible(inst, g))
     lb, _ = lower_bound(inst)
     assert lb <= best + 1e-6
     assert lb > 0.5 * best  # and it is not trivial on these instances
+
+
+@pytest.mark.parametrize("w", [[5, 5, 5, 5, 0, 0], [9, 8, 7, 3, 2, 1], [4, 4, 4, 4, 4, 1], "random"])
+def test_the_pairing_bound_of_two_slots_per_gpu_is_the_exact_balance_optimum(w):
+    """With two items per GPU, the heaviest item with the lightest, the second heaviest with the second
+    lightest, ... is the best pairing: ``balance_lb_items`` equals the least largest GPU load over every
+    assignment (enumerated), also where it is above the mean and the heaviest with the lightest."""
+    from solvers.bounds import balance_lb_items
+
+    w = np.random.default_rng(11).integers(0, 50, size=8).astype(float) if w == "random" else np.array(w, float)
+    G = len(w) // 2
+    best = min(np.bincount(g, weights=w, minlength=G).max() for g in labelled_layers(len(w), G))
+    assert balance_lb_items(w, G, 2) == pytest.approx(best)
+    if w[0] == 5:  # 5 + 5 on one GPU: neither the mean (20 / 3) nor 5 + 0 says so
+        assert best == 10 and max(w.sum() / G, w.max() + w.min()) < best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_pair_matching_bounds_distinct_gpus_of_two_slots_per_gpu(seed):
+    """ep, top-2, two items per GPU: a token reaches 2 GPUs less its co-located pair, and the co-located pairs
+    weigh at most a b-matching of the pair weights (min-cost flow): the bound is below every assignment's
+    distinct GPUs (enumerated), and within a few percent of their least."""
+    _, b = trace(1, 6, 2, 500, seed=seed, clusters=3)
+    inst = build_instance(problem_of(b, 6, 3, 1, 0, "ep"), SolveOptions(params={"max_imbalance": 0}))
+    t = inst.types_L[0]
+    W = inst.pair_weights(0)
+    tot = np.bincount(t.items_XK.ravel(), weights=np.repeat(t.count_X, 2), minlength=inst.P)
+    tokens = float(t.count_X.sum())
+    lb = _distinct_lb(W, tot, tokens, 2, inst.s)
+    distinct = [terms(inst, g[None, :]).gpus_L[0] - inst.offset_L[0] for g in labelled_layers(inst.P, inst.G)]
+    assert lb <= min(distinct) + 1e-6
+    assert lb >= 2 * tokens - bmatching_ub(W, 1, 1) / 2 - 1e-6 and lb >= star_lb(W, tot, 2, 2) - 1e-6
+    assert lb >= 0.95 * min(distinct), (lb, min(distinct))
+
+
+def test_bmatching_is_exact_on_whole_weights():
+    """``bmatching_ub``: the heaviest set of pairs with each left item in at most ``cap_left`` pairs and each
+    right one in at most ``cap_right``, against enumeration of every set of pairs."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    W = rng.integers(0, 9, size=(3, 4)).astype(float)
+    edges = [(i, j) for i in range(3) for j in range(4) if W[i, j] > 0]
+    for cap_left, cap_right in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        best = 0.0
+        for r in range(len(edges) + 1):
+            for sub in itertools.combinations(edges, r):
+                left = np.bincount([i for i, _ in sub], minlength=3)
+                right = np.bincount([j for _, j in sub], minlength=4)
+                if (left <= cap_left).all() and (right <= cap_right).all():
+                    best = max(best, sum(W[i, j] for i, j in sub))
+        assert bmatching_ub(W, cap_left, cap_right) == pytest.approx(best), (cap_left, cap_right)
+    assert bmatching_ub(W + 0.25, 1, 1) >= bmatching_ub(W, 1, 1)  # real weights: rounded up, still a bound
+
+
+@pytest.mark.parametrize("E,G,R", [(3, 3, 0), (3, 2, 1), (4, 2, 2), (2, 2, 2), (5, 3, 1)])
+def test_load_balance_bounds_hold_for_every_placement_of_the_slots(E, G, R):
+    """``load_balance_bounds`` (what solve --load reports for every solver): below the least largest GPU load
+    of every placement of E experts in G x s slots, any copies, loads split evenly among copies (enumerated)."""
+    import itertools
+
+    from solvers.bounds import load_balance_bounds
+
+    rng = np.random.default_rng(E * 10 + R)
+    load = rng.integers(1, 100, size=(2, E)).astype(float)
+    load[1, 0] = 500.0  # one hot expert: the heaviest copy binds
+    P, s = E + R, (E + R) // G
+    best = np.full(2, np.inf)
+    for row in itertools.product(range(E), repeat=P):
+        phy = np.array(row)
+        cnt = np.bincount(phy, minlength=E)
+        if (cnt == 0).any():
+            continue
+        for l in range(2):
+            gpu_load = (load[l, phy] / cnt[phy]).reshape(G, s).sum(axis=1)
+            best[l] = min(best[l], gpu_load.max())
+    lb = load_balance_bounds(load, G, s)
+    assert (lb <= best + 1e-9).all(), (lb, best)
+    assert (lb >= load.sum(axis=1) / G - 1e-9).all() and (lb > 0.6 * best).all()
 
 
 def test_star_bound_holds_for_every_assignment():
