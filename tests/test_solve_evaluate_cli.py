@@ -71,6 +71,43 @@ def test_solve_from_a_load_matrix(cli, tmp_path):
     np.testing.assert_array_equal(p.phy2log_LP[0], [0, 2, 3, 1])  # the greedy worked example
     s = json.loads(res.out)
     assert s["input_load_only"] and s["max_over_mean_load"] == pytest.approx((11 / 10 + 1) / 2)
+    # The balance bound by hand: layer 0 at least 10 + 1 (the heaviest expert and the lightest beside it; the
+    # mean is 10), layer 1 at least 2: 13 tokens per GPU summed, which greedy reaches (gap 0).
+    assert s["balance_bound"] == {"max_load": 13.0, "bound": 13.0, "gap": 0.0,
+                                  "unit": "tokens per GPU, summed over the layers"}
+
+
+@pytest.mark.parametrize("solver", ["greedy", "eplb"])
+def test_a_load_only_solve_reports_the_balance_bound_for_every_solver(cli, tmp_path, solver):
+    """Not only auto and cpsat: every solver's placement of a load matrix gets the balance lower bound (mean
+    load per GPU, heaviest copy with the lightest others, over every placement of these slots) and its gap, as
+    a load beside the objective's units."""
+    from solvers.bounds import load_balance_bounds
+
+    load = np.random.default_rng(5).zipf(1.5, size=(3, 16)).astype(float) * 10
+    np.save(tmp_path / "load.npy", load)
+    args = ["solve", "--load", tmp_path / "load.npy", "--solver", solver, "--gpus", 4, "--redundant", 4,
+            "--out", tmp_path / "p.json"]
+    s = json.loads(cli(*args, "--json").out)
+    b = s["balance_bound"]
+    assert b["bound"] == pytest.approx(load_balance_bounds(load, 4, 5).sum()) and 0 < b["bound"] <= b["max_load"]
+    assert b["gap"] == pytest.approx((b["max_load"] - b["bound"]) / b["max_load"])
+    # In the objective's units too (the balance weight times the load), where the solver reported none.
+    w = s["objective"] / b["max_load"]
+    assert s["objective_name"] == f"{w!r}*max_load" and s["bound"] == pytest.approx(w * b["bound"])
+    assert s["gap"] == pytest.approx(b["gap"]) and s["bound_source"] == "balance"
+    table = cli(*args).out
+    assert "- / -" not in table and f"{b['gap']:.2%}" in table and "load: largest / bound / gap" in table
+    assert f"{b['max_load']:,.6g} / {b['bound']:,.6g} / {b['gap']:.2%} (tokens" in table
+
+
+def test_a_load_only_auto_keeps_its_own_bound_and_adds_the_load_bound(cli, tmp_path):
+    load = np.random.default_rng(5).zipf(1.5, size=(3, 16)).astype(float) * 10
+    np.save(tmp_path / "load.npy", load)
+    s = json.loads(cli("solve", "--load", tmp_path / "load.npy", "--gpus", 4, "--redundant", 4, "--time-limit", 2,
+                       "--out", tmp_path / "p.json", "--json").out)
+    assert "bound_source" not in s and s["bound"] is not None and s["bound"] <= s["objective"]
+    assert s["balance_bound"]["bound"] <= s["balance_bound"]["max_load"]
 
 
 def test_evaluate_json_matches_the_api(cli, trace, placements):

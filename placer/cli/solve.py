@@ -128,6 +128,8 @@ def solve(
         "worst_layer": bal.worst_layer, "worst_max_over_mean_load": float(bal.imbalance_L[bal.worst_layer]),
         "sampling_note": sampling_note([s.stats for s in read], placement.num_gpus),
     }
+    if summary["input_load_only"] and scenario_spec is None:
+        summary.update(_load_only_bound(load_LE, placement, bal, topo, mode, params))
     twice = int(placement.same_gpu_copies_LG.sum())
     summary["same_gpu_copies"] = twice
     if twice:
@@ -145,13 +147,17 @@ def solve(
     def num(v, fmt="{:,.4g}"):
         return "-" if v is None else fmt.format(v)
 
-    objective = num(r.objective_value) + (f" ({summary['objective_name']})" if r.objective is not None else "")
+    objective = num(summary["objective"]) + (f" ({summary['objective_name']})" if summary["objective_name"] else "")
+    lb = summary.get("balance_bound")
     con = console()
     con.print(kv_table(f"wrote {out}", [
         ("solver", f"{r.solver} ({r.mode})"),
         ("status", r.status),
         ("objective", objective),
-        ("bound / gap", f"{num(r.bound)} / {num(r.gap, '{:.2%}')}"),
+        ("bound / gap", f"{num(summary['bound'])} / {num(summary['gap'], '{:.2%}')}"
+                        + (" (the balance bound below)" if summary.get("bound_source") == "balance" else "")),
+        *([("load: largest / bound / gap", f"{lb['max_load']:,.6g} / {lb['bound']:,.6g} / {lb['gap']:.2%} (tokens "
+                                           f"per GPU, summed over layers)")] if lb else []),
         ("wall time", f"{r.wall_time_s:.3f} s"),
         ("shape", f"{placement.num_layers} x {placement.num_experts} experts + {placement.num_redundant} "
                   f"redundant, {placement.num_gpus} GPUs, {placement.num_nodes} node(s)"),
@@ -162,6 +168,28 @@ def solve(
         con.print(_scenario_table(summary["scenarios"], held))
     if summary["sampling_note"]:
         con.print(f"note: {summary['sampling_note']}", soft_wrap=True, highlight=False)
+
+
+def _load_only_bound(load_LE, placement, bal, topo, mode, params) -> dict:
+    """A load-only solve's balance bound, the same for every solver (``solvers.bounds.load_balance_bounds``: the
+    mean load per GPU, the heaviest copy with the lightest others, over every placement of these slots), as a
+    load: each layer's largest GPU load and its bound, summed over the layers, and the gap. A solver that
+    reported no bound (every one but auto and cpsat) also gets the objective, bound and gap in the objective's
+    units (the balance weight times the load); auto and cpsat keep their own there."""
+    from placer.core.objective import Weights
+    from solvers.bounds import gap_of, load_balance_bounds
+
+    r = placement.report
+    largest = float(bal.load_LG.max(axis=1).sum())
+    bound = float(load_balance_bounds(load_LE, placement.num_gpus, placement.slots_per_gpu).sum())
+    out: dict = {}
+    weight = Weights.for_topology(topo, mode, balance_weight=params.get("balance_weight")).balance_weight
+    if r.bound is None and weight > 0:
+        out.update(objective=weight * largest, objective_name=f"{weight!r}*max_load", bound=weight * bound,
+                   gap=gap_of(weight * largest, weight * bound), bound_source="balance")
+    out["balance_bound"] = {"max_load": largest, "bound": bound, "gap": gap_of(largest, bound),
+                            "unit": "tokens per GPU, summed over the layers"}
+    return out
 
 
 def _scenario_options(scenarios: str | None, robust: str | None, holdout: bool):
