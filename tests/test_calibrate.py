@@ -162,6 +162,21 @@ def test_bad_input_is_one_line_before_any_progress_bar(cli, trace, tmp_path, mon
     assert_one_line_error(cli(*args), 2, fragment)
 
 
+def test_replay_warns_when_it_scales_a_cpu_curve_to_another_shape(cli, hw_file, trace):
+    """A curve calibrated on a CPU scaled by FLOPs to another layer shape mispredicts badly (BENCHMARKS.md):
+    replay says so in one warning line (and in its report); at the calibrated shape it says nothing."""
+    base = ["replay", trace, "contiguous", "-G", 4, "--backend", "virtual", "--device", "cpu", "--steps", 1,
+            "--tokens-per-step", 128, "--threads", 1, "--topology", hw_file, "--json"]
+    other = cli(*base, "--hidden", 64, "--ffn", 32)
+    assert other.code == 0, other.err
+    warnings = [l for l in other.err.splitlines() if l.startswith("moeplace: warning: ")]
+    assert len(warnings) == 1 and "calibrated on a CPU for 32 x 32 is scaled by FLOPs to 64 x 32" in warnings[0]
+    assert "calibrate this shape (--hidden 64 --ffn 32)" in warnings[0]
+    assert json.loads(other.out)["topology"]["warning"] in warnings[0]
+    same = cli(*base, "--hidden", 32, "--ffn", 32)
+    assert same.code == 0 and "warning" not in same.err and "warning" not in json.loads(same.out)["topology"]
+
+
 @pytest.mark.multiprocess
 def test_calibrate_measures_the_link_between_gloo_ranks(cli, tmp_path):
     res = cli("calibrate", *QUICK, "--backend", "gloo", "--world-size", 2, "--link-repeats", 2, "--out",

@@ -226,6 +226,10 @@ def bench_validate(
             trace=trace, placements=[str(f) for f in files], backend=backend, world_size=gpus, nodes=nodes,
             hidden=hidden, ffn=ffn, dtype=dtype, tokens_per_step=tokens_per_step, steps=steps, warmup=warmup,
             check="first", topology=topology, threads=threads, device=device, weight_bank=weight_bank))
+        if cfg.extra.get("topology_warning") and not reports:
+            import sys
+
+            print(f"moeplace: warning: {cfg.extra['topology_warning']}", file=sys.stderr)
         report = run(cfg, backend)
         reports[name] = report
         rows += rows_of(report, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -81,6 +82,10 @@ def replay(
         redundant=redundant, timeout_s=timeout, device=device, threads=threads, fail_rank=fail_rank,
         fail_how=fail_how,
     ))
+    if cfg.extra.get("topology_warning") and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        import sys
+
+        print(f"moeplace: warning: {cfg.extra['topology_warning']}", file=sys.stderr)
     report = run(cfg, backend)
     if report is None:  # a rank other than 0 under torchrun
         return

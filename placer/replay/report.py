@@ -225,7 +225,9 @@ def build_report(cfg, backend: str, device: str, timer: str, cases: list[dict], 
         "layer_output": "h + sum_k w_k * FFN_k(RMSNorm(h)) (pre-norm and residual of a MoE block; no attention)",
         "wall_time_s": round(wall_s, 3),
         "correct": all(c["check"].get("correct", True) for c in cases),
-        "topology": None if topo is None else {"source": cfg.extra.get("topology"), **topo.to_dict()},
+        "topology": None if topo is None else {"source": cfg.extra.get("topology"), **topo.to_dict(),
+                                               **({"warning": cfg.extra["topology_warning"]}
+                                                  if cfg.extra.get("topology_warning") else {})},
         "prediction": prediction,
         "placements": cases,
     }

@@ -144,6 +144,7 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
             raise InputError("--weight-bank applies to random weights, not to --model")
 
     topo, topology_note = replay_topology(req, cases[0].placement, hidden, ffn)
+    warning = cross_shape_warning(req.topology, hidden, ffn)
     nodes = topo.num_nodes
     if req.fail_rank is not None and req.backend == "virtual":
         raise InputError("--fail-rank is a test hook of the gloo and nccl backends")
@@ -155,7 +156,8 @@ def prepare(req: ReplayRequest) -> ReplayConfig:
             model=None if req.model is None else str(req.model), tokens_per_step=req.tokens_per_step,
             steps=req.steps, warmup=req.warmup, seed=req.seed, weight_bank=req.weight_bank, check=req.check,
             nodes=nodes, topology=topo, timeout_s=req.timeout_s, device=req.device, threads=req.threads,
-            fail_rank=req.fail_rank, fail_how=req.fail_how, extra={"topology": topology_note},
+            fail_rank=req.fail_rank, fail_how=req.fail_how,
+            extra={"topology": topology_note, **({"topology_warning": warning} if warning else {})},
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
@@ -191,6 +193,25 @@ def replay_topology(req: ReplayRequest, first: Placement, hidden: int, ffn: int)
         return topo.with_(hidden_size=hidden, expert_ffn_size=ffn, dtype_bytes=elem), note
     except ValueError as exc:
         raise InputError(f"topology: {exc}") from None
+
+
+def cross_shape_warning(topology: Path | str | None, hidden: int, ffn: int) -> str | None:
+    """One line when ``topology`` is a curve calibrated on a CPU for another layer shape than the replay's: scaling
+    it by FLOPs keeps its floor, which on a CPU is far off (BENCHMARKS.md: a 256 x 512 curve predicted a 128 x 64
+    expert's times with a median error of hundreds of percent); on a GPU the scaling is untested."""
+    if topology is None:
+        return None
+    from placer.core.hardware import Hardware, load_topology_source
+
+    hw = load_topology_source(topology)
+    if not isinstance(hw, Hardware) or hw.doc.get("metadata", {}).get("device") != "cpu":
+        return None
+    e = hw.doc["expert"]
+    if (e["hidden_size"], e["ffn_size"]) == (hidden, ffn):
+        return None
+    return (f"{topology}: an expert curve calibrated on a CPU for {e['hidden_size']} x {e['ffn_size']} is scaled "
+            f"by FLOPs to {hidden} x {ffn}, which on a CPU mispredicts badly; calibrate this shape "
+            f"(--hidden {hidden} --ffn {ffn})")
 
 
 def check_devices(cfg: ReplayConfig, backend: str) -> None:
