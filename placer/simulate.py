@@ -141,7 +141,7 @@ def simulate(windows: Sequence[Window], policies: Sequence[Policy], topology: To
             problem = problem_from_stats(stats, topology, redundant, mode)
             if previous is None or p.budget is None:
                 return get_solver(p.solver)(problem, options)
-            target = get_solver(p.solver)(problem, options)
+            target = get_solver(p.solver)(problem, options) if p.budget > 0 else None  # 0: CURRENT as it is
             return rebalance([problem], previous, target, Budget(per_layer=p.budget), options)
         except ValueError as exc:
             raise InputError(f"policy {p.name}: {exc}") from None
