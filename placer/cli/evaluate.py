@@ -217,16 +217,17 @@ def _moves(cands, moves_from):
     """[MoveCount] of every candidate from the ``--moves-from`` placement (GPUs matched), or None."""
     if moves_from is None:
         return None
-    from placer.core.moves import align, count_moves
+    from placer.core.moves import align, check_same_shape, count_moves
     from placer.core.placement_io import load_placement
 
     current = load_placement(moves_from)
     out = []
     for c in cands:
         try:
-            out.append(count_moves(current, align(current, c.placement)))
+            check_same_shape(current, c.placement, (f"--moves-from {moves_from}", str(c.where)))
         except ValueError as exc:
-            raise UsageError(f"{c.where}: {exc} ({moves_from})") from None
+            raise UsageError(f"{exc}: moves are counted between placements of one model on one set of GPUs") from None
+        out.append(count_moves(current, align(current, c.placement)))
     return out
 
 
