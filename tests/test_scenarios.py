@@ -209,3 +209,20 @@ def test_robust_cpsat_proves_the_robust_optimum_found_by_brute_force(aggregate):
         assert r.extra["robust_cpsat"]["bound"] <= best * (1 + 1e-9)
         assert r.objective_value == pytest.approx(best, rel=1e-9)
         assert r.status == "OPTIMAL" and r.bound == pytest.approx(best, rel=1e-9)
+
+
+def test_a_too_short_trace_gets_one_note_naming_the_scenarios(cli, tmp_path):
+    meta, batches = generate(SynthConfig(layers=4, experts=64, top_k=2, tokens=3000, seed=1, zipf=0.3))
+    trace = tmp_path / "short.parquet"
+    with TraceWriter(trace, meta) as w:
+        for b in batches:
+            w.write(b)
+    res = cli("solve", trace, "--gpus", 4, "-s", "eplb", "--scenarios", "window:1000", "-o", tmp_path / "p.json",
+              "--json")
+    assert res.code == 0, res.err
+    note = json.loads(res.out)["sampling_note"]
+    assert note.startswith("3 of 3 scenarios (tokens 0-999, tokens 1000-1999, tokens 2000-2999): in ")
+    assert note.count("sampling noise") == 1 and "short.parquet" not in note
+    text = " ".join(cli("solve", trace, "--gpus", 4, "-s", "eplb", "--scenarios", "window:1000", "-o",
+                        tmp_path / "p.json").out.split())
+    assert text.count("note:") == 1 and "longer scenarios would tell them apart" in text

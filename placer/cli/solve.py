@@ -126,7 +126,7 @@ def solve(
         "input_load_only": any(s.stats.load_only for s in read),
         "max_over_mean_load": bal.mean_imbalance,
         "worst_layer": bal.worst_layer, "worst_max_over_mean_load": float(bal.imbalance_L[bal.worst_layer]),
-        "sampling_note": sampling_note([s.stats for s in read], placement.num_gpus),
+        "sampling_note": sampling_note(read, placement.num_gpus),
     }
     twice = int(placement.same_gpu_copies_LG.sum())
     summary["same_gpu_copies"] = twice
