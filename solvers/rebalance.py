@@ -326,8 +326,9 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
               pareto: list[int] | None = None) -> Placement:
     """The rebalanced placement of ``problems`` (one, or the scenarios, judged on their mean with ``weights_s``,
     default equal) from ``current`` towards ``target`` within ``budget``. With ``pareto`` (move counts), the
-    report's ``extra["pareto"]`` holds the objective after each count of moves of the unbudgeted greedy, then the
-    target's (the full re-solve). With a budget of 0 and no ``pareto``, ``target`` may be None (it is not used:
+    report's ``extra["pareto"]`` holds the objective and moves (inside and across nodes) after each count of moves of
+    the unbudgeted greedy (with the target's layers that fit the count, as step 3), then the target's (the full
+    re-solve). With a budget of 0 and no ``pareto``, ``target`` may be None (it is not used:
     the report's ``extra["target"]`` is then None)."""
     start = time.perf_counter()
     if target is not None:
@@ -363,19 +364,30 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
         # of it): whole, or layer by layer (``_take_target``).
         rows, result, extra["took_target"] = _take_target(current, aligned, rows, result, full, budget, judged)
     if target is not None:
-        extra["target"] = {"solver": target.report.solver, "moves": count_moves(current, aligned).total,
+        extra["target"] = {"solver": target.report.solver, **_moves_of(count_moves(current, aligned)),
                            "objective": full.value}
     placement = current.with_(phy2log_LP=rows, topology=problem.topology)
     extra["moves"] = count_moves(current, placement).to_dict()
-    # Step 3: the front: the same greedy without a budget, cut at each count of moves, then the full re-solve.
+    # Step 3: the front: the same greedy without a budget, cut at each count of moves (with the target's layers
+    # where they fit that count, as step 2; a larger count keeps a smaller one's placement if it is better), then
+    # the full re-solve.
     if pareto:
         _, snaps = Rebalancer(problems, weights_s, current, target, options).run(Budget(), record=pareto)
-        extra["pareto"] = [{"budget": count, "moves": count_moves(current, current.with_(phy2log_LP=snap)).total,
-                            "objective": judged(snap).value} for count, snap in snaps]
+        extra["pareto"], best = [], None
+        for count, snap in snaps:
+            point = _take_target(current, aligned, snap, judged(snap), full, Budget(total=count), judged)[:2]
+            best = point if best is None or point[1].value < best[1].value - EPS else best
+            extra["pareto"].append({"budget": count, **_moves_of(count_moves(current, current.with_(phy2log_LP=best[0]))),
+                                    "objective": best[1].value})
         extra["pareto"].append({"budget": "full re-solve", **extra["target"]})
     report = problem.report("rebalance", start, status=SolveStatus.HEURISTIC, objective=result.objective,
                             objective_value=result.value, extra=extra)
     return placement.with_(report=report)
+
+
+def _moves_of(m) -> dict[str, int]:
+    """A point's moves: in all, and those served inside a node / across nodes (``MoveCount``)."""
+    return {"moves": m.total, "intra_node_moves": int(m.intra_L.sum()), "inter_node_moves": int(m.inter_L.sum())}
 
 
 def _take_target(current: Placement, aligned: Placement, rows: np.ndarray, result: "_Judged", full: "_Judged",

@@ -95,7 +95,13 @@ def test_cli_writes_the_new_placement_in_current_gpu_order_and_the_front(cli, tm
     assert count_moves(current, p).total == s["moves"]["moves"] <= 2 * 4
     assert s["moves"]["bytes"]["total"] == 1000.0 * s["moves"]["moves"]
     assert (tmp_path / "new.pareto.json").is_file() and (tmp_path / "new.pareto.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "new.pareto.json").read_text())["front"][-1]["budget"] == "full re-solve"
+    front = json.loads((tmp_path / "new.pareto.json").read_text())["front"]
+    assert front[-1]["budget"] == "full re-solve"
+    # Every point's bytes, inside nodes and across, as the summary's (expert bytes x moves).
+    for point in front:
+        b = point["bytes"]
+        assert b["total"] == 1000.0 * point["moves"] == b["intra_node"] + b["inter_node"]
+        assert b["inter_node"] == 1000.0 * point["inter_node_moves"]
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -143,6 +149,25 @@ def test_a_budget_the_full_resolve_fits_ends_no_worse_than_it(case, far_target, 
     assert p.report.extra["target"]["objective"] == pytest.approx(full.value)
     moved = count_moves(current, p)
     assert moved.total <= (total or 10**9) and moved.moves_L.max() <= (per_layer or 10**9)
+
+
+def test_the_front_takes_the_target_layers_that_fit_each_budget(case, far_target):
+    _, new, current, _ = case
+    target, target_L, full = far_target
+    counts = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+    assert target_L.sum() <= 128
+    p = rebalance([new], current, target, Budget(), SolveOptions(), pareto=counts)
+    front = p.report.extra["pareto"][:-1]
+    objectives = [f["objective"] for f in front]
+    assert all(b <= a + 1e-9 for a, b in zip(objectives, objectives[1:]))  # a larger budget never hurts
+    assert all(f["moves"] <= f["budget"] for f in front)
+    # Never worse than the greedy's steps cut at the same count, better where target layers fit, and the whole
+    # target where it fits.
+    _, snaps = Rebalancer([new], np.ones(1), current, target, SolveOptions()).run(Budget(), record=counts)
+    steps = [_judge([new], np.ones(1), SolveOptions(), current.with_(phy2log_LP=snap)).value for _, snap in snaps]
+    assert all(f <= s + 1e-6 for f, s in zip(objectives, steps))
+    assert any(f < s - 1e-6 for f, s in zip(objectives, steps))
+    assert objectives[-1] <= full.value + 1e-6
 
 
 @pytest.mark.parametrize("total", [None, 60])

@@ -32,7 +32,8 @@ def rebalance(
                               "(3 x hidden x expert FFN size x bytes of its dtype)."),
     pareto: bool = typer.Option(
         False, "--pareto", help="Also print and write (OUT.pareto.json, OUT.pareto.png) the objective after 0, 1, 2, "
-                                "4, ... moves up to the full re-solve, to choose the budget at the knee."),
+                                "4, ... moves up to the full re-solve, to choose the budget at the knee (with "
+                                "--expert-bytes or --model, each point's bytes too)."),
     time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds for the full re-solve (as solve's)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -114,6 +115,11 @@ def rebalance(
                "objective_name": new.report.objective.name}
     if pareto:
         front = extra["pareto"]
+        if expert_bytes is not None:  # each point's bytes, as the summary's moves
+            for point in front:
+                point["bytes"] = {"intra_node": point["intra_node_moves"] * expert_bytes,
+                                  "inter_node": point["inter_node_moves"] * expert_bytes,
+                                  "total": point["moves"] * expert_bytes}
         summary["pareto"] = front
         write_json_atomic(out.with_suffix(".pareto.json"), {"current": str(current), "solver": solver,
                                                             "expert_bytes": expert_bytes, "front": front})
@@ -149,11 +155,15 @@ def rebalance(
 
         t = Table(title=f"objective against the budget (wrote {out.with_suffix('.pareto.json')} and .png)",
                   title_justify="left")
-        for c in ("budget (moves)", "moves", "objective", "gain recovered"):
+        for c in ("budget (moves)", "moves", "objective", "gain recovered") + (("GB moved (across nodes)",)
+                                                                               if expert_bytes is not None else ()):
             t.add_column(c, justify="right")
         for point in front:
             rec = (extra["current_objective"] - point["objective"]) / gain if gain > 0 else 0.0
-            t.add_row(str(point["budget"]), f"{point['moves']:,}", f"{point['objective']:,.4g}", f"{rec:.1%}")
+            cells = [str(point["budget"]), f"{point['moves']:,}", f"{point['objective']:,.4g}", f"{rec:.1%}"]
+            if expert_bytes is not None:
+                cells.append(f"{point['bytes']['total'] / 1e9:,.2f} ({point['bytes']['inter_node'] / 1e9:,.2f})")
+            t.add_row(*cells)
         con.print(t)
 
 
