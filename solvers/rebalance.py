@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit
 
 from placer.core.mode import TrafficMode
-from placer.core.moves import align, check_same_shape, count_moves
+from placer.core.moves import MoveCount, align, check_same_shape, count_moves
 from placer.core.objective import TRAFFIC_QUANTITIES, Objective, Quantity
 from placer.core.placement import Placement, SolveStatus
 from solvers.assignment import judge
@@ -385,7 +385,7 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
     return placement.with_(report=report)
 
 
-def _moves_of(m) -> dict[str, int]:
+def _moves_of(m: MoveCount) -> dict[str, int]:
     """A point's moves: in all, and those served inside a node / across nodes (``MoveCount``)."""
     return {"moves": m.total, "intra_node_moves": int(m.intra_L.sum()), "inter_node_moves": int(m.inter_L.sum())}
 
