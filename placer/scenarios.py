@@ -187,23 +187,35 @@ def holdout_check(spec: SolverSpec, scn: Scenarios, options: SolveOptions) -> di
     return worst_and_mean(rows)
 
 
-def sampling_note(stats: Sequence[RoutingStats], num_gpus: int) -> str | None:
+def sampling_note(scenarios: Sequence[Scenario], num_gpus: int) -> str | None:
     """A warning when the inputs are too short to tell the experts' loads apart: in most layers the sampling
     error of a count (its square root, for tokens drawn independently) is more than half the spread of the
-    experts' loads, so a placement fitted to them is partly fitted to noise."""
-    notes = []
-    for s in stats:
-        load = np.asarray(s.load_LE, dtype=np.float64)
+    experts' loads, so a placement fitted to them is partly fitted to noise. One note: the input, or the
+    scenarios affected (named), with the figures of the first of them."""
+    noisy_s = []  # (scenario, noisy layers, layers, noise, spread, layer)
+    for sc in scenarios:
+        load = np.asarray(sc.stats.load_LE, dtype=np.float64)
         mean = load.mean(axis=1)
-        if not (mean > 0).any() or s.tokens == 0:
+        if not (mean > 0).any() or sc.stats.tokens == 0:
             continue  # rates or averages (not counts): no sampling error to speak of
         spread = load.std(axis=1) / np.maximum(mean, 1e-300)
         noise = 1.0 / np.sqrt(np.maximum(mean, 1e-300))
         noisy = int((noise > 0.5 * spread).sum())
         if noisy > len(mean) / 2:
             layer = int(np.argsort(noise / np.maximum(spread, 1e-300))[len(mean) // 2])
-            notes.append(f"{', '.join(s.sources) or 'the input'}: in {noisy} of {len(mean)} layers the experts' "
-                         f"loads differ by little more than sampling noise (a count of n tokens is known to about "
-                         f"sqrt(n): {noise[layer]:.1%} of the mean expert's load, against a spread of "
-                         f"{spread[layer]:.1%} in layer {layer}); a longer trace would tell them apart")
-    return "; ".join(notes) or None
+            noisy_s.append((sc, noisy, len(mean), noise[layer], spread[layer], layer))
+    if not noisy_s:
+        return None
+    sc, noisy, L, noise, spread, layer = noisy_s[0]
+    sqrt_n = "a count of n tokens is known to about sqrt(n)"
+    figures = f"{noise:.1%} of the mean expert's load, against a spread of {spread:.1%} in layer {layer}"
+    if len(scenarios) == 1:
+        return (f"{', '.join(sc.stats.sources) or 'the input'}: in {noisy} of {L} layers the experts' loads differ by "
+                f"little more than sampling noise ({sqrt_n}: {figures}); a longer trace would tell them apart")
+    names = [s[0].name for s in noisy_s]
+    listed = ", ".join(names if len(names) <= 8 else names[:6] + [f"and {len(names) - 6} more"])
+    counts = sorted({s[1] for s in noisy_s})
+    layers = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (f"{len(noisy_s)} of {len(scenarios)} scenarios ({listed}): in {layers} of {L} layers the experts' loads "
+            f"differ by little more than sampling noise ({sqrt_n}: in scenario {sc.name!r}, {figures}); longer "
+            f"scenarios would tell them apart")

@@ -3,8 +3,9 @@ compare re-placement policies.
 
 Window 0 is observed only: every policy starts with a placement fitted to it. Before every later window w, each
 policy may re-place using only the windows it has seen (the previous one, or all so far: ``history``), then window
-w is served and measured: balance, traffic and estimated MoE time with the cost model (or balance alone for
-load-only windows), and the moves from the policy's previous placement, as bytes and as transfer time at the
+w is served and measured: balance, traffic (the traffic model's headline figure per token, ``TRAFFIC_FIGURES``;
+in the totals the windows' weighted by their tokens) and estimated MoE time with the cost model (or balance alone
+for load-only windows), and the moves from the policy's previous placement, as bytes and as transfer time at the
 topology's link speeds (``MoveCount.transfer_us``), added to the window's time.
 
 Policies:
@@ -27,7 +28,7 @@ import numpy as np
 
 from placer.core.cost import evaluate_load, evaluate_trace
 from placer.core.errors import InputError
-from placer.core.mode import TrafficMode
+from placer.core.mode import TRAFFIC_FIGURES, TrafficFigure, TrafficMode
 from placer.core.moves import align, count_moves
 from placer.core.placement import Placement
 from placer.core.stats import RoutingStats, merge_stats
@@ -86,6 +87,7 @@ class WindowFigures:
     moves: int
     bytes_moved: float | None
     transfer_ms: float | None
+    tokens: int = 0
 
     @property
     def total_ms(self) -> float | None:
@@ -96,12 +98,18 @@ class WindowFigures:
 
 @dataclass
 class Simulation:
+    """Every policy's figures on every scored window. ``traffic``: the traffic model's headline figure that
+    ``traffic_per_token`` holds (``TRAFFIC_FIGURES``: ep remote GPUs per token and layer, coherent messages per
+    token between adjacent layers)."""
+
     policies: list[str]
     windows: list[str]
     rows: list[WindowFigures] = field(default_factory=list)
+    traffic: TrafficFigure | None = None
 
     def totals(self) -> list[dict[str, Any]]:
-        """Per policy: the mean balance over the scored windows, the worst, traffic, times and moves summed."""
+        """Per policy: the mean balance over the scored windows, the worst, the traffic per token (the windows'
+        weighted by their tokens), times and moves summed."""
         out = []
         for p in self.policies:
             mine = [r for r in self.rows if r.policy == p]
@@ -110,15 +118,20 @@ class Simulation:
                 vals = [getattr(r, key) for r in mine]
                 return None if any(v is None for v in vals) else float(sum(vals))
 
+            traffic = None
+            if all(r.traffic_per_token is not None for r in mine) and sum(r.tokens for r in mine) > 0:
+                traffic = float(np.average([r.traffic_per_token for r in mine], weights=[r.tokens for r in mine]))
             out.append({"policy": p, "mean_max_over_mean": float(np.mean([r.max_over_mean for r in mine])),
                         "worst_max_over_mean": float(max(r.max_over_mean for r in mine)),
+                        "traffic_per_token": traffic,
                         "moves": int(sum(r.moves for r in mine)), "bytes_moved": total("bytes_moved"),
                         "time_ms": total("time_ms"), "transfer_ms": total("transfer_ms"),
                         "total_ms": total("total_ms")})
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policies": self.policies, "windows": self.windows, "totals": self.totals(),
+        return {"policies": self.policies, "windows": self.windows,
+                "traffic_figure": None if self.traffic is None else self.traffic.key, "totals": self.totals(),
                 "per_window": [{**r.__dict__, "total_ms": r.total_ms} for r in self.rows]}
 
 
@@ -134,6 +147,8 @@ def simulate(windows: Sequence[Window], policies: Sequence[Policy], topology: To
     mode = TrafficMode.parse(mode)
     options = SolveOptions(time_limit_s=time_limit_s, seed=seed)
     sim = Simulation([p.name for p in policies], [w.name for w in windows[1:]])
+    if all(w.batch is not None for w in windows[1:]):
+        sim.traffic = TRAFFIC_FIGURES[mode][0]
 
     def fitted(p: Policy, seen: list[Window], previous: Placement | None) -> Placement:
         stats = seen[-1].stats if history == "last" else merge_stats([w.stats for w in seen])
@@ -141,7 +156,7 @@ def simulate(windows: Sequence[Window], policies: Sequence[Policy], topology: To
             problem = problem_from_stats(stats, topology, redundant, mode)
             if previous is None or p.budget is None:
                 return get_solver(p.solver)(problem, options)
-            target = get_solver(p.solver)(problem, options)
+            target = get_solver(p.solver)(problem, options) if p.budget > 0 else None  # 0: CURRENT as it is
             return rebalance([problem], previous, target, Budget(per_layer=p.budget), options)
         except ValueError as exc:
             raise InputError(f"policy {p.name}: {exc}") from None
@@ -170,4 +185,5 @@ def _measure(policy: str, window: Window, p: Placement, topology: Topology, mode
         traffic, time_ms = None, None
     transfer = None if expert_bytes is None else moved.transfer_us(expert_bytes, topology) / 1e3
     return WindowFigures(policy, window.name, r.mean_imbalance, float(r.imbalance_L.max()), traffic, time_ms,
-                         moved.total, None if expert_bytes is None else moved.total * expert_bytes, transfer)
+                         moved.total, None if expert_bytes is None else moved.total * expert_bytes, transfer,
+                         0 if window.batch is None else len(window.batch))

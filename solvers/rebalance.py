@@ -13,12 +13,18 @@ few hot experts. So:
    layer, and the co-located expert pairs of ``ep`` or the transitions kept on a GPU of ``coherent``, on GPUs and
    on nodes, weighted as the project objective weighs them), and taken greedily, the largest gain per move first,
    while the budget allows (per layer and in total). The greedy stops when no step improves.
-3. **Report.** The placement keeps CURRENT's GPU names; its exact project objective is measured on the problem
+3. **The target where it fits.** The greedy's steps can stall short of the target (no single step improves while
+   the whole does). So the best, measured exactly, is kept of: the greedy's rows; the whole target when its moves
+   fit both budgets; and the greedy's rows with the target's row in every layer whose target row fits the
+   per-layer budget and scores better there, most gain per extra move first while the total budget allows
+   (``_take_target``). The target's rows come as they are (an ``eplb`` target's may hold two copies of an expert
+   on one GPU).
+4. **Report.** The placement keeps CURRENT's GPU names; its exact project objective is measured on the problem
    (``assignment.judge``), with the moves and the objective after each budget on the way (the Pareto front that
    ``--pareto`` plots). No bound is claimed: the budget makes this a different problem from the full solve.
 
-A budget of 0 returns CURRENT unchanged. With scenarios, steps are judged on the scenarios' mean (each scenario
-normalised by its tokens) and the result is reported on every scenario.
+A budget of 0 returns CURRENT unchanged (the target is not needed). With scenarios, steps are judged on the
+scenarios' mean (each scenario normalised by its tokens) and the result is reported on every scenario.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 from numba import njit
 
 from placer.core.mode import TrafficMode
-from placer.core.moves import align, check_same_shape, count_moves
+from placer.core.moves import MoveCount, align, check_same_shape, count_moves
 from placer.core.objective import TRAFFIC_QUANTITIES, Objective, Quantity
 from placer.core.placement import Placement, SolveStatus
 from solvers.assignment import judge
@@ -315,15 +321,20 @@ class Rebalancer:
         return rows(), snapshots
 
 
-def rebalance(problems: list[PlacementProblem], current: Placement, target: Placement, budget: Budget,
+def rebalance(problems: list[PlacementProblem], current: Placement, target: Placement | None, budget: Budget,
               options: SolveOptions, weights_s: np.ndarray | None = None,
               pareto: list[int] | None = None) -> Placement:
     """The rebalanced placement of ``problems`` (one, or the scenarios, judged on their mean with ``weights_s``,
     default equal) from ``current`` towards ``target`` within ``budget``. With ``pareto`` (move counts), the
-    report's ``extra["pareto"]`` holds the objective after each count of moves of the unbudgeted greedy, then the
-    target's (the full re-solve)."""
+    report's ``extra["pareto"]`` holds the objective and moves (inside and across nodes) after each count of moves of
+    the unbudgeted greedy (with the target's layers that fit the count, as step 3), then the target's (the full
+    re-solve). With a budget of 0 and no ``pareto``, ``target`` may be None (it is not used:
+    the report's ``extra["target"]`` is then None)."""
     start = time.perf_counter()
-    check_same_shape(current, target)
+    if target is not None:
+        check_same_shape(current, target)
+    elif not budget.zero or pareto:
+        raise ValueError("a full re-solve (target) is needed unless the budget is 0")
     problem = problems[0]
     if (problem.num_layers, problem.num_experts, problem.num_slots) != (current.num_layers, current.num_experts,
                                                                          current.num_slots):
@@ -332,40 +343,107 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
                          f"{problem.num_slots}")
     weights_s = np.full(len(problems), 1.0 / len(problems)) if weights_s is None else np.asarray(weights_s)
 
-    def objective(p: Placement) -> float:
-        return _objective(problems, weights_s, options, p)
+    def judged(rows: np.ndarray) -> _Judged:
+        return _judge(problems, weights_s, options, current.with_(phy2log_LP=rows, topology=problem.topology))
 
-    # Step 1: the greedy within the budget (nothing at all with a budget of 0).
+    now = judged(current.phy2log_LP)
+    aligned = full = None
+    if target is not None:
+        aligned = align(current, target)
+        full = judged(aligned.phy2log_LP)
+    extra: dict[str, Any] = {"budget": {"per_layer": budget.per_layer, "total": budget.total},
+                             "current_objective": now.value, "target": None, "took_target": None}
     if budget.zero:
-        rows = current.phy2log_LP.copy()
+        # Step 1 (a budget of 0): CURRENT as it is; no step is taken.
+        rows, result = current.phy2log_LP.copy(), now
     else:
+        # Step 1: the greedy within the budget.
         rows, _ = Rebalancer(problems, weights_s, current, target, options).run(budget)
+        result = judged(rows)
+        # Step 2: the target itself where it fits the budget and does better (the greedy's steps can stall short
+        # of it): whole, or layer by layer (``_take_target``).
+        rows, result, extra["took_target"] = _take_target(current, aligned, rows, result, full, budget, judged)
+    if target is not None:
+        extra["target"] = {"solver": target.report.solver, **_moves_of(count_moves(current, aligned)),
+                           "objective": full.value}
     placement = current.with_(phy2log_LP=rows, topology=problem.topology)
-    aligned = align(current, target)
-    extra: dict[str, Any] = {
-        "moves": count_moves(current, placement).to_dict(),
-        "budget": {"per_layer": budget.per_layer, "total": budget.total},
-        "current_objective": objective(current),
-        "target": {"solver": target.report.solver, "moves": count_moves(current, aligned).total,
-                   "objective": objective(aligned)},
-    }
-    # Step 2: the front: the same greedy without a budget, cut at each count of moves, then the full re-solve.
+    extra["moves"] = count_moves(current, placement).to_dict()
+    # Step 3: the front: the same greedy without a budget, cut at each count of moves (with the target's layers
+    # where they fit that count, as step 2; a larger count keeps a smaller one's placement if it is better), then
+    # the full re-solve.
     if pareto:
         _, snaps = Rebalancer(problems, weights_s, current, target, options).run(Budget(), record=pareto)
-        extra["pareto"] = [{"budget": count, "moves": count_moves(current, current.with_(phy2log_LP=snap)).total,
-                            "objective": objective(current.with_(phy2log_LP=snap))} for count, snap in snaps]
+        extra["pareto"], best = [], None
+        for count, snap in snaps:
+            point = _take_target(current, aligned, snap, judged(snap), full, Budget(total=count), judged)[:2]
+            best = point if best is None or point[1].value < best[1].value - EPS else best
+            extra["pareto"].append({"budget": count, **_moves_of(count_moves(current, current.with_(phy2log_LP=best[0]))),
+                                    "objective": best[1].value})
         extra["pareto"].append({"budget": "full re-solve", **extra["target"]})
-    value, goal = _objective(problems, weights_s, options, placement, with_objective=True)
-    report = problem.report("rebalance", start, status=SolveStatus.HEURISTIC, objective=goal,
-                            objective_value=value, extra=extra)
+    report = problem.report("rebalance", start, status=SolveStatus.HEURISTIC, objective=result.objective,
+                            objective_value=result.value, extra=extra)
     return placement.with_(report=report)
 
 
-def _objective(problems: list[PlacementProblem], weights_s: np.ndarray, options: SolveOptions,
-               placement: Placement, with_objective: bool = False) -> Any:
-    """The project objective of ``placement``: its exact terms per problem (``judge``), weighted by ``weights_s``
-    (with the ``Objective`` itself if ``with_objective``)."""
+def _moves_of(m: MoveCount) -> dict[str, int]:
+    """A point's moves: in all, and those served inside a node / across nodes (``MoveCount``)."""
+    return {"moves": m.total, "intra_node_moves": int(m.intra_L.sum()), "inter_node_moves": int(m.inter_L.sum())}
+
+
+def _take_target(current: Placement, aligned: Placement, rows: np.ndarray, result: "_Judged", full: "_Judged",
+                 budget: Budget, judged) -> tuple[np.ndarray, "_Judged", Any]:
+    """The best, measured exactly, of: the greedy's ``rows`` (objective ``result``; returned with None); the whole
+    aligned target (objective ``full``; ``"all"``) when its moves fit both budgets; and the greedy's rows with the
+    target's row in the layers (their list) whose target row fits the per-layer budget and scores better there
+    (per layer: the busiest GPU and the layer's traffic, exact in ep; in coherent a pair of layers' transitions
+    counts half to each), most gain per extra move first while the total budget allows."""
+    greedy_L = count_moves(current, current.with_(phy2log_LP=rows)).moves_L
+    target_L = count_moves(current, aligned).moves_L
+    fits_L = np.ones(len(target_L), dtype=bool) if budget.per_layer is None else target_L <= budget.per_layer
+    best_rows, best, took = rows, result, None
+    if fits_L.all() and (budget.total is None or target_L.sum() <= budget.total) and full.value < best.value - EPS:
+        best_rows, best, took = aligned.phy2log_LP.copy(), full, "all"
+    # Layer by layer: the target's rows where they gain, within the total budget.
+    gain_L = result.value_L - full.value_L
+    extra_L = target_L - greedy_L
+    order = sorted((l for l in range(len(gain_L)) if fits_L[l] and gain_L[l] > EPS),
+                   key=lambda l: (-gain_L[l] / max(extra_L[l], 0.5), l))
+    total, chosen = int(greedy_L.sum()), []
+    for l in order:
+        if budget.total is None or total + extra_L[l] <= budget.total:
+            chosen.append(l)
+            total += int(extra_L[l])
+    if chosen and len(chosen) < len(gain_L):
+        mixed = rows.copy()
+        mixed[chosen] = aligned.phy2log_LP[chosen]
+        mix = judged(mixed)
+        if mix.value < best.value - EPS:
+            best_rows, best, took = mixed, mix, sorted(chosen)
+    return best_rows, best, took
+
+
+@dataclass
+class _Judged:
+    """A placement's exact project objective over the problems (weighted by the scenarios' weights): ``value``,
+    its share by layer ``value_L`` (the busiest GPU and the layer's traffic; in coherent half of each pair of
+    layers' transitions to either layer), summing to ``value``; and the ``Objective``."""
+
+    value: float
+    value_L: np.ndarray
+    objective: Objective
+
+
+def _judge(problems: list[PlacementProblem], weights_s: np.ndarray, options: SolveOptions,
+           placement: Placement) -> _Judged:
+    """The project objective of ``placement``: its exact terms per problem (``judge``), weighted by ``weights_s``."""
     params = {**options.params, "max_imbalance": 0}
-    judged = [judge(p, SolveOptions(params=params), placement) for p in problems]
-    value = float(sum(ws * t.value for ws, (_, t) in zip(weights_s, judged)))
-    return (value, judged[0][0].objective) if with_objective else value
+    value, value_L, objective = 0.0, np.zeros(placement.num_layers), None
+    for ws, p in zip(weights_s, problems):
+        inst, t = judge(p, SolveOptions(params=params), placement)
+        objective = objective or inst.objective
+        traffic = inst.c_gpu * np.asarray(t.gpus_L) + inst.c_node * np.asarray(t.nodes_L)
+        if inst.mode is TrafficMode.COHERENT and inst.traffic:  # [L - 1] pairs of layers: half to each
+            traffic = np.concatenate([traffic, [0.0]]) / 2 + np.concatenate([[0.0], traffic]) / 2
+        value += ws * t.value
+        value_L += ws * (inst.c_bal * np.asarray(t.maxload_L) + traffic)
+    return _Judged(float(value), value_L, objective)

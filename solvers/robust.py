@@ -153,10 +153,12 @@ def _no_cap(options: SolveOptions) -> SolveOptions:
 
 def scenario_figures(scn: Scenarios, options: SolveOptions, placement: Placement,
                      insts: list[Instance] | None = None) -> dict[str, Any]:
-    """Every scenario's figures for ``placement`` (exact, from its own copies): the objective per token, the
-    max/mean GPU load (mean over layers, and the worst layer) and the traffic terms per token; then the worst
-    and the mean of each figure over the scenarios. ``insts``: the scenarios' instances of the placement's copies,
-    if already built."""
+    """Every scenario's figures for ``placement`` (exact, from its own copies): the objective per token (summed
+    over layers, as optimised), the max/mean GPU load (mean over layers, and the worst layer) and, where the
+    scenario has traffic, the traffic terms per token and layer as ``evaluate`` reports them (ep:
+    ``*_per_token_layer``; coherent: ``*_per_token_transition``, per pair of adjacent layers); then the worst and
+    the mean of each figure over the scenarios. ``insts``: the scenarios' instances of the placement's copies, if
+    already built."""
     rows = []
     for s, (name, p, tokens) in enumerate(zip(scn.names, scn.problems, scn.tokens)):
         if insts is None:
@@ -168,15 +170,29 @@ def scenario_figures(scn: Scenarios, options: SolveOptions, placement: Placement
         ratio = np.divide(t.maxload_L, mean_L, out=np.ones_like(mean_L), where=mean_L > 0)
         row = {"name": name, "tokens": tokens, "objective_per_token": t.value / tokens,
                "max_over_mean": float(ratio.mean()), "worst_layer_max_over_mean": float(ratio.max())}
-        row.update({f"{key}_per_token": v / tokens for key, v in t.to_dict(inst).items() if key != "max_load_sum"})
+        if inst.traffic:
+            unit, per = _traffic_unit(p, tokens)
+            row.update({f"{key}_per_token_{unit}": v / per if per > 0 else 0.0
+                        for key, v in t.to_dict(inst).items() if key != "max_load_sum"})
         rows.append(row)
     return {"aggregate": str(scn.aggregate), **worst_and_mean(rows),
             "objective": scn.aggregate.combine(r["objective_per_token"] for r in rows)}
 
 
+def _traffic_unit(p: PlacementProblem, tokens: float) -> tuple[str, float]:
+    """What the traffic terms of a scenario are divided by: its token-layers (ep, ``"layer"``) or its tokens'
+    transitions between adjacent layers (coherent, ``"transition"``), the present ones if the paths say."""
+    L = p.num_layers
+    present = None if p.present_TL is None else np.asarray(p.present_TL, dtype=bool)
+    if p.mode is TrafficMode.EP:
+        return "layer", float(present.sum()) if present is not None else tokens * L
+    return "transition", float((present[:, :-1] & present[:, 1:]).sum()) if present is not None else tokens * (L - 1)
+
+
 def worst_and_mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"scenarios": rows, "worst": ..., "mean": ...}``: each figure's worst (largest) and mean over the rows."""
-    keys = [k for k in rows[0] if k not in ("name", "tokens")]
+    """``{"scenarios": rows, "worst": ..., "mean": ...}``: each figure's worst (largest) and mean over the rows (the
+    figures every row has: traffic only where every scenario has it)."""
+    keys = [k for k in rows[0] if k not in ("name", "tokens") and all(k in r for r in rows)]
     return {"scenarios": rows, "worst": {k: max(r[k] for r in rows) for k in keys},
             "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
 

@@ -73,3 +73,23 @@ def test_placements_of_other_shapes_are_refused():
     a = Placement([[0, 1, 2, 3]], num_gpus=2, num_experts=4)
     with pytest.raises(ValueError, match="the current placement has 2 GPUs, the new one 4"):
         count_moves(a, Placement([[0, 1, 2, 3]], num_gpus=4, num_experts=4))
+
+
+@pytest.mark.parametrize("scenarios", [[], ["--scenarios", "window:500"]])
+def test_evaluate_moves_from_another_gpu_count_names_each_file_with_its_count(cli, tmp_path, scenarios):
+    from placer.core.placement_io import save_placement
+    from placer.core.trace.writer import TraceWriter
+    from placer.synth import SynthConfig, generate
+    from tests.conftest import assert_one_line_error
+
+    meta, batches = generate(SynthConfig(layers=1, experts=4, top_k=2, tokens=1000, seed=1))
+    trace = tmp_path / "t.parquet"
+    with TraceWriter(trace, meta) as w:
+        for b in batches:
+            w.write(b)
+    two = save_placement(Placement([[0, 1, 2, 3]], num_gpus=2, num_experts=4), tmp_path / "two.json")
+    four = save_placement(Placement([[0, 1, 2, 3]], num_gpus=4, num_experts=4), tmp_path / "four.json")
+    res = cli("evaluate", trace, four, "--moves-from", two, *scenarios)
+    assert_one_line_error(res, 2, f"--moves-from {two} has 2 GPUs, {four} 4")
+    res = cli("evaluate", trace, two, "--moves-from", four, *scenarios)
+    assert_one_line_error(res, 2, f"--moves-from {four} has 4 GPUs, {two} 2")

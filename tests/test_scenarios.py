@@ -61,6 +61,14 @@ def test_robust_auto_reports_exact_scenario_figures_and_a_valid_bound(windows, a
     assert [row["objective_per_token"] for row in fig["scenarios"]] == pytest.approx(measured, rel=1e-9)
     assert r.objective_value == pytest.approx(r.objective.measure_scenarios(results), rel=1e-9)
     assert fig[aggregate]["objective_per_token"] == pytest.approx(r.objective_value, rel=1e-9)
+    # Traffic per token and layer, as evaluate counts it (the distinct GPUs, home or not; remote: averaged over the
+    # home GPU, (G - 1) / G of them).
+    for row, res in zip(fig["scenarios"], results):
+        per_layer = res.dispatch_gpus_L.sum() / res.token_layers_L.sum()
+        assert row["distinct_gpus_per_token_layer"] == pytest.approx(per_layer, rel=1e-9)
+        assert row["remote_gpus_avg_per_token_layer"] == pytest.approx(per_layer * 3 / 4, rel=1e-9)
+        assert row["remote_gpus_avg_per_token_layer"] == pytest.approx(res.remote_gpus_per_token, rel=0.05)
+        assert not any(k.endswith("_per_token") and k != "objective_per_token" for k in row)
     assert r.bound is not None and r.bound <= r.objective_value + 1e-9 and 0 <= r.gap < 1
     # Never worse on its own objective than the baselines fitted to the sum of the scenarios (they are candidates).
     for name in ("eplb", "greedy"):
@@ -118,8 +126,23 @@ def test_solve_and_evaluate_with_scenarios(cli, tmp_path, drift_trace, how, name
     assert list(mine["scenarios"]) == names
     assert mine["worst"]["max_over_mean"] == max(v["summary"]["mean_imbalance"] for v in mine["scenarios"].values())
     assert mine["objective_measured"] == pytest.approx(s["objective"], rel=1e-9)
+    # Worst and mean of every figure, traffic and time included (the speedup's worst is its lowest).
+    summaries = [v["summary"] for v in mine["scenarios"].values()]
+    for key, worst in (("remote_gpus_per_token", max), ("total_us", max), ("speedup", min)):
+        name = {"total_us": "time_ms"}.get(key, key)
+        scale = 1e3 if key == "total_us" else 1
+        assert mine["worst"][name] * scale == pytest.approx(worst(x[key] for x in summaries))
+        assert mine["mean"][name] * scale == pytest.approx(np.mean([x[key] for x in summaries]))
     text = cli("evaluate", drift_trace, out, "--scenarios", how).out
     assert "worst" in text and names[0].split()[0] in text
+    rows = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[3:-1]]
+            for line in text.splitlines() if line.count("│") > 4}
+    assert all(cells and all(cells) for agg, cells in rows.items() if agg in ("worst", "mean"))
+    assert "mean" in rows and "worst" in rows
+    # solve's table: a traffic column, per token and layer as evaluate's.
+    text = cli("solve", drift_trace, "--gpus", 4, "--redundant", 4, "--scenarios", how, "--time-limit", 1,
+               "-o", tmp_path / "q.json").out
+    assert "remote GPUs" in text and "per layer" in " ".join(text.split())
 
 
 def test_scenarios_from_several_inputs(cli, tmp_path, drift_trace):
@@ -186,3 +209,20 @@ def test_robust_cpsat_proves_the_robust_optimum_found_by_brute_force(aggregate):
         assert r.extra["robust_cpsat"]["bound"] <= best * (1 + 1e-9)
         assert r.objective_value == pytest.approx(best, rel=1e-9)
         assert r.status == "OPTIMAL" and r.bound == pytest.approx(best, rel=1e-9)
+
+
+def test_a_too_short_trace_gets_one_note_naming_the_scenarios(cli, tmp_path):
+    meta, batches = generate(SynthConfig(layers=4, experts=64, top_k=2, tokens=3000, seed=1, zipf=0.3))
+    trace = tmp_path / "short.parquet"
+    with TraceWriter(trace, meta) as w:
+        for b in batches:
+            w.write(b)
+    res = cli("solve", trace, "--gpus", 4, "-s", "eplb", "--scenarios", "window:1000", "-o", tmp_path / "p.json",
+              "--json")
+    assert res.code == 0, res.err
+    note = json.loads(res.out)["sampling_note"]
+    assert note.startswith("3 of 3 scenarios (tokens 0-999, tokens 1000-1999, tokens 2000-2999): in ")
+    assert note.count("sampling noise") == 1 and "short.parquet" not in note
+    text = " ".join(cli("solve", trace, "--gpus", 4, "-s", "eplb", "--scenarios", "window:1000", "-o",
+                        tmp_path / "p.json").out.split())
+    assert text.count("note:") == 1 and "longer scenarios would tell them apart" in text

@@ -54,6 +54,13 @@ def test_policies_see_only_the_past_and_static_never_moves():
     assert totals["greedy"]["moves"] == sum(r.moves for r in sim.rows if r.policy == "greedy")
     assert totals["greedy"]["bytes_moved"] == 100.0 * totals["greedy"]["moves"]
     assert totals["static"]["total_ms"] == pytest.approx(totals["static"]["time_ms"])
+    # Traffic in the totals: the windows' figures weighted by their tokens.
+    assert sim.traffic.key == "remote_gpus_per_token" and all(r.tokens == 2000 for r in sim.rows)
+    assert static[1].traffic_per_token == pytest.approx(r2.remote_gpus_per_token)
+    for name, t in totals.items():
+        mine = [r for r in sim.rows if r.policy == name]
+        assert t["traffic_per_token"] == pytest.approx(
+            sum(r.traffic_per_token * r.tokens for r in mine) / sum(r.tokens for r in mine))
 
 
 def _problem(window, topo):
@@ -69,12 +76,21 @@ def test_cli_writes_json_and_plot(cli, tmp_path):
     with TraceWriter(trace, meta, with_domain=True) as w:
         w.write(b)
     out, plot = tmp_path / "sim.json", tmp_path / "sim.png"
-    res = cli("simulate", trace, "--window", 2000, "--gpus", 4, "--redundant", 4, "--policy", "static",
+    res = cli("simulate", trace, "--window", 2500, "--gpus", 4, "--redundant", 4, "--policy", "static",
               "--policy", "eplb", "--history", "all", "-o", out, "--plot", plot)
     assert res.code == 0, res.err
     d = json.loads(out.read_text())
     assert [t["policy"] for t in d["totals"]] == ["static", "eplb"] and len(d["per_window"]) == 4
     assert plot.stat().st_size > 1000 and "worst max/mean" in res.out
+    # Traffic: a token-weighted figure in the totals, a column in both tables (the last window is shorter).
+    assert d["traffic_figure"] == "remote_gpus_per_token"
+    rows = [r for r in d["per_window"] if r["policy"] == "static"]
+    assert [r["tokens"] for r in rows][-1] < rows[0]["tokens"]
+    assert d["totals"][0]["traffic_per_token"] == pytest.approx(
+        np.average([r["traffic_per_token"] for r in rows], weights=[r["tokens"] for r in rows]))
+    tables = res.out.split("per window")
+    assert len(tables) == 2 and all("remote GPUs" in t for t in tables)
+    assert f"{d['totals'][0]['traffic_per_token']:.3f}" in tables[0]
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -34,8 +34,8 @@ def evaluate(
         None, "--stats", help="Evaluate on a stats file's expert loads instead of a trace: balance only "
                               "(repeatable: summed, or each one a scenario)."),
     scenarios: Optional[str] = typer.Option(
-        None, "--scenarios", help=SCENARIOS_HELP + " Prints one row per placement and scenario, and each "
-                                  "placement's worst scenario."),
+        None, "--scenarios", help=SCENARIOS_HELP + " Prints one row per placement and scenario, then each "
+                                  "placement's worst and mean over the scenarios."),
     moves_from: Optional[Path] = typer.Option(
         None, "--moves-from", help="A current placement: add the moves (expert copies loaded onto a GPU that did not "
                                    "hold them) each placement needs from it, GPUs matched to make them fewest."),
@@ -217,23 +217,23 @@ def _moves(cands, moves_from):
     """[MoveCount] of every candidate from the ``--moves-from`` placement (GPUs matched), or None."""
     if moves_from is None:
         return None
-    from placer.core.moves import align, count_moves
+    from placer.core.moves import align, check_same_shape, count_moves
     from placer.core.placement_io import load_placement
 
     current = load_placement(moves_from)
     out = []
     for c in cands:
         try:
-            out.append(count_moves(current, align(current, c.placement)))
+            check_same_shape(current, c.placement, (f"--moves-from {moves_from}", str(c.where)))
         except ValueError as exc:
-            raise UsageError(f"{c.where}: {exc} ({moves_from})") from None
+            raise UsageError(f"{exc}: moves are counted between placements of one model on one set of GPUs") from None
+        out.append(count_moves(current, align(current, c.placement)))
     return out
 
 
 def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, nodes, topology_file, tokens_per_step,
                         moves_from, as_json) -> None:
-    """``evaluate --scenarios``: every placement on every scenario, and its worst scenario."""
-    import numpy as np
+    """``evaluate --scenarios``: every placement on every scenario, then its worst and mean over them."""
     from rich.table import Table
 
     from placer.core.placement_io import load_placement
@@ -269,14 +269,9 @@ def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, n
         rows = []
         for i in range(n):
             rs = [results[i] for results in per]
+            worst, mean = _worst_and_mean(rs, balance_only)
             d = {"file": cands[i].where if i < len(cands) else None, "name": rs[0].name,
-                 "scenarios": {sc.name: r.to_dict() for sc, r in zip(read, rs)},
-                 "worst": {"max_over_mean": max(r.mean_imbalance for r in rs),
-                           "worst_layer_max_over_mean": max(float(r.imbalance_L.max()) for r in rs)},
-                 "mean": {"max_over_mean": float(np.mean([r.mean_imbalance for r in rs]))}}
-            if not balance_only:
-                d["worst"]["time_ms"] = max(r.total_us for r in rs) / 1e3
-                d["worst"]["speedup"] = min(r.speedup for r in rs)
+                 "scenarios": {sc.name: r.to_dict() for sc, r in zip(read, rs)}, "worst": worst, "mean": mean}
             if i < len(cands):
                 objective = cands[i].placement.report.objective
                 if objective is not None and objective.robust is not None and not balance_only:
@@ -287,11 +282,13 @@ def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, n
         print_json({"scenarios": [{"name": sc.name, "tokens": sc.tokens} for sc in read], "mode": mode.value,
                     "balance_only": balance_only, "topology": topo.to_dict(), "placements": rows})
         return
-    # Step 2: one row per placement and scenario, then the placement's worst scenario.
+    # Step 2: one row per placement and scenario, then the placement's worst and mean over the scenarios.
     multi_node = topo.num_nodes > 1
     t = Table(title=f"evaluate on {len(read)} scenarios ({spec}), mode {mode}, {topo.num_gpus} GPUs in "
                     f"{topo.num_nodes} node(s)",
-              caption=_caption(mode, tokens_per_step, balance_only) + "; worst: each figure's worst scenario",
+              caption=_caption(mode, tokens_per_step, balance_only) + "; rows worst / mean: each figure's worst "
+                      "scenario (the highest; speedup: the lowest) / mean over the scenarios (GB and ms are "
+                      "totals: they grow with a scenario's tokens)",
               title_justify="left", caption_justify="left")
     t.add_column("placement", no_wrap=True)
     t.add_column("scenario")
@@ -303,12 +300,38 @@ def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, n
         for k, (sc, r) in enumerate(zip(read, rs)):
             extra = [f"{moves[i].total:,}" if k == 0 and i < len(cands) else ""] if moves is not None else []
             t.add_row(label if k == 0 else "", sc.name, *_cells(r, mode, multi_node, balance_only), *extra)
-        worst = [f"{max(r.mean_imbalance for r in rs):.3f}", f"{max(float(r.imbalance_L.max()) for r in rs):.3f}"]
-        t.add_row("", "worst", *worst, *([""] * (len(t.columns) - 4)), style="bold", end_section=True)
+        for k, agg in enumerate(_worst_and_mean(rs, balance_only, multi_node)):
+            cells = [f"{agg['max_over_mean']:.3f}", f"{agg['worst_layer_max_over_mean']:.3f}"]
+            if not balance_only:
+                cells += [f"{agg[f.key]:.3f}" for f in TRAFFIC_FIGURES[mode] if multi_node or not f.nodes_only]
+                cells += [f"{agg['intra_bytes'] / 1e9:.3f}"] + ([f"{agg['inter_bytes'] / 1e9:.3f}"] if multi_node else [])
+                cells += [f"{agg['time_ms']:,.2f}", f"{agg['speedup']:.2f}x"]
+            cells += [""] if moves is not None else []
+            t.add_row("", ("worst", "mean")[k], *cells, style="bold", end_section=k == 1)
     con = console()
     if not con.is_terminal:
         con.width = max(con.width, 140)
     con.print(t)
+
+
+def _worst_and_mean(rs, balance_only: bool, multi_node: bool = True) -> tuple[dict, dict]:
+    """A placement's figures over its scenarios' results ``rs``: each one's worst (the highest; the speedup's the
+    lowest) and its mean: max/mean load (mean over layers, and the worst layer), the traffic figures per token,
+    bytes and time (totals, which grow with a scenario's tokens)."""
+    import numpy as np
+
+    values = {"max_over_mean": [r.mean_imbalance for r in rs],
+              "worst_layer_max_over_mean": [float(r.imbalance_L.max()) for r in rs]}
+    if not balance_only:
+        for r in rs:
+            for f, v in r.traffic_figures(multi_node):
+                values.setdefault(f.key, []).append(v)
+        values["intra_bytes"] = [int(r.intra_bytes_L.sum()) for r in rs]
+        values["inter_bytes"] = [int(r.inter_bytes_L.sum()) for r in rs]
+        values["time_ms"] = [r.total_us / 1e3 for r in rs]
+        values["speedup"] = [r.speedup for r in rs]
+    worst = {k: (min(v) if k == "speedup" else max(v)) for k, v in values.items()}
+    return worst, {k: float(np.mean(v)) for k, v in values.items()}
 
 
 def _load(v: float) -> str:

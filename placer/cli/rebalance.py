@@ -32,7 +32,8 @@ def rebalance(
                               "(3 x hidden x expert FFN size x bytes of its dtype)."),
     pareto: bool = typer.Option(
         False, "--pareto", help="Also print and write (OUT.pareto.json, OUT.pareto.png) the objective after 0, 1, 2, "
-                                "4, ... moves up to the full re-solve, to choose the budget at the knee."),
+                                "4, ... moves up to the full re-solve, to choose the budget at the knee (with "
+                                "--expert-bytes or --model, each point's bytes too)."),
     time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds for the full re-solve (as solve's)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -40,8 +41,9 @@ def rebalance(
     """Rebalance CURRENT for new traffic, moving at most a budget of expert copies (weights that must travel).
 
     Solves the new traffic in full (--solver), renames its GPUs to share the most copies with CURRENT, then takes
-    the steps towards it that gain the most per move while the budget allows (docs/robust.md). A budget of 0
-    keeps CURRENT. The new placement is written with CURRENT's GPU names, so the moves are counted GPU by GPU
+    the steps towards it that gain the most per move while the budget allows, and the re-solve itself, whole or
+    layer by layer, where it fits the budget and scores better (docs/robust.md). A budget of 0 keeps CURRENT
+    (without solving). The new placement is written with CURRENT's GPU names, so the moves are counted GPU by GPU
     between the two files; --expert-bytes or --model turns them into bytes inside and across nodes.
     """
     # Imported on use: the solvers load numba and OR-Tools (placer/cli/__init__.py).
@@ -88,15 +90,17 @@ def rebalance(
     read = read_scenarios(traces or [], stats_files or [], load_files or [], spec, check,
                           with_paths=bool(traces) and solver_spec.token_paths)
     options = SolveOptions(time_limit_s=time_limit, seed=seed)
+    # A budget of 0 keeps CURRENT: the full re-solve is needed only for --pareto.
+    resolve = not budget.zero or pareto
     try:
         if spec is None:
             problems = [problem_from_stats(read[0].stats, topo, cur.num_redundant, cur.report.mode, read[0].paths)]
             weights = np.ones(1)
-            target = solver_spec(problems[0], options)
+            target = solver_spec(problems[0], options) if resolve else None
         else:
             scn = scenario_problems(read, topo, cur.num_redundant, cur.report.mode, robust)
             problems, weights = list(scn.problems), scn.weights_s / len(scn.problems)
-            target = solver_spec.solve_scenarios(scn, options)
+            target = solver_spec.solve_scenarios(scn, options) if resolve else None
         counts = _pareto_counts(count_moves(cur, align(cur, target)).total) if pareto else None
         new = run(problems, cur, target, budget, options, weights, counts)
     except ValueError as exc:
@@ -107,9 +111,15 @@ def rebalance(
     extra = new.report.extra
     summary = {"out": str(out), "current": str(current), "budget": extra["budget"], "moves": moved,
                "objective": new.report.objective_value, "current_objective": extra["current_objective"],
-               "target": extra["target"], "objective_name": new.report.objective.name}
+               "target": extra["target"], "took_target": extra["took_target"],
+               "objective_name": new.report.objective.name}
     if pareto:
         front = extra["pareto"]
+        if expert_bytes is not None:  # each point's bytes, as the summary's moves
+            for point in front:
+                point["bytes"] = {"intra_node": point["intra_node_moves"] * expert_bytes,
+                                  "inter_node": point["inter_node_moves"] * expert_bytes,
+                                  "total": point["moves"] * expert_bytes}
         summary["pareto"] = front
         write_json_atomic(out.with_suffix(".pareto.json"), {"current": str(current), "solver": solver,
                                                             "expert_bytes": expert_bytes, "front": front})
@@ -118,15 +128,23 @@ def rebalance(
         print_json(summary)
         return
     con = console()
-    gain = extra["current_objective"] - extra["target"]["objective"]
+    target = extra["target"]
+    gain = extra["current_objective"] - target["objective"] if target else 0.0
     got = extra["current_objective"] - new.report.objective_value
     rows = [
         ("moves", f"{moved['moves']:,} of {cur.num_slots * cur.num_layers:,} copies ({moved['share_of_copies']:.1%}); "
                   f"at most {moved['moves_per_layer_max']} in a layer; {moved['inter_node_moves']:,} across nodes"),
-        ("objective", f"{new.report.objective_value:,.4g} (current {extra['current_objective']:,.4g}; full re-solve "
-                      f"{extra['target']['objective']:,.4g} with {extra['target']['moves']:,} moves)"),
-        ("gain recovered", f"{got / gain:.1%} of the full re-solve's" if gain > 0 else "the full re-solve gains nothing"),
+        ("objective", f"{new.report.objective_value:,.4g} (current {extra['current_objective']:,.4g}; "
+                      + (f"full re-solve {target['objective']:,.4g} with {target['moves']:,} moves)" if target else
+                         "no full re-solve with a budget of 0)")),
+        ("gain recovered", "not computed with a budget of 0 (no full re-solve)" if target is None else
+                           f"{got / gain:.1%} of the full re-solve's" if gain > 0 else "the full re-solve gains nothing"),
     ]
+    took = extra["took_target"]
+    if took is not None:
+        rows.append(("full re-solve taken", "whole: its moves fit the budget and it scores better" if took == "all" else
+                     f"in layer{'s' if len(took) > 1 else ''} {', '.join(map(str, took))}: its rows fit the budget "
+                     "there and score better than the steps'"))
     if "bytes" in moved:
         b = moved["bytes"]
         rows.append(("bytes moved", f"{b['total'] / 1e9:,.2f} GB ({b['intra_node'] / 1e9:,.2f} GB inside nodes, "
@@ -137,11 +155,15 @@ def rebalance(
 
         t = Table(title=f"objective against the budget (wrote {out.with_suffix('.pareto.json')} and .png)",
                   title_justify="left")
-        for c in ("budget (moves)", "moves", "objective", "gain recovered"):
+        for c in ("budget (moves)", "moves", "objective", "gain recovered") + (("GB moved (across nodes)",)
+                                                                               if expert_bytes is not None else ()):
             t.add_column(c, justify="right")
         for point in front:
             rec = (extra["current_objective"] - point["objective"]) / gain if gain > 0 else 0.0
-            t.add_row(str(point["budget"]), f"{point['moves']:,}", f"{point['objective']:,.4g}", f"{rec:.1%}")
+            cells = [str(point["budget"]), f"{point['moves']:,}", f"{point['objective']:,.4g}", f"{rec:.1%}"]
+            if expert_bytes is not None:
+                cells.append(f"{point['bytes']['total'] / 1e9:,.2f} ({point['bytes']['inter_node'] / 1e9:,.2f})")
+            t.add_row(*cells)
         con.print(t)
 
 

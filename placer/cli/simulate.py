@@ -117,7 +117,8 @@ def _print(sim, balance_only: bool) -> None:
         con.width = max(con.width, 120)
     t = Table(title=f"simulation over {len(sim.windows)} windows (the first window observed only)",
               title_justify="left")
-    cols = ["policy", "mean max/mean", "worst max/mean", "moves", "GB moved"]
+    traffic = None if balance_only or sim.traffic is None else sim.traffic.label
+    cols = ["policy", "mean max/mean", "worst max/mean"] + ([traffic] if traffic else []) + ["moves", "GB moved"]
     if not balance_only:
         cols += ["MoE time ms", "transfer ms", "total ms"]
     for c in cols:
@@ -127,21 +128,37 @@ def _print(sim, balance_only: bool) -> None:
         return "-" if v is None else fmt.format(v)
 
     for r in sim.totals():
-        row = [r["policy"], f"{r['mean_max_over_mean']:.3f}", f"{r['worst_max_over_mean']:.3f}", f"{r['moves']:,}",
-               num(None if r["bytes_moved"] is None else r["bytes_moved"] / 1e9, "{:,.2f}")]
+        row = [r["policy"], f"{r['mean_max_over_mean']:.3f}", f"{r['worst_max_over_mean']:.3f}"]
+        row += [num(r["traffic_per_token"], "{:.3f}")] if traffic else []
+        row += [f"{r['moves']:,}", num(None if r["bytes_moved"] is None else r["bytes_moved"] / 1e9, "{:,.2f}")]
         if not balance_only:
             row += [num(r["time_ms"], "{:,.1f}"), num(r["transfer_ms"], "{:,.1f}"), num(r["total_ms"], "{:,.1f}")]
         t.add_row(*row)
+    if traffic:
+        t.caption = f"{traffic}: {_TRAFFIC_CAPTIONS.get(sim.traffic.key, sim.traffic.key)}, the windows' weighted by their tokens"
+        t.caption_justify = "left"
     con.print(t)
-    w = Table(title="max/mean GPU load per window (moves in brackets)", title_justify="left")
+    w = Table(title="per window: max/mean GPU load (moves in brackets)" + (f" and {traffic}" if traffic else ""),
+              title_justify="left")
     w.add_column("window")
     for p in sim.policies:
         w.add_column(p, justify="right")
+        if traffic:
+            w.add_column(f"{p} {traffic}", justify="right")
     for name in sim.windows:
-        cells = [f"{r.max_over_mean:.3f} ({r.moves})" for p in sim.policies for r in sim.rows
-                 if r.policy == p and r.window == name]
+        cells = []
+        for p in sim.policies:
+            for r in sim.rows:
+                if r.policy == p and r.window == name:
+                    cells.append(f"{r.max_over_mean:.3f} ({r.moves})")
+                    cells += [num(r.traffic_per_token, "{:.3f}")] if traffic else []
         w.add_row(name, *cells)
     con.print(w)
+
+
+# What the headline traffic figure counts (``TRAFFIC_FIGURES``' first per traffic model).
+_TRAFFIC_CAPTIONS = {"remote_gpus_per_token": "distinct remote GPUs a token is dispatched to per layer",
+                     "messages_per_token": "messages per token between adjacent layers"}
 
 
 def register(app: typer.Typer) -> None:

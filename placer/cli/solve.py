@@ -126,7 +126,7 @@ def solve(
         "input_load_only": any(s.stats.load_only for s in read),
         "max_over_mean_load": bal.mean_imbalance,
         "worst_layer": bal.worst_layer, "worst_max_over_mean_load": float(bal.imbalance_L[bal.worst_layer]),
-        "sampling_note": sampling_note([s.stats for s in read], placement.num_gpus),
+        "sampling_note": sampling_note(read, placement.num_gpus),
     }
     if summary["input_load_only"] and scenario_spec is None:
         summary.update(_load_only_bound(load_LE, placement, bal, topo, mode, params))
@@ -165,7 +165,9 @@ def solve(
                                   f"{bal.imbalance_L[bal.worst_layer]:.3f} (layer {bal.worst_layer})"),
     ]))
     if "scenarios" in summary:
-        con.print(_scenario_table(summary["scenarios"], held))
+        if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
+            con.width = max(con.width, 140)
+        con.print(_scenario_table(summary["scenarios"], held, placement.num_nodes > 1))
     if summary["sampling_note"]:
         con.print(f"note: {summary['sampling_note']}", soft_wrap=True, highlight=False)
 
@@ -206,27 +208,45 @@ def _scenario_options(scenarios: str | None, robust: str | None, holdout: bool):
     return ScenarioSpec.parse(scenarios)
 
 
-def _scenario_table(fig: dict, held: dict | None):
-    """One row per scenario (and the worst and the mean): objective per token, balance, leave-one-out."""
+# The traffic figures of the scenario table (``scenario_figures``' keys): column label, key, only across nodes.
+_SCENARIO_TRAFFIC = (("remote GPUs", "remote_gpus_avg_per_token_layer", False),
+                     ("remote nodes", "remote_nodes_avg_per_token_layer", True),
+                     ("hops", "pair_hops_per_token_transition", False),
+                     ("cross-node hops", "node_pair_hops_per_token_transition", True))
+
+
+def _scenario_table(fig: dict, held: dict | None, multi_node: bool):
+    """One row per scenario (and the worst and the mean): objective per token, balance, traffic, leave-one-out."""
     from rich.table import Table
 
-    t = Table(title=f"scenarios (robust: {fig['aggregate']}; figures per token)", title_justify="left")
-    cols = ["scenario", "tokens", "objective/token", "max/mean", "worst layer"]
+    traffic = [(label, key) for label, key, nodes_only in _SCENARIO_TRAFFIC
+               if key in fig["worst"] and (multi_node or not nodes_only)]
+    ep = any(key.endswith("_layer") for _, key in traffic)
+    caption = ("remote GPUs/nodes: distinct remote GPUs/nodes a token is dispatched to per layer (averaged over its "
+               "home GPU)" if ep else "hops (cross-node hops): expert-pair hops (across nodes) per token between "
+               "adjacent layers") if traffic else None
+    t = Table(title=f"scenarios (robust: {fig['aggregate']}; objective per token)", title_justify="left",
+              caption=caption, caption_justify="left")
+    cols = ["scenario", "tokens", "objective/token", "max/mean", "worst layer"] + [label for label, _ in traffic]
     if held is not None:
         cols += ["held-out objective/token", "held-out max/mean"]
     for c in cols:
         t.add_column(c, justify="left" if c == "scenario" else "right")
     rows = {h["name"]: h for h in held["scenarios"]} if held is not None else {}
+
+    def figures(row: dict) -> list[str]:
+        return [f"{row['objective_per_token']:,.4g}", f"{row['max_over_mean']:.3f}",
+                f"{row['worst_layer_max_over_mean']:.3f}"] + [f"{row[key]:.3f}" if key in row else "-"
+                                                              for _, key in traffic]
+
     for row in fig["scenarios"]:
-        cells = [row["name"], f"{row['tokens']:,.0f}", f"{row['objective_per_token']:,.4g}",
-                 f"{row['max_over_mean']:.3f}", f"{row['worst_layer_max_over_mean']:.3f}"]
+        cells = [row["name"], f"{row['tokens']:,.0f}", *figures(row)]
         if held is not None:
             h = rows[row["name"]]
             cells += [f"{h['objective_per_token']:,.4g}", f"{h['max_over_mean']:.3f}"]
         t.add_row(*cells)
     for agg in ("worst", "mean"):
-        cells = [agg, "", f"{fig[agg]['objective_per_token']:,.4g}", f"{fig[agg]['max_over_mean']:.3f}",
-                 f"{fig[agg]['worst_layer_max_over_mean']:.3f}"]
+        cells = [agg, "", *figures(fig[agg])]
         if held is not None:
             cells += [f"{held[agg]['objective_per_token']:,.4g}", f"{held[agg]['max_over_mean']:.3f}"]
         t.add_row(*cells, style="bold")

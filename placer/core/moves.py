@@ -68,13 +68,15 @@ class MoveCount:
         return float(np.maximum(intra, inter).max(initial=0.0))
 
 
-def check_same_shape(current: Placement, new: Placement) -> None:
-    """ValueError naming the values if the two placements are not of one model on one set of GPUs."""
+def check_same_shape(current: Placement, new: Placement,
+                     names: tuple[str, str] = ("the current placement", "the new one")) -> None:
+    """ValueError naming the values (and the placements, as ``names`` calls them: current, new) if the two
+    placements are not of one model on one set of GPUs."""
     for what, a, b in (("layers", current.num_layers, new.num_layers), ("experts", current.num_experts, new.num_experts),
                        ("slots per layer", current.num_slots, new.num_slots), ("GPUs", current.num_gpus, new.num_gpus),
                        ("nodes", current.num_nodes, new.num_nodes)):
         if a != b:
-            raise ValueError(f"the current placement has {a} {what}, the new one {b}")
+            raise ValueError(f"{names[0]} has {a} {what}, {names[1]} {b}")
 
 
 def _held_LGE(p: Placement) -> np.ndarray:
