@@ -23,6 +23,10 @@ few hot experts. So:
    (``assignment.judge``), with the moves and the objective after each budget on the way (the Pareto front that
    ``--pareto`` plots). No bound is claimed: the budget makes this a different problem from the full solve.
 
+**Time.** The command's ``--time-limit`` covers the whole rebalance: the full re-solve gets ``RESOLVE_SHARE`` of
+it, and the steps and the front stop at a ``deadline`` that leaves time for the exact measurements still to come
+(each as long as the first one took); the report says where the clock stopped them.
+
 A budget of 0 returns CURRENT unchanged (the target is not needed). With scenarios, steps are judged on the
 scenarios' mean (each scenario normalised by its tokens) and the result is reported on every scenario.
 """
@@ -44,8 +48,14 @@ from placer.core.placement import Placement, SolveStatus
 from solvers.assignment import judge
 from solvers.instance import weights_of
 from solvers.problem import PlacementProblem, SolveOptions
+from solvers.warmup import tiny_problem
 
 EPS = 1e-9
+# The share of the time limit the full re-solve gets when steps follow; the steps and the front take the rest.
+RESOLVE_SHARE = 0.5
+# Exact measurements a run still makes after the greedy's steps (the result and one mix of target layers): the
+# steps stop this many first-measurement times before the deadline.
+FINAL_JUDGES = 2.5
 
 
 @dataclass
@@ -270,9 +280,12 @@ class Rebalancer:
                     out.append((gain, moves, p, q))
         return out
 
-    def run(self, budget: Budget, record: list[int] | None = None) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    def run(self, budget: Budget, record: list[int] | None = None,
+            stop_at: float | None = None) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
         """The rows after the greedy within ``budget``; with ``record`` (move counts), the rows as they stood when
-        the moves first reached each count, for the Pareto front."""
+        the moves first reached each count, for the Pareto front. With ``stop_at`` (a ``time.perf_counter()``
+        value) no step is taken after it (``self.stopped_by_time`` then says so)."""
+        self.stopped_by_time = False
         snapshots: list[tuple[int, np.ndarray]] = []
         pending = sorted(record or [])
         heap: list[tuple[float, int, int, int, int, int]] = []
@@ -290,6 +303,9 @@ class Rebalancer:
         for l in range(self.L):
             push(l)
         while heap:
+            if stop_at is not None and time.perf_counter() > stop_at:
+                self.stopped_by_time = True
+                break
             _, _, l, st, p, q = heapq.heappop(heap)
             if st != stamp[l]:
                 continue  # the layer changed since: its steps were judged again
@@ -323,13 +339,14 @@ class Rebalancer:
 
 def rebalance(problems: list[PlacementProblem], current: Placement, target: Placement | None, budget: Budget,
               options: SolveOptions, weights_s: np.ndarray | None = None,
-              pareto: list[int] | None = None) -> Placement:
+              pareto: list[int] | None = None, deadline: float | None = None) -> Placement:
     """The rebalanced placement of ``problems`` (one, or the scenarios, judged on their mean with ``weights_s``,
     default equal) from ``current`` towards ``target`` within ``budget``. With ``pareto`` (move counts), the
     report's ``extra["pareto"]`` holds the objective and moves (inside and across nodes) after each count of moves of
     the unbudgeted greedy (with the target's layers that fit the count, as step 3), then the target's (the full
     re-solve). With a budget of 0 and no ``pareto``, ``target`` may be None (it is not used:
-    the report's ``extra["target"]`` is then None)."""
+    the report's ``extra["target"]`` is then None). ``deadline`` (a ``time.perf_counter()`` value): the steps and the
+    front stop in time for the run to end by it (``extra["stopped_by_time"]`` lists what the clock cut short)."""
     start = time.perf_counter()
     if target is not None:
         check_same_shape(current, target)
@@ -346,19 +363,29 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
     def judged(rows: np.ndarray) -> _Judged:
         return _judge(problems, weights_s, options, current.with_(phy2log_LP=rows, topology=problem.topology))
 
+    t1 = time.perf_counter()
     now = judged(current.phy2log_LP)
+    # The steps stop in time for the exact measurements still to come, each as long as this first one.
+    reserve = FINAL_JUDGES * (time.perf_counter() - t1)
+    stop_at = None if deadline is None else deadline - reserve
     aligned = full = None
     if target is not None:
         aligned = align(current, target)
         full = judged(aligned.phy2log_LP)
     extra: dict[str, Any] = {"budget": {"per_layer": budget.per_layer, "total": budget.total},
-                             "current_objective": now.value, "target": None, "took_target": None}
+                             "current_objective": now.value, "target": None, "took_target": None,
+                             "stopped_by_time": []}
     if budget.zero:
         # Step 1 (a budget of 0): CURRENT as it is; no step is taken.
         rows, result = current.phy2log_LP.copy(), now
     else:
         # Step 1: the greedy within the budget.
-        rows, _ = Rebalancer(problems, weights_s, current, target, options).run(budget)
+        greedy = Rebalancer(problems, weights_s, current, target, options)
+        # With a front to measure too, the steps leave it half of the time left.
+        steps_stop = stop_at if stop_at is None or not pareto else (time.perf_counter() + stop_at) / 2
+        rows, _ = greedy.run(budget, stop_at=steps_stop)
+        if greedy.stopped_by_time:
+            extra["stopped_by_time"].append("steps")
         result = judged(rows)
         # Step 2: the target itself where it fits the budget and does better (the greedy's steps can stall short
         # of it): whole, or layer by layer (``_take_target``).
@@ -372,17 +399,41 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
     # where they fit that count, as step 2; a larger count keeps a smaller one's placement if it is better), then
     # the full re-solve.
     if pareto:
-        _, snaps = Rebalancer(problems, weights_s, current, target, options).run(Budget(), record=pareto)
+        front = Rebalancer(problems, weights_s, current, target, options)
+        _, snaps = front.run(Budget(), record=pareto, stop_at=stop_at)
         extra["pareto"], best = [], None
         for count, snap in snaps:
+            if stop_at is not None and time.perf_counter() > stop_at:  # the rest of the front is not measured
+                extra["stopped_by_time"].append(f"front from {count} moves")
+                break
             point = _take_target(current, aligned, snap, judged(snap), full, Budget(total=count), judged)[:2]
             best = point if best is None or point[1].value < best[1].value - EPS else best
             extra["pareto"].append({"budget": count, **_moves_of(count_moves(current, current.with_(phy2log_LP=best[0]))),
                                     "objective": best[1].value})
+        if front.stopped_by_time:
+            extra["stopped_by_time"].append("front's steps")
         extra["pareto"].append({"budget": "full re-solve", **extra["target"]})
     report = problem.report("rebalance", start, status=SolveStatus.HEURISTIC, objective=result.objective,
                             objective_value=result.value, extra=extra)
     return placement.with_(report=report)
+
+
+_COMPILED: set[TrafficMode] = set()
+
+
+def compile_kernels(mode: TrafficMode) -> None:
+    """Compile (or load from numba's cache) the steps' kernel before a timed rebalance, once per process and mode
+    (as ``solvers/warmup.py`` does for the solvers): the steps on the warm-up's tiny problem, from one layout
+    towards another."""
+    if mode in _COMPILED:
+        return
+    _COMPILED.add(mode)
+    problem = tiny_problem(mode)
+    slot = np.tile(np.arange(problem.num_slots), (problem.num_layers, 1))
+    gpu = slot // problem.slots_per_gpu
+    current = problem.placement(gpu, slot % problem.num_experts, problem.report("warm-up", time.perf_counter()))
+    target = problem.placement(gpu, slot[:, ::-1] % problem.num_experts, current.report)
+    Rebalancer([problem], np.ones(1), current, target, SolveOptions()).run(Budget())
 
 
 def _moves_of(m: MoveCount) -> dict[str, int]:

@@ -227,3 +227,34 @@ def _trace(tmp_path, tokens):
         for b in batches:
             w.write(b)
     return trace
+
+
+def test_the_steps_and_the_front_stop_at_the_deadline(case):
+    """A deadline already past: no step is taken and no point of the front beyond the first is measured, the
+    report says so, and the result is still a valid placement within the budget (CURRENT here)."""
+    import time
+
+    _, new, current, target = case
+    p = rebalance([new], current, target, Budget(per_layer=4), SolveOptions(), pareto=[0, 1, 2, 4],
+                  deadline=time.perf_counter())
+    stopped = p.report.extra["stopped_by_time"]
+    assert "steps" in stopped and any(s.startswith("front") for s in stopped)
+    assert count_moves(current, p).total == 0
+    assert [pt["budget"] for pt in p.report.extra["pareto"]] == ["full re-solve"]
+    # Without a deadline the same call takes steps and measures the whole front.
+    q = rebalance([new], current, target, Budget(per_layer=4), SolveOptions(), pareto=[0, 1, 2, 4])
+    assert q.report.extra["stopped_by_time"] == [] and count_moves(current, q).total > 0
+    assert len(q.report.extra["pareto"]) == 5
+
+
+def test_rebalance_keeps_its_time_limit(cli, tmp_path, case):
+    """--time-limit covers the whole rebalance (re-solve, steps, front) after reading the inputs: the report's
+    wall time stays within the limit plus 10 %."""
+    _, new, current, _ = case
+    cur = save_placement(current, tmp_path / "cur.json")
+    trace = _trace(tmp_path, 20000)
+    res = cli("rebalance", cur, trace, "--max-moves-per-layer", 4, "--pareto", "--time-limit", 2,
+              "-o", tmp_path / "new.json")
+    assert res.code == 0, res.err
+    wall = load_placement(tmp_path / "new.json").report.wall_time_s
+    assert wall <= 2 * 1.1, wall

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,7 +35,10 @@ def rebalance(
         False, "--pareto", help="Also print and write (OUT.pareto.json, OUT.pareto.png) the objective after 0, 1, 2, "
                                 "4, ... moves up to the full re-solve, to choose the budget at the knee (with "
                                 "--expert-bytes or --model, each point's bytes too)."),
-    time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds for the full re-solve (as solve's)."),
+    time_limit: float = typer.Option(
+        60.0, "--time-limit",
+        help="Seconds for the whole rebalance after reading the inputs: the full re-solve gets half, the steps "
+             "and the front the rest (the summary says what the clock cut short)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same inputs and seed give the same placement."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -57,7 +61,7 @@ def rebalance(
     from placer.plots.timeline import plot_front
     from placer.scenarios import ScenarioSpec, read_scenarios, scenario_problems
     from solvers import SolveOptions, get_solver
-    from solvers.rebalance import Budget, rebalance as run
+    from solvers.rebalance import RESOLVE_SHARE, Budget, compile_kernels, rebalance as run
 
     if max_moves_per_layer is None and max_moves is None and not pareto:
         raise UsageError("give a budget: --max-moves-per-layer K and/or --max-moves K (or --pareto)")
@@ -89,9 +93,17 @@ def rebalance(
     solver_spec = get_solver(solver)
     read = read_scenarios(traces or [], stats_files or [], load_files or [], spec, check,
                           with_paths=bool(traces) and solver_spec.token_paths)
-    options = SolveOptions(time_limit_s=time_limit, seed=seed)
     # A budget of 0 keeps CURRENT: the full re-solve is needed only for --pareto.
     resolve = not budget.zero or pareto
+    if resolve:  # kernels are compiled (or loaded) before the clock starts, as solve does (solvers/warmup.py)
+        solver_spec.compile(cur.report.mode)
+        if spec is not None:
+            solver_spec.compile(cur.report.mode, robust=True)
+        compile_kernels(cur.report.mode)
+    # The limit covers the whole run from here: the full re-solve gets its share, the steps and the front the rest.
+    clock = time.perf_counter()
+    deadline = clock + time_limit
+    options = SolveOptions(time_limit_s=time_limit * RESOLVE_SHARE, seed=seed)
     try:
         if spec is None:
             problems = [problem_from_stats(read[0].stats, topo, cur.num_redundant, cur.report.mode, read[0].paths)]
@@ -102,17 +114,19 @@ def rebalance(
             problems, weights = list(scn.problems), scn.weights_s / len(scn.problems)
             target = solver_spec.solve_scenarios(scn, options) if resolve else None
         counts = _pareto_counts(count_moves(cur, align(cur, target)).total) if pareto else None
-        new = run(problems, cur, target, budget, options, weights, counts)
+        new = run(problems, cur, target, budget, options, weights, counts, deadline=deadline)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     moved = count_moves(cur, new).to_dict(expert_bytes)
-    new = new.with_(report=new.report.with_(extra={**new.report.extra, "moves": moved}))
+    # The report's wall time covers the whole run the limit covers (re-solve, steps and front).
+    new = new.with_(report=new.report.with_(extra={**new.report.extra, "moves": moved},
+                                            wall_time_s=time.perf_counter() - clock))
     save_placement(new, out)
     extra = new.report.extra
     summary = {"out": str(out), "current": str(current), "budget": extra["budget"], "moves": moved,
                "objective": new.report.objective_value, "current_objective": extra["current_objective"],
                "target": extra["target"], "took_target": extra["took_target"],
-               "objective_name": new.report.objective.name}
+               "objective_name": new.report.objective.name, "stopped_by_time": extra["stopped_by_time"]}
     if pareto:
         front = extra["pareto"]
         if expert_bytes is not None:  # each point's bytes, as the summary's moves
@@ -145,6 +159,8 @@ def rebalance(
         rows.append(("full re-solve taken", "whole: its moves fit the budget and it scores better" if took == "all" else
                      f"in layer{'s' if len(took) > 1 else ''} {', '.join(map(str, took))}: its rows fit the budget "
                      "there and score better than the steps'"))
+    if extra["stopped_by_time"]:
+        rows.append(("stopped by --time-limit", ", ".join(extra["stopped_by_time"])))
     if "bytes" in moved:
         b = moved["bytes"]
         rows.append(("bytes moved", f"{b['total'] / 1e9:,.2f} GB ({b['intra_node'] / 1e9:,.2f} GB inside nodes, "
