@@ -23,7 +23,7 @@ import numpy as np
 
 from placer.core.errors import InputError
 from placer.core.fileio import read_json, read_model_config
-from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
+from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta, expert_dtype
 from placer.core.trace.writer import TraceWriter
 from placer.tracer.engines.base import BadResponse, Engine, Routed, WireShape
 
@@ -224,6 +224,8 @@ def routed_rows(r: Routed, plan: LayerPlan, seq_id: int, domain: int | None, whe
             t, l, _ = (int(v[0]) for v in np.nonzero(experts_TLK == bad))
             raise InputError(f"{where}: token {t}, layer {plan.model_layers[l]} has expert id {bad}, outside [0, "
                              f"{plan.num_experts}) (--num-experts {plan.num_experts})")
+    # The trace's id type now (SGLang sends int32): the batches held until written are a quarter of the size.
+    experts_TLK = experts_TLK.astype(expert_dtype(plan.num_experts), copy=False)
     pos = np.arange(T, dtype=np.int32)
     tok = r.token_ids[:T].astype(np.int32) if r.token_ids is not None and len(r.token_ids) >= T else None
     return RoutingBatch(
@@ -280,10 +282,7 @@ class RoutedSink:
             raise self._error
         if self._pending:
             parts, self._pending, self._pending_tokens = self._pending, [], 0
-            batch = concat_batches(parts)
-            L, K = batch.experts_TLK.shape[1:]
-            batch.weights_TLK = np.broadcast_to(np.float16(1.0 / K), (len(batch), L, K))  # absent: 1/K
-            self._queue.put(batch)
+            self._queue.put(concat_batches(parts))  # no weights: the writer stores 1/K (marked absent in meta)
 
     def _write_loop(self) -> None:
         while True:

@@ -80,6 +80,35 @@ def test_uint16_ids_round_trip(tmp_path):
     np.testing.assert_allclose(got.weights_TLK, 1 / 3, atol=1e-3)  # no weights given: 1/K
 
 
+def test_column_encodings_and_statistics(tmp_path):
+    """Dictionary encoding for every column but the weights, statistics for the scalar columns only: the
+    Arrow schema (what every reader sees) is the same, and files written with pyarrow's defaults still read."""
+    path, meta, batches = _synth(tmp_path, drop_rate=0.1)
+    md = pq.ParquetFile(path).metadata.row_group(0)
+    cols = {md.column(i).path_in_schema.split(".")[0]: md.column(i) for i in range(md.num_columns)}
+    assert set(cols) == {"seq_id", "position", "phase", "domain", "experts", "weights", "present"}
+    for name, col in cols.items():
+        assert ("RLE_DICTIONARY" in col.encodings) == (name not in ("weights", "present")), name  # bools: bits
+        assert col.is_stats_set == (name not in ("experts", "weights", "present")), name
+    old = tmp_path / "defaults.parquet"  # as the writer wrote before: pyarrow's default options
+    pq.write_table(pq.read_table(path), old, compression="zstd", row_group_size=1000)
+    a, b = TraceReader(path).read_all(), TraceReader(old).read_all()
+    for name in ("experts_TLK", "weights_TLK", "present_TL", "seq_T", "position_T", "phase_T", "domain_T"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_absent_weights_are_one_over_k_in_batches_of_any_size(tmp_path):
+    meta = TraceMeta(num_layers=3, num_experts=8, top_k=2)
+    ex = np.tile(np.array([[0, 1], [2, 3], [4, 5]], dtype=np.uint8), (50, 1, 1))
+    path = tmp_path / "w.parquet"
+    with TraceWriter(path, meta, row_group_size=16) as w:  # the 1/K column is built once, then sliced
+        for lo, hi in ((0, 5), (5, 45), (45, 46), (46, 50)):
+            w.write(RoutingBatch(experts_TLK=ex[lo:hi]))
+    got = TraceReader(path).read_all()
+    np.testing.assert_array_equal(got.experts_TLK, ex)
+    assert got.weights_TLK.shape == (50, 3, 2) and np.all(got.weights_TLK == np.float32(np.float16(0.5)))
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path):
     out = tmp_path / "keep.parquet"
     out.write_bytes(b"the user's old file")

@@ -169,11 +169,15 @@ def routing_problem(b: RoutingBatch, num_experts: int) -> tuple[str, int, str] |
     writer both check batches with it."""
     ex = b.experts_TLK
     pres = None if b.present_TL is None else b.present_TL[:, :, None]
+    # An unsigned type whose largest value is below E (uint8 for 256 experts) cannot hold a bad id.
+    unsigned_fits = np.issubdtype(ex.dtype, np.unsignedinteger) and np.iinfo(ex.dtype).max < num_experts
     if ex.size:
-        bad = (ex >= num_experts) | (ex < 0) if np.issubdtype(ex.dtype, np.signedinteger) else (ex >= num_experts)
-        if pres is not None:
-            bad &= pres
-        if bad.any():
+        bad = None
+        if not unsigned_fits:
+            bad = (ex >= num_experts) | (ex < 0) if np.issubdtype(ex.dtype, np.signedinteger) else (ex >= num_experts)
+            if pres is not None:
+                bad &= pres
+        if bad is not None and bad.any():
             t, l, k = (int(i[0]) for i in np.nonzero(bad))
             return "experts", t, (f"layer {l}, rank {k} holds expert id {int(ex[t, l, k])}, "
                                   f"outside [0, {num_experts})")

@@ -21,6 +21,27 @@ def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), width)
 
 
+def _leaf(f: pa.Field) -> str:
+    """The Parquet column path of an Arrow field (a list's values sit at ``name.list.element``)."""
+    return f"{f.name}.list.element" if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) else f.name
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """How the columns are encoded (the schema, and so every reader, is the same either way).
+
+    - Dictionary encoding for every column but ``weights``: expert ids take 8-9 bits per value as dictionary
+      indices against 32 bits (Parquet stores uint8/uint16 as INT32) plain, which halves their size and is
+      faster too; float16 gate weights gain nothing from a dictionary (random ones take the same space,
+      constant ones compress to nothing plain) and hashing every value costs about a third of the write.
+    - Min/max statistics only for the per-token scalar columns: nothing reads those of the list columns, and
+      computing them per value (float16's especially) cost up to half of the write.
+    See BENCHMARKS.md (trace writer options) for the measurements.
+    """
+    lists = {"experts", "weights", "present"}
+    return {"use_dictionary": [_leaf(f) for f in schema if f.name != "weights"],
+            "write_statistics": [f.name for f in schema if f.name not in lists]}
+
+
 class TraceWriter:
     """Write a trace batch by batch; use as a context manager.
 
@@ -51,7 +72,8 @@ class TraceWriter:
         self.row_group_size = int(row_group_size)
         self.schema = arrow_schema(meta, with_token_id, with_domain, with_present)
         self._tmp = temp_beside(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression, **parquet_options(self.schema))
+        self._const_weights: pa.FixedSizeListArray | None = None  # 1/K, built once for batches without weights
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.tokens_written = 0
@@ -94,8 +116,10 @@ class TraceWriter:
         if self.with_domain:
             cols["domain"] = pa.array(_or_default(batch.domain_T, n, np.int16, 0), pa.int16())
         cols["experts"] = _fixed_list(experts.astype(self.meta.id_dtype, copy=False), L * K)
-        weights = batch.weights_TLK if batch.weights_TLK is not None else np.full((n, L, K), 1.0 / K)
-        cols["weights"] = _fixed_list(weights.astype(np.float16), L * K)
+        if batch.weights_TLK is not None:
+            cols["weights"] = _fixed_list(batch.weights_TLK.astype(np.float16, copy=False), L * K)
+        else:
+            cols["weights"] = self._uniform_weights(n)
         if self.with_present:
             cols["present"] = _fixed_list(batch.present_or_ones().astype(bool), L)
         elif batch.present_TL is not None and not batch.present_TL.all():
@@ -106,6 +130,14 @@ class TraceWriter:
         self.tokens_written += n
         if self._pending_rows >= self.row_group_size:
             self._flush()
+
+    def _uniform_weights(self, n: int) -> pa.FixedSizeListArray:
+        """``n`` rows of gate weights 1/K (weights absent), sliced from one array built once per writer."""
+        if self._const_weights is None or len(self._const_weights) < n:
+            L, _, K = self.meta.shape
+            rows = max(n, min(self.row_group_size, 65536))
+            self._const_weights = _fixed_list(np.full(rows * L * K, 1.0 / K, dtype=np.float16), L * K)
+        return self._const_weights.slice(0, n)
 
     def _flush(self) -> None:
         if not self._pending:
