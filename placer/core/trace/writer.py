@@ -17,8 +17,19 @@ from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema, rout
 DEFAULT_ROW_GROUP = 65536
 
 
-def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), width)
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A flat NumPy array as an Arrow array without a copy (booleans are packed to bits). ``pa.array`` would do
+    the same but first imports pandas to check for a Series: about a second, once, in a run that may last two."""
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)
+    if values.dtype == np.bool_:
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _fixed_list(values: np.ndarray, list_type: pa.DataType) -> pa.FixedSizeListArray:
+    # The schema's own list type (values not nullable): a batch of another type would be cast, and the cast
+    # imports pyarrow.compute (a fifth of a second) on first use.
+    return pa.FixedSizeListArray.from_arrays(_arrow(values), type=list_type)
 
 
 def _leaf(f: pa.Field) -> str:
@@ -71,6 +82,7 @@ class TraceWriter:
         self.with_present = with_present
         self.row_group_size = int(row_group_size)
         self.schema = arrow_schema(meta, with_token_id, with_domain, with_present)
+        self._type = {f.name: f.type for f in self.schema}
         self._tmp = temp_beside(self.path)
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression, **parquet_options(self.schema))
         self._const_weights: pa.FixedSizeListArray | None = None  # 1/K, built once for batches without weights
@@ -106,22 +118,22 @@ class TraceWriter:
             col, t, what = problem
             raise InputError(f"{self.path}: cannot write token {self.tokens_written + t}: column '{col}': {what}")
         cols: dict[str, pa.Array] = {
-            "seq_id": pa.array(_or_default(batch.seq_T, n, np.int64, self.tokens_written), pa.int64()),
-            "position": pa.array(_or_default(batch.position_T, n, np.int32, 0), pa.int32()),
-            "phase": pa.array(_or_default(batch.phase_T, n, np.int8, 0), pa.int8()),
+            "seq_id": _arrow(_or_default(batch.seq_T, n, np.int64, self.tokens_written)),
+            "position": _arrow(_or_default(batch.position_T, n, np.int32, 0)),
+            "phase": _arrow(_or_default(batch.phase_T, n, np.int8, 0)),
         }
         if self.with_token_id:
             tok = batch.token_T
-            cols["token_id"] = pa.array(tok.astype(np.int32), pa.int32()) if tok is not None else pa.nulls(n, pa.int32())
+            cols["token_id"] = _arrow(tok.astype(np.int32, copy=False)) if tok is not None else pa.nulls(n, pa.int32())
         if self.with_domain:
-            cols["domain"] = pa.array(_or_default(batch.domain_T, n, np.int16, 0), pa.int16())
-        cols["experts"] = _fixed_list(experts.astype(self.meta.id_dtype, copy=False), L * K)
+            cols["domain"] = _arrow(_or_default(batch.domain_T, n, np.int16, 0))
+        cols["experts"] = _fixed_list(experts.astype(self.meta.id_dtype, copy=False), self._type["experts"])
         if batch.weights_TLK is not None:
-            cols["weights"] = _fixed_list(batch.weights_TLK.astype(np.float16, copy=False), L * K)
+            cols["weights"] = _fixed_list(batch.weights_TLK.astype(np.float16, copy=False), self._type["weights"])
         else:
             cols["weights"] = self._uniform_weights(n)
         if self.with_present:
-            cols["present"] = _fixed_list(batch.present_or_ones().astype(bool), L)
+            cols["present"] = _fixed_list(batch.present_or_ones().astype(bool, copy=False), self._type["present"])
         elif batch.present_TL is not None and not batch.present_TL.all():
             raise MoeplaceError(f"{self.path}: batch has missing layers but the writer was opened without 'present'")
         rb = pa.RecordBatch.from_arrays([cols[f.name] for f in self.schema], schema=self.schema)
@@ -136,7 +148,7 @@ class TraceWriter:
         if self._const_weights is None or len(self._const_weights) < n:
             L, _, K = self.meta.shape
             rows = max(n, min(self.row_group_size, 65536))
-            self._const_weights = _fixed_list(np.full(rows * L * K, 1.0 / K, dtype=np.float16), L * K)
+            self._const_weights = _fixed_list(np.full(rows * L * K, 1.0 / K, dtype=np.float16), self._type["weights"])
         return self._const_weights.slice(0, n)
 
     def _flush(self) -> None:
