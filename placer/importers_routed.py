@@ -146,7 +146,7 @@ def import_routed(
         raise InputError(f"{files[0]}: none of the {report.records} records carries routing (was the server started "
                          f"with {engine.server_flag}?)")
     report.counts = sink.counts
-    report.notes.append("gate weights are not returned by the stack: marked absent, stored as 1/K")
+    report.notes.append("gate weights are not returned by the stack: marked absent, not stored (read as 1/K)")
     if report.without_routing:
         report.notes.append(f"{report.without_routing} records without routing skipped")
     return path, sink.meta, report

@@ -160,7 +160,7 @@ def _trace_server(url, engine, text, out, model, text_field, max_tokens, generat
         ("sequences", f"{c.sequences:,} complete of {res.requests:,} answered requests"),
         ("tokens", f"{c.tokens:,} (prefill {c.prefill_tokens:,}, decode {c.decode_tokens:,})"),
         ("speed", f"{c.tokens / max(res.wall_time_s, 1e-9):,.0f} tok/s"),
-        ("gate weights", "not returned by the server: marked absent, stored as 1/K"),
+        ("gate weights", "not returned by the server: marked absent, not stored (read as 1/K)"),
         ("failed requests", f"{len(res.failures):,}"),
     ]
     rows += [("failed", line) for line in describe_failures(res.failures)]

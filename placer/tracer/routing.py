@@ -262,8 +262,9 @@ class RoutedSink:
         self.busy = True
         if self._writer is None:
             self.meta = self.make_meta(self.plan)
+            # No stack returns gate weights: the trace leaves the column out (read back as 1/K).
             self._writer = TraceWriter(self.out, self.meta, with_token_id=True, with_domain=self.with_domain,
-                                       row_group_size=self.batch_tokens)
+                                       with_weights=False, row_group_size=self.batch_tokens)
             self._thread = threading.Thread(target=self._write_loop, name="moeplace-trace-writer", daemon=True)
             self._thread.start()
         n = len(batch)
@@ -282,7 +283,7 @@ class RoutedSink:
             raise self._error
         if self._pending:
             parts, self._pending, self._pending_tokens = self._pending, [], 0
-            self._queue.put(concat_batches(parts))  # no weights: the writer stores 1/K (marked absent in meta)
+            self._queue.put(concat_batches(parts))
 
     def _write_loop(self) -> None:
         while True:

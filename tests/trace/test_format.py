@@ -109,6 +109,33 @@ def test_absent_weights_are_one_over_k_in_batches_of_any_size(tmp_path):
     assert got.weights_TLK.shape == (50, 3, 2) and np.all(got.weights_TLK == np.float32(np.float16(0.5)))
 
 
+def test_a_trace_without_weights_reads_as_one_over_k(tmp_path, cli):
+    """Schema version 2: the weights column left out (the source returned none) reads exactly as a version-1
+    file that stores 1/K; a file with weights is still stamped version 1, so older readers read it."""
+    meta = TraceMeta(num_layers=3, num_experts=8, top_k=2)
+    ex = np.tile(np.array([[0, 1], [2, 3], [4, 5]], dtype=np.uint8), (40, 1, 1))
+    with TraceWriter(tmp_path / "v1.parquet", meta, row_group_size=16) as w:
+        w.write(RoutingBatch(experts_TLK=ex))
+    with TraceWriter(tmp_path / "v2.parquet", meta, row_group_size=16, with_weights=False) as w:
+        w.write(RoutingBatch(experts_TLK=ex))
+        with pytest.raises(Exception, match="opened without 'weights'"):
+            w.write(RoutingBatch(experts_TLK=ex, weights_TLK=np.ones((40, 3, 2), np.float32)))
+    r1, r2 = TraceReader(tmp_path / "v1.parquet"), TraceReader(tmp_path / "v2.parquet")
+    assert (r1.meta.schema_version, r1.has_weights) == (1, True)
+    assert (r2.meta.schema_version, r2.has_weights) == (2, False)
+    assert "weights" not in pq.read_schema(tmp_path / "v2.parquet").names
+    a, b = r1.read_all(), r2.read_all()
+    assert b.weights_TLK.dtype == np.float32
+    np.testing.assert_array_equal(a.weights_TLK, b.weights_TLK)
+    np.testing.assert_array_equal(a.experts_TLK, b.experts_TLK)
+    parts = list(r2.iter_batches(batch_size=7, fields=("experts", "weights")))
+    assert all(p.weights_TLK.shape == (len(p), 3, 2) for p in parts)
+    assert all(p.weights_TLK is None for p in r2.iter_batches(fields=("experts",)))
+    res = cli("info", tmp_path / "v2.parquet", "--json")
+    assert res.code == 0 and json.loads(res.out)["gate_weights"].startswith("absent")
+    assert json.loads(cli("info", tmp_path / "v1.parquet", "--json").out)["gate_weights"] == "stored"
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path):
     out = tmp_path / "keep.parquet"
     out.write_bytes(b"the user's old file")
@@ -155,9 +182,13 @@ def test_bad_files(tmp_path, cli):
     assert_one_line_error(cli("info", trunc), 2, "trunc.parquet")
 
     md = json.loads(pq.read_schema(good).metadata[b"moeplace"])
-    v2 = tmp_path / "v2.parquet"
-    _rewrite(good, v2, meta={**md, "schema_version": 2})
-    assert_one_line_error(cli("info", v2), 2, "v2.parquet", "schema_version is 2", "reads version 1")
+    v3 = tmp_path / "v3.parquet"
+    _rewrite(good, v3, meta={**md, "schema_version": 3})
+    assert_one_line_error(cli("info", v3), 2, "v3.parquet", "schema_version is 3", "reads versions 1, 2")
+
+    noweights = tmp_path / "now.parquet"  # a version-1 file must have the weights column
+    _rewrite(good, noweights, table_fn=lambda t: t.drop_columns(["weights"]))
+    assert_one_line_error(cli("info", noweights), 2, "now.parquet", "column 'weights' is missing")
 
     nometa = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"a": [1, 2]}), nometa)

@@ -69,6 +69,8 @@ def test_trace_equals_the_routing_served(cli, files, tmp_path, engine):
     assert (x["server"], x["engine"], x["served_model"]) == (srv.url, engine, MODEL.name)
     assert x["server_version"] == {"vllm": "0.33.0", "sglang": "0.5.23"}[engine]
     assert x["weights_from_source"] is False and x["wire_layers"] == 6 and x["moe_layers_from"].startswith("model config")
+    # No gate weights on the wire: the column is left out (schema version 2) and reads as 1/K.
+    assert meta.schema_version == 2 and np.all(b.weights_TLK == np.float32(np.float16(0.5)))
     assert "wrote" in res.out and "failed requests" in res.out
 
 
