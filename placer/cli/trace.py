@@ -25,7 +25,8 @@ def trace(
     ),
     text_field: Optional[str] = typer.Option(None, "--text-field", help="JSONL field holding the prompt (default 'text')."),
     max_tokens: Optional[int] = typer.Option(
-        None, "--max-tokens", help="At most this many prompt (prefill) tokens; decode tokens come on top."
+        None, "--max-tokens", help="At most this many prompt (prefill) tokens, spent in prompt order (the last "
+        "prompt is cut; with --server it keeps only its prompt rows); decode tokens come on top."
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Sequences per forward pass \\[default: 8]."),
     seq_len: Optional[int] = typer.Option(
@@ -164,6 +165,9 @@ def _trace_server(url, engine, text, out, model, text_field, max_tokens, generat
         ("failed requests", f"{len(res.failures):,}"),
     ]
     rows += [("failed", line) for line in describe_failures(res.failures)]
+    if res.cut is not None:
+        where, tokens, kept = res.cut
+        rows.append(("cut by --max-tokens", f"{where}: {kept:,} of its {tokens:,} prompt tokens kept, no decode rows"))
     if res.over_budget:
         rows.append(("over --max-tokens", f"{res.over_budget:,} prompts not traced"))
     title = f"wrote {res.path}" if res.path else "nothing written"

@@ -7,7 +7,9 @@ response (``placer.tracer.engines``) and retries what can succeed on a second tr
 429 and 5xx, a malformed body, a response without routing once routing has been seen) up to ``retries`` times.
 The main thread takes decoded sequences from a queue of ``concurrency`` places (so at most twice
 ``concurrency`` responses are held at once), checks them against the layer plan and streams whole sequences
-into the trace (``placer.tracer.routing.RoutedSink``).
+into the trace (``placer.tracer.routing.RoutedSink``). With ``max_tokens`` the budget is spent in prompt order:
+an answer waits until every earlier prompt's is in (workers stay within 2 x ``concurrency`` prompts of the
+oldest unanswered one), so the trace does not depend on the order the answers come in.
 
 A request that still fails is counted and named in the result; the trace holds complete sequences only. What
 cannot get better by retrying stops the job with a one-line error and no output (exit code 2): a server that
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 from urllib.parse import urlsplit
+
+import numpy as np
 
 from placer.core.errors import MoeplaceError, InputError, first_line
 from placer.core.trace.schema import TraceMeta
@@ -85,6 +89,7 @@ class ServerTraceResult:
     server_version: str | None
     interrupted: bool = False
     max_held: int = 0
+    cut: tuple[str, int, int] | None = None  # --max-tokens: (prompt, its tokens, tokens kept), prefill only
 
 
 # -- HTTP --------------------------------------------------------------------------------------------------------
@@ -316,6 +321,12 @@ def trace_server(
     results: "queue.Queue[_Outcome | None]" = queue.Queue(maxsize=opts.concurrency)
     stop, no_more, routing_seen = threading.Event(), threading.Event(), threading.Event()
     wire_shape = plan.wire_shape()  # fixed before the first request where the wire does not carry it
+    # With --max-tokens the budget is spent in prompt order, whatever order the answers come in, so that the
+    # trace does not depend on --concurrency or on the server's speed: answers wait in ``early`` until every
+    # earlier prompt's has been taken, and ``window`` keeps workers from running more than 2 x concurrency
+    # prompts ahead of the oldest unanswered one (memory stays bounded by the requests in flight).
+    budget = opts.max_tokens
+    window = threading.Semaphore(2 * opts.concurrency) if budget is not None else None
 
     def hand(item: _Outcome | None) -> None:
         while not stop.is_set():  # a stopped job takes nothing more: do not wait on a full queue forever
@@ -323,10 +334,16 @@ def trace_server(
                 results.put(item, timeout=0.2)
                 return
 
+    def may_take() -> bool:
+        while window is not None and not window.acquire(timeout=0.2):
+            if stop.is_set() or no_more.is_set():
+                return False
+        return not (stop.is_set() or no_more.is_set())
+
     def worker() -> None:
         conn = server.connect()
         try:
-            while not (stop.is_set() or no_more.is_set()):
+            while may_take():
                 try:
                     prompt = jobs.get_nowait()
                 except queue.Empty:
@@ -338,9 +355,36 @@ def trace_server(
 
     failures: list[tuple[str, str]] = []
     over_budget = 0
+    cut: tuple[str, int, int] | None = None
     requests = 0
     max_held = 0
     interrupted = False
+    early: dict[int, _Outcome] = {}
+    next_seq = 0
+
+    def take(item: _Outcome) -> None:
+        """One answer, in prompt order under --max-tokens: its whole sequence, a cut one, or nothing."""
+        nonlocal over_budget, cut
+        if no_more.is_set() and budget is not None:
+            over_budget += 1  # answered after the budget was spent: not traced
+            return
+        if item.routed is None:
+            failures.append((item.prompt.where, item.reason))
+            return
+        batch = routed_rows(item.routed, plan, item.prompt.seq_id, item.prompt.domain,
+                            f"{server.url} ({item.prompt.where})")
+        if budget is not None:
+            left, prefill = budget - sink.counts.prefill_tokens, int(item.routed.prompt_tokens)
+            if prefill >= left:
+                no_more.set()  # the budget is spent with this prompt: send nothing more
+            if prefill > left:
+                # As the local tracer cuts its last prompt: the first `left` prompt tokens are routed exactly as
+                # a prompt of `left` tokens would be (attention is causal); the decode rows followed the whole
+                # prompt, so they go.
+                cut = (item.prompt.where, prefill, left)
+                batch = batch.select(np.arange(left))
+        sink.add(batch)
+
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, name=f"moeplace-trace-{i}", daemon=True)
                for i in range(min(opts.concurrency, len(prompts)))]
@@ -358,21 +402,18 @@ def trace_server(
                 if item is None:
                     running -= 1
                     continue
-                max_held = max(max_held, results.qsize() + 1)
+                max_held = max(max_held, results.qsize() + 1 + len(early))
                 requests += 1
                 if item.fatal:
                     raise InputError(f"{server.url} ({engine.stack}, {item.prompt.where}): {item.reason}")
-                if item.routed is None:
-                    failures.append((item.prompt.where, item.reason))
+                if window is None:
+                    take(item)
                 else:
-                    batch = routed_rows(item.routed, plan, item.prompt.seq_id, item.prompt.domain,
-                                        f"{server.url} ({item.prompt.where})")
-                    prefill = int(item.routed.prompt_tokens)
-                    if opts.max_tokens is not None and sink.counts.prefill_tokens + prefill > opts.max_tokens:
-                        over_budget += 1  # the budget is exhausted: keep what fits, send nothing more
-                        no_more.set()
-                    else:
-                        sink.add(batch)
+                    early[item.prompt.seq_id] = item
+                    while next_seq in early:
+                        take(early.pop(next_seq))
+                        next_seq += 1
+                        window.release()
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 advance(1, status=f"{sink.counts.tokens:,} tok, {sink.counts.tokens / elapsed:,.0f} tok/s, "
                                   f"{len(failures)} failed")
@@ -395,7 +436,7 @@ def trace_server(
         first = f": {failures[0][0]}: {failures[0][1]}" if failures else ""
         raise MoeplaceError(f"{server.url}: no request returned routing ({len(failures)} failed){first}")
     return ServerTraceResult(path, sink.meta, sink.counts, requests, failures, over_budget,
-                             time.perf_counter() - t0, version, interrupted, max_held)
+                             time.perf_counter() - t0, version, interrupted, max_held, cut)
 
 
 def describe_failures(failures: list[tuple[str, str]], limit: int = 5) -> list[str]:

@@ -109,14 +109,33 @@ def test_failed_slow_and_malformed_requests(cli, files, tmp_path, monkeypatch):
             np.testing.assert_array_equal(b.experts_TLK[b.seq_T == seq], srv.served[text].experts_TLK)
 
 
-def test_max_tokens_caps_prompt_tokens(files, tmp_path):
-    prompts, cfg = files
-    with FakeServer("vllm", MODEL) as srv:
-        res = trace_server(ServerOptions(srv.url, "vllm", concurrency=1, max_tokens=7), [prompts],
-                           tmp_path / "t.parquet", model_config=cfg)
-    _, b = read_trace(res.path)
-    assert (b.phase_T == 0).sum() == 6 <= 7  # 4 + 2 words; the third prompt (4 words) would exceed 7
-    assert res.over_budget == 3
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_max_tokens_is_spent_in_prompt_order_at_any_concurrency(files, tmp_path, engine):
+    """The first prompt answers last (slow): the budget still goes to prompts 0, 1 and the first token of 2, as
+    the local tracer cuts its last prompt, and the trace is the same at --concurrency 1 and 3."""
+    _, cfg = files
+    texts = ["first [slow:0.4] a b", "c d", "e f g h", "i j k l m n o", "p"]  # 4, 2, 4, 7, 1 tokens
+    prompts = tmp_path / "slow.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    shape = dict(num_layers=6, top_k=2) if engine == "sglang" else {}
+    traces = []
+    for conc in (1, 3):
+        with FakeServer(engine, MODEL) as srv:
+            res = trace_server(ServerOptions(srv.url, engine, concurrency=conc, max_tokens=7, generate=2), [prompts],
+                               tmp_path / f"t{conc}.parquet", model_config=cfg, **shape)
+        _, b = read_trace(res.path)
+        order = np.lexsort((b.position_T, b.seq_T))
+        traces.append({k: getattr(b, k)[order] for k in ("experts_TLK", "seq_T", "position_T", "phase_T", "token_T")})
+        assert (b.phase_T == 0).sum() == 7 and res.counts.prefill_tokens == 7
+        assert res.cut == (f"{prompts}:3", 4, 1) and res.over_budget == 2  # prompts 3 and 4 are not traced
+        t = traces[-1]
+        for seq, rows in ((0, 4 + 2), (1, 2 + 2), (2, 1)):  # whole sequences (prompt + 2 decode), the cut one
+            sv = srv.served[texts[seq]]
+            mine = t["seq_T"] == seq
+            np.testing.assert_array_equal(t["experts_TLK"][mine], sv.experts_TLK[:rows])
+        assert not (t["phase_T"][t["seq_T"] == 2]).any()  # the cut prompt keeps no decode rows
+    for k in traces[0]:
+        np.testing.assert_array_equal(traces[0][k], traces[1][k])
 
 
 def test_ctrl_c_keeps_complete_sequences(files, tmp_path):
