@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -235,6 +236,28 @@ def routed_rows(r: Routed, plan: LayerPlan, seq_id: int, domain: int | None, whe
     )
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: the block cannot be cut in half.
+
+    Python raises KeyboardInterrupt in the main thread between any two bytecodes, so without this an interrupt
+    could leave a sequence counted but not queued. Only where Python's own handler is installed and only in the
+    main thread (signal handlers can be set nowhere else, and KeyboardInterrupt is raised nowhere else).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class RoutedSink:
     """Streams whole sequences to ``out``: the writer opens on the first sequence (when the layer plan is fixed);
     rows are gathered into batches of ``batch_tokens`` and handed to a writer thread (Parquet encoding releases
@@ -250,7 +273,6 @@ class RoutedSink:
         self.with_domain, self.batch_tokens = with_domain, batch_tokens
         self.counts = SinkCounts()
         self.meta: TraceMeta | None = None
-        self.busy = False  # inside add(): an interrupt now may leave a batch half-handed over
         self._writer: TraceWriter | None = None
         self._pending: list[RoutingBatch] = []
         self._pending_tokens = 0
@@ -259,7 +281,12 @@ class RoutedSink:
         self._error: BaseException | None = None
 
     def add(self, batch: RoutingBatch) -> None:
-        self.busy = True
+        """Count and queue one whole sequence. Atomic for Ctrl-C: an interrupt that arrives meanwhile is raised
+        when the sequence is in (see ``sigint_deferred``), so an interrupted trace keeps every sequence added."""
+        with sigint_deferred():
+            self._add(batch)
+
+    def _add(self, batch: RoutingBatch) -> None:
         if self._writer is None:
             self.meta = self.make_meta(self.plan)
             # No stack returns gate weights: the trace leaves the column out (read back as 1/K).
@@ -276,7 +303,6 @@ class RoutedSink:
         self._pending_tokens += n
         if self._pending_tokens >= self.batch_tokens:
             self._hand_over()
-        self.busy = False
 
     def _hand_over(self) -> None:
         if self._error is not None:

@@ -427,11 +427,7 @@ def trace_server(
     stop.set()
     if not interrupted:
         over_budget += jobs.qsize()  # prompts never sent once --max-tokens was reached
-    if interrupted and sink.busy:  # the interrupt cut a sequence's hand-over: keep nothing rather than a doubt
-        sink.abort()
-        path = None
-    else:
-        path = sink.close()
+    path = sink.close()  # an interrupt never lands inside sink.add (it waits for the sequence to be in)
     if path is None and not interrupted:
         first = f": {failures[0][0]}: {failures[0][1]}" if failures else ""
         raise MoeplaceError(f"{server.url}: no request returned routing ({len(failures)} failed){first}")

@@ -160,6 +160,36 @@ def test_ctrl_c_keeps_complete_sequences(files, tmp_path):
     assert len(np.unique(b.seq_T)) == 3 and len(b) == res.counts.tokens
 
 
+def test_ctrl_c_inside_a_sequences_hand_over_keeps_every_sequence(files, tmp_path, monkeypatch):
+    """A real SIGINT that arrives while the sink hands rows to the writer waits until the sequence is in: the
+    trace keeps every sequence added (it used to keep none)."""
+    import signal
+
+    import placer.tracer.routing as routing
+
+    prompts, cfg = files
+    monkeypatch.setattr(routing.RoutedSink.__init__, "__defaults__", (False, 1))  # hand over every sequence
+    real, calls = routing.concat_batches, []
+
+    def concat(parts):
+        calls.append(len(parts))
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # Python would raise KeyboardInterrupt right here
+        out = real(parts)
+        assert len(calls) != 2 or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        return out
+
+    monkeypatch.setattr(routing, "concat_batches", concat)
+    out = tmp_path / "t.parquet"
+    with FakeServer("vllm", MODEL) as srv:
+        res = trace_server(ServerOptions(srv.url, "vllm", concurrency=1), [prompts], out, model_config=cfg)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert res.interrupted and res.path == out and res.counts.sequences == 2
+    _, b = read_trace(out)
+    np.testing.assert_array_equal(np.unique(b.seq_T), [0, 1])
+    assert len(b) == res.counts.tokens
+
+
 def test_ctrl_c_through_the_cli_exits_130(cli, files, tmp_path, monkeypatch):
     import placer.progress
 
