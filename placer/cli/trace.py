@@ -162,7 +162,8 @@ def _trace_server(url, engine, text, out, model, text_field, max_tokens, generat
         ("tokens", f"{c.tokens:,} (prefill {c.prefill_tokens:,}, decode {c.decode_tokens:,})"),
         ("speed", f"{c.tokens / max(res.wall_time_s, 1e-9):,.0f} tok/s"),
         ("gate weights", "not returned by the server: marked absent, not stored (read as 1/K)"),
-        ("failed requests", f"{len(res.failures):,}"),
+        ("failed requests", f"{len(res.failures):,}" + (" (each one in the trace's metadata: extra.failed_requests)"
+                                                         if res.failures and res.path else "")),
     ]
     rows += [("failed", line) for line in describe_failures(res.failures)]
     if res.cut is not None:

@@ -328,8 +328,9 @@ class RoutedSink:
             self._thread.join()
             self._thread = None
 
-    def close(self) -> Path | None:
-        """Write what is pending and move the trace into place; None when no sequence arrived."""
+    def close(self, final_extra: dict | None = None) -> Path | None:
+        """Write what is pending and move the trace into place (``final_extra``: see ``TraceWriter.close``);
+        None when no sequence arrived."""
         if self._writer is None:
             return None
         try:
@@ -340,7 +341,9 @@ class RoutedSink:
         except BaseException:
             self.abort()
             raise
-        return self._writer.close()
+        path = self._writer.close(final_extra)
+        self.meta = self._writer.meta
+        return path
 
     def abort(self) -> None:
         if self._writer is not None:

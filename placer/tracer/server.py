@@ -427,7 +427,12 @@ def trace_server(
     stop.set()
     if not interrupted:
         over_budget += jobs.qsize()  # prompts never sent once --max-tokens was reached
-    path = sink.close()  # an interrupt never lands inside sink.add (it waits for the sequence to be in)
+    # Known only now, so written at the close (the reader merges them into meta.extra): every failed request
+    # (the summary names five), the prompt cut by --max-tokens, whether the run was interrupted.
+    final = {"failed_requests": [{"prompt": where, "reason": reason} for where, reason in failures],
+             "interrupted": interrupted,
+             "max_tokens_cut": None if cut is None else {"prompt": cut[0], "prompt_tokens": cut[1], "kept": cut[2]}}
+    path = sink.close(final)  # an interrupt never lands inside sink.add (it waits for the sequence to be in)
     if path is None and not interrupted:
         first = f": {failures[0][0]}: {failures[0][1]}" if failures else ""
         raise MoeplaceError(f"{server.url}: no request returned routing ({len(failures)} failed){first}")
@@ -436,10 +441,12 @@ def trace_server(
 
 
 def describe_failures(failures: list[tuple[str, str]], limit: int = 5) -> list[str]:
-    """One line per failed request (``where: reason``), the first ``limit`` of them and a count of the rest."""
+    """One line per failed request (``where: reason``), the first ``limit`` of them and a count of the rest
+    (every one is in the trace's metadata, ``extra.failed_requests``)."""
     lines = [f"{w}: {r}" for w, r in failures[:limit]]
     if len(failures) > limit:
-        lines.append(f"... and {len(failures) - limit} more")
+        lines.append(f"... and {len(failures) - limit} more (all {len(failures)} in the trace's metadata: "
+                     f"extra.failed_requests)")
     return lines
 
 

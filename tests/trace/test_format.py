@@ -136,6 +136,16 @@ def test_a_trace_without_weights_reads_as_one_over_k(tmp_path, cli):
     assert json.loads(cli("info", tmp_path / "v1.parquet", "--json").out)["gate_weights"] == "stored"
 
 
+def test_facts_known_at_the_close_join_the_metadata(tmp_path):
+    meta = TraceMeta(num_layers=1, num_experts=4, top_k=1, extra={"engine": "vllm", "n": 1})
+    w = TraceWriter(tmp_path / "f.parquet", meta)
+    w.write(RoutingBatch(experts_TLK=np.zeros((3, 1, 1), dtype=np.uint8)))
+    w.close(final_extra={"failed_requests": [{"prompt": "p.jsonl:2", "reason": "HTTP 500"}], "n": 2})
+    assert w.meta.extra["n"] == 2
+    got = TraceReader(tmp_path / "f.parquet").meta.extra
+    assert got == {"engine": "vllm", "n": 2, "failed_requests": [{"prompt": "p.jsonl:2", "reason": "HTTP 500"}]}
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path):
     out = tmp_path / "keep.parquet"
     out.write_bytes(b"the user's old file")
@@ -209,6 +219,13 @@ def test_bad_files(tmp_path, cli):
     nocol = tmp_path / "nocol.parquet"
     _rewrite(good, nocol, table_fn=lambda t: t.drop_columns(["seq_id"]))
     assert_one_line_error(cli("info", nocol), 2, "nocol.parquet", "column 'seq_id' is missing")
+
+    badfinal = tmp_path / "final.parquet"  # the footer's moeplace.extra (facts known at the close) must be JSON
+    t = pq.read_table(good)
+    with pq.ParquetWriter(badfinal, t.schema) as w:
+        w.write_table(t)
+        w.add_key_value_metadata({"moeplace.extra": "[1, 2"})
+    assert_one_line_error(cli("info", badfinal), 2, "final.parquet", "'moeplace.extra' is not valid JSON")
 
     badlayers = tmp_path / "ml.parquet"
     _rewrite(good, badlayers, meta={**md, "num_layers": "four"})

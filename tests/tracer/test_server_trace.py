@@ -109,6 +109,28 @@ def test_failed_slow_and_malformed_requests(cli, files, tmp_path, monkeypatch):
             np.testing.assert_array_equal(b.experts_TLK[b.seq_T == seq], srv.served[text].experts_TLK)
 
 
+def test_every_failed_request_is_in_the_metadata(cli, files, tmp_path, monkeypatch):
+    """The summary names five failures; the trace's metadata (extra.failed_requests) holds all seven."""
+    monkeypatch.setenv("COLUMNS", "300")
+    _, cfg = files
+    texts = ["ok one"] + [f"broken{i} [fail:9]" for i in range(7)] + ["ok two"]
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "t.parquet"
+    with FakeServer("vllm", MODEL) as srv:
+        res = cli("trace", "--server", srv.url, "--engine", "vllm", "--text", prompts, "--out", out,
+                  "--model-config", cfg, "--retries", "0", "--concurrency", "2")
+    assert res.code == 0, res.err
+    assert "... and 2 more (all 7 in the trace's metadata: extra.failed_requests)" in res.out
+    meta, b = read_trace(out)
+    failed = meta.extra["failed_requests"]
+    assert sorted(f["prompt"] for f in failed) == [f"{prompts}:{n}" for n in range(2, 9)]
+    assert all("HTTP 500" in f["reason"] for f in failed)
+    assert meta.extra["interrupted"] is False and meta.extra["max_tokens_cut"] is None
+    assert meta.extra["engine"] == "vllm"  # the metadata written when the file was opened is all still there
+    np.testing.assert_array_equal(np.unique(b.seq_T), [0, 8])
+
+
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_max_tokens_is_spent_in_prompt_order_at_any_concurrency(files, tmp_path, engine):
     """The first prompt answers last (slow): the budget still goes to prompts 0, 1 and the first token of 2, as
@@ -128,6 +150,7 @@ def test_max_tokens_is_spent_in_prompt_order_at_any_concurrency(files, tmp_path,
         traces.append({k: getattr(b, k)[order] for k in ("experts_TLK", "seq_T", "position_T", "phase_T", "token_T")})
         assert (b.phase_T == 0).sum() == 7 and res.counts.prefill_tokens == 7
         assert res.cut == (f"{prompts}:3", 4, 1) and res.over_budget == 2  # prompts 3 and 4 are not traced
+        assert res.meta.extra["max_tokens_cut"] == {"prompt": f"{prompts}:3", "prompt_tokens": 4, "kept": 1}
         t = traces[-1]
         for seq, rows in ((0, 4 + 2), (1, 2 + 2), (2, 1)):  # whole sequences (prompt + 2 decode), the cut one
             sv = srv.served[texts[seq]]

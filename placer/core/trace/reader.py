@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 
 from placer.core.errors import InputError, first_line
 from placer.core.trace.schema import (
+    FINAL_EXTRA_KEY,
     META_KEY,
     OPTIONAL_COLUMNS,
     PHASES,
@@ -66,6 +68,16 @@ class TraceReader:
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise InputError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
         self.meta = self._validate_schema(schema)
+        final = (self._pf.metadata.metadata or {}).get(FINAL_EXTRA_KEY)
+        if final is not None:  # facts the writer learned at the end (TraceWriter.close(final_extra=...))
+            try:
+                more = json.loads(final)
+            except ValueError as exc:
+                raise InputError(f"{self.path}: metadata '{FINAL_EXTRA_KEY.decode()}' is not valid JSON ({exc})") from None
+            if not isinstance(more, dict):
+                raise InputError(f"{self.path}: metadata '{FINAL_EXTRA_KEY.decode()}' must be a JSON object, "
+                                 f"got {type(more).__name__}")
+            self.meta = dataclasses.replace(self.meta, extra={**self.meta.extra, **more})
         self.num_tokens = int(self._pf.metadata.num_rows)
         if self.num_tokens == 0:
             raise InputError(f"{self.path}: the trace has no tokens")

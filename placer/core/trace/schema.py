@@ -41,6 +41,9 @@ import pyarrow as pa
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_KEY = b"moeplace"
+# Parquet key-value metadata of facts known only when the file is closed (a JSON object merged into
+# ``TraceMeta.extra`` on reading): the Arrow schema's metadata is fixed when the writer opens.
+FINAL_EXTRA_KEY = b"moeplace.extra"
 PHASES = ("prefill", "decode")
 PHASE_PREFILL = 0
 PHASE_DECODE = 1

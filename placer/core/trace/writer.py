@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pyarrow.parquet as pq
 
 from placer.core.errors import MoeplaceError, InputError
 from placer.core.fileio import prepare_output, replace_atomic, temp_beside
-from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema, file_version, routing_problem
+from placer.core.trace.schema import (
+    FINAL_EXTRA_KEY, RoutingBatch, TraceMeta, arrow_schema, file_version, routing_problem,
+)
 
 DEFAULT_ROW_GROUP = 65536
 
@@ -167,12 +170,20 @@ class TraceWriter:
         self._pending.clear()
         self._pending_rows = 0
 
-    def close(self) -> Path:
-        """Flush, close and move the file into place; refuses an empty trace."""
+    def close(self, final_extra: dict | None = None) -> Path:
+        """Flush, close and move the file into place; refuses an empty trace.
+
+        ``final_extra``: facts known only at the end (a server trace's failed requests), JSON-able. The schema's
+        metadata was written when the file was opened, so they go to the Parquet key ``moeplace.extra``, which
+        the reader merges into ``meta.extra`` (``self.meta`` gets them too).
+        """
         if self._closed:
             return self.path
         try:
             self._flush()
+            if final_extra:
+                self._writer.add_key_value_metadata({FINAL_EXTRA_KEY.decode(): json.dumps(final_extra, sort_keys=True)})
+                self.meta = dataclasses.replace(self.meta, extra={**self.meta.extra, **final_extra})
             self._writer.close()
         except BaseException:
             self.abort()
