@@ -56,7 +56,7 @@ def trace(
     timeout: float = typer.Option(600.0, "--timeout", help="With --server: seconds one request may take."),
     domain_field: Optional[str] = typer.Option(
         None, "--domain-field", help="With --server: JSONL field naming each prompt's domain (recorded per token; "
-        "the names go to the metadata's domain_names)."
+        "the names go to the metadata's domain_names; a line without it gets the domain 'unknown')."
     ),
     model_config: Optional[Path] = typer.Option(
         None, "--model-config", help="With --server: the served model's config.json (or its folder): decoder "
@@ -166,6 +166,10 @@ def _trace_server(url, engine, text, out, model, text_field, max_tokens, generat
                                                          if res.failures and res.path else "")),
     ]
     rows += [("failed", line) for line in describe_failures(res.failures)]
+    if res.meta is not None and res.meta.extra.get("prompts_without_domain"):
+        x = res.meta.extra
+        rows.append(("domains", f"{x['prompts_without_domain']:,} prompts without field '{x['domain_field']}': "
+                                f"domain '{x['domain_default']}'"))
     if res.cut is not None:
         where, tokens, kept = res.cut
         rows.append(("cut by --max-tokens", f"{where}: {kept:,} of its {tokens:,} prompt tokens kept, no decode rows"))

@@ -39,7 +39,7 @@ from placer.tracer.engines import BadResponse, Engine, NoRouting, Routed, ShapeM
 from placer.tracer.routing import (
     LayerPlan, ModelShape, RoutedSink, SinkCounts, check_rows, read_model_shape, routed_rows,
 )
-from placer.tracer.text import PromptRecord, is_jsonl, read_prompt_records
+from placer.tracer.text import DEFAULT_DOMAIN, PromptRecord, is_jsonl, read_prompt_records
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -259,23 +259,26 @@ def _send(conn: Connection, engine: Engine, prompt: Prompt, model: str, opts: Se
 
 # -- the job -----------------------------------------------------------------------------------------------------
 def load_prompts(texts: Sequence[str | Path], text_field: str | None, domain_field: str | None
-                 ) -> tuple[list[Prompt], list[str]]:
-    """The prompts of every file in order (sequence ids 0, 1, ...) and the domain names (code = index)."""
+                 ) -> tuple[list[Prompt], list[str], int]:
+    """The prompts of every file in order (sequence ids 0, 1, ...), the domain names (code = index) and how many
+    prompts lack the domain field (their domain is ``DEFAULT_DOMAIN``)."""
     if not texts:
         raise InputError("--text: give at least one JSONL prompt file")
     prompts: list[Prompt] = []
     names: dict[str, int] = {}
+    without = 0
     for path in texts:
         if not is_jsonl(Path(path), text_field):
             raise InputError(f"{path}: --server sends JSONL prompts, one request each (a .jsonl file, or "
                              f"--text-field NAME); plain text is cut into pieces by the local tracer only")
         recs: list[PromptRecord] = read_prompt_records(path, text_field, domain_field)
         for r in recs:
+            without += not r.domain_given
             code = names.setdefault(r.domain, len(names)) if r.domain is not None else None
             prompts.append(Prompt(len(prompts), r.text, code, f"{path}:{r.line}"))
     if len(names) > 32767:
         raise InputError(f"--domain-field {domain_field}: {len(names)} distinct domains; at most 32767 fit")
-    return prompts, list(names)
+    return prompts, list(names), without
 
 
 def trace_server(
@@ -295,7 +298,7 @@ def trace_server(
     engine = engine_for(opts.engine)
     shape: ModelShape | None = read_model_shape(model_config) if model_config is not None else None
     plan = LayerPlan(engine, shape, num_layers, top_k, num_experts)
-    prompts, domain_names = load_prompts(texts, text_field, domain_field)
+    prompts, domain_names, without_domain = load_prompts(texts, text_field, domain_field)
     server = Server(opts.url, opts.timeout_s)
     model, version = probe(server, engine, opts.model)
 
@@ -311,6 +314,8 @@ def trace_server(
                 "generate": opts.generate, "concurrency": opts.concurrency, "retries": opts.retries,
                 "max_tokens": opts.max_tokens, "text": [str(t) for t in texts], "text_field": text_field,
                 "domain_field": domain_field, "domain_names": domain_names,
+                "prompts_without_domain": without_domain if domain_field is not None else None,
+                "domain_default": DEFAULT_DOMAIN if domain_field is not None else None,
             },
         )
 

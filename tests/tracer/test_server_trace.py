@@ -109,6 +109,25 @@ def test_failed_slow_and_malformed_requests(cli, files, tmp_path, monkeypatch):
             np.testing.assert_array_equal(b.experts_TLK[b.seq_T == seq], srv.served[text].experts_TLK)
 
 
+def test_lines_without_the_domain_field_get_the_domain_unknown(cli, files, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    _, cfg = files
+    lines = [{"text": "a b", "dom": "code"}, {"text": "c d e"}, {"text": "f", "dom": None}, {"text": "g h", "dom": "chat"}]
+    prompts = tmp_path / "dom.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "t.parquet"
+    with FakeServer("vllm", MODEL) as srv:
+        res = cli("trace", "--server", srv.url, "--engine", "vllm", "--text", prompts, "--out", out,
+                  "--model-config", cfg, "--domain-field", "dom")
+    assert res.code == 0, res.err
+    assert "2 prompts without field 'dom': domain 'unknown'" in res.out
+    meta, b = read_trace(out)
+    names = meta.extra["domain_names"]
+    assert names == ["code", "unknown", "chat"] and meta.extra["prompts_without_domain"] == 2
+    for seq, name in enumerate(["code", "unknown", "unknown", "chat"]):
+        assert set(b.domain_T[b.seq_T == seq]) == {names.index(name)}
+
+
 def test_every_failed_request_is_in_the_metadata(cli, files, tmp_path, monkeypatch):
     """The summary names five failures; the trace's metadata (extra.failed_requests) holds all seven."""
     monkeypatch.setenv("COLUMNS", "300")
