@@ -3,8 +3,8 @@
 The fakes (placer/tracer/engines/fake.py) validate requests and build responses as vLLM 0.33.0 and SGLang
 0.5.23 do (vllm/entrypoints/openai/completion/{protocol,serving}.py, vllm/utils/serial_utils.py; sglang/srt/
 entrypoints/openai/serving_completions.py, sglang/srt/managers/detokenizer_manager.py) and TensorRT-LLM's
-OpenAI server refuses (tensorrt_llm/serve/openai_protocol.py, main). They keep what they served, so every test
-compares the trace with the routing the server sent.
+OpenAI server refuses (NVIDIA/TensorRT-LLM main branch, tensorrt_llm/serve/openai_protocol.py at commit
+0076e939). They keep what they served, so every test compares the trace with the routing the server sent.
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ def test_import_saved_response_bodies(cli, files, tmp_path, engine):
 @pytest.mark.parametrize("engine", ["vllm", "trtllm"])
 def test_import_torch_records_of_offline_outputs(cli, files, tmp_path, engine):
     """vLLM's CompletionOutput.routed_experts counts every decoder layer (uint8); TensorRT-LLM's the MoE layers
-    only (int16, tensorrt_llm/_torch/route_capture.py ``assemble``)."""
+    only (int16, NVIDIA/TensorRT-LLM tensorrt_llm/_torch/route_capture.py ``assemble`` at commit 06a976ce)."""
     import torch
 
     from placer.tracer.engines.fake import fake_routing
