@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from placer.core.errors import MoeplaceError, InputError, first_line
+from placer.core.errors import MoeplaceError, InputError, first_line, plain_text
 from placer.core.trace.schema import TraceMeta
 from placer.tracer.engines import BadResponse, Engine, NoRouting, Routed, ShapeMismatch, engine_for
 from placer.tracer.routing import (
@@ -161,7 +161,7 @@ class Connection:
 
 def _server_message(raw: bytes) -> str:
     """The error message of an error body ({"error": {"message"}} or {"message"} or text), first line."""
-    text = raw[:2000].decode("utf-8", errors="replace")
+    text = plain_text(raw[:2000].decode("utf-8", errors="replace"))
     with contextlib.suppress(ValueError):
         obj = json.loads(text)
         if isinstance(obj, dict):

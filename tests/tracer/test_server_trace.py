@@ -383,6 +383,111 @@ def test_import_torch_records_of_offline_outputs(cli, files, tmp_path, engine):
         assert (b.phase_T[b.seq_T == seq] == 0).sum() == len(PROMPTS[seq].split())
 
 
+def _fake_vllm_outputs(tmp_path, monkeypatch, n_outputs=1):
+    """``torch.save(llm.generate(...))`` without vLLM: stand-ins named as vllm 0.33.0 names its classes
+    (vllm/outputs.py: ``RequestOutput(request_id, prompt, prompt_token_ids, prompt_logprobs, outputs, finished,
+    metrics, ...)`` and the dataclass ``CompletionOutput(index, text, token_ids, cumulative_logprob, logprobs,
+    routed_experts [seq_len, layer_num, topk] np.ndarray, finish_reason, ...)``; metrics
+    ``vllm.v1.metrics.stats.RequestStateStats``), pickled under vLLM's module names, which are gone again
+    when moeplace reads the file."""
+    import dataclasses
+    import enum
+    import sys
+    import types
+
+    import torch
+
+    from placer.tracer.engines.fake import fake_routing
+
+    outputs_mod, stats_mod = types.ModuleType("vllm.outputs"), types.ModuleType("vllm.v1.metrics.stats")
+
+    @dataclasses.dataclass
+    class CompletionOutput:
+        index: int
+        text: str
+        token_ids: list
+        cumulative_logprob: float | None
+        logprobs: list | None
+        routed_experts: np.ndarray | None = None
+        finish_reason: str | None = None
+
+    class RequestOutput:
+        def __init__(self, request_id, prompt, prompt_token_ids, prompt_logprobs, outputs, finished, metrics=None):
+            self.request_id, self.prompt, self.prompt_token_ids = request_id, prompt, prompt_token_ids
+            self.prompt_logprobs, self.outputs, self.finished, self.metrics = prompt_logprobs, outputs, finished, metrics
+
+    @dataclasses.dataclass
+    class RequestStateStats:
+        num_generation_tokens: int = 0
+        kind: "Kind | None" = None
+
+    class Kind(enum.Enum):  # an enum pickles through its class (REDUCE), unlike the dataclasses
+        FINAL = 1
+
+    for mod, classes in ((outputs_mod, (CompletionOutput, RequestOutput)), (stats_mod, (RequestStateStats, Kind))):
+        for cls in classes:
+            cls.__module__, cls.__qualname__ = mod.__name__, cls.__name__
+            setattr(mod, cls.__name__, cls)
+    expect, outs = [], []
+    with monkeypatch.context() as m:
+        for name, mod in (("vllm", types.ModuleType("vllm")), ("vllm.outputs", outputs_mod),
+                          ("vllm.v1.metrics.stats", stats_mod)):
+            m.setitem(sys.modules, name, mod)
+        for i, p in enumerate(PROMPTS):
+            P, C = len(p.split()), 3
+            completions = []
+            for j in range(n_outputs):
+                moe = fake_routing(f"{p}/{j}", P + C - 1, MODEL)
+                wire = np.zeros((P + C - 1, 6, 2), np.uint8)  # every decoder layer, the dense one zeros
+                wire[:, 1:] = moe
+                completions.append(CompletionOutput(j, "x", list(range(100, 100 + C)), -1.5, None, wire, "length"))
+                expect.append((P, moe))
+            outs.append(RequestOutput(str(i), p, list(range(P)), None, completions, True,
+                                      RequestStateStats(C, Kind.FINAL)))
+        torch.save(outs, tmp_path / "outputs.pt")
+    assert "vllm" not in sys.modules
+    return tmp_path / "outputs.pt", expect
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_import_vllm_request_outputs_saved_with_torch(cli, files, tmp_path, monkeypatch, n_outputs):
+    """A list of vLLM RequestOutput objects (torch.save(llm.generate(...))) is read by attribute, with
+    weights_only=True and without vLLM: one sequence per CompletionOutput."""
+    import sys
+
+    _, cfg = files
+    path, expect = _fake_vllm_outputs(tmp_path, monkeypatch, n_outputs)
+    res = cli("import", path, "--format", "vllm-routed", "--model-config", cfg, "--out", tmp_path / "i.parquet")
+    assert res.code == 0, res.err
+    assert "vllm" not in sys.modules  # nothing named in the file was imported
+    meta, b = read_trace(tmp_path / "i.parquet")
+    assert meta.moe_layer_indices == (1, 2, 3, 4, 5) and len(np.unique(b.seq_T)) == len(expect)
+    for seq, (P, moe) in enumerate(expect):
+        rows = b.seq_T == seq
+        np.testing.assert_array_equal(b.experts_TLK[rows], moe)
+        assert (b.phase_T[rows] == 0).sum() == P
+        np.testing.assert_array_equal(b.token_T[rows], np.r_[np.arange(P), 100, 101])
+
+
+def test_import_refuses_foreign_objects_in_one_line(cli, files, tmp_path, monkeypatch):
+    import torch
+
+    from placer.tracer.engines.fake import ServedRouting
+
+    _, cfg = files
+    path, _ = _fake_vllm_outputs(tmp_path, monkeypatch)
+    res = cli("import", path, "--format", "trtllm-routed", "--model-config", cfg, "--out", tmp_path / "i.parquet")
+    assert_one_line_error(res, 2, "holds vllm objects", "--format vllm-routed")
+
+    torch.save([ServedRouting(np.zeros((2, 6, 2), np.uint8), 1, 2, [])], tmp_path / "other.pt")  # no stack's
+    res = cli("import", tmp_path / "other.pt", "--format", "vllm-routed", "--model-config", cfg,
+              "--out", tmp_path / "i.parquet")
+    assert_one_line_error(res, 2, "other.pt", "neither plain records nor vLLM output objects",
+                          "placer.tracer.engines.fake.ServedRouting", "save plain records")
+    assert "\x1b" not in res.err  # torch's message is quoted without its terminal escape codes
+    assert not (tmp_path / "i.parquet").exists()
+
+
 @pytest.mark.parametrize("fmt, content, fragments", [
     ("vllm-routed", "{not json\n", ["line 1: not valid JSON"]),
     ("vllm-routed", json.dumps({"choices": [{"routed_experts": "@@"}]}) + "\n", ["line 1", "not valid base64"]),
