@@ -377,3 +377,25 @@ def test_two_runs_writing_one_output_leave_one_whole_file(tmp_path):
     assert r.num_tokens == 100000 and r.meta.extra["synth"]["seed"] in (1, 2)
     assert sum(1 for _ in r.iter_batches()) > 0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_quoted_library_messages_carry_no_terminal_escape_codes(cli, tmp_path, monkeypatch):
+    """torch's weights-only refusal wraps a phrase in bold (ESC [1m ... ESC [0m): a quoted message is plain
+    text, whether quoted through first_line or printed by the command line's error handler."""
+    from placer.core.errors import InputError, first_line, plain_text
+
+    torch_like = ("Weights only load failed. \x1b[1mdo those steps only if you trust the source\x1b[0m.\n"
+                  "second line")
+    assert first_line(ValueError(torch_like)) == "Weights only load failed. do those steps only if you trust the source."
+    assert plain_text("a\x1b]8;;http://x\x07link\x1b]8;;\x07\tb\x07") == "alink\tb"
+
+
+    def boom(*a, **k):
+        raise InputError(f"t.parquet: quoted ({torch_like.splitlines()[0]})")
+
+    monkeypatch.setattr("placer.core.trace.summary.summarize", boom)
+    trace = tmp_path / "t.parquet"
+    trace.write_bytes(b"x")
+    res = cli("info", trace)
+    assert_one_line_error(res, 2, "t.parquet: quoted (Weights only load failed. do those steps")
+    assert "\x1b" not in res.err

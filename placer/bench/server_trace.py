@@ -1,6 +1,8 @@
 """``moeplace bench server-trace``: how fast ``trace --server`` turns a server's routing into a trace.
 
-For each engine a local fake server (``placer.tracer.engines.fake``, answering as the stack's code does) runs in
+For each engine that can return routing over HTTP (vLLM, SGLang; TensorRT-LLM's OpenAI server cannot, so
+``trace --server --engine trtllm`` stops with exit code 2 and there is nothing to time) a local fake server
+(``placer.tracer.engines.fake``, answering as the stack's code does) runs in
 a child process, so that it has a core of its own and its cost is not counted; the client here sends JSONL
 prompts with ``--concurrency`` requests in flight and writes the trace, exactly as ``moeplace trace --server``
 does (``trace_server``). The figure is trace tokens (prefill + decode) per second of wall time, from the first
@@ -37,15 +39,15 @@ def _cpu(who: int) -> float:
 
 
 def _writer_alone(trace: Path, out: Path) -> float:
-    """Seconds to write the same trace again from memory with ``TraceWriter`` (batches of 16,384 tokens, weights
-    absent): the baseline that bounds ``trace --server`` whatever the network and decoding cost."""
+    """Seconds to write the same trace again from memory with ``TraceWriter`` as ``trace --server`` does (batches
+    of 16,384 tokens, no weights column): the baseline that bounds it whatever the network and decoding cost."""
     from placer.core.trace.reader import read_trace
     from placer.core.trace.schema import RoutingBatch
     from placer.core.trace.writer import TraceWriter
 
-    meta, b = read_trace(trace)
+    meta, b = read_trace(trace, fields=("experts", "seq", "position", "phase", "token"))
     t0 = time.perf_counter()
-    with TraceWriter(out, meta, with_token_id=True, row_group_size=16384) as w:
+    with TraceWriter(out, meta, with_token_id=True, with_weights=False, row_group_size=16384) as w:
         for s in range(0, len(b), 16384):
             part = slice(s, s + 16384)
             w.write(RoutingBatch(b.experts_TLK[part], seq_T=b.seq_T[part], position_T=b.position_T[part],
@@ -82,7 +84,9 @@ def bench_server_trace(
     engines = [engine] if engine else ["vllm", "sglang"]
     for e in engines:
         if e not in ("vllm", "sglang"):
-            raise InputError(f"--engine: {e!r} has no fake server that returns routing; choose vllm or sglang")
+            why = (" (TensorRT-LLM's OpenAI server cannot return routing: trace --server --engine trtllm stops with "
+                   "exit code 2; import its LLM API outputs instead, docs/server-trace.md)" if e == "trtllm" else "")
+            raise InputError(f"--engine: {e!r} has no fake server that returns routing{why}; choose vllm or sglang")
     if min(tokens, prompt_tokens, concurrency, layers - dense, experts, top_k) < 1 or generate < 0 or dense < 0:
         raise InputError("--tokens, --prompt-tokens, --concurrency, --experts, --top-k and layers - dense must be positive")
     model = FakeModel(num_hidden_layers=layers, moe_layers=tuple(range(dense, layers)), num_experts=experts, top_k=top_k)
@@ -118,6 +122,7 @@ def bench_server_trace(
                 "client_cpu_s": round(client_cpu, 2), "client_tokens_per_cpu_s": round(n / max(client_cpu, 1e-9)),
                 "server_cpu_s": round(server_cpu, 2),
                 "responses_held_max": res.max_held, "trace_mb": round((d / f"{e}.parquet").stat().st_size / 2**20, 1),
+                "trace_bytes_per_token": round((d / f"{e}.parquet").stat().st_size / max(n, 1), 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             })
         for r in results:  # after every run: reading a whole trace back would inflate the peak RSS above
@@ -137,7 +142,8 @@ def bench_server_trace(
                                   f"{r['writer_alone_tokens_per_s']:,} tok/s); CPU: client {r['client_cpu_s']} s "
                                   f"({r['client_tokens_per_cpu_s']:,} tok per CPU-s), fake server {r['server_cpu_s']} s; "
                                   f"{r['failed']} failed, held <= "
-                                  f"{r['responses_held_max']} responses, trace {r['trace_mb']} MB, "
+                                  f"{r['responses_held_max']} responses, trace {r['trace_mb']} MB "
+                                  f"({r['trace_bytes_per_token']} B/token), "
                                   f"peak RSS {r['peak_rss_mb']} MB"))
     console().print(kv_table("bench server-trace: fake server in a child process, client and writer here", rows))
 

@@ -28,6 +28,7 @@ def info(
         ("tokens", f"{s['tokens']:,}"),
         ("sequences", f"{s['sequences']:,}"),
         ("phases", ", ".join(f"{k} {v:,}" for k, v in s["phases"].items())),
+        ("gate weights", s["gate_weights"]),
         ("missing token-layers", f"{missing:,}" + (f" ({s['tokens_with_missing_layers']:,} tokens)" if missing else "")),
         ("file", f"{s['file_bytes']:,} bytes, {s['row_groups']} row groups, schema v{s['schema_version']}"),
     ]

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import click
 import typer
 
-from placer.core.errors import MoeplaceError, first_line
+from placer.core.errors import MoeplaceError, first_line, plain_text
 
 try:  # recent typer vendors its own click: its usage errors, Exit and Abort are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -24,7 +24,8 @@ except ImportError:  # pragma: no cover - typer that uses click itself
 
 
 def _err(msg: str) -> None:
-    print(f"moeplace: error: {msg}", file=sys.stderr, flush=True)
+    # Messages may quote libraries or servers: no escape codes reach the terminal, whatever the quoting site.
+    print(f"moeplace: error: {plain_text(msg)}", file=sys.stderr, flush=True)
 
 
 class Terminated(BaseException):

@@ -25,7 +25,8 @@ def trace(
     ),
     text_field: Optional[str] = typer.Option(None, "--text-field", help="JSONL field holding the prompt (default 'text')."),
     max_tokens: Optional[int] = typer.Option(
-        None, "--max-tokens", help="At most this many prompt (prefill) tokens; decode tokens come on top."
+        None, "--max-tokens", help="At most this many prompt (prefill) tokens, spent in prompt order (the last "
+        "prompt is cut; with --server it keeps only its prompt rows); decode tokens come on top."
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Sequences per forward pass \\[default: 8]."),
     seq_len: Optional[int] = typer.Option(
@@ -55,7 +56,7 @@ def trace(
     timeout: float = typer.Option(600.0, "--timeout", help="With --server: seconds one request may take."),
     domain_field: Optional[str] = typer.Option(
         None, "--domain-field", help="With --server: JSONL field naming each prompt's domain (recorded per token; "
-        "the names go to the metadata's domain_names)."
+        "the names go to the metadata's domain_names; a line without it gets the domain 'unknown')."
     ),
     model_config: Optional[Path] = typer.Option(
         None, "--model-config", help="With --server: the served model's config.json (or its folder): decoder "
@@ -160,10 +161,18 @@ def _trace_server(url, engine, text, out, model, text_field, max_tokens, generat
         ("sequences", f"{c.sequences:,} complete of {res.requests:,} answered requests"),
         ("tokens", f"{c.tokens:,} (prefill {c.prefill_tokens:,}, decode {c.decode_tokens:,})"),
         ("speed", f"{c.tokens / max(res.wall_time_s, 1e-9):,.0f} tok/s"),
-        ("gate weights", "not returned by the server: marked absent, stored as 1/K"),
-        ("failed requests", f"{len(res.failures):,}"),
+        ("gate weights", "not returned by the server: marked absent, not stored (read as 1/K)"),
+        ("failed requests", f"{len(res.failures):,}" + (" (each one in the trace's metadata: extra.failed_requests)"
+                                                         if res.failures and res.path else "")),
     ]
     rows += [("failed", line) for line in describe_failures(res.failures)]
+    if res.meta is not None and res.meta.extra.get("prompts_without_domain"):
+        x = res.meta.extra
+        rows.append(("domains", f"{x['prompts_without_domain']:,} prompts without field '{x['domain_field']}': "
+                                f"domain '{x['domain_default']}'"))
+    if res.cut is not None:
+        where, tokens, kept = res.cut
+        rows.append(("cut by --max-tokens", f"{where}: {kept:,} of its {tokens:,} prompt tokens kept, no decode rows"))
     if res.over_budget:
         rows.append(("over --max-tokens", f"{res.over_budget:,} prompts not traced"))
     title = f"wrote {res.path}" if res.path else "nothing written"

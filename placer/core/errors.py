@@ -15,6 +15,7 @@ Python code expects; the layer that read the values from a file or an option tur
 from __future__ import annotations
 
 import numbers
+import re
 
 
 class MoeplaceError(Exception):
@@ -34,10 +35,21 @@ def where(path: object, field: str | None = None) -> str:
     return f"{path}: {field}" if field else f"{path}"
 
 
+# Terminal escape sequences (ANSI CSI such as torch's bold "\x1b[1m", OSC, two-byte ESC codes) and the other
+# control characters but tab and newline: a quoted library or server message must not restyle the terminal.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (tabs and newlines are kept)."""
+    return _ESCAPES.sub("", text)
+
+
 def first_line(exc: BaseException, limit: int | None = 200, empty: str | None = None) -> str:
-    """The first line of an exception's message (at most ``limit`` characters), for one-line errors that
-    quote a library's complaint; an empty message gives ``empty`` (default: the exception's type name)."""
-    text = str(exc).strip()
+    """The first line of an exception's message (at most ``limit`` characters, escape codes removed), for
+    one-line errors that quote a library's complaint; an empty message gives ``empty`` (default: the
+    exception's type name)."""
+    text = plain_text(str(exc)).strip()
     line = text.splitlines()[0] if text else (type(exc).__name__ if empty is None else empty)
     return line[:limit] if limit else line
 

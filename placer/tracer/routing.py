@@ -14,16 +14,17 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from placer.core.errors import InputError
 from placer.core.fileio import read_json, read_model_config
-from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
+from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta, expert_dtype
 from placer.core.trace.writer import TraceWriter
 from placer.tracer.engines.base import BadResponse, Engine, Routed, WireShape
 
@@ -224,6 +225,8 @@ def routed_rows(r: Routed, plan: LayerPlan, seq_id: int, domain: int | None, whe
             t, l, _ = (int(v[0]) for v in np.nonzero(experts_TLK == bad))
             raise InputError(f"{where}: token {t}, layer {plan.model_layers[l]} has expert id {bad}, outside [0, "
                              f"{plan.num_experts}) (--num-experts {plan.num_experts})")
+    # The trace's id type now (SGLang sends int32): the batches held until written are a quarter of the size.
+    experts_TLK = experts_TLK.astype(expert_dtype(plan.num_experts), copy=False)
     pos = np.arange(T, dtype=np.int32)
     tok = r.token_ids[:T].astype(np.int32) if r.token_ids is not None and len(r.token_ids) >= T else None
     return RoutingBatch(
@@ -231,6 +234,28 @@ def routed_rows(r: Routed, plan: LayerPlan, seq_id: int, domain: int | None, whe
         phase_T=np.where(pos < P, PHASE_PREFILL, PHASE_DECODE).astype(np.int8), token_T=tok,
         domain_T=np.full(T, domain, dtype=np.int16) if domain is not None else None,
     )
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: the block cannot be cut in half.
+
+    Python raises KeyboardInterrupt in the main thread between any two bytecodes, so without this an interrupt
+    could leave a sequence counted but not queued. Only where Python's own handler is installed and only in the
+    main thread (signal handlers can be set nowhere else, and KeyboardInterrupt is raised nowhere else).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class RoutedSink:
@@ -248,7 +273,6 @@ class RoutedSink:
         self.with_domain, self.batch_tokens = with_domain, batch_tokens
         self.counts = SinkCounts()
         self.meta: TraceMeta | None = None
-        self.busy = False  # inside add(): an interrupt now may leave a batch half-handed over
         self._writer: TraceWriter | None = None
         self._pending: list[RoutingBatch] = []
         self._pending_tokens = 0
@@ -257,11 +281,17 @@ class RoutedSink:
         self._error: BaseException | None = None
 
     def add(self, batch: RoutingBatch) -> None:
-        self.busy = True
+        """Count and queue one whole sequence. Atomic for Ctrl-C: an interrupt that arrives meanwhile is raised
+        when the sequence is in (see ``sigint_deferred``), so an interrupted trace keeps every sequence added."""
+        with sigint_deferred():
+            self._add(batch)
+
+    def _add(self, batch: RoutingBatch) -> None:
         if self._writer is None:
             self.meta = self.make_meta(self.plan)
+            # No stack returns gate weights: the trace leaves the column out (read back as 1/K).
             self._writer = TraceWriter(self.out, self.meta, with_token_id=True, with_domain=self.with_domain,
-                                       row_group_size=self.batch_tokens)
+                                       with_weights=False, row_group_size=self.batch_tokens)
             self._thread = threading.Thread(target=self._write_loop, name="moeplace-trace-writer", daemon=True)
             self._thread.start()
         n = len(batch)
@@ -273,17 +303,13 @@ class RoutedSink:
         self._pending_tokens += n
         if self._pending_tokens >= self.batch_tokens:
             self._hand_over()
-        self.busy = False
 
     def _hand_over(self) -> None:
         if self._error is not None:
             raise self._error
         if self._pending:
             parts, self._pending, self._pending_tokens = self._pending, [], 0
-            batch = concat_batches(parts)
-            L, K = batch.experts_TLK.shape[1:]
-            batch.weights_TLK = np.broadcast_to(np.float16(1.0 / K), (len(batch), L, K))  # absent: 1/K
-            self._queue.put(batch)
+            self._queue.put(concat_batches(parts))
 
     def _write_loop(self) -> None:
         while True:
@@ -302,8 +328,9 @@ class RoutedSink:
             self._thread.join()
             self._thread = None
 
-    def close(self) -> Path | None:
-        """Write what is pending and move the trace into place; None when no sequence arrived."""
+    def close(self, final_extra: dict | None = None) -> Path | None:
+        """Write what is pending and move the trace into place (``final_extra``: see ``TraceWriter.close``);
+        None when no sequence arrived."""
         if self._writer is None:
             return None
         try:
@@ -314,7 +341,9 @@ class RoutedSink:
         except BaseException:
             self.abort()
             raise
-        return self._writer.close()
+        path = self._writer.close(final_extra)
+        self.meta = self._writer.meta
+        return path
 
     def abort(self) -> None:
         if self._writer is not None:

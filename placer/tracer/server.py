@@ -7,7 +7,9 @@ response (``placer.tracer.engines``) and retries what can succeed on a second tr
 429 and 5xx, a malformed body, a response without routing once routing has been seen) up to ``retries`` times.
 The main thread takes decoded sequences from a queue of ``concurrency`` places (so at most twice
 ``concurrency`` responses are held at once), checks them against the layer plan and streams whole sequences
-into the trace (``placer.tracer.routing.RoutedSink``).
+into the trace (``placer.tracer.routing.RoutedSink``). With ``max_tokens`` the budget is spent in prompt order:
+an answer waits until every earlier prompt's is in (workers stay within 2 x ``concurrency`` prompts of the
+oldest unanswered one), so the trace does not depend on the order the answers come in.
 
 A request that still fails is counted and named in the result; the trace holds complete sequences only. What
 cannot get better by retrying stops the job with a one-line error and no output (exit code 2): a server that
@@ -29,13 +31,15 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 from urllib.parse import urlsplit
 
-from placer.core.errors import MoeplaceError, InputError, first_line
+import numpy as np
+
+from placer.core.errors import MoeplaceError, InputError, first_line, plain_text
 from placer.core.trace.schema import TraceMeta
 from placer.tracer.engines import BadResponse, Engine, NoRouting, Routed, ShapeMismatch, engine_for
 from placer.tracer.routing import (
     LayerPlan, ModelShape, RoutedSink, SinkCounts, check_rows, read_model_shape, routed_rows,
 )
-from placer.tracer.text import PromptRecord, is_jsonl, read_prompt_records
+from placer.tracer.text import DEFAULT_DOMAIN, PromptRecord, is_jsonl, read_prompt_records
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -85,6 +89,7 @@ class ServerTraceResult:
     server_version: str | None
     interrupted: bool = False
     max_held: int = 0
+    cut: tuple[str, int, int] | None = None  # --max-tokens: (prompt, its tokens, tokens kept), prefill only
 
 
 # -- HTTP --------------------------------------------------------------------------------------------------------
@@ -156,7 +161,7 @@ class Connection:
 
 def _server_message(raw: bytes) -> str:
     """The error message of an error body ({"error": {"message"}} or {"message"} or text), first line."""
-    text = raw[:2000].decode("utf-8", errors="replace")
+    text = plain_text(raw[:2000].decode("utf-8", errors="replace"))
     with contextlib.suppress(ValueError):
         obj = json.loads(text)
         if isinstance(obj, dict):
@@ -254,23 +259,26 @@ def _send(conn: Connection, engine: Engine, prompt: Prompt, model: str, opts: Se
 
 # -- the job -----------------------------------------------------------------------------------------------------
 def load_prompts(texts: Sequence[str | Path], text_field: str | None, domain_field: str | None
-                 ) -> tuple[list[Prompt], list[str]]:
-    """The prompts of every file in order (sequence ids 0, 1, ...) and the domain names (code = index)."""
+                 ) -> tuple[list[Prompt], list[str], int]:
+    """The prompts of every file in order (sequence ids 0, 1, ...), the domain names (code = index) and how many
+    prompts lack the domain field (their domain is ``DEFAULT_DOMAIN``)."""
     if not texts:
         raise InputError("--text: give at least one JSONL prompt file")
     prompts: list[Prompt] = []
     names: dict[str, int] = {}
+    without = 0
     for path in texts:
         if not is_jsonl(Path(path), text_field):
             raise InputError(f"{path}: --server sends JSONL prompts, one request each (a .jsonl file, or "
                              f"--text-field NAME); plain text is cut into pieces by the local tracer only")
         recs: list[PromptRecord] = read_prompt_records(path, text_field, domain_field)
         for r in recs:
+            without += not r.domain_given
             code = names.setdefault(r.domain, len(names)) if r.domain is not None else None
             prompts.append(Prompt(len(prompts), r.text, code, f"{path}:{r.line}"))
     if len(names) > 32767:
         raise InputError(f"--domain-field {domain_field}: {len(names)} distinct domains; at most 32767 fit")
-    return prompts, list(names)
+    return prompts, list(names), without
 
 
 def trace_server(
@@ -290,7 +298,7 @@ def trace_server(
     engine = engine_for(opts.engine)
     shape: ModelShape | None = read_model_shape(model_config) if model_config is not None else None
     plan = LayerPlan(engine, shape, num_layers, top_k, num_experts)
-    prompts, domain_names = load_prompts(texts, text_field, domain_field)
+    prompts, domain_names, without_domain = load_prompts(texts, text_field, domain_field)
     server = Server(opts.url, opts.timeout_s)
     model, version = probe(server, engine, opts.model)
 
@@ -306,6 +314,8 @@ def trace_server(
                 "generate": opts.generate, "concurrency": opts.concurrency, "retries": opts.retries,
                 "max_tokens": opts.max_tokens, "text": [str(t) for t in texts], "text_field": text_field,
                 "domain_field": domain_field, "domain_names": domain_names,
+                "prompts_without_domain": without_domain if domain_field is not None else None,
+                "domain_default": DEFAULT_DOMAIN if domain_field is not None else None,
             },
         )
 
@@ -316,6 +326,12 @@ def trace_server(
     results: "queue.Queue[_Outcome | None]" = queue.Queue(maxsize=opts.concurrency)
     stop, no_more, routing_seen = threading.Event(), threading.Event(), threading.Event()
     wire_shape = plan.wire_shape()  # fixed before the first request where the wire does not carry it
+    # With --max-tokens the budget is spent in prompt order, whatever order the answers come in, so that the
+    # trace does not depend on --concurrency or on the server's speed: answers wait in ``early`` until every
+    # earlier prompt's has been taken, and ``window`` keeps workers from running more than 2 x concurrency
+    # prompts ahead of the oldest unanswered one (memory stays bounded by the requests in flight).
+    budget = opts.max_tokens
+    window = threading.Semaphore(2 * opts.concurrency) if budget is not None else None
 
     def hand(item: _Outcome | None) -> None:
         while not stop.is_set():  # a stopped job takes nothing more: do not wait on a full queue forever
@@ -323,10 +339,16 @@ def trace_server(
                 results.put(item, timeout=0.2)
                 return
 
+    def may_take() -> bool:
+        while window is not None and not window.acquire(timeout=0.2):
+            if stop.is_set() or no_more.is_set():
+                return False
+        return not (stop.is_set() or no_more.is_set())
+
     def worker() -> None:
         conn = server.connect()
         try:
-            while not (stop.is_set() or no_more.is_set()):
+            while may_take():
                 try:
                     prompt = jobs.get_nowait()
                 except queue.Empty:
@@ -338,9 +360,36 @@ def trace_server(
 
     failures: list[tuple[str, str]] = []
     over_budget = 0
+    cut: tuple[str, int, int] | None = None
     requests = 0
     max_held = 0
     interrupted = False
+    early: dict[int, _Outcome] = {}
+    next_seq = 0
+
+    def take(item: _Outcome) -> None:
+        """One answer, in prompt order under --max-tokens: its whole sequence, a cut one, or nothing."""
+        nonlocal over_budget, cut
+        if no_more.is_set() and budget is not None:
+            over_budget += 1  # answered after the budget was spent: not traced
+            return
+        if item.routed is None:
+            failures.append((item.prompt.where, item.reason))
+            return
+        batch = routed_rows(item.routed, plan, item.prompt.seq_id, item.prompt.domain,
+                            f"{server.url} ({item.prompt.where})")
+        if budget is not None:
+            left, prefill = budget - sink.counts.prefill_tokens, int(item.routed.prompt_tokens)
+            if prefill >= left:
+                no_more.set()  # the budget is spent with this prompt: send nothing more
+            if prefill > left:
+                # As the local tracer cuts its last prompt: the first `left` prompt tokens are routed exactly as
+                # a prompt of `left` tokens would be (attention is causal); the decode rows followed the whole
+                # prompt, so they go.
+                cut = (item.prompt.where, prefill, left)
+                batch = batch.select(np.arange(left))
+        sink.add(batch)
+
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, name=f"moeplace-trace-{i}", daemon=True)
                for i in range(min(opts.concurrency, len(prompts)))]
@@ -358,21 +407,18 @@ def trace_server(
                 if item is None:
                     running -= 1
                     continue
-                max_held = max(max_held, results.qsize() + 1)
+                max_held = max(max_held, results.qsize() + 1 + len(early))
                 requests += 1
                 if item.fatal:
                     raise InputError(f"{server.url} ({engine.stack}, {item.prompt.where}): {item.reason}")
-                if item.routed is None:
-                    failures.append((item.prompt.where, item.reason))
+                if window is None:
+                    take(item)
                 else:
-                    batch = routed_rows(item.routed, plan, item.prompt.seq_id, item.prompt.domain,
-                                        f"{server.url} ({item.prompt.where})")
-                    prefill = int(item.routed.prompt_tokens)
-                    if opts.max_tokens is not None and sink.counts.prefill_tokens + prefill > opts.max_tokens:
-                        over_budget += 1  # the budget is exhausted: keep what fits, send nothing more
-                        no_more.set()
-                    else:
-                        sink.add(batch)
+                    early[item.prompt.seq_id] = item
+                    while next_seq in early:
+                        take(early.pop(next_seq))
+                        next_seq += 1
+                        window.release()
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 advance(1, status=f"{sink.counts.tokens:,} tok, {sink.counts.tokens / elapsed:,.0f} tok/s, "
                                   f"{len(failures)} failed")
@@ -386,23 +432,26 @@ def trace_server(
     stop.set()
     if not interrupted:
         over_budget += jobs.qsize()  # prompts never sent once --max-tokens was reached
-    if interrupted and sink.busy:  # the interrupt cut a sequence's hand-over: keep nothing rather than a doubt
-        sink.abort()
-        path = None
-    else:
-        path = sink.close()
+    # Known only now, so written at the close (the reader merges them into meta.extra): every failed request
+    # (the summary names five), the prompt cut by --max-tokens, whether the run was interrupted.
+    final = {"failed_requests": [{"prompt": where, "reason": reason} for where, reason in failures],
+             "interrupted": interrupted,
+             "max_tokens_cut": None if cut is None else {"prompt": cut[0], "prompt_tokens": cut[1], "kept": cut[2]}}
+    path = sink.close(final)  # an interrupt never lands inside sink.add (it waits for the sequence to be in)
     if path is None and not interrupted:
         first = f": {failures[0][0]}: {failures[0][1]}" if failures else ""
         raise MoeplaceError(f"{server.url}: no request returned routing ({len(failures)} failed){first}")
     return ServerTraceResult(path, sink.meta, sink.counts, requests, failures, over_budget,
-                             time.perf_counter() - t0, version, interrupted, max_held)
+                             time.perf_counter() - t0, version, interrupted, max_held, cut)
 
 
 def describe_failures(failures: list[tuple[str, str]], limit: int = 5) -> list[str]:
-    """One line per failed request (``where: reason``), the first ``limit`` of them and a count of the rest."""
+    """One line per failed request (``where: reason``), the first ``limit`` of them and a count of the rest
+    (every one is in the trace's metadata, ``extra.failed_requests``)."""
     lines = [f"{w}: {r}" for w, r in failures[:limit]]
     if len(failures) > limit:
-        lines.append(f"... and {len(failures) - limit} more")
+        lines.append(f"... and {len(failures) - limit} more (all {len(failures)} in the trace's metadata: "
+                     f"extra.failed_requests)")
     return lines
 
 

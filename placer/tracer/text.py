@@ -31,13 +31,19 @@ def read_prompts(path: str | os.PathLike, text_field: str | None = None) -> tupl
     return [r.text for r in _jsonl_prompts(p, raw, text_field or "text", None)], True
 
 
+# The domain of a prompt whose line lacks the --domain-field field (or holds null).
+DEFAULT_DOMAIN = "unknown"
+
+
 @dataclass(frozen=True)
 class PromptRecord:
-    """One JSONL prompt: its text, its domain label (``--domain-field``; None without one) and its line."""
+    """One JSONL prompt: its text, its domain label (``--domain-field``; None without one), its line, and whether
+    the line named its domain (a line without the field gets ``DEFAULT_DOMAIN``)."""
 
     text: str
     domain: str | None
     line: int
+    domain_given: bool = True
 
 
 def read_prompt_records(path: str | os.PathLike, text_field: str | None = None,
@@ -73,13 +79,12 @@ def _jsonl_prompts(p: Path, raw: str, field: str, domain_field: str | None) -> l
         value = rec[field]
         if not isinstance(value, str):
             raise InputError(f"{p}: line {n}: field '{field}' is {type(value).__name__}, expected a string")
-        domain = None
+        domain, given = None, True
         if domain_field is not None:
-            if rec.get(domain_field) is None:
-                raise InputError(f"{p}: line {n}: no field '{domain_field}' (--domain-field)")
-            domain = str(rec[domain_field])
+            given = rec.get(domain_field) is not None
+            domain = str(rec[domain_field]) if given else DEFAULT_DOMAIN
         if value:
-            prompts.append(PromptRecord(value, domain, n))
+            prompts.append(PromptRecord(value, domain, n, given))
     if not prompts:
         raise InputError(f"{p}: no non-empty '{field}' prompts in the JSONL file")
     return prompts

@@ -80,6 +80,72 @@ def test_uint16_ids_round_trip(tmp_path):
     np.testing.assert_allclose(got.weights_TLK, 1 / 3, atol=1e-3)  # no weights given: 1/K
 
 
+def test_column_encodings_and_statistics(tmp_path):
+    """Dictionary encoding for every column but the weights, statistics for the scalar columns only: the
+    Arrow schema (what every reader sees) is the same, and files written with pyarrow's defaults still read."""
+    path, meta, batches = _synth(tmp_path, drop_rate=0.1)
+    md = pq.ParquetFile(path).metadata.row_group(0)
+    cols = {md.column(i).path_in_schema.split(".")[0]: md.column(i) for i in range(md.num_columns)}
+    assert set(cols) == {"seq_id", "position", "phase", "domain", "experts", "weights", "present"}
+    for name, col in cols.items():
+        assert ("RLE_DICTIONARY" in col.encodings) == (name not in ("weights", "present")), name  # bools: bits
+        assert col.is_stats_set == (name not in ("experts", "weights", "present")), name
+    old = tmp_path / "defaults.parquet"  # as the writer wrote before: pyarrow's default options
+    pq.write_table(pq.read_table(path), old, compression="zstd", row_group_size=1000)
+    a, b = TraceReader(path).read_all(), TraceReader(old).read_all()
+    for name in ("experts_TLK", "weights_TLK", "present_TL", "seq_T", "position_T", "phase_T", "domain_T"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_absent_weights_are_one_over_k_in_batches_of_any_size(tmp_path):
+    meta = TraceMeta(num_layers=3, num_experts=8, top_k=2)
+    ex = np.tile(np.array([[0, 1], [2, 3], [4, 5]], dtype=np.uint8), (50, 1, 1))
+    path = tmp_path / "w.parquet"
+    with TraceWriter(path, meta, row_group_size=16) as w:  # the 1/K column is built once, then sliced
+        for lo, hi in ((0, 5), (5, 45), (45, 46), (46, 50)):
+            w.write(RoutingBatch(experts_TLK=ex[lo:hi]))
+    got = TraceReader(path).read_all()
+    np.testing.assert_array_equal(got.experts_TLK, ex)
+    assert got.weights_TLK.shape == (50, 3, 2) and np.all(got.weights_TLK == np.float32(np.float16(0.5)))
+
+
+def test_a_trace_without_weights_reads_as_one_over_k(tmp_path, cli):
+    """Schema version 2: the weights column left out (the source returned none) reads exactly as a version-1
+    file that stores 1/K; a file with weights is still stamped version 1, so older readers read it."""
+    meta = TraceMeta(num_layers=3, num_experts=8, top_k=2)
+    ex = np.tile(np.array([[0, 1], [2, 3], [4, 5]], dtype=np.uint8), (40, 1, 1))
+    with TraceWriter(tmp_path / "v1.parquet", meta, row_group_size=16) as w:
+        w.write(RoutingBatch(experts_TLK=ex))
+    with TraceWriter(tmp_path / "v2.parquet", meta, row_group_size=16, with_weights=False) as w:
+        w.write(RoutingBatch(experts_TLK=ex))
+        with pytest.raises(Exception, match="opened without 'weights'"):
+            w.write(RoutingBatch(experts_TLK=ex, weights_TLK=np.ones((40, 3, 2), np.float32)))
+    r1, r2 = TraceReader(tmp_path / "v1.parquet"), TraceReader(tmp_path / "v2.parquet")
+    assert (r1.meta.schema_version, r1.has_weights) == (1, True)
+    assert (r2.meta.schema_version, r2.has_weights) == (2, False)
+    assert "weights" not in pq.read_schema(tmp_path / "v2.parquet").names
+    a, b = r1.read_all(), r2.read_all()
+    assert b.weights_TLK.dtype == np.float32
+    np.testing.assert_array_equal(a.weights_TLK, b.weights_TLK)
+    np.testing.assert_array_equal(a.experts_TLK, b.experts_TLK)
+    parts = list(r2.iter_batches(batch_size=7, fields=("experts", "weights")))
+    assert all(p.weights_TLK.shape == (len(p), 3, 2) for p in parts)
+    assert all(p.weights_TLK is None for p in r2.iter_batches(fields=("experts",)))
+    res = cli("info", tmp_path / "v2.parquet", "--json")
+    assert res.code == 0 and json.loads(res.out)["gate_weights"].startswith("absent")
+    assert json.loads(cli("info", tmp_path / "v1.parquet", "--json").out)["gate_weights"] == "stored"
+
+
+def test_facts_known_at_the_close_join_the_metadata(tmp_path):
+    meta = TraceMeta(num_layers=1, num_experts=4, top_k=1, extra={"engine": "vllm", "n": 1})
+    w = TraceWriter(tmp_path / "f.parquet", meta)
+    w.write(RoutingBatch(experts_TLK=np.zeros((3, 1, 1), dtype=np.uint8)))
+    w.close(final_extra={"failed_requests": [{"prompt": "p.jsonl:2", "reason": "HTTP 500"}], "n": 2})
+    assert w.meta.extra["n"] == 2
+    got = TraceReader(tmp_path / "f.parquet").meta.extra
+    assert got == {"engine": "vllm", "n": 2, "failed_requests": [{"prompt": "p.jsonl:2", "reason": "HTTP 500"}]}
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path):
     out = tmp_path / "keep.parquet"
     out.write_bytes(b"the user's old file")
@@ -126,9 +192,13 @@ def test_bad_files(tmp_path, cli):
     assert_one_line_error(cli("info", trunc), 2, "trunc.parquet")
 
     md = json.loads(pq.read_schema(good).metadata[b"moeplace"])
-    v2 = tmp_path / "v2.parquet"
-    _rewrite(good, v2, meta={**md, "schema_version": 2})
-    assert_one_line_error(cli("info", v2), 2, "v2.parquet", "schema_version is 2", "reads version 1")
+    v3 = tmp_path / "v3.parquet"
+    _rewrite(good, v3, meta={**md, "schema_version": 3})
+    assert_one_line_error(cli("info", v3), 2, "v3.parquet", "schema_version is 3", "reads versions 1, 2")
+
+    noweights = tmp_path / "now.parquet"  # a version-1 file must have the weights column
+    _rewrite(good, noweights, table_fn=lambda t: t.drop_columns(["weights"]))
+    assert_one_line_error(cli("info", noweights), 2, "now.parquet", "column 'weights' is missing")
 
     nometa = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"a": [1, 2]}), nometa)
@@ -149,6 +219,13 @@ def test_bad_files(tmp_path, cli):
     nocol = tmp_path / "nocol.parquet"
     _rewrite(good, nocol, table_fn=lambda t: t.drop_columns(["seq_id"]))
     assert_one_line_error(cli("info", nocol), 2, "nocol.parquet", "column 'seq_id' is missing")
+
+    badfinal = tmp_path / "final.parquet"  # the footer's moeplace.extra (facts known at the close) must be JSON
+    t = pq.read_table(good)
+    with pq.ParquetWriter(badfinal, t.schema) as w:
+        w.write_table(t)
+        w.add_key_value_metadata({"moeplace.extra": "[1, 2"})
+    assert_one_line_error(cli("info", badfinal), 2, "final.parquet", "'moeplace.extra' is not valid JSON")
 
     badlayers = tmp_path / "ml.parquet"
     _rewrite(good, badlayers, meta={**md, "num_layers": "four"})

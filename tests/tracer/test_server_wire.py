@@ -8,7 +8,9 @@ Sources (docs/server-trace.md has the full list):
 - SGLang 0.5.23: sglang/srt/managers/detokenizer_manager.py ``_b64_encode_per_request`` (base64 of int32
   ``tobytes()``, no shape), sglang/srt/entrypoints/openai/serving_completions.py (``sglext.routed_experts`` of
   the first prompt), sglang/srt/state_capturer/base.py ``get_topk`` (rows ``[start_len, seqlen - 1)``).
-- TensorRT-LLM main: tensorrt_llm/serve/openai_protocol.py (``extra="forbid"``, no routed-experts field).
+- TensorRT-LLM (NVIDIA/TensorRT-LLM main branch, no release; the commits placer/tracer/engines/trtllm.py and
+  docs/server-trace.md name): tensorrt_llm/serve/openai_protocol.py at commit 0076e939 (``extra="forbid"``, no
+  routed-experts field).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,14 +14,16 @@ import pyarrow.parquet as pq
 
 from placer.core.errors import InputError, first_line
 from placer.core.trace.schema import (
+    FINAL_EXTRA_KEY,
     META_KEY,
     OPTIONAL_COLUMNS,
     PHASES,
+    READABLE_VERSIONS,
     REQUIRED_COLUMNS,
-    SCHEMA_VERSION,
     RoutingBatch,
     TraceMeta,
     routing_problem,
+    uniform_weights,
 )
 
 DEFAULT_BATCH = 65536
@@ -65,11 +68,22 @@ class TraceReader:
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise InputError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
         self.meta = self._validate_schema(schema)
+        final = (self._pf.metadata.metadata or {}).get(FINAL_EXTRA_KEY)
+        if final is not None:  # facts the writer learned at the end (TraceWriter.close(final_extra=...))
+            try:
+                more = json.loads(final)
+            except ValueError as exc:
+                raise InputError(f"{self.path}: metadata '{FINAL_EXTRA_KEY.decode()}' is not valid JSON ({exc})") from None
+            if not isinstance(more, dict):
+                raise InputError(f"{self.path}: metadata '{FINAL_EXTRA_KEY.decode()}' must be a JSON object, "
+                                 f"got {type(more).__name__}")
+            self.meta = dataclasses.replace(self.meta, extra={**self.meta.extra, **more})
         self.num_tokens = int(self._pf.metadata.num_rows)
         if self.num_tokens == 0:
             raise InputError(f"{self.path}: the trace has no tokens")
         names = set(schema.names)
         self.has_present = "present" in names
+        self.has_weights = "weights" in names  # without: the source gave no gate weights, read as 1/K
         self.has_token_id = "token_id" in names
         self.has_domain = "domain" in names
 
@@ -87,10 +101,9 @@ class TraceReader:
         if not isinstance(d, dict):
             raise InputError(f"{p}: metadata 'moeplace' must be a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise InputError(
-                f"{p}: metadata schema_version is {version!r}; this moeplace reads version {SCHEMA_VERSION}"
-            )
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise InputError(f"{p}: metadata schema_version is {version!r}; this moeplace reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
         for key in ("num_layers", "num_experts", "top_k"):
             if key not in d:
                 raise InputError(f"{p}: metadata field '{key}' is missing")
@@ -101,7 +114,7 @@ class TraceReader:
         except (TypeError, ValueError) as exc:
             raise InputError(f"{p}: metadata: {exc}") from None
         names = schema.names
-        for col in REQUIRED_COLUMNS:
+        for col in REQUIRED_COLUMNS + (("weights",) if version == 1 else ()):
             if col not in names:
                 raise InputError(f"{p}: column '{col}' is missing (columns: {', '.join(names)})")
         L, E, K = meta.shape
@@ -166,7 +179,8 @@ class TraceReader:
         """Yield ``RoutingBatch``es of at most ``batch_size`` whole tokens, holding only ``fields``.
 
         ``fields`` is any of: experts, weights, present, seq, position, phase, token, domain. Asking for
-        ``present`` from a trace without missing rows gives ``present_TL=None`` (all present).
+        ``present`` from a trace without missing rows gives ``present_TL=None`` (all present); asking for
+        ``weights`` from a trace without that column gives 1/K, as a version-1 file stores absent weights.
         ``row_groups``: read only these row groups (a shard of the file; default: all).
         """
         fields = tuple(fields)
@@ -197,6 +211,8 @@ class TraceReader:
                     b.experts_TLK = _flat_numpy(cols["experts"]).reshape(n, L, K)
                 if "weights" in cols:
                     b.weights_TLK = _flat_numpy(cols["weights"]).astype(np.float32).reshape(n, L, K)
+                elif "weights" in fields:
+                    b.weights_TLK = uniform_weights(n, L, K)
                 if "present" in cols:
                     present = _flat_numpy(cols["present"]).astype(bool).reshape(n, L)
                     b.present_TL = None if present.all() else present

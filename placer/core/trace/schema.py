@@ -10,11 +10,13 @@ See ``docs/trace-format.md`` for the full description. In short:
 | token_id    | int32 (nullable, optional column)          | vocabulary id of the token, when known           |
 | domain      | int16 (optional column)                    | workload domain (synthetic traces, imports)      |
 | experts     | fixed_size_list<uint8/16/32>[L*K]          | chosen expert ids, layer-major, rank order       |
-| weights     | fixed_size_list<float16>[L*K]              | their gate weights, same order                   |
+| weights     | fixed_size_list<float16>[L*K] (optional since schema version 2) | their gate weights, same order |
 | present     | fixed_size_list<bool>[L] (optional column) | False where the token has no routing at a layer  |
 
 Where ``present`` is False the layer's ``experts``/``weights`` entries are written as 0 and must be ignored.
-The file's schema metadata holds ``TraceMeta`` as JSON under the key ``moeplace``.
+A trace without ``weights`` (schema version 2: the source returned no gate weights) reads as weights 1/K,
+the values a version-1 file stores in that case. The file's schema metadata holds ``TraceMeta`` as JSON under
+the key ``moeplace``.
 
 Why one row per token: every per-token quantity moeplace needs (transitions between layers, dispatch
 fan-out, hops) reads a token's routing across all layers at once. With one row per token, any batch of
@@ -34,14 +36,30 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# Version 2 lets the weights column be left out (no gate weights known); a writer stamps the lowest version
+# that describes its file (1 when it has the weights column), so that older readers read every file they can.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_KEY = b"moeplace"
+# Parquet key-value metadata of facts known only when the file is closed (a JSON object merged into
+# ``TraceMeta.extra`` on reading): the Arrow schema's metadata is fixed when the writer opens.
+FINAL_EXTRA_KEY = b"moeplace.extra"
 PHASES = ("prefill", "decode")
 PHASE_PREFILL = 0
 PHASE_DECODE = 1
 
-REQUIRED_COLUMNS = ("seq_id", "position", "phase", "experts", "weights")
-OPTIONAL_COLUMNS = ("token_id", "domain", "present")
+REQUIRED_COLUMNS = ("seq_id", "position", "phase", "experts")  # and "weights" in a version-1 file
+OPTIONAL_COLUMNS = ("token_id", "domain", "weights", "present")
+
+
+def file_version(with_weights: bool) -> int:
+    """The schema version a writer stamps: 1 with the weights column, 2 without it."""
+    return 1 if with_weights else 2
+
+
+def uniform_weights(n: int, num_layers: int, top_k: int) -> np.ndarray:
+    """[n, L, K] float32 gate weights 1/K as a file stores them (float16), for traces without weights."""
+    return np.full((n, num_layers, top_k), np.float32(np.float16(1.0 / top_k)), dtype=np.float32)
 
 
 def _now_iso() -> str:
@@ -169,11 +187,15 @@ def routing_problem(b: RoutingBatch, num_experts: int) -> tuple[str, int, str] |
     writer both check batches with it."""
     ex = b.experts_TLK
     pres = None if b.present_TL is None else b.present_TL[:, :, None]
+    # An unsigned type whose largest value is below E (uint8 for 256 experts) cannot hold a bad id.
+    unsigned_fits = np.issubdtype(ex.dtype, np.unsignedinteger) and np.iinfo(ex.dtype).max < num_experts
     if ex.size:
-        bad = (ex >= num_experts) | (ex < 0) if np.issubdtype(ex.dtype, np.signedinteger) else (ex >= num_experts)
-        if pres is not None:
-            bad &= pres
-        if bad.any():
+        bad = None
+        if not unsigned_fits:
+            bad = (ex >= num_experts) | (ex < 0) if np.issubdtype(ex.dtype, np.signedinteger) else (ex >= num_experts)
+            if pres is not None:
+                bad &= pres
+        if bad is not None and bad.any():
             t, l, k = (int(i[0]) for i in np.nonzero(bad))
             return "experts", t, (f"layer {l}, rank {k} holds expert id {int(ex[t, l, k])}, "
                                   f"outside [0, {num_experts})")
@@ -219,8 +241,10 @@ def _repeated(ids: np.ndarray) -> int:
     return int(vals[counts > 1][0])
 
 
-def arrow_schema(meta: TraceMeta, with_token_id: bool, with_domain: bool, with_present: bool) -> pa.Schema:
-    """The Arrow schema of a trace with the given metadata and optional columns."""
+def arrow_schema(meta: TraceMeta, with_token_id: bool, with_domain: bool, with_present: bool,
+                 with_weights: bool = True) -> pa.Schema:
+    """The Arrow schema of a trace with the given metadata and optional columns (the metadata stored as given:
+    ``TraceWriter`` stamps ``schema_version`` with ``file_version``)."""
     L, _, K = meta.shape
     id_type = pa.from_numpy_dtype(meta.id_dtype)
     fields = [
@@ -233,7 +257,9 @@ def arrow_schema(meta: TraceMeta, with_token_id: bool, with_domain: bool, with_p
     if with_domain:
         fields.append(pa.field("domain", pa.int16(), nullable=False))
     fields.append(pa.field("experts", pa.list_(pa.field("item", id_type, nullable=False), L * K), nullable=False))
-    fields.append(pa.field("weights", pa.list_(pa.field("item", pa.float16(), nullable=False), L * K), nullable=False))
+    if with_weights:
+        fields.append(pa.field("weights", pa.list_(pa.field("item", pa.float16(), nullable=False), L * K),
+                               nullable=False))
     if with_present:
         fields.append(pa.field("present", pa.list_(pa.field("item", pa.bool_(), nullable=False), L), nullable=False))
     return pa.schema(fields, metadata={META_KEY: meta.to_json().encode()})

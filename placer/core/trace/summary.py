@@ -53,4 +53,5 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "tokens_with_missing_layers": tokens_missing,
         "missing_per_layer": missing_per_layer.tolist(),
         "row_groups": r._pf.metadata.num_row_groups,
+        "gate_weights": "stored" if r.has_weights else "absent (read as 1/K)",
     }

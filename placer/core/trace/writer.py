@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -12,20 +14,56 @@ import pyarrow.parquet as pq
 
 from placer.core.errors import MoeplaceError, InputError
 from placer.core.fileio import prepare_output, replace_atomic, temp_beside
-from placer.core.trace.schema import RoutingBatch, TraceMeta, arrow_schema, routing_problem
+from placer.core.trace.schema import (
+    FINAL_EXTRA_KEY, RoutingBatch, TraceMeta, arrow_schema, file_version, routing_problem,
+)
 
 DEFAULT_ROW_GROUP = 65536
 
 
-def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), width)
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A flat NumPy array as an Arrow array without a copy (booleans are packed to bits). ``pa.array`` would do
+    the same but first imports pandas to check for a Series: about a second, once, in a run that may last two."""
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("=")).reshape(-1)
+    if values.dtype == np.bool_:
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _fixed_list(values: np.ndarray, list_type: pa.DataType) -> pa.FixedSizeListArray:
+    # The schema's own list type (values not nullable): a batch of another type would be cast, and the cast
+    # imports pyarrow.compute (a fifth of a second) on first use.
+    return pa.FixedSizeListArray.from_arrays(_arrow(values), type=list_type)
+
+
+def _leaf(f: pa.Field) -> str:
+    """The Parquet column path of an Arrow field (a list's values sit at ``name.list.element``)."""
+    return f"{f.name}.list.element" if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) else f.name
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """How the columns are encoded (the schema, and so every reader, is the same either way).
+
+    - Dictionary encoding for every column but ``weights``: expert ids take 8-9 bits per value as dictionary
+      indices against 32 bits (Parquet stores uint8/uint16 as INT32) plain, which halves their size and is
+      faster too; float16 gate weights gain nothing from a dictionary (random ones take the same space,
+      constant ones compress to nothing plain) and hashing every value costs about a third of the write.
+    - Min/max statistics only for the per-token scalar columns: nothing reads those of the list columns, and
+      computing them per value (float16's especially) cost up to half of the write.
+    See BENCHMARKS.md (trace writer options) for the measurements.
+    """
+    lists = {"experts", "weights", "present"}
+    return {"use_dictionary": [_leaf(f) for f in schema if f.name != "weights"],
+            "write_statistics": [f.name for f in schema if f.name not in lists]}
 
 
 class TraceWriter:
     """Write a trace batch by batch; use as a context manager.
 
-    The optional columns (``token_id``, ``domain``, ``present``) are chosen when the writer is opened, since
-    a Parquet schema is fixed for the whole file. Batches are buffered up to ``row_group_size`` tokens so
+    The optional columns (``token_id``, ``domain``, ``present``, ``weights``) are chosen when the writer is
+    opened, since a Parquet schema is fixed for the whole file. ``with_weights=False`` leaves the gate weights
+    out (the source has none; schema version 2, read back as 1/K), which saves about 40 % of the Parquet
+    encoding of a wide model; with it, batches without weights store 1/K. Batches are buffered up to ``row_group_size`` tokens so
     that small batches (a tracer's forward passes) still make row groups of a useful size.
 
     The file appears at ``path`` only when the block ends without an exception and at least one token was
@@ -40,18 +78,22 @@ class TraceWriter:
         with_token_id: bool = False,
         with_domain: bool = False,
         with_present: bool = False,
+        with_weights: bool = True,
         row_group_size: int = DEFAULT_ROW_GROUP,
         compression: str = "zstd",
     ) -> None:
         self.path = prepare_output(path)
-        self.meta = meta
+        self.meta = dataclasses.replace(meta, schema_version=file_version(with_weights))
         self.with_token_id = with_token_id
         self.with_domain = with_domain
         self.with_present = with_present
+        self.with_weights = with_weights
         self.row_group_size = int(row_group_size)
-        self.schema = arrow_schema(meta, with_token_id, with_domain, with_present)
+        self.schema = arrow_schema(self.meta, with_token_id, with_domain, with_present, with_weights)
+        self._type = {f.name: f.type for f in self.schema}
         self._tmp = temp_beside(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression, **parquet_options(self.schema))
+        self._const_weights: pa.FixedSizeListArray | None = None  # 1/K, built once for batches without weights
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.tokens_written = 0
@@ -84,20 +126,25 @@ class TraceWriter:
             col, t, what = problem
             raise InputError(f"{self.path}: cannot write token {self.tokens_written + t}: column '{col}': {what}")
         cols: dict[str, pa.Array] = {
-            "seq_id": pa.array(_or_default(batch.seq_T, n, np.int64, self.tokens_written), pa.int64()),
-            "position": pa.array(_or_default(batch.position_T, n, np.int32, 0), pa.int32()),
-            "phase": pa.array(_or_default(batch.phase_T, n, np.int8, 0), pa.int8()),
+            "seq_id": _arrow(_or_default(batch.seq_T, n, np.int64, self.tokens_written)),
+            "position": _arrow(_or_default(batch.position_T, n, np.int32, 0)),
+            "phase": _arrow(_or_default(batch.phase_T, n, np.int8, 0)),
         }
         if self.with_token_id:
             tok = batch.token_T
-            cols["token_id"] = pa.array(tok.astype(np.int32), pa.int32()) if tok is not None else pa.nulls(n, pa.int32())
+            cols["token_id"] = _arrow(tok.astype(np.int32, copy=False)) if tok is not None else pa.nulls(n, pa.int32())
         if self.with_domain:
-            cols["domain"] = pa.array(_or_default(batch.domain_T, n, np.int16, 0), pa.int16())
-        cols["experts"] = _fixed_list(experts.astype(self.meta.id_dtype, copy=False), L * K)
-        weights = batch.weights_TLK if batch.weights_TLK is not None else np.full((n, L, K), 1.0 / K)
-        cols["weights"] = _fixed_list(weights.astype(np.float16), L * K)
+            cols["domain"] = _arrow(_or_default(batch.domain_T, n, np.int16, 0))
+        cols["experts"] = _fixed_list(experts.astype(self.meta.id_dtype, copy=False), self._type["experts"])
+        if not self.with_weights:
+            if batch.weights_TLK is not None:
+                raise MoeplaceError(f"{self.path}: batch has gate weights but the writer was opened without 'weights'")
+        elif batch.weights_TLK is not None:
+            cols["weights"] = _fixed_list(batch.weights_TLK.astype(np.float16, copy=False), self._type["weights"])
+        else:
+            cols["weights"] = self._uniform_weights(n)
         if self.with_present:
-            cols["present"] = _fixed_list(batch.present_or_ones().astype(bool), L)
+            cols["present"] = _fixed_list(batch.present_or_ones().astype(bool, copy=False), self._type["present"])
         elif batch.present_TL is not None and not batch.present_TL.all():
             raise MoeplaceError(f"{self.path}: batch has missing layers but the writer was opened without 'present'")
         rb = pa.RecordBatch.from_arrays([cols[f.name] for f in self.schema], schema=self.schema)
@@ -107,6 +154,14 @@ class TraceWriter:
         if self._pending_rows >= self.row_group_size:
             self._flush()
 
+    def _uniform_weights(self, n: int) -> pa.FixedSizeListArray:
+        """``n`` rows of gate weights 1/K (weights absent), sliced from one array built once per writer."""
+        if self._const_weights is None or len(self._const_weights) < n:
+            L, _, K = self.meta.shape
+            rows = max(n, min(self.row_group_size, 65536))
+            self._const_weights = _fixed_list(np.full(rows * L * K, 1.0 / K, dtype=np.float16), self._type["weights"])
+        return self._const_weights.slice(0, n)
+
     def _flush(self) -> None:
         if not self._pending:
             return
@@ -115,12 +170,20 @@ class TraceWriter:
         self._pending.clear()
         self._pending_rows = 0
 
-    def close(self) -> Path:
-        """Flush, close and move the file into place; refuses an empty trace."""
+    def close(self, final_extra: dict | None = None) -> Path:
+        """Flush, close and move the file into place; refuses an empty trace.
+
+        ``final_extra``: facts known only at the end (a server trace's failed requests), JSON-able. The schema's
+        metadata was written when the file was opened, so they go to the Parquet key ``moeplace.extra``, which
+        the reader merges into ``meta.extra`` (``self.meta`` gets them too).
+        """
         if self._closed:
             return self.path
         try:
             self._flush()
+            if final_extra:
+                self._writer.add_key_value_metadata({FINAL_EXTRA_KEY.decode(): json.dumps(final_extra, sort_keys=True)})
+                self.meta = dataclasses.replace(self.meta, extra={**self.meta.extra, **final_extra})
             self._writer.close()
         except BaseException:
             self.abort()

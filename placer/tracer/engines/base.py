@@ -140,9 +140,15 @@ def int_field(obj: Any, key: str, where: str) -> int:
 
 def id_list(value: Any) -> np.ndarray | None:
     """A JSON list of token ids as int64, or None when absent or not a flat list of integers."""
-    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+    if not isinstance(value, list):
         return None
-    return np.asarray(value, dtype=np.int64)
+    if not value:
+        return np.zeros(0, dtype=np.int64)
+    try:  # one C pass; a per-element isinstance() check cost more than decoding the routing
+        arr = np.asarray(value)
+    except (ValueError, OverflowError):  # ragged nesting
+        return None
+    return arr if arr.ndim == 1 and arr.dtype == np.int64 else None  # not bools, floats, strings, nested, >int64
 
 
 def token_ids(prompt_ids: np.ndarray | None, output_ids: np.ndarray | None) -> np.ndarray | None:

@@ -11,8 +11,8 @@ engine modules ``vllm.py``, ``sglang.py``, ``trtllm.py`` cite the release and fi
 - SGLang 0.5.23: ``sglext.routed_experts`` = base64 of flat int32 without a shape, only when the server has the
   flag *and* the request says ``"return_routed_experts": true``; no ``sglext`` key otherwise; errors
   ``{"object": "error", "message", "type", "param", "code"}``; ``max_tokens`` must be positive.
-- TensorRT-LLM (main, tensorrt_llm/serve/openai_protocol.py): unknown request fields are forbidden, so a request
-  with ``return_routed_experts`` is HTTP 400; nothing on the wire carries routing.
+- TensorRT-LLM (main branch, tensorrt_llm/serve/openai_protocol.py at commit 0076e939): unknown request fields
+  are forbidden, so a request with ``return_routed_experts`` is HTTP 400; nothing on the wire carries routing.
 
 A fake "model": a prompt's tokens are its whitespace-separated words; it generates ``max_tokens`` tokens
 (fewer when the prompt holds ``<eos:N>``). Routing is drawn from the prompt's CRC (K distinct experts per token
