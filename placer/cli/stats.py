@@ -176,7 +176,7 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
     # Step 3: count, read, add up.
     parts = []
     if traces and engine is not None:
-        from placer.cli import state
+        from placer.cli.common import state
         from placer.scale import distributed_stats
 
         parts.append(distributed_stats(traces, engine=engine, address=address, workers=workers, by=split,
