@@ -63,7 +63,7 @@ def _ints(value: Any, where: str, name: str) -> np.ndarray:
 
 
 def _torch_records(path: Path) -> Iterator[tuple[str, Routed | None]]:
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

@@ -6,11 +6,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
+from rich.table import Table
 
 from placer.cli._options import (GPUS_HELP, LOAD_HELP, NODES_HELP, ROBUST_HELP, SCENARIOS_HELP, STATS_HELP,
                                  TOPOLOGY_HELP, check_solver)
 from placer.cli.common import UsageError, console, kv_table, print_json
+from placer.core.fileio import prepare_output
 from placer.core.mode import TrafficMode
 
 
@@ -71,11 +74,8 @@ def solve(
     the inputs are workloads the placement must all serve (docs/robust.md): auto minimises the worst (or mean)
     scenario, each per token; other solvers are given their sum; the summary shows every scenario.
     """
-    # Imported on use: the cost model and the solvers load numba and OR-Tools (placer/cli/__init__.py).
-    import numpy as np
-
+    # lazy: these load the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
     from placer.core.cost import evaluate_load
-    from placer.core.fileio import prepare_output
     from placer.core.placement_io import save_placement
     from placer.inputs import problem_from_stats, resolve_topology
     from placer.scenarios import holdout_check as leave_one_out, read_scenarios, sampling_note, scenario_problems
@@ -166,7 +166,7 @@ def solve(
 
 def _scenario_options(scenarios: str | None, robust: str | None, holdout: bool):
     """The parsed --scenarios, after checking --robust and --holdout-check against it."""
-    from placer.scenarios import ScenarioSpec
+    from placer.scenarios import ScenarioSpec  # lazy: loads the solvers; kept out of --help
 
     if scenarios is None:
         for flag, given in (("--robust", robust is not None), ("--holdout-check", holdout)):
@@ -180,8 +180,6 @@ def _scenario_options(scenarios: str | None, robust: str | None, holdout: bool):
 
 def _scenario_table(fig: dict, held: dict | None):
     """One row per scenario (and the worst and the mean): objective per token, balance, leave-one-out."""
-    from rich.table import Table
-
     t = Table(title=f"scenarios (robust: {fig['aggregate']}; figures per token)", title_justify="left")
     cols = ["scenario", "tokens", "objective/token", "max/mean", "worst layer"]
     if held is not None:
@@ -208,7 +206,7 @@ def _scenario_table(fig: dict, held: dict | None):
 def solver_params(spec, **given: object) -> dict:
     """``SolveOptions.params`` from the command line's solver options; an option the solver does not take (its
     registration's ``params``) is a usage error naming the solvers that do."""
-    from solvers import specs
+    from solvers import specs  # lazy: loads the solvers; kept out of --help
 
     params = {}
     for name, value in given.items():

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from placer.core.errors import MoeplaceError
 from placer.core.mode import TrafficMode
@@ -39,8 +40,6 @@ class DistComm:
         self.where = ""
 
     def exchange(self, ex: TExchange, buf: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         send = pack(ex, buf)
         counts = torch.tensor(ex.send_splits, dtype=torch.int64, device=self.device)
         got = torch.empty_like(counts)
@@ -77,8 +76,6 @@ def run_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayC
 
     ``progress(run)`` is called after each step (of every placement); ``progress(-1)`` once the group is
     joined."""
-    import torch.distributed as dist
-
     device = device_for(backend, rank if local_rank is None else local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -94,8 +91,6 @@ def run_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayC
 
 
 def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, progress: Progress) -> list[dict] | None:
-    import torch.distributed as dist
-
     if world != cfg.world_size:
         raise MoeplaceError(f"rank {rank}: the process group has {world} ranks, the placements {cfg.world_size} GPUs")
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
