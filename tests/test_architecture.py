@@ -131,3 +131,20 @@ def test_the_command_line_loads_no_heavy_module_for_help():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert out.strip() == "[]", f"importing the command line loads {out.strip()}"
+
+
+def test_every_per_mode_table_has_every_traffic_mode():
+    """A traffic mode is data in ``TRAFFIC_MODELS`` and one entry in each table of per-mode code
+    (docs/architecture.md, "A traffic mode"): a new ``TrafficMode`` member missing from one fails here."""
+    from placer.core import cost
+    from placer.core.mode import TRAFFIC_MODELS, TrafficMode
+    from placer.core.objective import TRAFFIC_QUANTITIES
+    from placer.replay import plan
+    from solvers import assignment, instance
+
+    tables = {"TRAFFIC_MODELS": TRAFFIC_MODELS, "TRAFFIC_QUANTITIES": TRAFFIC_QUANTITIES,
+              "cost._LAYER_COUNTS": cost._LAYER_COUNTS, "cost._TOTAL_COUNTS": cost._TOTAL_COUNTS,
+              "cost._JSON_FIELDS": cost._JSON_FIELDS, "instance._TRAFFIC_COUNTS": instance._TRAFFIC_COUNTS,
+              "assignment.TRAFFIC_TERMS": assignment.TRAFFIC_TERMS, "plan._ROUTES": plan._ROUTES}
+    for name, table in tables.items():
+        assert set(table) == set(TrafficMode), f"{name} has {sorted(table)}, not every TrafficMode"

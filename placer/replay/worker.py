@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from placer.core.errors import MoeplaceError
-from placer.core.mode import TrafficMode
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
 from placer.replay.experts import DTYPES, ExpertCache
@@ -124,7 +123,7 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
         if cfg.fail_rank == rank and ci == 0 and ps.measured and i == 0:
             _inject_failure(cfg, rank)
         dist.barrier()
-        out, times = _step(cfg.cases[ci].mode, L, exch, comp, experts[ci], buf, comm, timer)
+        out, times = _step(L, exch, comp, experts[ci], buf, comm, timer)
         if ps.measured:
             for k in ("dispatch_ms", "compute_ms", "combine_ms"):
                 m[k][i] = times[k]
@@ -153,9 +152,10 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
     return results if rank == 0 else None
 
 
-def _step(mode: TrafficMode, L: int, exch: dict, comp: list[TCompute], experts_L: list, buf: torch.Tensor,
-          comm: DistComm, timer: Timer) -> tuple[torch.Tensor, dict]:
-    """One step of this rank through every layer; returns the final home rows and the phase times."""
+def _step(L: int, exch: dict, comp: list[TCompute], experts_L: list, buf: torch.Tensor, comm: DistComm,
+          timer: Timer) -> tuple[torch.Tensor, dict]:
+    """One step of this rank through every layer, running the exchanges its plan has (``exch``: by layer and
+    phase); returns the final home rows and the phase times."""
     timer.reset()
     marks = {"start": timer.mark()}
     for l in range(L):
@@ -164,11 +164,11 @@ def _step(mode: TrafficMode, L: int, exch: dict, comp: list[TCompute], experts_L
         marks[(l, "dispatch")] = timer.mark()
         buf = compute(comp[l], x, experts_L[l])
         marks[(l, "compute")] = timer.mark()
-        if mode is TrafficMode.EP:
+        if (l, "combine") in exch:  # ep: the partial sums back home
             comm.where = f"layer {l} combine"
             buf = comm.exchange(exch[(l, "combine")], buf)
         marks[(l, "combine")] = timer.mark()
-    if mode is TrafficMode.COHERENT:
+    if (-1, "return") in exch:  # coherent: home after the last layer
         comm.where = "return home"
         buf = comm.exchange(exch[(-1, "return")], buf)
     marks["end"] = timer.mark()
