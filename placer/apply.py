@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from safetensors import safe_open
 
 from placer.core.errors import InputError
-from placer.core.fileio import output_folder, read_model_config
+from placer.core.fileio import output_folder, read_model_config, write_json_atomic
 from placer.core.placement import Placement
+from placer.export.layers import layer_ranges
+from placer.progress import progress_bar
 
 PROVENANCE = "moeplace-apply.json"
 # Other copies of the weights (a .bin export, a consolidated file) would keep the old numbering: left out.
@@ -141,8 +144,6 @@ def _shards(model: Path) -> list[str]:
 
 def read_checkpoint(model: str | os.PathLike) -> Checkpoint:
     """Find the family, the shards and every MoE layer's expert-indexed tensors (names and shapes only)."""
-    from safetensors import safe_open
-
     model = Path(model)
     cfg = _read_config(model)
     model_type = str(cfg.get("model_type", ""))
@@ -253,8 +254,6 @@ def check_applicable(p: Placement, ck: Checkpoint, where: str = "placement") -> 
 
 
 def _short(idx) -> str:
-    from placer.export.layers import layer_ranges
-
     return layer_ranges(list(idx))
 
 
@@ -272,6 +271,7 @@ def _check_output(model: Path, out: Path, force: bool) -> None:
 # -- rewriting -----------------------------------------------------------------------------------------------------
 def _take_rows(t, perm: np.ndarray):
     """``t[perm]`` along the first dimension, byte-exact for every dtype (fp8 and other exotic ones included)."""
+    # lazy: torch takes seconds to import
     import torch
 
     E = t.shape[0]
@@ -311,11 +311,8 @@ def _plan(ck: Checkpoint, p: Placement) -> tuple[dict[str, str], dict[str, np.nd
 def apply_placement(p: Placement, model: str | os.PathLike, out: str | os.PathLike, *, force: bool = False,
                     placement_source: str | None = None, progress: bool = True) -> ApplyReport:
     """Write a copy of checkpoint ``model`` at ``out`` whose expert e of MoE layer l is old expert phy2log[l, e]."""
-    from safetensors import safe_open
+    # lazy: safetensors.torch imports torch
     from safetensors.torch import save_file
-
-    from placer.core.fileio import write_json_atomic
-    from placer.progress import progress_bar
 
     model, out = Path(model), Path(out)
     ck = read_checkpoint(model)

@@ -17,6 +17,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from placer.cli.info import info
+from placer.cli.main import run as run_command
+from placer.cli.stats import report
 from placer.core.errors import MoeplaceError
 from placer.core.fileio import output_folder, write_json_atomic
 from placer.core.mode import TrafficMode
@@ -69,15 +72,11 @@ def step_trace(ctx: DemoContext) -> None:
 
 def step_info(ctx: DemoContext) -> None:
     """The trace's summary, as `moeplace info` prints it."""
-    from placer.cli.info import info
-
     info(ctx.files["trace"], as_json=False)
 
 
 def step_stats(ctx: DemoContext) -> None:
     """Routing statistics of the trace: summary, stats file, routing graph and heatmaps."""
-    from placer.cli.stats import report
-
     stats = stats_from_traces(ctx.files["trace"], by="phase")
     ctx.files["stats"] = ctx.out / "stats.npz"
     ctx.files["graph"] = ctx.out / "routing.graphml"
@@ -91,11 +90,9 @@ DEMO_BASELINES = (("greedy", ()), ("eplb", ("--redundant", str(DEMO_GPUS))), ("r
 def _moeplace(*args: object, capture: bool = False) -> str:
     """Run a moeplace command in this process (its standard output returned if ``capture``); a failure
     stops the demo with its message."""
-    from placer.cli.main import run
-
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
-        code = run(["-q", *map(str, args)])
+        code = run_command(["-q", *map(str, args)])
     if code != 0:
         raise MoeplaceError(f"demo: `moeplace {' '.join(map(str, args))}` failed with exit code {code}")
     return buf.getvalue()

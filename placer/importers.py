@@ -28,6 +28,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
 
 from placer.core.errors import InputError, first_line
 from placer.core.fileio import require_file
@@ -74,17 +77,11 @@ def _read_table(path: Path) -> pa.Table:
     suffix = "".join(path.suffixes[-2:]).lower()
     try:
         if suffix.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz")):
-            import pyarrow.json as pj
-
             return pj.read_json(path)
         if suffix.endswith((".csv", ".csv.gz", ".tsv")):
-            import pyarrow.csv as pc
-
             parse = pc.ParseOptions(delimiter="\t") if suffix.endswith(".tsv") else None
             return pc.read_csv(path, parse_options=parse)
         if suffix.endswith((".parquet", ".pq")):
-            import pyarrow.parquet as pq
-
             return pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         msg = first_line(exc)
@@ -334,6 +331,7 @@ def import_sglang_per_token(
     paths: Sequence[str | Path], num_experts: int | None = None, model_name: str = "unknown"
 ) -> tuple[TraceMeta, RoutingBatch, ImportReport]:
     """Read SGLang ``per_token`` expert-distribution dumps (``.pt``) into one in-memory batch."""
+    # lazy: torch takes seconds to import
     import torch
 
     records = []

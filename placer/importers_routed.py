@@ -115,7 +115,7 @@ def _numpy_globals() -> dict[str, Any]:
 
 def _load_torch(path: Path, engine) -> Any:
     """``torch.load(weights_only=True)`` of plain records, or of the stack's output objects as ``_Foreign``."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

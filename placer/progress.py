@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 stderr_console = Console(stderr=True)
 
@@ -31,7 +32,6 @@ class _Rate(TextColumn):
         super().__init__("")
 
     def render(self, task):  # type: ignore[override]
-        from rich.text import Text
 
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "it")

@@ -9,7 +9,7 @@ GPUs and nodes of every token-layer (``ep``) or the pair hops between adjacent l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numba import njit
@@ -111,16 +111,30 @@ def coherent_pair(inst: Instance, l: int, gpu_a: np.ndarray, gpu_b: np.ndarray) 
     return hops, nhops
 
 
+def ep_traffic(inst: Instance, gpu_LP: np.ndarray) -> np.ndarray:
+    """ep: [L, 2] distinct GPUs and nodes of each layer's token-layers (``ep_layer``)."""
+    return np.array([ep_layer(inst, l, gpu_LP[l]) for l in range(inst.L)]).reshape(inst.L, 2)
+
+
+def coherent_traffic(inst: Instance, gpu_LP: np.ndarray) -> np.ndarray:
+    """coherent: [L-1, 2] pair hops and cross-node pair hops of each transition l -> l+1 (``coherent_pair``)."""
+    return np.array([coherent_pair(inst, l, gpu_LP[l], gpu_LP[l + 1]) for l in range(inst.L - 1)]).reshape(-1, 2)
+
+
+# Each traffic model's counts of an assignment: [layers or transitions, 2] per GPU and per node.
+TRAFFIC_TERMS: dict[TrafficMode, Callable[[Instance, np.ndarray], np.ndarray]] = {
+    TrafficMode.EP: ep_traffic,
+    TrafficMode.COHERENT: coherent_traffic,
+}
+
+
 def terms(inst: Instance, gpu_LP: np.ndarray) -> Terms:
     L = inst.L
     maxload = np.array([layer_loads(inst, l, gpu_LP[l]).max() for l in range(L)])
     if not inst.traffic:
         gpus, nodes = np.zeros(L), np.zeros(L)
-    elif inst.mode is TrafficMode.EP:
-        gn = np.array([ep_layer(inst, l, gpu_LP[l]) for l in range(L)]).reshape(L, 2)
-        gpus, nodes = gn[:, 0], gn[:, 1]
     else:
-        gn = np.array([coherent_pair(inst, l, gpu_LP[l], gpu_LP[l + 1]) for l in range(L - 1)]).reshape(-1, 2)
+        gn = TRAFFIC_TERMS[inst.mode](inst, gpu_LP)
         gpus, nodes = gn[:, 0], gn[:, 1]
     return Terms(gpus, nodes, maxload, inst.value(gpus.sum(), nodes.sum(), maxload.sum()))
 

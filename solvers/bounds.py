@@ -13,6 +13,7 @@ from ortools.graph.python import min_cost_flow
 
 from placer.core.mode import TrafficMode
 from solvers.instance import Instance
+from solvers.layout import replicate_hottest
 
 
 def bmatching_ub(W: np.ndarray, cap_left: int, cap_right: int) -> float:
@@ -91,7 +92,6 @@ def load_balance_bounds(load_LE: np.ndarray, num_gpus: int, slots_per_gpu: int) 
     lightest copies of any placement weigh at least the s - 1 smallest of those. Valid for every solver's
     placement, so the gaps of several solvers compare (``balance_lb``'s pairing and its lightest copies hold
     only for the copies an instance fixed)."""
-    from solvers.layout import replicate_hottest
 
     load_LE = np.asarray(load_LE, dtype=np.float64)
     L, E = load_LE.shape

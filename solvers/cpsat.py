@@ -88,7 +88,8 @@ def load_scale(load_LP: np.ndarray) -> int:
 
 def canonical(inst: Instance, gpu_LP: np.ndarray, per_layer: bool) -> np.ndarray:
     """Rename GPUs inside each node so that the smallest item of a GPU grows with the GPU (the symmetry
-    breaking of the model); per layer in ``ep`` mode, from layer 0 for all layers in ``coherent`` mode."""
+    breaking of the model); per layer where the layers decompose (``ep``), from layer 0 for all layers where
+    they are coupled (``coherent``)."""
     out = gpu_LP.copy()
     gpn = inst.G // inst.N
 
@@ -227,9 +228,10 @@ class CpsatModel:
                     for g in range(G):
                         model.add_at_most_one(on_gpu[l][i][g] for i in copies)
         # GPUs of a node are interchangeable: the smallest item on a GPU grows with the GPU (without copies,
-        # whose order would conflict); every layer in ep mode, layer 0 in coherent mode.
+        # whose order would conflict); in every layer where the layers decompose (ep), in the first where the
+        # traffic couples them (coherent: renaming one layer's GPUs alone would change its transitions).
         if not inst.redundant:
-            for l in (layers if inst.mode is TrafficMode.EP else layers[:1]):
+            for l in (layers if inst.mode.decomposes_by_layer else layers[:1]):
                 for g in range(1, G):
                     if g % gpn == 0:
                         continue
@@ -551,7 +553,7 @@ def run_cpsat(inst: Instance, hint_LP: np.ndarray, options: SolveOptions, time_s
         raise ValueError(f"cpsat: the model would have {size} boolean variables (layers {inst.L} x items "
                          f"{inst.P} x GPUs {inst.G} plus traffic indicators), more than {MAX_LITERALS}; "
                          f"use --solver auto, which decomposes large instances")
-    hint = canonical(inst, hint_LP, per_layer=inst.mode is TrafficMode.EP) if not inst.redundant else hint_LP.copy()
+    hint = canonical(inst, hint_LP, per_layer=inst.mode.decomposes_by_layer) if not inst.redundant else hint_LP.copy()
     gpu = hint.copy()
     blocks = [[l] for l in layers] if inst.decomposes else [layers]
     proven = True

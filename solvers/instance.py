@@ -163,8 +163,8 @@ class Instance:
 
     def scale(self) -> int:
         """An integer that makes every coefficient times an integer count an integer (for CP-SAT)."""
-        base = 10 ** WEIGHT_DECIMALS
-        return base * self.G * self.N if self.mode is TrafficMode.EP else base
+        model = self.mode.model  # ep weighs the remote share (n-1)/n of the GPUs and nodes
+        return 10 ** WEIGHT_DECIMALS * model.remote_denominator(self.G) * model.remote_denominator(self.N)
 
     # -- items -------------------------------------------------------------------------------------
     def prev_next_LP(self) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +305,8 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, copies_LE: 
     # Statistics are exact without copies, except ep with top-k > 2 (distinct GPUs need whole token sets). Load-only
     # statistics are exact with copies too: their objective is the even split of each expert's load among its
     # copies, which is what they are judged by (``evaluate --load``), so the balance bound and gap hold for them.
-    exact = from_paths or not traffic or (P == E and (mode is TrafficMode.COHERENT or K <= 2))
+    counts = _TRAFFIC_COUNTS[mode]
+    exact = from_paths or not traffic or (P == E and counts.exact_from_statistics(K))
     objective = Objective.weighted(mode, weights, G, N, traffic)
     inst = Instance(problem, objective, weights, max_imbalance, mode, cnt, base, item_expert, np.zeros((L, P)),
                     exact=exact, from_paths=from_paths, traffic=traffic)
@@ -314,42 +315,18 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, copies_LE: 
     if from_paths:
         T = paths.shape[0]
         present = None if problem.present_TL is None else np.asarray(problem.present_TL, dtype=bool)
-        prev_items = prev_rows = None
-        types, trans = [], np.zeros((max(L - 1, 0), P, P)) if mode is TrafficMode.COHERENT else None
+        layers = counts(inst, every_row=present is None)
         for l in range(L):
             rows = np.arange(T) if present is None else np.nonzero(present[:, l])[0]
             items = token_items(paths[rows, l, :], l, cnt, base, rows)
             inst.load_LP[l] = np.bincount(items.ravel(), minlength=P)
-            if mode is TrafficMode.EP:
-                types.append(layer_types(items))
-            elif l > 0:
-                if present is None:
-                    a, b = prev_items, items
-                else:
-                    keep_prev = np.isin(prev_rows, rows, assume_unique=True)
-                    keep_cur = np.isin(rows, prev_rows, assume_unique=True)
-                    a, b = prev_items[keep_prev], items[keep_cur]
-                flat = (a[:, :, None] * P + b[:, None, :]).ravel()
-                trans[l - 1] = np.bincount(flat, minlength=P * P).reshape(P, P)
-            prev_items, prev_rows = items, rows
-        if mode is TrafficMode.EP:
-            inst.types_L = types
-            inst.offset_L = np.zeros(L)
-        else:
-            inst.trans_LPP = trans
+            layers.add(l, items, rows)
+        layers.finish()
     else:
         inst.load_LP = problem.load_LE[np.arange(L)[:, None], item_expert] / cnt[np.arange(L)[:, None], item_expert]
         if inst.traffic:
             split = 1.0 / cnt[np.arange(L)[:, None], item_expert]  # [L, P]
-            if mode is TrafficMode.EP:
-                inst.types_L, inst.offset_L = _pair_types(problem, inst, split)
-            else:
-                tr = np.asarray(problem.trans_LEE, dtype=np.float64)
-                inst.trans_LPP = np.stack([
-                    tr[l][np.ix_(item_expert[l], item_expert[l + 1])] * split[l][:, None] * split[l + 1][None, :]
-                    for l in range(L - 1)]) if L > 1 else np.zeros((0, P, P))
-            if K > 2 and mode is TrafficMode.EP:
-                inst.extra["surrogate"] = "pairwise (K - co-located pairs), a lower bound on distinct GPUs"
+            counts.from_statistics(problem, inst, split)
     # Step 3: the balance cap, never below the LPT packing's largest load (so it is always feasible).
     inst.start_gpu_LP = lpt_start(inst.load_LP, item_expert, G)
     start_max = np.array([np.bincount(inst.start_gpu_LP[l], weights=inst.load_LP[l], minlength=G).max()
@@ -374,6 +351,79 @@ def build_instance(problem: PlacementProblem, options: SolveOptions, copies_LE: 
         if raised.size:
             inst.extra["cap_raised_to_lpt_layers"] = raised.tolist()
     return inst
+
+
+class _EpCounts:
+    """ep: each layer's token types (``Instance.types_L``, ``offset_L``), from the token paths layer by layer
+    (``add`` then ``finish``) or from the co-activation counts (``from_statistics``)."""
+
+    @staticmethod
+    def exact_from_statistics(top_k: int) -> bool:
+        """Co-activation pairs give a token-layer's distinct GPUs exactly for top-k <= 2 only."""
+        return top_k <= 2
+
+    def __init__(self, inst: Instance, every_row: bool) -> None:
+        self.inst, self.types = inst, []
+
+    def add(self, l: int, items: np.ndarray, rows: np.ndarray) -> None:
+        self.types.append(layer_types(items))
+
+    def finish(self) -> None:
+        self.inst.types_L = self.types
+        self.inst.offset_L = np.zeros(self.inst.L)
+
+    @staticmethod
+    def from_statistics(problem: PlacementProblem, inst: Instance, split_LP: np.ndarray) -> None:
+        inst.types_L, inst.offset_L = _pair_types(problem, inst, split_LP)
+        if inst.K > 2:
+            inst.extra["surrogate"] = "pairwise (K - co-located pairs), a lower bound on distinct GPUs"
+
+
+class _CoherentCounts:
+    """coherent: the item transitions of adjacent layers (``Instance.trans_LPP``), from the token paths layer by
+    layer (``add`` then ``finish``; ``every_row``: every token is present at every layer) or from the transition
+    counts (``from_statistics``)."""
+
+    @staticmethod
+    def exact_from_statistics(top_k: int) -> bool:
+        """Transition counts are all the coherent objective needs."""
+        return True
+
+    def __init__(self, inst: Instance, every_row: bool) -> None:
+        self.inst, self.every_row = inst, every_row
+        self.trans = np.zeros((max(inst.L - 1, 0), inst.P, inst.P))
+        self.prev_items = self.prev_rows = None
+
+    def add(self, l: int, items: np.ndarray, rows: np.ndarray) -> None:
+        if l > 0:
+            if self.every_row:
+                a, b = self.prev_items, items
+            else:  # the tokens present at both layers
+                keep_prev = np.isin(self.prev_rows, rows, assume_unique=True)
+                keep_cur = np.isin(rows, self.prev_rows, assume_unique=True)
+                a, b = self.prev_items[keep_prev], items[keep_cur]
+            P = self.inst.P
+            flat = (a[:, :, None] * P + b[:, None, :]).ravel()
+            self.trans[l - 1] = np.bincount(flat, minlength=P * P).reshape(P, P)
+        self.prev_items, self.prev_rows = items, rows
+
+    def finish(self) -> None:
+        self.inst.trans_LPP = self.trans
+
+    @staticmethod
+    def from_statistics(problem: PlacementProblem, inst: Instance, split_LP: np.ndarray) -> None:
+        L, P, item_expert = inst.L, inst.P, inst.item_expert_LP
+        tr = np.asarray(problem.trans_LEE, dtype=np.float64)
+        inst.trans_LPP = np.stack([
+            tr[l][np.ix_(item_expert[l], item_expert[l + 1])] * split_LP[l][:, None] * split_LP[l + 1][None, :]
+            for l in range(L - 1)]) if L > 1 else np.zeros((0, P, P))
+
+
+# How each traffic model's counts of an instance are built.
+_TRAFFIC_COUNTS: dict[TrafficMode, type[_EpCounts] | type[_CoherentCounts]] = {
+    TrafficMode.EP: _EpCounts,
+    TrafficMode.COHERENT: _CoherentCounts,
+}
 
 
 def _pair_types(problem: PlacementProblem, inst: Instance, split_LP: np.ndarray) -> tuple[list[LayerTypes], np.ndarray]:

@@ -41,7 +41,6 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from placer.core.mode import TrafficMode
 from placer.core.objective import Aggregate
 from placer.core.placement import Placement, SolveReport, SolveStatus
 from placer.core.trace.reader import concat_batches
@@ -464,7 +463,7 @@ class RobustSearch:
             rounds += 1
             tot = self.totals(gpu)
             before, before_v = gpu.copy(), best_v
-            if inst.mode is TrafficMode.EP or not self.traffic:
+            if inst.mode.decomposes_by_layer or not self.traffic:  # layer by layer; else all layers at once
                 for l in rng.permutation(inst.L):
                     W = np.stack([i.pair_weights(l) * w if self.traffic else np.zeros((inst.P, inst.P))
                                   for i, w in zip(self.insts, self.w_s)])

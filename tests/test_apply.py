@@ -261,7 +261,7 @@ def _bundled() -> Path:
 
 
 def _has_trace_command() -> bool:
-    from placer.cli import app
+    from placer.cli.app import app
 
     return any((c.name or getattr(c.callback, "__name__", "")) == "trace" for c in app.registered_commands)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from placer.cli import app, reflow
+from placer.cli.app import app, reflow
 
 
 def _commands(group, prefix=()):

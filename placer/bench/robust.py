@@ -21,8 +21,11 @@ from typing import Any
 
 import numpy as np
 import typer
+from rich.table import Table
 
+from placer.cli.common import console, print_json
 from placer.core.mode import TrafficMode
+from placer.core.topology import Topology
 
 
 def bench_robust(
@@ -47,8 +50,6 @@ def bench_robust(
     as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
 ) -> None:
     """Robust auto against eplb and auto on summed inputs, held out; rebalance against a full re-solve."""
-    from placer.cli.common import console, print_json
-
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -62,10 +63,10 @@ def bench_robust(
 
 def run(L: int, E: int, K: int, G: int, N: int, R: int, W: int, tokens: int, drift: float, domains: int,
         time_limit: float, budget_share: float, seed: int, log, traffic: bool = False) -> dict[str, Any]:
+    # lazy: loads the solvers (numba, OR-Tools); kept out of `moeplace --help`
     from placer.core.cost import evaluate_load
     from placer.core.moves import align, count_moves
     from placer.core.stats.core import compute_stats
-    from placer.core.topology import Topology
     from placer.core.trace.reader import concat_batches
     from placer.synth import SynthConfig, generate
     from solvers import PlacementProblem, SolveOptions, get_solver
@@ -143,8 +144,6 @@ def run(L: int, E: int, K: int, G: int, N: int, R: int, W: int, tokens: int, dri
 
 
 def _print(con, res: dict[str, Any]) -> None:
-    from rich.table import Table
-
     sh, w = res["shape"], res["windows"]
     t = Table(title=f"robust placement, {sh['layers']} x {sh['experts']} top-{sh['top_k']} on {sh['gpus']} GPUs in "
                     f"{sh['nodes']} nodes (+{sh['redundant']}), {res['inputs']}: {w['train']} training windows, 2 held "

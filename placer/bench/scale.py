@@ -27,9 +27,11 @@ Parts (``--part``, all by default); each is a function ``part(options) -> dict``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+import numpy as np
 import typer
 
+from placer.bench.stats import write_synth_trace
+from placer.cli.common import console, kv_table, print_json
 from placer.core.errors import InputError, MoeplaceError
 
 
@@ -84,6 +89,7 @@ def stats_digest(s) -> str:
 
 
 def _peak_rss_mb() -> float:
+    # lazy: the resource module exists on Unix only
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -91,6 +97,7 @@ def _peak_rss_mb() -> float:
 
 def _cpu_s() -> float:
     """CPU seconds (user + system, every thread) this process has used."""
+    # lazy: the resource module exists on Unix only
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -99,8 +106,7 @@ def _cpu_s() -> float:
 
 def _warm_kernels(L: int, E: int, K: int) -> None:
     """Load (or compile) the counting kernels in this process, so that timing starts with them ready."""
-    import numpy as np
-
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.stats.core import FastCounter
     from placer.core.trace.schema import expert_dtype
 
@@ -112,6 +118,7 @@ def _warm_kernels(L: int, E: int, K: int) -> None:
 def _single_child(paths: list[str]) -> None:
     """Run in a fresh process (``NUMBA_NUM_THREADS`` set by the parent): time ``stats_from_traces``."""
     os.environ["MOEPLACE_QUIET"] = "1"
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.stats.stream import stats_from_traces
     from placer.core.trace.reader import TraceDataset
 
@@ -140,8 +147,7 @@ def _single(paths: list[Path], threads: int) -> dict[str, Any]:
 def _on_dask(paths: list[Path], workers: int, kernel_threads: int) -> dict[str, Any]:
     """Start a local cluster of ``workers`` (timed apart), load the kernels on every worker, then time
     ``moeplace stats --engine dask``'s counting and reduction of every shard (one per file)."""
-    import dataclasses
-
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.scale import plan
     from placer.scale.dask_runner import check_workers, connect, count_on_cluster
 
@@ -166,14 +172,12 @@ def _on_dask(paths: list[Path], workers: int, kernel_threads: int) -> dict[str, 
 def _synth_shards(o: ScaleOptions) -> tuple[list[Path], float]:
     """``o.shards`` trace files of ``o.tokens / o.shards`` tokens each (seeds seed, seed+1, ...), written
     unless already in the work folder."""
-    from placer.bench.stats import _synth
-
     per = o.tokens // o.shards
     paths, took = [], 0.0
     for i in range(o.shards):
         p = o.workdir / f"scale-{o.layers}x{o.experts}-top{o.top_k}-{per}-seed{o.seed + i}.parquet"
         if not p.exists():
-            took += _synth(p, o.layers, o.experts, o.top_k, per, o.clusters, o.seed + i)
+            took += write_synth_trace(p, o.layers, o.experts, o.top_k, per, o.clusters, o.seed + i)
         paths.append(p)
     return paths, took
 
@@ -183,6 +187,7 @@ def part_stats(o: ScaleOptions) -> dict[str, Any]:
         raise InputError(f"--tokens {o.tokens} in --shards {o.shards}: give at least one token per shard")
     if o.workers < 2:
         raise InputError(f"--workers {o.workers}: compare at least 2 workers against 1")
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.scale import require_engine
 
     require_engine("dask")
@@ -249,9 +254,8 @@ def _solve_child(args: str) -> None:
     """Run in a fresh process: read one trace as ``moeplace solve`` does, then time eplb and auto (1 and N
     threads) on it; print one JSON line."""
     os.environ["MOEPLACE_QUIET"] = "1"
+    # lazy: resource exists on Unix only; the rest loads the solvers (numba, OR-Tools), kept out of `moeplace --help`
     import resource
-
-    import numpy as np
 
     from placer.inputs import problem_from_stats, resolve_topology
     from placer.scenarios import read_scenarios
@@ -290,14 +294,13 @@ def part_solve(o: ScaleOptions) -> dict[str, Any]:
         raise InputError(f"--time-limit {o.time_limit} and --solve-tokens {o.solve_tokens} must be positive")
     if o.threads < 2:
         raise InputError(f"--threads {o.threads}: compare at least 2 threads against 1")
-    from placer.bench.stats import _synth
 
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     shapes = {}
     for name, (L, E, K, G, N, R) in SOLVE_SHAPES.items():
         trace = o.workdir / f"solve-{name}-{L}x{E}-top{K}-{o.solve_tokens}-seed{o.seed}.parquet"
-        synth_s = 0.0 if trace.exists() else _synth(trace, L, E, K, o.solve_tokens, o.clusters, o.seed)
+        synth_s = 0.0 if trace.exists() else write_synth_trace(trace, L, E, K, o.solve_tokens, o.clusters, o.seed)
         args = json.dumps({"trace": str(trace), "gpus": G, "nodes": N, "redundant": R, "time_limit": o.time_limit,
                            "threads": o.threads})
         proc = subprocess.run([sys.executable, "-c", "import sys; from placer.bench.scale import _solve_child; "
@@ -375,10 +378,6 @@ def bench_scale(
     The solve part: auto on the Kimi-K2 and DeepSeek-V3 shapes (hundreds of GPUs) at --time-limit, with 1 and
     --threads threads, against eplb (about 4 x --time-limit per shape, plus writing the traces).
     """
-    import shutil
-
-    from placer.cli.common import console, kv_table, print_json
-
     chosen = list(dict.fromkeys(part or PARTS))
     unknown = [p for p in chosen if p not in PARTS]
     if unknown:

@@ -22,6 +22,8 @@ work too.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import platform
 import resource
 import tempfile
 import time
@@ -30,6 +32,7 @@ from typing import Optional
 
 import typer
 
+from placer.cli.common import console, kv_table, print_json
 from placer.core.errors import InputError
 
 
@@ -41,6 +44,7 @@ def _cpu(who: int) -> float:
 def _writer_alone(trace: Path, out: Path) -> float:
     """Seconds to write the same trace again from memory with ``TraceWriter`` as ``trace --server`` does (batches
     of 16,384 tokens, no weights column): the baseline that bounds it whatever the network and decoding cost."""
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.core.trace.reader import read_trace
     from placer.core.trace.schema import RoutingBatch
     from placer.core.trace.writer import TraceWriter
@@ -74,10 +78,7 @@ def bench_server_trace(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Time trace --server against a local fake vLLM / SGLang server; print tokens/s and memory."""
-    import multiprocessing as mp
-    import platform
-
-    from placer.cli.common import console, kv_table, print_json
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.tracer.engines.fake import FakeModel, serve_forever
     from placer.tracer.server import ServerOptions, trace_server
 

@@ -20,14 +20,19 @@ placement was solved on, so the solvers and the baselines are compared on one sc
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, List
 
 import numpy as np
 import typer
+from rich.table import Table
 
+from placer.cli.common import console, print_json
+from placer.core.errors import InputError
 from placer.core.mode import TrafficMode
+from placer.core.topology import Topology
 
 PARTS = ("mixtral", "deepseek", "scaling", "heldout")
 BASELINES = ("contiguous", "round_robin", "random", "greedy", "eplb")
@@ -36,6 +41,7 @@ TRAFFIC_FIRST = {"balance_weight": 1, "max_imbalance": 1.1}  # a traffic-first r
 
 
 def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int, affinity: float = 0.6):
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.trace.reader import concat_batches
     from placer.synth import SynthConfig, generate
 
@@ -45,7 +51,7 @@ def _trace(layers: int, experts: int, top_k: int, tokens: int, clusters: int, se
 
 
 def _problem(batch, experts: int, gpus: int, nodes: int, redundant: int, mode: str):
-    from placer.core.topology import Topology
+    # lazy: loads the solvers (numba, OR-Tools); kept out of `moeplace --help`
     from solvers.problem import PlacementProblem
 
     T, L, K = batch.experts_TLK.shape
@@ -57,6 +63,7 @@ def _problem(batch, experts: int, gpus: int, nodes: int, redundant: int, mode: s
 
 
 def _solve(name: str, problem, time_limit: float, params: dict | None = None):
+    # lazy: loads the solvers (numba, OR-Tools); kept out of `moeplace --help`
     from solvers.problem import SolveOptions
     from solvers.registry import get_solver
 
@@ -71,6 +78,7 @@ def _solve(name: str, problem, time_limit: float, params: dict | None = None):
 
 def _measure(batch, placements, problem, objective) -> list[dict[str, Any]]:
     """Each placement's ``objective`` (as the cost model measures it) and headline figures on ``batch``."""
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.cost import evaluate_many
 
     out = []
@@ -165,6 +173,7 @@ def part_scaling(tokens: int, time_limit: float, log) -> list[dict[str, Any]]:
 
 
 def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, log) -> dict[str, Any]:
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.cost import evaluate_many
     from placer.core.trace.reader import TraceDataset, concat_batches
 
@@ -176,6 +185,7 @@ def part_heldout(train: Path, heldout: Path, time_limit: float, redundant: int, 
     else:
         meta, both = _trace(8, 16, 2, 12000, clusters=4, seed=2)
         half = len(both) // 2
+        # lazy: loads pyarrow; kept out of `moeplace --help`
         from placer.core.trace.schema import RoutingBatch
 
         tr = RoutingBatch(experts_TLK=both.experts_TLK[:half], seq_T=both.seq_T[:half])
@@ -245,11 +255,6 @@ def bench_solve(
     as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
 ) -> None:
     """Time and quality of auto, cpsat and the baselines, every figure measured in the same run."""
-    import sys
-
-    from placer.cli.common import console, print_json
-    from placer.core.errors import InputError
-
     unknown = [p for p in part if p not in PARTS]
     if unknown:
         raise InputError(f"--part {unknown[0]!r} is not one of {', '.join(PARTS)}")
@@ -274,8 +279,6 @@ def bench_solve(
 
 
 def _print(results: dict[str, Any], con) -> None:
-    from rich.table import Table
-
     def f(v, fmt="{:.3g}"):
         return "-" if v is None else fmt.format(v)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,15 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from placer.cli.common import console, kv_table, print_json
 from placer.core.errors import MoeplaceError, InputError
+from placer.progress import progress_bar
 
 
 def pandas_counts(experts_TLK: np.ndarray, present_TL: np.ndarray | None, num_experts: int,
                   chunk: int = 1000) -> dict[str, np.ndarray]:
     """The counts of ``RoutingStats`` with pandas group-bys (the baseline; exact, slow)."""
+    # lazy: pandas is slow to import; only this baseline uses it
     import pandas as pd
 
     T, L, K = experts_TLK.shape
@@ -76,10 +80,12 @@ def pandas_counts(experts_TLK: np.ndarray, present_TL: np.ndarray | None, num_ex
 
 def _child(trace: str) -> None:
     """Run in a fresh process: time full statistics of ``trace``; print JSON on stdout."""
+    # lazy: the resource module exists on Unix only
     import resource
 
     os.environ["MOEPLACE_QUIET"] = "1"
     t0 = time.perf_counter()
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.stats.core import FastCounter
     from placer.core.stats.stream import stats_from_traces
     from placer.core.trace.reader import TraceReader
@@ -107,8 +113,10 @@ def _run_child(trace: Path) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _synth(path: Path, layers: int, experts: int, top_k: int, tokens: int, clusters: int, seed: int) -> float:
-    from placer.progress import progress_bar
+def write_synth_trace(path: Path, layers: int, experts: int, top_k: int, tokens: int, clusters: int,
+                      seed: int) -> float:
+    """Write a synthetic trace of this shape at ``path``; return the seconds it took."""
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.synth import SynthConfig, generate
     from placer.core.trace.writer import TraceWriter
 
@@ -147,9 +155,7 @@ def bench_stats(
     into a temporary folder first (1M tokens: about 1.5 minutes and 1.3 GB of disk on 2 cores; not part of
     the timing). Targets: 1M tokens in at most 60 s, peak memory under 3 GB, at least 10x pandas.
     """
-    import shutil
-
-    from placer.cli.common import console, kv_table, print_json
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.stats.core import FastCounter
     from placer.core.trace.reader import TraceReader, concat_batches
 
@@ -165,7 +171,7 @@ def bench_stats(
             folder.mkdir(parents=True, exist_ok=True)
             trace = folder / f"bench-{layers}x{experts}-top{top_k}-{tokens}.parquet"
             if not trace.exists():
-                result["synth_s"] = round(_synth(trace, layers, experts, top_k, tokens, clusters, seed), 2)
+                result["synth_s"] = round(write_synth_trace(trace, layers, experts, top_k, tokens, clusters, seed), 2)
         reader = TraceReader(trace)
         L, E, K = reader.meta.shape
         result.update(trace=str(trace), shape=[L, E, K], trace_bytes=trace.stat().st_size)

@@ -14,6 +14,7 @@ hooks on one token per sequence; their cost is dominated by the model's per-step
 
 from __future__ import annotations
 
+import platform
 import statistics
 import tempfile
 import time
@@ -22,10 +23,13 @@ from typing import List, Optional
 
 import typer
 
+from placer.cli.common import console, kv_table, print_json
 from placer.core.errors import InputError
+from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
 
 
 def _plain(model, seqs, opts, pad_id: int, device: str) -> None:
+    # lazy: torch takes seconds to import; the tracer loads pyarrow (kept out of `moeplace --help`)
     import torch
 
     from placer.tracer.record import left_pad
@@ -39,6 +43,7 @@ def _plain(model, seqs, opts, pad_id: int, device: str) -> None:
 
 
 def _traced(lm, seqs, opts, out_path: Path) -> int:
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.core.trace.schema import TraceMeta
     from placer.core.trace.writer import TraceWriter
     from placer.tracer.record import RouterRecorder, trace_batches
@@ -70,12 +75,9 @@ def bench_trace(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Time tracing against the plain forward pass on the same batches; print the ratio."""
-    import platform
-
+    # lazy: torch takes seconds to import; the tracer loads pyarrow (kept out of `moeplace --help`)
     import torch
 
-    from placer.cli.common import console, kv_table, print_json
-    from placer.tiny import BUNDLED_MODEL_DIR, REPO_TRACES_DIR
     from placer.tracer.load import load_model
     from placer.tracer.record import TraceOptions
     from placer.tracer.run import load_sequences

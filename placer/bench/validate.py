@@ -15,14 +15,21 @@ placements differ in how they balance load.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import typer
+from rich.table import Table
 
+from placer.calibrate.run import CalibrateRequest, calibrate
+from placer.cli.common import console, print_json
 from placer.core.errors import InputError
+from placer.core.fileio import atomic_path, output_folder, write_json_atomic, write_text_atomic
+from placer.core.mode import TrafficMode
+from placer.progress import progress_bar
 
 DEFAULT_PLACEMENTS = ("contiguous", "round_robin", "random", "greedy", "eplb", "eplb:G", "auto")
 DEFAULT_ZIPF = (0.6, 1.0, 1.4)
@@ -30,8 +37,8 @@ DEFAULT_ZIPF = (0.6, 1.0, 1.4)
 
 def synthetic_traces(folder: Path, tokens: int, layers: int, experts: int, top_k: int, zipf=DEFAULT_ZIPF) -> list[Path]:
     """Synthetic traces of one shape and several skews (seeded), written into ``folder``."""
-    from placer.core.trace.writer import TraceWriter
-    from placer.synth import SynthConfig, generate
+    from placer.core.trace.writer import TraceWriter  # lazy: loads pyarrow; kept out of --help
+    from placer.synth import SynthConfig, generate  # lazy: loads numba, pyarrow; kept out of --help
 
     out = []
     for i, z in enumerate(zipf):
@@ -48,7 +55,7 @@ def synthetic_traces(folder: Path, tokens: int, layers: int, experts: int, top_k
 def slot_tokens(traces: list[Path], tokens_per_step: int) -> int:
     """The largest token count per expert worth calibrating for a replay of these traces: a power of two at
     least 4x the mean tokens an expert gets in a step (tokens_per_step x top-k / experts), and at least 64."""
-    from placer.core.trace.reader import TraceReader
+    from placer.core.trace.reader import TraceReader  # lazy: loads pyarrow; kept out of --help
 
     mean = max(tokens_per_step * m.top_k / m.num_experts for m in (TraceReader(t).meta for t in traces))
     return max(64, 1 << int(np.ceil(np.log2(4 * mean))))
@@ -64,9 +71,8 @@ def solve_distinct(trace: Path, names: list[str], gpus: int, nodes: int, topolog
     """Solve each named placement on ``trace`` (in-sample, for ``topology``) and save it; a placement whose
     layout equals an earlier one's is dropped (two copies of one layout can only be ordered by noise).
     Returns the files in order and, for each dropped name, the name it duplicates."""
-    from placer.core.mode import TrafficMode
-    from placer.core.placement_io import save_placement
-    from placer.replay.run import solve_on_trace
+    from placer.core.placement_io import save_placement  # lazy: loads jsonschema; kept out of --help
+    from placer.replay.run import solve_on_trace  # lazy: loads torch, the solvers, jsonschema; kept out of --help
 
     kept: list[tuple[str, object]] = []
     dropped: dict[str, str] = {}
@@ -97,7 +103,7 @@ def rows_of(report: dict, trace: str) -> list[dict]:
 
 def summarize(rows: list[dict], per_trace: dict[str, float | None]) -> dict:
     """Pooled figures over every (trace, placement) but each trace's first (its speedup is 1 by definition)."""
-    from placer.replay.predict import rank_correlation
+    from placer.replay.predict import rank_correlation  # lazy: loads torch, numba, pyarrow; kept out of --help
 
     firsts = {}
     for r in rows:
@@ -120,12 +126,10 @@ def summarize(rows: list[dict], per_trace: dict[str, float | None]) -> dict:
 
 def scatter_png(rows: list[dict], summary: dict, path: Path, title: str) -> None:
     """Predicted against measured speedups, one marker per trace, with the diagonal; written atomically."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is slow to import; only the plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from placer.core.fileio import atomic_path
+    import matplotlib.pyplot as plt  # lazy: matplotlib is slow to import; only the plots need it
 
     fig, ax = plt.subplots(figsize=(6, 5))
     markers = "osD^v<>p*h"
@@ -193,10 +197,7 @@ def bench_validate(
 ) -> None:
     """Replay several placements over several traces; report the rank correlation between the cost model's
     predicted speedups and the measured ones, each placement's errors, and a PNG scatter."""
-    from placer.cli.common import print_json
-    from placer.core.fileio import output_folder, write_json_atomic, write_text_atomic
-    from placer.progress import progress_bar
-    from placer.replay.run import ReplayRequest, prepare, run
+    from placer.replay.run import ReplayRequest, prepare, run  # lazy: loads torch, the solvers, jsonschema; kept out of --help
 
     t0 = time.perf_counter()
     if backend not in ("virtual", "gloo"):
@@ -208,8 +209,6 @@ def bench_validate(
     if not traces:
         traces = synthetic_traces(out_dir, steps * tokens_per_step, layers, experts, top_k)
     if topology is None:
-        from placer.calibrate.run import CalibrateRequest, calibrate
-
         with progress_bar(None, "bench validate: calibrate", unit="round") as adv:
             # gloo: the links between the ranks too, since that backend measures its communication.
             doc = calibrate(CalibrateRequest(hidden=hidden, ffn=ffn, dtype=dtype, device=device, threads=threads,
@@ -227,8 +226,6 @@ def bench_validate(
             hidden=hidden, ffn=ffn, dtype=dtype, tokens_per_step=tokens_per_step, steps=steps, warmup=warmup,
             check="first", topology=topology, threads=threads, device=device, weight_bank=weight_bank))
         if cfg.extra.get("topology_warning") and not reports:
-            import sys
-
             print(f"moeplace: warning: {cfg.extra['topology_warning']}", file=sys.stderr)
         report = run(cfg, backend)
         reports[name] = report
@@ -252,10 +249,6 @@ def bench_validate(
 
 
 def _print(result: dict, out_dir: Path) -> None:
-    from rich.table import Table
-
-    from placer.cli.common import console
-
     s = result["summary"]
     t = Table(title=f"bench validate: {result['backend']} on {result['device']} ({result['timer']}), "
                     f"{result['gpus']} ranks, {result['hidden']} x {result['ffn']} {result['dtype']}; topology "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -61,7 +62,7 @@ def check_world(backend: str, world_size: int) -> None:
     if world_size < 2:
         raise InputError(f"--world-size {world_size}: measuring links needs at least 2 ranks")
     if backend == "nccl":
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
@@ -103,10 +104,10 @@ def measure_rank(rank: int, world: int, backend: str, init_method: str, spec: Li
                  progress: Callable[[int], None], local_rank: int | None = None) -> dict | None:
     """One rank of a link measurement; rank 0 returns ``{"intra": points, "inter": points}`` (points: [[bytes,
     us], ...] or None where the class has one rank per group), the others None."""
-    import torch
-    import torch.distributed as dist
+    import torch  # lazy: torch takes seconds to import
+    import torch.distributed as dist  # lazy: torch takes seconds to import
 
-    from placer.replay.worker import device_for
+    from placer.replay.worker import device_for  # lazy: placer.replay.worker imports torch
 
     device = device_for(backend, rank if local_rank is None else local_rank)
     if device.type == "cuda":
@@ -140,10 +141,8 @@ def measure_rank(rank: int, world: int, backend: str, init_method: str, spec: Li
 
 
 def _time_size(rank: int, members: list[int], group, size: int, spec: LinkSpec, device) -> list[float]:
-    import time
-
-    import torch
-    import torch.distributed as dist
+    import torch  # lazy: torch takes seconds to import
+    import torch.distributed as dist  # lazy: torch takes seconds to import
 
     me = members.index(rank)
     elem = 4  # float32 rows of one element: the splits are in elements

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import placer
+from placer.calibrate.links import LinkSpec, check_world, fit_points, measure_rank
 from placer.core.errors import InputError
+from placer.core.fileio import read_model_config
 from placer.core.hardware import (
     LinkFit, expert_section, hardware_doc, link_section, load_preset, preset_names, read_hardware,
 )
@@ -54,8 +57,6 @@ class CalibrateRequest:
 def layer_shape(req: CalibrateRequest) -> tuple[int, int, str]:
     """(hidden, FFN, where they came from): ``--model``'s config.json or ``--hidden/--ffn``."""
     if req.model is not None:
-        from placer.core.fileio import read_model_config
-
         path, cfg = read_model_config(req.model)
         cfg = cfg.get("text_config", cfg)
         hidden = cfg.get("hidden_size")
@@ -78,7 +79,7 @@ def layer_shape(req: CalibrateRequest) -> tuple[int, int, str]:
 
 
 def resolve_device(choice: str) -> str:
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if choice not in ("auto", "cuda", "cpu"):
         raise InputError(f"--device {choice!r} is not one of auto, cuda, cpu")
@@ -90,9 +91,7 @@ def resolve_device(choice: str) -> str:
 
 def machine_metadata(device: str, threads: int) -> dict[str, Any]:
     """Where and with what the curves were measured: the device, driver and library versions, the date."""
-    import torch
-
-    import placer
+    import torch  # lazy: torch takes seconds to import
 
     meta: dict[str, Any] = {
         "kind": "calibrate",
@@ -165,9 +164,8 @@ class CalibratePlan:
 
 def plan(req: CalibrateRequest) -> CalibratePlan:
     """Check every option (InputError naming the first wrong one) before anything is measured or printed."""
-    from placer.calibrate.expert import ExpertCurveSpec
-    from placer.calibrate.links import LinkSpec, check_world
-    from placer.replay.launch import torchrun_env
+    from placer.calibrate.expert import ExpertCurveSpec  # lazy: placer.calibrate.expert imports torch
+    from placer.replay.launch import torchrun_env  # lazy: placer.replay.launch imports torch
 
     if req.preset not in preset_names():
         raise InputError(f"--preset {req.preset!r} does not exist; presets: {', '.join(preset_names())}")
@@ -217,7 +215,7 @@ def calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None = No
               link_progress: Callable[[int], None] | None = None, checked: CalibratePlan | None = None) -> dict | None:
     """Measure and return the hardware document (None on the ranks other than 0 under torchrun). ``checked``:
     the request's ``plan`` when the caller checked it already."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     before = torch.get_num_threads()
     try:
@@ -228,10 +226,9 @@ def calibrate(req: CalibrateRequest, progress: Callable[[int], None] | None = No
 
 def _calibrate(req: CalibrateRequest, pl: CalibratePlan, progress: Callable[[int], None] | None,
                link_progress: Callable[[int], None] | None) -> dict | None:
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
-    from placer.calibrate.expert import measure_expert_curve
-    from placer.calibrate.links import fit_points
+    from placer.calibrate.expert import measure_expert_curve  # lazy: placer.calibrate.expert imports torch
 
     t0 = time.perf_counter()
     base, hidden, ffn, shape_from, env = pl.base, pl.hidden, pl.ffn, pl.shape_from, pl.env
@@ -244,8 +241,6 @@ def _calibrate(req: CalibrateRequest, pl: CalibratePlan, progress: Callable[[int
     # Step 1: the links (under torchrun every rank takes part first; rank 0 then measures the expert).
     link_points = {"intra": None, "inter": None}
     if links is not None and env is not None:
-        from placer.calibrate.links import measure_rank
-
         rank, world, local = env
         got = measure_rank(rank, world, links.backend, "env://", links, link_progress or (lambda s: None),
                            local_rank=local)
@@ -255,8 +250,7 @@ def _calibrate(req: CalibrateRequest, pl: CalibratePlan, progress: Callable[[int
     # Step 2: the expert curve on this process's device.
     curve = measure_expert_curve(spec, progress=progress)
     if links is not None and env is None:
-        from placer.calibrate.links import measure_rank
-        from placer.replay.launch import launch_ranks
+        from placer.replay.launch import launch_ranks  # lazy: placer.replay.launch imports torch
 
         link_points = launch_ranks(links.world_size, links.backend, measure_rank, links, timeout_s=links.timeout_s,
                                    threads=1, on_progress=link_progress, what="calibrate")

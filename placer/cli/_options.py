@@ -10,6 +10,7 @@ def check_solver(name: str | None) -> str | None:
     ``moeplace --help`` does not import every solver and OR-Tools)."""
     if name is None:
         return name
+    # lazy: loads the solvers (numba, OR-Tools); kept out of `moeplace --help`
     from solvers import SOLVER_NAMES
 
     if name not in SOLVER_NAMES:

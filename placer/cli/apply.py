@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+from placer.apply import PROVENANCE, apply_placement
+from placer.cli.common import console, kv_table
+from placer.export.layers import layer_ranges
+
 
 def apply(
     placement: Path = typer.Argument(..., help="Placement without redundant copies (moeplace JSON)."),
@@ -22,9 +26,7 @@ def apply(
     Supported families: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 (group-preserving placements only
     under group-limited routing), GPT-OSS. The input checkpoint is never modified.
     """
-    from placer.apply import PROVENANCE, apply_placement
-    from placer.cli.common import console, kv_table
-    from placer.export.layers import layer_ranges
+    # lazy: loads jsonschema; kept out of `moeplace --help`
     from placer.core.placement_io import load_placement
 
     p = load_placement(placement)

@@ -1,8 +1,8 @@
 """``moeplace bench``: benchmarks as commands (results go into BENCHMARKS.md with the exact command).
 
 Every module of the ``placer.bench`` package that defines ``register(bench_app)`` adds its subcommand(s)
-(``moeplace bench stats``, ...); a new benchmark is a new module there. Modules import heavy libraries
-inside their command functions so that ``--help`` stays fast.
+(``moeplace bench stats``, ...); a new benchmark is a new module there. ``--help`` imports every benchmark
+module, so they import what loads numba, pyarrow, the solvers or torch inside their functions (``# lazy:``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import importlib
 import pkgutil
 
 import typer
+
+import placer.bench as pkg
 
 bench_app = typer.Typer(
     help="Benchmarks: each times one capability against a baseline measured in the same run and prints ratios.",
@@ -21,8 +23,6 @@ bench_app = typer.Typer(
 
 
 def _load_benchmarks() -> None:
-    import placer.bench as pkg
-
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue

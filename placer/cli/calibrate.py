@@ -7,6 +7,11 @@ from typing import Optional
 
 import typer
 
+from placer.calibrate.run import CalibrateRequest, calibrate as run_calibrate, plan
+from placer.cli.common import console, kv_table, print_json
+from placer.core.fileio import prepare_output, write_json_atomic
+from placer.progress import progress_bar
+
 
 def calibrate(
     out: Path = typer.Option(..., "--out", "-o", help="Hardware file (JSON) to write, atomically."),
@@ -51,11 +56,6 @@ def calibrate(
     torchrun across nodes, across nodes); what is not measured comes from --preset and says so. Details:
     docs/calibrate.md.
     """
-    from placer.calibrate.run import CalibrateRequest, calibrate as run_calibrate, plan
-    from placer.cli.common import print_json
-    from placer.core.fileio import prepare_output, write_json_atomic
-    from placer.progress import progress_bar
-
     prepare_output(out)
     req = CalibrateRequest(model=model, hidden=hidden, ffn=ffn, dtype=dtype, device=device, max_tokens=max_tokens,
                            max_call_ms=max_call_ms, budget_s=budget, threads=threads, backend=backend,
@@ -79,8 +79,6 @@ def _pct(fit: dict | None, key: str = "max_rel_error") -> str:
 
 
 def _print_summary(doc: dict, out: Path) -> None:
-    from placer.cli.common import console, kv_table
-
     e, meta = doc["expert"], doc["metadata"]
     fit, held = e["fit"], e["fit"].get("heldout")
     fitted = [int(p[0]) for p in e["points"]]

@@ -13,6 +13,10 @@ from rich.table import Table
 from placer.core.errors import InputError
 
 
+# What the root options set for the command that runs (``--debug``), read by main and by the commands.
+state = {"debug": False}
+
+
 class UsageError(InputError):
     """A command-line mistake: an option out of range, options that do not fit together; exit code 2."""
 

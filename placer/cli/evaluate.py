@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
+from rich.table import Table
 
 from placer.cli._options import GPUS_HELP, NODES_HELP, SCENARIOS_HELP, TOPOLOGY_HELP
 from placer.cli.common import UsageError, console, print_json
 from placer.core.mode import TRAFFIC_FIGURES, TrafficMode
+from placer.core.topology import preset
+from placer.progress import progress_bar
 
 
 def evaluate(
@@ -47,12 +51,10 @@ def evaluate(
     layers; bytes over NVLink and the network; an estimated MoE time per layer and the speedup over
     `contiguous` (always computed as the reference). Definitions: docs/cost-model.md.
     """
-    # Imported on use: the cost model loads numba and the reference placement the solvers (placer/cli/__init__.py).
+    # lazy: these load the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
     from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
     from placer.inputs import read_statistics, resolve_topology
     from placer.core.placement_io import load_placement
-    from placer.progress import progress_bar
-    from placer.core.topology import preset
 
     if scenarios is not None:
         _evaluate_scenarios(paths, stats_files or [], load_files or [], scenarios, mode, gpus, nodes, topology_file,
@@ -81,7 +83,7 @@ def evaluate(
                          tuple(stats.moe_layer_indices) or None)
         results, ref_index, topo, tokens = compare_on_load(stats.load_LE, cands, mode_value), None, None, None
     else:
-        from placer.core.trace.reader import TraceDataset
+        from placer.core.trace.reader import TraceDataset  # lazy: loads pyarrow; kept out of --help
 
         ds = TraceDataset([input_path])
         meta = ds.meta
@@ -176,8 +178,6 @@ def _caption(mode, tokens_per_step, balance_only: bool) -> str:
 
 
 def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, balance_only, moves=None):
-    from rich.table import Table
-
     if balance_only:
         title = f"evaluate on {source} (load only)"
     else:
@@ -217,8 +217,8 @@ def _moves(cands, moves_from):
     """[MoveCount] of every candidate from the ``--moves-from`` placement (GPUs matched), or None."""
     if moves_from is None:
         return None
-    from placer.core.moves import align, check_same_shape, count_moves
-    from placer.core.placement_io import load_placement
+    from placer.core.moves import align, check_same_shape, count_moves  # lazy: loads OR-Tools; kept out of --help
+    from placer.core.placement_io import load_placement  # lazy: loads jsonschema; kept out of --help
 
     current = load_placement(moves_from)
     out = []
@@ -234,13 +234,10 @@ def _moves(cands, moves_from):
 def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, nodes, topology_file, tokens_per_step,
                         moves_from, as_json) -> None:
     """``evaluate --scenarios``: every placement on every scenario, then its worst and mean over them."""
-    from rich.table import Table
-
-    from placer.core.placement_io import load_placement
-    from placer.core.topology import preset
-    from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
-    from placer.inputs import resolve_topology
-    from placer.scenarios import ScenarioSpec, read_scenarios
+    from placer.core.placement_io import load_placement  # lazy: loads jsonschema; kept out of --help
+    from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace  # lazy: loads the solvers; kept out of --help
+    from placer.inputs import resolve_topology  # lazy: loads the solvers; kept out of --help
+    from placer.scenarios import ScenarioSpec, read_scenarios  # lazy: loads the solvers; kept out of --help
 
     spec = ScenarioSpec.parse(scenarios)
     traces = [p for p in paths if p.suffix.lower() != ".json"]
@@ -318,8 +315,6 @@ def _worst_and_mean(rs, balance_only: bool, multi_node: bool = True) -> tuple[di
     """A placement's figures over its scenarios' results ``rs``: each one's worst (the highest; the speedup's the
     lowest) and its mean: max/mean load (mean over layers, and the worst layer), the traffic figures per token,
     bytes and time (totals, which grow with a scenario's tokens)."""
-    import numpy as np
-
     values = {"max_over_mean": [r.mean_imbalance for r in rs],
               "worst_layer_max_over_mean": [float(r.imbalance_L.max()) for r in rs]}
     if not balance_only:
@@ -340,8 +335,6 @@ def _load(v: float) -> str:
 
 
 def _layer_table(r):
-    from rich.table import Table
-
     t = Table(title=f"{r.name}: per layer (traffic per token; coherent: from the layer before)", title_justify="left")
     multi_node = r.num_nodes > 1
     figures = [f for f in TRAFFIC_FIGURES[r.mode] if multi_node or not f.nodes_only]

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from placer.cli.common import UsageError, console, kv_table, print_json
+from placer.export.layers import layer_ranges, parse_layer_list
 from placer.export.names import FORMAT_NAMES, LOAD_FORMATS
 
 _FORMATS = ", ".join(FORMAT_NAMES)
@@ -45,10 +47,9 @@ def export(
 
     docs/export.md says what each format was checked against.
     """
-    from placer.cli.common import UsageError, console, kv_table, print_json
+    # lazy: loads jsonschema; kept out of `moeplace --help`
     from placer.export import export_loads, export_placement
     from placer.export.api import resolve_format
-    from placer.export.layers import layer_ranges, parse_layer_list
 
     if num_model_layers is not None and num_model_layers < 1:
         raise UsageError(f"--num-model-layers must be positive, got {num_model_layers}")
@@ -90,6 +91,7 @@ def export(
 
 def _statistics(source: Path):
     """The statistics an export of expert loads reads: a trace (file or folder), a stats file or a load file."""
+    # lazy: loads the solvers (numba, OR-Tools); kept out of `moeplace --help`
     from placer.inputs import read_statistics
 
     if source.is_dir() or source.suffix.lower() in (".parquet", ".pq"):

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from placer.cli.common import UsageError, console, kv_table
+from placer.export.layers import layer_ranges, parse_layer_list
 from placer.export.names import FORMAT_NAMES
 
 
@@ -31,10 +33,8 @@ def import_placement(
 
     The file is checked (shape, every expert placed, inverse maps, slots per GPU); a problem is one line.
     """
-    from placer.cli.common import console, kv_table
-    from placer.cli.common import UsageError
+    # lazy: loads jsonschema; kept out of `moeplace --help`
     from placer.export import import_placement as do_import
-    from placer.export.layers import layer_ranges, parse_layer_list
     from placer.core.placement_io import save_placement
 
     for name, v in (("--gpus", gpus), ("--nodes", nodes), ("--experts", experts)):

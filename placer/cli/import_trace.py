@@ -9,6 +9,9 @@ from typing import List, Optional
 
 import typer
 
+from placer.cli.common import UsageError, console, kv_table
+from placer.export.layers import layer_ranges
+
 
 class LogFormat(str, Enum):
     auto = "auto"
@@ -61,8 +64,7 @@ def import_(
     Tokens missing at some layers (logs drop rows) are kept as missing there, reported, and never paired
     with another token's routing.
     """
-    from placer.cli.common import console, kv_table
-    from placer.cli.common import UsageError
+    # lazy: loads pyarrow and pandas; kept out of `moeplace --help`
     from placer.importers import FieldMap, import_long, import_sglang_per_token
     from placer.core.trace.writer import write_trace
 
@@ -99,8 +101,7 @@ def import_(
 
 
 def _import_routed(files, out, fmt, model_config, num_layers, top_k, num_experts, model_name) -> None:
-    from placer.cli.common import console, kv_table
-    from placer.export.layers import layer_ranges
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.importers_routed import import_routed
 
     path, meta, report = import_routed(files, fmt, out, model_config=model_config, num_layers=num_layers,

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
+from placer.cli.common import console, kv_table, print_json
+
 
 def info(
     trace: Path = typer.Argument(..., help="Trace file (.parquet)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Shape, tokens, sequences, phases and missing rows of a trace."""
-    from placer.cli.common import console, kv_table, print_json
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.core.trace.summary import summarize
 
     s = summarize(trace)

@@ -14,6 +14,8 @@ from typing import Iterator, Sequence
 import click
 import typer
 
+from placer.cli.app import app
+from placer.cli.common import check_outputs_not_inputs, state
 from placer.core.errors import MoeplaceError, first_line, plain_text
 
 try:  # recent typer vendors its own click: its usage errors, Exit and Abort are not click's classes
@@ -73,9 +75,6 @@ def _warnings_after_success(debug: bool) -> Iterator[None]:
 def _command():
     """The click command tree of the app, each command checked for outputs that are also inputs and its
     Ctrl-C carried out as ``Interrupted``."""
-    from placer.cli import app
-    from placer.cli.common import check_outputs_not_inputs
-
     def guard(cmd) -> None:
         if hasattr(cmd, "commands"):  # a group (typer may vendor its own click: no isinstance)
             for sub in cmd.commands.values():
@@ -103,8 +102,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 success, 1 failure, 2 usage error (bad option, bad input file), 130 interrupted (SIGINT,
     Ctrl-C), 143 terminated (SIGTERM). An interrupted or terminated command removes its temporary files.
     """
-    from placer.cli import state
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MOEPLACE_DEBUG", "") not in ("", "0")
     state["debug"] = debug

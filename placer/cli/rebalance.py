@@ -6,10 +6,15 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
+from rich.table import Table
 
 from placer.cli._options import LOAD_HELP, ROBUST_HELP, SCENARIOS_HELP, STATS_HELP, check_solver
 from placer.cli.common import UsageError, console, kv_table, print_json
+from placer.core.fileio import prepare_output, read_model_config, write_json_atomic
+from placer.core.topology import preset
+from placer.plots.timeline import plot_front
 
 
 def rebalance(
@@ -50,15 +55,10 @@ def rebalance(
     (without solving). The new placement is written with CURRENT's GPU names, so the moves are counted GPU by GPU
     between the two files; --expert-bytes or --model turns them into bytes inside and across nodes.
     """
-    # Imported on use: the solvers load numba and OR-Tools (placer/cli/__init__.py).
-    import numpy as np
-
-    from placer.core.fileio import prepare_output, read_model_config, write_json_atomic
+    # lazy: these load the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
     from placer.core.moves import align, count_moves
     from placer.core.placement_io import load_placement, save_placement
-    from placer.core.topology import preset
     from placer.inputs import problem_from_stats
-    from placer.plots.timeline import plot_front
     from placer.scenarios import ScenarioSpec, read_scenarios, scenario_problems
     from solvers import SolveOptions, get_solver
     from solvers.rebalance import RESOLVE_SHARE, Budget, compile_kernels, rebalance as run
@@ -167,8 +167,6 @@ def rebalance(
                                     f"{b['inter_node'] / 1e9:,.2f} GB across)"))
     con.print(kv_table(f"wrote {out}", rows))
     if pareto:
-        from rich.table import Table
-
         t = Table(title=f"objective against the budget (wrote {out.with_suffix('.pareto.json')} and .png)",
                   title_justify="left")
         for c in ("budget (moves)", "moves", "objective", "gain recovered") + (("GB moved (across nodes)",)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from placer.cli.common import console
+from placer.core.fileio import prepare_output, write_json_atomic
+from placer.replay.report import report_table
 
 
 def replay(
@@ -66,11 +72,7 @@ def replay(
 
     Under torchrun (RANK/WORLD_SIZE set) the command runs as one rank (env:// rendezvous); rank 0 reports.
     """
-    import json
-
-    from placer.cli.common import console
-    from placer.core.fileio import prepare_output, write_json_atomic
-    from placer.replay.report import report_table
+    # lazy: loads torch, the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
     from placer.replay.run import ReplayRequest, prepare, run, verdict
 
     if out is not None:
@@ -116,8 +118,6 @@ def replay(
 
 def _unwrapped(doc: str) -> str:
     """The docstring with each paragraph on one line (the help re-wraps it to the terminal)."""
-    import inspect
-
     return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
+from rich.table import Table
 
 from placer.cli._options import GPUS_HELP, NODES_HELP, TOPOLOGY_HELP
 from placer.cli.common import UsageError, console, print_json
+from placer.core.fileio import prepare_output, write_json_atomic
 from placer.core.mode import TrafficMode
+from placer.plots.timeline import plot_simulation
+from placer.progress import progress_bar
 
 
 def simulate(
@@ -43,11 +48,8 @@ def simulate(
     each policy may re-place using only what it has seen; then the window is served and measured (balance,
     traffic, estimated MoE time, moves and the time to transfer them). docs/robust.md.
     """
-    # Imported on use: the cost model and the solvers load numba and OR-Tools (placer/cli/__init__.py).
-    from placer.core.fileio import prepare_output, write_json_atomic
+    # lazy: these load the solvers (numba, OR-Tools); kept out of `moeplace --help`
     from placer.inputs import load_matrix, resolve_topology
-    from placer.plots.timeline import plot_simulation
-    from placer.progress import progress_bar
     from placer.simulate import Policy, Window, simulate as run
 
     parsed = [Policy.parse(p) for p in policies]
@@ -85,12 +87,10 @@ def simulate(
 
 def _trace_windows(traces: list[Path], width: int):
     """The trace's windows of ``width`` tokens in order, with their statistics and tokens."""
-    import numpy as np
-
-    from placer.core.stats.core import compute_stats
-    from placer.core.trace.reader import TraceDataset
-    from placer.inputs import MAX_PATH_ENTRIES
-    from placer.simulate import Window
+    from placer.core.stats.core import compute_stats  # lazy: loads numba, pyarrow; kept out of --help
+    from placer.core.trace.reader import TraceDataset  # lazy: loads pyarrow; kept out of --help
+    from placer.inputs import MAX_PATH_ENTRIES  # lazy: loads the solvers; kept out of --help
+    from placer.simulate import Window  # lazy: loads the solvers; kept out of --help
 
     ds = TraceDataset(list(traces))
     L, E, K = ds.meta.shape
@@ -110,8 +110,6 @@ def _trace_windows(traces: list[Path], width: int):
 
 
 def _print(sim, balance_only: bool) -> None:
-    from rich.table import Table
-
     con = console()
     if not con.is_terminal:
         con.width = max(con.width, 120)

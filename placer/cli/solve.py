@@ -6,12 +6,16 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
+from rich.table import Table
 
 from placer.cli._options import (GPUS_HELP, LOAD_HELP, NODES_HELP, ROBUST_HELP, SCENARIOS_HELP, STATS_HELP,
                                  TOPOLOGY_HELP, check_solver)
 from placer.cli.common import UsageError, console, kv_table, print_json
+from placer.core.fileio import prepare_output
 from placer.core.mode import TrafficMode
+from placer.core.objective import Weights
 
 
 def solve(
@@ -71,11 +75,8 @@ def solve(
     the inputs are workloads the placement must all serve (docs/robust.md): auto minimises the worst (or mean)
     scenario, each per token; other solvers are given their sum; the summary shows every scenario.
     """
-    # Imported on use: the cost model and the solvers load numba and OR-Tools (placer/cli/__init__.py).
-    import numpy as np
-
+    # lazy: these load the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
     from placer.core.cost import evaluate_load
-    from placer.core.fileio import prepare_output
     from placer.core.placement_io import save_placement
     from placer.inputs import problem_from_stats, resolve_topology
     from placer.scenarios import holdout_check as leave_one_out, read_scenarios, sampling_note, scenario_problems
@@ -178,8 +179,7 @@ def _load_only_bound(load_LE, placement, bal, topo, mode, params) -> dict:
     load: each layer's largest GPU load and its bound, summed over the layers, and the gap. A solver that
     reported no bound (every one but auto and cpsat) also gets the objective, bound and gap in the objective's
     units (the balance weight times the load); auto and cpsat keep their own there."""
-    from placer.core.objective import Weights
-    from solvers.bounds import gap_of, load_balance_bounds
+    from solvers.bounds import gap_of, load_balance_bounds  # lazy: loads the solvers; kept out of --help
 
     r = placement.report
     largest = float(bal.load_LG.max(axis=1).sum())
@@ -196,7 +196,7 @@ def _load_only_bound(load_LE, placement, bal, topo, mode, params) -> dict:
 
 def _scenario_options(scenarios: str | None, robust: str | None, holdout: bool):
     """The parsed --scenarios, after checking --robust and --holdout-check against it."""
-    from placer.scenarios import ScenarioSpec
+    from placer.scenarios import ScenarioSpec  # lazy: loads the solvers; kept out of --help
 
     if scenarios is None:
         for flag, given in (("--robust", robust is not None), ("--holdout-check", holdout)):
@@ -217,8 +217,6 @@ _SCENARIO_TRAFFIC = (("remote GPUs", "remote_gpus_avg_per_token_layer", False),
 
 def _scenario_table(fig: dict, held: dict | None, multi_node: bool):
     """One row per scenario (and the worst and the mean): objective per token, balance, traffic, leave-one-out."""
-    from rich.table import Table
-
     traffic = [(label, key) for label, key, nodes_only in _SCENARIO_TRAFFIC
                if key in fig["worst"] and (multi_node or not nodes_only)]
     ep = any(key.endswith("_layer") for _, key in traffic)
@@ -256,7 +254,7 @@ def _scenario_table(fig: dict, held: dict | None, multi_node: bool):
 def solver_params(spec, **given: object) -> dict:
     """``SolveOptions.params`` from the command line's solver options; an option the solver does not take (its
     registration's ``params``) is a usage error naming the solvers that do."""
-    from solvers import specs
+    from solvers import specs  # lazy: loads the solvers; kept out of --help
 
     params = {}
     for name, value in given.items():

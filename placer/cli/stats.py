@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich.table import Table
 from typer.core import TyperGroup
+
+from placer.cli.common import UsageError, console, kv_table, print_json, state
+from placer.core.fileio import prepare_output
 
 HELP = (
     "Routing statistics of traces, and merging of stats files.\n\n"
@@ -43,8 +47,6 @@ stats_app = typer.Typer(cls=_ComputeByDefault, help=HELP, no_args_is_help=True, 
 
 
 def _parse_layers(text: str | None) -> list[int] | None:
-    from placer.cli.common import UsageError
-
     if text is None:
         return None
     try:
@@ -113,13 +115,14 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
                       engine: str | None = None, address: str | None = None, workers: int | None = None,
                       shard_tokens: int = 1 << 20):
     """Check the options, then read every input and add the statistics up (the traces on ``engine`` if given)."""
-    from placer.cli.common import UsageError
+    # lazy: loads the solvers (numba, OR-Tools) and pyarrow; kept out of `moeplace --help`
     from placer.core.stats.core import merge_stats
-    from placer.plots.graph import GRAPH_SUFFIXES
     from placer.core.stats.io import load_stats
     from placer.core.stats.loadonly import load_only_stats
     from placer.core.stats.stream import SplitBy
     from placer.inputs import stats_from_traces
+    from placer.plots.graph import GRAPH_SUFFIXES
+    from placer.scale import distributed_stats, require_engine
 
     # Step 1: options, checked before any long work.
     split = None
@@ -163,8 +166,6 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
         if given:
             raise UsageError(f"{given[0]} is for distributed counting: add --engine dask")
     else:
-        from placer.scale import require_engine
-
         require_engine(engine)
         if not traces:
             raise UsageError(f"--engine {engine} counts traces, and none is given (stats files and --load inputs "
@@ -176,9 +177,6 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
     # Step 3: count, read, add up.
     parts = []
     if traces and engine is not None:
-        from placer.cli import state
-        from placer.scale import distributed_stats
-
         parts.append(distributed_stats(traces, engine=engine, address=address, workers=workers, by=split,
                                        sample_tokens=sample_tokens, batch_size=batch_size, shard_tokens=shard_tokens,
                                        debug=bool(state.get("debug"))))
@@ -193,29 +191,24 @@ def report(stats, out: Path | None = None, as_json: bool = False, top_m: int | N
            min_prob: float = 0.2, plots: Path | None = None, plot_layers: list[int] | None = None,
            per_layer: bool | None = None) -> dict[str, Any]:
     """Write the outputs asked for and print the summary (tables, or JSON); return the summary."""
-    from placer.cli.common import console, print_json
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
+    from placer.core.stats.io import save_stats
     from placer.core.stats.summary import summarize
+    from placer.plots.graph import write_graph
+    from placer.plots.stats import write_plots
 
     # Step 1: everything that can fail on bad options (graph of load-only stats, plot layers) before writing.
     if graph:
         stats.require_affinity("--graph")
     if out is not None:
-        from placer.core.fileio import prepare_output
-
         prepare_output(out)
     summary = summarize(stats, top_m=top_m)
     written: dict[str, Any] = {}
     if plots is not None:
-        from placer.plots.stats import write_plots
-
         written["plots"] = [str(p) for p in write_plots(plots, stats, plot_layers)]
     for g in graph:
-        from placer.plots.graph import write_graph
-
         written[str(g)] = write_graph(g, stats, min_prob)
     if out is not None:
-        from placer.core.stats.io import save_stats
-
         save_stats(out, stats)
         written["stats"] = str(out)
     if as_json:
@@ -230,10 +223,6 @@ def _num(v: Any, fmt: str = "{:.3f}") -> str:
 
 
 def _print_tables(con, s: dict[str, Any], written: dict[str, Any], per_layer: bool | None) -> None:
-    from rich.table import Table
-
-    from placer.cli.common import kv_table
-
     o = s["overall"]
     L, E, K, m = s["num_layers"], s["num_experts"], s["top_k"], s["top_m"]
     rows = [
@@ -303,7 +292,7 @@ def merge(
 
     The result equals the statistics of the concatenated traces. Shapes must agree; splits are summed by name.
     """
-    from placer.cli.common import console, kv_table, print_json
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.core.stats.io import merge_files, save_stats
     from placer.core.stats.summary import summarize
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from placer.cli.common import UsageError
+from placer.cli.common import UsageError, console, kv_table
+from placer.progress import progress_bar
 
 
 def synth(
@@ -39,8 +40,7 @@ def synth(
     Streams in chunks with bounded memory; a DeepSeek-V3 shape (58 layers, 256 experts, top-8) of 1M
     tokens takes about 1.5 minutes on 2 cores.
     """
-    from placer.cli.common import console, kv_table
-    from placer.progress import progress_bar
+    # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.synth import SynthConfig, generate
     from placer.core.trace.writer import TraceWriter
 

@@ -7,7 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from placer.cli.common import UsageError
+from placer.cli.common import UsageError, console, kv_table
+from placer.export.layers import layer_ranges
+from placer.progress import progress_bar
+from placer.tiny import BUNDLED_MODEL_DIR
 
 LOCAL_DEFAULTS = {"batch_size": 8, "seq_len": 256, "device": "cpu", "dtype": "auto"}
 
@@ -102,9 +105,7 @@ def trace(
 
 
 def _trace_local(text, out, model, text_field, max_tokens, generate, batch_size, seq_len, device, dtype) -> None:
-    from placer.cli.common import console, kv_table
-    from placer.progress import progress_bar
-    from placer.tiny import BUNDLED_MODEL_DIR
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.tracer.record import TraceOptions
     from placer.tracer.run import trace_model
 
@@ -130,9 +131,7 @@ def _trace_local(text, out, model, text_field, max_tokens, generate, batch_size,
 
 def _trace_server(url, engine, text, out, model, text_field, max_tokens, generate, concurrency, retries, timeout,
                   domain_field, model_config, num_layers, top_k, num_experts) -> None:
-    from placer.cli.common import console, kv_table
-    from placer.export.layers import layer_ranges
-    from placer.progress import progress_bar
+    # lazy: loads pyarrow; kept out of `moeplace --help`
     from placer.tracer.engines import engine_for
     from placer.tracer.server import ServerOptions, describe_failures, trace_server
 

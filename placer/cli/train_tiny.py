@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import typer
 
-from placer.cli.common import UsageError
+from placer.cli.common import UsageError, console, kv_table
+from placer.core.fileio import output_folder
+from placer.progress import progress_bar, stderr_console
+from placer.tiny import BUNDLED_MODEL_DIR
+from placer.tiny.card import model_card
+from placer.tiny.corpus import load_corpus
+from placer.tiny.train import TinyConfig, train
 
 
 def train_tiny(
@@ -40,19 +50,6 @@ def train_tiny(
     torch version and thread count give the same weights (checked on a toy budget by the tests). The
     folder is replaced only when training has finished.
     """
-    import shlex
-    import shutil
-    import sys
-    import tempfile
-
-    from placer.cli.common import console, kv_table
-    from placer.core.fileio import output_folder
-    from placer.progress import progress_bar, stderr_console
-    from placer.tiny import BUNDLED_MODEL_DIR
-    from placer.tiny.card import model_card
-    from placer.tiny.corpus import load_corpus
-    from placer.tiny.train import TinyConfig, train
-
     out = Path(out) if out is not None else BUNDLED_MODEL_DIR
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: --out exists and is not a folder")

@@ -51,6 +51,27 @@ C_DISPATCH_GPUS = 10
 C_DISPATCH_NODES = 11
 NUM_COUNTERS = 12
 
+# The EvalResult fields each traffic model's counters fill: per layer (from the model's ``first_layer``: coherent
+# counts the transitions l-1 -> l) and summed over the layers.
+_LAYER_COUNTS: dict[TrafficMode, tuple[tuple[str, int], ...]] = {
+    TrafficMode.EP: (("remote_gpus_L", C_REMOTE_GPUS), ("remote_nodes_L", C_REMOTE_NODES),
+                     ("dispatch_gpus_L", C_DISPATCH_GPUS), ("dispatch_nodes_L", C_DISPATCH_NODES)),
+    TrafficMode.COHERENT: (("messages_L1", C_MESSAGES), ("node_messages_L1", C_NODE_MESSAGES),
+                           ("pair_hops_L1", C_PAIR_HOPS), ("node_pair_hops_L1", C_NODE_PAIR_HOPS),
+                           ("pair_tokens_L1", C_PAIR_TOKENS)),
+}
+_TOTAL_COUNTS: dict[TrafficMode, tuple[tuple[str, int], ...]] = {
+    TrafficMode.EP: (),
+    TrafficMode.COHERENT: (("entry_messages", C_ENTRY), ("node_entry_messages", C_NODE_ENTRY),
+                           ("exit_messages", C_EXIT), ("node_exit_messages", C_NODE_EXIT)),
+}
+# What ``EvalResult.to_dict`` writes of each traffic model, under the model's name.
+_JSON_FIELDS: dict[TrafficMode, tuple[str, ...]] = {
+    TrafficMode.EP: ("token_layers_L", "remote_gpus_L", "remote_nodes_L"),
+    TrafficMode.COHERENT: ("pair_tokens_L1", "messages_L1", "node_messages_L1", "pair_hops_L1", "node_pair_hops_L1",
+                           "entry_messages", "node_entry_messages", "exit_messages", "node_exit_messages"),
+}
+
 # Rows of the per-GPU send counters (``sends_XLG``): messages GPU g sends for layer l, by phase and link.
 # ep: phase A = dispatch, phase B = combine. coherent: phase A = the arrival of layer l's inputs (entry
 # from home at layer 0, messages from S_l-1 otherwise), phase B = the exit home after the last layer.
@@ -363,17 +384,8 @@ class EvalResult:
         if self.balance_only:
             d["note"] = "load-only statistics: only load balance was evaluated (traffic and time need a trace)"
             return d
-        if self.mode is TrafficMode.EP:
-            d["ep"] = {"token_layers_L": arr(self.token_layers_L), "remote_gpus_L": arr(self.remote_gpus_L),
-                       "remote_nodes_L": arr(self.remote_nodes_L)}
-        else:
-            d["coherent"] = {
-                "pair_tokens_L1": arr(self.pair_tokens_L1), "messages_L1": arr(self.messages_L1),
-                "node_messages_L1": arr(self.node_messages_L1), "pair_hops_L1": arr(self.pair_hops_L1),
-                "node_pair_hops_L1": arr(self.node_pair_hops_L1),
-                "entry_messages": self.entry_messages, "node_entry_messages": self.node_entry_messages,
-                "exit_messages": self.exit_messages, "node_exit_messages": self.node_exit_messages,
-            }
+        values = {f: getattr(self, f) for f in _JSON_FIELDS[self.mode]}
+        d[self.mode.value] = {f: v if isinstance(v, int) else arr(v) for f, v in values.items()}
         d["bytes"] = {"intra_L": arr(self.intra_bytes_L), "inter_L": arr(self.inter_bytes_L),
                       "intra_sent_G": arr(self.intra_bytes_G), "inter_sent_G": arr(self.inter_bytes_G)}
         d["time_us"] = {"compute_L": arr(self.compute_us_L), "comm_L": arr(self.comm_us_L),
@@ -496,19 +508,11 @@ class TraceEvaluator:
             inter_bytes_G=(s[A_INTER] + s[B_INTER]).sum(0) * tb,
             compute_us_L=self._compute_L.copy(), comm_us_L=self._comm_L.copy(),
         )
-        if self.mode is TrafficMode.EP:
-            res.remote_gpus_L = c[C_REMOTE_GPUS].copy()
-            res.remote_nodes_L = c[C_REMOTE_NODES].copy()
-            res.dispatch_gpus_L = c[C_DISPATCH_GPUS].copy()
-            res.dispatch_nodes_L = c[C_DISPATCH_NODES].copy()
-        else:
-            res.messages_L1 = c[C_MESSAGES, 1:].copy()
-            res.node_messages_L1 = c[C_NODE_MESSAGES, 1:].copy()
-            res.pair_hops_L1 = c[C_PAIR_HOPS, 1:].copy()
-            res.node_pair_hops_L1 = c[C_NODE_PAIR_HOPS, 1:].copy()
-            res.pair_tokens_L1 = c[C_PAIR_TOKENS, 1:].copy()
-            res.entry_messages, res.node_entry_messages = int(c[C_ENTRY].sum()), int(c[C_NODE_ENTRY].sum())
-            res.exit_messages, res.node_exit_messages = int(c[C_EXIT].sum()), int(c[C_NODE_EXIT].sum())
+        first = self.mode.model.first_layer
+        for name, row in _LAYER_COUNTS[self.mode]:
+            setattr(res, name, c[row, first:].copy())
+        for name, row in _TOTAL_COUNTS[self.mode]:
+            setattr(res, name, int(c[row].sum()))
         return res
 
 

@@ -149,8 +149,8 @@ class Weights:
         if inter_weight is None:
             inter_weight = max(intra, intra * topology.intra_bw_gbs / topology.inter_bw_gbs)
         if balance_weight is None:
-            per_message = 2.0 if mode is TrafficMode.EP else 1.0
-            balance_weight = topology.num_gpus * topology.token_compute_us / topology.token_message_us / per_message
+            balance_weight = (topology.num_gpus * topology.token_compute_us / topology.token_message_us
+                              / mode.model.messages_per_hop)
         return cls(intra, inter_weight, balance_weight)
 
     def to_dict(self) -> dict[str, float]:
@@ -212,9 +212,10 @@ class Objective:
         where balance is all that can be optimised."""
         mode = TrafficMode.parse(mode)
         per_gpu, per_node = TRAFFIC_QUANTITIES[mode]
-        c_gpu, c_node = weights.intra_weight, weights.inter_weight - weights.intra_weight
-        if mode is TrafficMode.EP:  # remote GPUs / nodes averaged over the home rank
-            c_gpu, c_node = c_gpu * (num_gpus - 1) / num_gpus, c_node * (num_nodes - 1) / num_nodes
+        # ep counts a token-layer's distinct GPUs and nodes: the remote ones are (n-1)/n of them on average.
+        model = mode.model
+        c_gpu = model.remote(weights.intra_weight, num_gpus)
+        c_node = model.remote(weights.inter_weight - weights.intra_weight, num_nodes)
         if num_nodes == 1:
             c_node = 0.0
         terms = [Term(per_gpu, c_gpu), Term(per_node, c_node)] if traffic else []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -44,6 +45,7 @@ def write_json(path: Path, obj: Mapping[str, Any], rows: bool = True) -> None:
 def write_torch(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """A ``.pt`` file holding a dict of tensors (what ``torch.load(weights_only=True)`` returns): int64, or
     float64 for arrays of real numbers."""
+    # lazy: torch takes seconds to import
     import torch
 
     def tensor(v: np.ndarray):
@@ -57,8 +59,7 @@ def write_torch(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def read_torch(path: Path, what: str) -> dict[str, Any]:
     """The dict a ``.pt`` file holds, tensors as NumPy arrays (loaded with ``weights_only=True``: no code runs)."""
-    import pickle
-
+    # lazy: torch takes seconds to import
     import torch
 
     require_file(path, what)

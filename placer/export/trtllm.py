@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from placer.core.errors import InputError, first_line
 from placer.export.layers import StackMaps
@@ -40,8 +41,6 @@ def write(maps: StackMaps, path: Path) -> None:
 
 
 def read(path: Path) -> StackMaps:
-    import yaml
-
     require_file(path, "TensorRT-LLM load balancer YAML")
     try:
         d = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

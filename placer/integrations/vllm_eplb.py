@@ -53,12 +53,17 @@ Importing this module needs neither vLLM nor torch; the policy imports torch whe
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from placer.core.placement import Placement
+from placer.core.topology import preset
 
 log = logging.getLogger("moeplace.vllm_eplb")
 
@@ -153,9 +158,8 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
     """[L, num_replicas] logical expert of each physical slot (GPU-major) for the expert loads ``load_LE`` [L, E],
     from moeplace's solver ``solver`` (load only, ``time_limit_s``), migration-aware when ``old_phy2log_LP`` is the
     current map (see the module docstring)."""
+    # lazy: the solvers load numba and OR-Tools, and vLLM imports this plug-in in every process
     from placer.core.moves import align, count_moves
-    from placer.core.placement import Placement
-    from placer.core.topology import preset
     from solvers import PlacementProblem, SolveOptions, get_solver
 
     load = np.asarray(load_LE, dtype=np.float64)
@@ -219,6 +223,7 @@ class MoeplaceEplbPolicy:
     @classmethod
     def _phy2log(cls, weight: Any, num_replicas: int, num_nodes: int, num_ranks: int,
                  old_global_expert_indices: Any = None) -> np.ndarray:
+        # lazy: importing this module needs no torch (see the module docstring)
         import torch
 
         load = weight.detach().to(device="cpu", dtype=torch.float64).numpy()
@@ -238,6 +243,7 @@ class MoeplaceEplbPolicy:
         """weight: [layers, logical experts] load; num_replicas: physical slots per layer (a multiple of
         num_ranks); num_groups: not used (see the module docstring); old_global_expert_indices: the current
         [layers, num_replicas] map or None. Returns phy2log [layers, num_replicas], int64, on the CPU."""
+        # lazy: importing this module needs no torch (see the module docstring)
         import torch
 
         return torch.from_numpy(cls._phy2log(weight, num_replicas, num_nodes, num_ranks, old_global_expert_indices))
@@ -251,6 +257,7 @@ class MoeplaceEplbPolicyTriple(MoeplaceEplbPolicy):
     @classmethod
     def rebalance_experts(cls, weight: Any, num_replicas: int, num_groups: int, num_nodes: int, num_ranks: int,
                           old_global_expert_indices: Any = None) -> tuple[Any, Any, Any]:
+        # lazy: importing this module needs no torch (see the module docstring)
         import torch
 
         phy2log = cls._phy2log(weight, num_replicas, num_nodes, num_ranks, old_global_expert_indices)
@@ -273,8 +280,6 @@ def inverse_maps(phy2log_LP: np.ndarray, num_experts: int, width: int) -> tuple[
 # -- registration ----------------------------------------------------------------------------------------------------
 def policy_for(vllm_version: str) -> type[MoeplaceEplbPolicy]:
     """The policy class whose contract the given vLLM release has."""
-    import re
-
     m = re.match(r"(\d+)\.(\d+)", vllm_version)
     if not m:
         raise ValueError(f"cannot read the vLLM version {vllm_version!r}")
@@ -285,11 +290,10 @@ def register(policy: type[MoeplaceEplbPolicy] | None = None, **settings: Any) ->
     """Install a moeplace policy as vLLM's EPLB policy in this process (vLLM's config accepts the name "default"
     only, so it takes that entry of ``EPLB_POLICIES``). ``policy``: the class (default: the one matching the installed
     vLLM); ``settings``: solver, time_limit_s, tolerance, seed (set on a subclass). Returns the class installed."""
-    from importlib.metadata import version
-
+    # lazy: vLLM is present only when vLLM loads this plug-in
     from vllm.distributed.eplb import policy as vllm_policy
 
-    base = policy or policy_for(version("vllm"))
+    base = policy or policy_for(importlib.metadata.version("vllm"))
     unknown = set(settings) - {"solver", "time_limit_s", "tolerance", "seed"}
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; choose from solver, time_limit_s, tolerance, seed")

@@ -46,6 +46,7 @@ def _edges(g, kind: str, src_layer: int, dst_layer: int, count_EE: np.ndarray, g
 
 def build_graph(s: RoutingStats, min_prob: float = DEFAULT_MIN_PROB, coactivation: bool = True):
     """A ``networkx.DiGraph`` of ``s`` (see the module docstring)."""
+    # lazy: networkx is slow to import; only the graph needs it
     import networkx as nx
 
     s.require_affinity("the routing graph")
@@ -73,6 +74,7 @@ def build_graph(s: RoutingStats, min_prob: float = DEFAULT_MIN_PROB, coactivatio
 
 def write_graph(path: str | os.PathLike, s: RoutingStats, min_prob: float = DEFAULT_MIN_PROB) -> dict[str, int]:
     """Write the graph of ``s`` as GraphML or GEXF (by suffix), atomically; return node and edge counts."""
+    # lazy: networkx is slow to import; only the graph needs it
     import networkx as nx
 
     out = Path(path)

@@ -33,6 +33,7 @@ def _save(fig, path: Path) -> None:
 
 def _heatmap(data: np.ndarray, title: str, xlabel: str, ylabel: str, cbar: str, path: Path,
              size: tuple[float, float]) -> Path:
+    # lazy: matplotlib is slow to import; only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,6 +10,7 @@ from placer.core.fileio import atomic_path
 
 
 def _pyplot():
+    # lazy: matplotlib is slow to import; only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from placer.core.errors import InputError
 from placer.core.fileio import read_model_config
@@ -127,8 +128,6 @@ class CheckpointExperts:
                              f"expected [{self.hidden}, {self.ffn}]")
 
     def _tensor_files(self) -> dict[str, Path]:
-        from safetensors import safe_open
-
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
             try:
@@ -177,8 +176,6 @@ class CheckpointExperts:
 
     def _tensor(self, name: str, index: int | None = None) -> torch.Tensor:
         """A tensor of the checkpoint, or only row ``index`` of its first dimension (one expert of a fused one)."""
-        from safetensors import safe_open
-
         f = self._files.get(name)
         if f is None:
             raise InputError(f"{self.path}: tensor {name!r} is missing from the checkpoint")

@@ -24,8 +24,12 @@ import threading
 import time
 from typing import Any, Callable
 
+import torch
+import torch.multiprocessing as mp
+
 from placer.core.errors import MoeplaceError
 from placer.replay.config import ReplayConfig
+from placer.replay.worker import run_rank
 
 # A rank's work: target(rank, world, backend, init_method, payload, progress) -> result (rank 0's is returned).
 RankTarget = Callable[..., Any]
@@ -55,8 +59,6 @@ def rank_threads(threads: int, world: int) -> int:
 
 
 def replay_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayConfig, progress) -> Any:
-    from placer.replay.worker import run_rank
-
     return run_rank(rank, world, backend, init_method, cfg, progress=progress)
 
 
@@ -91,8 +93,6 @@ def rank_entry(rank: int, world: int, backend: str, init_method: str, target: Ra
         watch_parent(parent, rendezvous_dir(init_method))
     code = 0
     try:
-        import torch
-
         torch.set_num_threads(rank_threads(threads, world))
         result = target(rank, world, backend, init_method, payload, lambda run: q.put(("progress", rank, run)))
         q.put(("result", rank, result))
@@ -135,8 +135,6 @@ def launch_ranks(world: int, backend: str, target: RankTarget, payload: Any, tim
     """Run ``target`` in ``world`` spawned rank processes (``payload`` is pickled to each); return rank 0's
     result. ``target`` must be a module-level function (spawn imports it by name); it calls ``progress(-1)``
     once it joined the group and ``progress(step)`` after each step. ``what`` names the run in errors."""
-    import torch.multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     tmp = tempfile.mkdtemp(prefix=f"moeplace-{what}-")

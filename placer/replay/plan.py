@@ -181,7 +181,7 @@ def plan_step(placement: Placement, experts_TLK: np.ndarray, weights_TLK: np.nda
     home_tokens = [np.nonzero(home == r)[0].astype(np.int64) if r in ranks else None for r in range(G)]
 
     layers: list[LayerPlan] = []
-    holders = at_home
+    route = _ROUTES[mode](home, at_home, no_stay, ranks)
     for l in range(L):
         slot_TK = placement.slots_for_tokens(l, experts_TLK[:, l, :], token_index_T)
         rank_TK, local_TK = slot_TK // spg, slot_TK % spg
@@ -190,29 +190,61 @@ def plan_step(placement: Placement, experts_TLK: np.ndarray, weights_TLK: np.nda
         on_TG[tt, rank_TK.ravel()] = True
         on_TG &= present[:, l, None]
         pres = present[:, l]
-        if mode is TrafficMode.EP:
-            # Step 1: home -> every rank of the token's experts (the home keeps its copy: it adds the residual).
-            dest = on_TG | at_home
-            dispatch = plan_exchange(at_home, dest, no_stay, ranks)
-            keeper = home
-        else:
-            # Step 1: the previous layer's ranks -> this layer's; absent tokens stay where they are.
-            dest = np.where(pres[:, None], on_TG, holders)
-            dispatch = plan_exchange(holders, dest, ~pres, ranks)
-            keeper = np.argmax(on_TG, axis=1)  # the lowest rank of S keeps the residual
+        # Step 1: the rows to the ranks of the token's experts (the mode says from where).
+        dest, dispatch, keeper = route.dispatch(on_TG, pres)
         # Step 2: each rank runs its slots' experts on the rows routed to them.
         compute = [None] * G
         for r in ranks:
             compute[r] = _plan_compute(r, dest, rank_TK, local_TK, weights_TLK[:, l, :], pres, keeper, spg)
-        combine = None
-        if mode is TrafficMode.EP:
-            # Step 3: partial sums back home.
-            combine = plan_exchange(dest, at_home, no_stay, ranks)
-        else:
-            holders = dest
+        # Step 3: the partial sums back home (ep), or left where they are for the next layer (coherent).
+        combine = route.combine(dest)
         layers.append(LayerPlan(dispatch=dispatch, compute=compute, combine=combine))
-    final = plan_exchange(holders, at_home, no_stay, ranks) if mode is TrafficMode.COHERENT else None
+    final = route.final()
     return StepPlan(mode=mode, num_ranks=G, home_T=home, home_tokens=home_tokens, layers=layers, final=final)
+
+
+class _EpRoute:
+    """ep: at every layer, home -> every rank of the token's experts (the home keeps its copy: it adds the
+    residual), then the partial sums back home."""
+
+    def __init__(self, home: np.ndarray, at_home: np.ndarray, no_stay: np.ndarray, ranks) -> None:
+        self.home, self.at_home, self.no_stay, self.ranks = home, at_home, no_stay, ranks
+
+    def dispatch(self, on_TG: np.ndarray, pres: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+        dest = on_TG | self.at_home
+        return dest, plan_exchange(self.at_home, dest, self.no_stay, self.ranks), self.home
+
+    def combine(self, dest: np.ndarray) -> list:
+        return plan_exchange(dest, self.at_home, self.no_stay, self.ranks)
+
+    def final(self) -> None:
+        return None
+
+
+class _CoherentRoute:
+    """coherent: the previous layer's ranks -> this layer's (absent tokens stay where they are; the lowest rank of
+    the token's experts keeps the residual), and back home after the last layer."""
+
+    def __init__(self, home: np.ndarray, at_home: np.ndarray, no_stay: np.ndarray, ranks) -> None:
+        self.holders, self.at_home, self.no_stay, self.ranks = at_home, at_home, no_stay, ranks
+
+    def dispatch(self, on_TG: np.ndarray, pres: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+        dest = np.where(pres[:, None], on_TG, self.holders)
+        return dest, plan_exchange(self.holders, dest, ~pres, self.ranks), np.argmax(on_TG, axis=1)
+
+    def combine(self, dest: np.ndarray) -> None:
+        self.holders = dest
+        return None
+
+    def final(self) -> list:
+        return plan_exchange(self.holders, self.at_home, self.no_stay, self.ranks)
+
+
+# How each traffic model routes a step's rows between the ranks.
+_ROUTES: dict[TrafficMode, type[_EpRoute] | type[_CoherentRoute]] = {
+    TrafficMode.EP: _EpRoute,
+    TrafficMode.COHERENT: _CoherentRoute,
+}
 
 
 def exchanges_of(plan: StepPlan) -> list[tuple[int, str, list[RankExchange | None]]]:

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from placer.core.trace.reader import TraceReader, concat_batches
 from placer.replay.experts import DTYPES, initial_hidden, rms_norm, swiglu
 from placer.replay.plan import StepPlan, corrupt_plan, plan_step
 
@@ -49,8 +50,6 @@ class Routing:
 
 def load_routing(path, num_tokens: int, num_layers: int) -> Routing:
     """Read the first ``num_tokens`` tokens of a trace (fewer if it is shorter), first ``num_layers`` layers."""
-    from placer.core.trace.reader import TraceReader, concat_batches
-
     reader = TraceReader(path)
     got, batches = 0, []
     for b in reader.iter_batches(batch_size=min(65536, max(num_tokens, 1)), fields=("experts", "weights", "present", "seq")):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rich.table import Table
 
 REPORT_FORMAT = "moeplace-replay-report"
 REPORT_VERSION = 1
@@ -114,6 +115,7 @@ def add_predictions(cases: list[dict], predicted: list[dict]) -> dict:
     """Put the cost model's prediction beside each placement's measurement (in place) and return the report's
     ``prediction`` summary: the rank correlation of predicted and measured speedups over the first placement,
     and the largest errors. Errors are predicted / measured - 1."""
+    # lazy: placer.replay.predict imports torch and numba
     from placer.replay.predict import rank_correlation
 
     base = predicted[0]["step_ms"]
@@ -139,8 +141,6 @@ def _ms(x: float) -> str:
 
 def report_table(report: dict):
     """A rich table comparing the placements of a report (everything else is in the JSON)."""
-    from rich.table import Table
-
     comm = "modelled" if report["communication"] != "measured" else "measured"
     t = Table(title=(f"replay: {report['backend']}, {report['world_size']} ranks, {report['mode']}, "
                      f"{report['tokens_replayed']:,} tokens x {report['num_layers']} layers, {report['dtype']}, "

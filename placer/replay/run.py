@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from placer.core.errors import InputError, MoeplaceError
+from placer.core.hardware import Hardware, load_topology_source
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.core.placement_io import load_placement
@@ -201,8 +202,6 @@ def cross_shape_warning(topology: Path | str | None, hidden: int, ffn: int) -> s
     expert's times with a median error of hundreds of percent); on a GPU the scaling is untested."""
     if topology is None:
         return None
-    from placer.core.hardware import Hardware, load_topology_source
-
     hw = load_topology_source(topology)
     if not isinstance(hw, Hardware) or hw.doc.get("metadata", {}).get("device") != "cpu":
         return None

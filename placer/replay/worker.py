@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from placer.core.errors import MoeplaceError
-from placer.core.mode import TrafficMode
 from placer.replay.config import ReplayConfig
 from placer.replay.datapath import TCompute, TExchange, Timer, compute, pack, unpack
 from placer.replay.experts import DTYPES, ExpertCache
@@ -39,8 +39,6 @@ class DistComm:
         self.where = ""
 
     def exchange(self, ex: TExchange, buf: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         send = pack(ex, buf)
         counts = torch.tensor(ex.send_splits, dtype=torch.int64, device=self.device)
         got = torch.empty_like(counts)
@@ -77,8 +75,6 @@ def run_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayC
 
     ``progress(run)`` is called after each step (of every placement); ``progress(-1)`` once the group is
     joined."""
-    import torch.distributed as dist
-
     device = device_for(backend, rank if local_rank is None else local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -94,8 +90,6 @@ def run_rank(rank: int, world: int, backend: str, init_method: str, cfg: ReplayC
 
 
 def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, progress: Progress) -> list[dict] | None:
-    import torch.distributed as dist
-
     if world != cfg.world_size:
         raise MoeplaceError(f"rank {rank}: the process group has {world} ranks, the placements {cfg.world_size} GPUs")
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
@@ -129,7 +123,7 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
         if cfg.fail_rank == rank and ci == 0 and ps.measured and i == 0:
             _inject_failure(cfg, rank)
         dist.barrier()
-        out, times = _step(cfg.cases[ci].mode, L, exch, comp, experts[ci], buf, comm, timer)
+        out, times = _step(L, exch, comp, experts[ci], buf, comm, timer)
         if ps.measured:
             for k in ("dispatch_ms", "compute_ms", "combine_ms"):
                 m[k][i] = times[k]
@@ -158,9 +152,10 @@ def _replay(rank: int, world: int, cfg: ReplayConfig, device: torch.device, prog
     return results if rank == 0 else None
 
 
-def _step(mode: TrafficMode, L: int, exch: dict, comp: list[TCompute], experts_L: list, buf: torch.Tensor,
-          comm: DistComm, timer: Timer) -> tuple[torch.Tensor, dict]:
-    """One step of this rank through every layer; returns the final home rows and the phase times."""
+def _step(L: int, exch: dict, comp: list[TCompute], experts_L: list, buf: torch.Tensor, comm: DistComm,
+          timer: Timer) -> tuple[torch.Tensor, dict]:
+    """One step of this rank through every layer, running the exchanges its plan has (``exch``: by layer and
+    phase); returns the final home rows and the phase times."""
     timer.reset()
     marks = {"start": timer.mark()}
     for l in range(L):
@@ -169,11 +164,11 @@ def _step(mode: TrafficMode, L: int, exch: dict, comp: list[TCompute], experts_L
         marks[(l, "dispatch")] = timer.mark()
         buf = compute(comp[l], x, experts_L[l])
         marks[(l, "compute")] = timer.mark()
-        if mode is TrafficMode.EP:
+        if (l, "combine") in exch:  # ep: the partial sums back home
             comm.where = f"layer {l} combine"
             buf = comm.exchange(exch[(l, "combine")], buf)
         marks[(l, "combine")] = timer.mark()
-    if mode is TrafficMode.COHERENT:
+    if (-1, "return") in exch:  # coherent: home after the last layer
         comm.where = "return home"
         buf = comm.exchange(exch[(-1, "return")], buf)
     marks["end"] = timer.mark()

@@ -44,6 +44,7 @@ def require_engine(engine: str) -> None:
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r}: choose dask")
     try:
+        # lazy: Dask is the optional extra moeplace[dask]
         import distributed  # noqa: F401
     except ImportError:
         raise InputError("--engine dask needs Dask's distributed scheduler: pip install 'moeplace[dask]'") from None

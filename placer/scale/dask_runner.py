@@ -56,6 +56,7 @@ def connect(address: str | None, workers: int | None, debug: bool = False) -> It
 
 
 def _connect(address: str | None, workers: int | None, debug: bool) -> Iterator[tuple[Any, int | None]]:
+    # lazy: Dask is the optional extra moeplace[dask]
     import dask
     from distributed import Client, LocalCluster
 
@@ -107,6 +108,7 @@ def check_workers(client: Any, path: str) -> None:
 
 
 def _why(exc: BaseException) -> str:
+    # lazy: Dask is the optional extra moeplace[dask]
     from distributed import KilledWorker
 
     if isinstance(exc, KilledWorker):
@@ -123,6 +125,7 @@ def count_on_cluster(client: Any, shards: Sequence[Shard], job: CountJob,
     one shard it counts, so a worker that dies fails that shard only (and no other shard is charged an
     attempt), and results waiting to be merged stay few.
     """
+    # lazy: Dask is the optional extra moeplace[dask]
     from distributed import as_completed
 
     entries_per_token = job.meta.num_layers * job.meta.top_k

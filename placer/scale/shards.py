@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numba
+
 import placer
 from placer.core.errors import InputError
 from placer.core.stats.stream import SplitBy, StatsBuilder
@@ -115,8 +117,6 @@ class CountJob:
 def count_shard(shard: Shard, job: CountJob) -> StatsBuilder:
     """Count one shard (runs on a worker)."""
     if job.threads is not None:
-        import numba
-
         numba.set_num_threads(max(1, min(job.threads, numba.config.NUMBA_NUM_THREADS)))
     if job.fault is not None:
         job.fault.maybe_fail(shard)

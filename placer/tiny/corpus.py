@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from placer.core.errors import InputError
+from placer.core.fileio import write_text_atomic
 from placer.tiny.vocab import EOS_ID
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "stdlib_manifest.json"
@@ -129,8 +130,6 @@ def load_corpus(manifest: dict | None = None, root: Path | None = None, allow_mi
 
 def write_manifest(path: Path = MANIFEST_PATH, root: Path | None = None) -> Path:
     """Write the manifest of this interpreter's corpus, one file per line (a new corpus: retrain after)."""
-    from placer.core.fileio import write_text_atomic
-
     m = make_manifest(root)
     head = [f'  "{k}": {json.dumps(m[k])},' for k in ("python", "implementation", "rule")]
     rows = [f"    {json.dumps(f)}" for f in m["files"]]

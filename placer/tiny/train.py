@@ -61,6 +61,7 @@ class TinyConfig:
 
 def hf_config(cfg: TinyConfig):
     """The transformers ``Qwen3MoeConfig`` of the tiny model: every decoder layer is an MoE layer."""
+    # lazy: transformers takes seconds to import
     from transformers import Qwen3MoeConfig
 
     return Qwen3MoeConfig(
@@ -97,6 +98,7 @@ def _lr_at(step: int, cfg: TinyConfig) -> float:
 
 
 def _windows(ids: np.ndarray, rng: np.random.Generator, batch: int, length: int):
+    # lazy: torch takes seconds to import
     import torch
 
     starts = rng.integers(0, len(ids) - length, size=batch)
@@ -106,6 +108,7 @@ def _windows(ids: np.ndarray, rng: np.random.Generator, batch: int, length: int)
 
 def lm_loss(logits, x):
     """Mean next-byte cross-entropy (nats) of ``logits [B, S, V]`` for the windows ``x [B, S]``."""
+    # lazy: torch takes seconds to import
     import torch.nn.functional as F
 
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
@@ -120,6 +123,7 @@ def balance_loss(router_logits, top_k: int):
     (the first training run of this model came out with 5-7x the fair share on one expert); this one
     balances every layer.
     """
+    # lazy: torch takes seconds to import
     import torch
 
     losses = []
@@ -135,6 +139,7 @@ def balance_loss(router_logits, top_k: int):
 def evaluate(model, ids: np.ndarray, cfg: TinyConfig, seed: int = 1234) -> dict:
     """Mean next-byte loss (nats and bits per byte) and, per layer, the busiest expert's share of the
     top-k picks over its fair share K/E (1 = balanced), on fixed windows of ``ids``."""
+    # lazy: torch takes seconds to import
     import torch
 
     rng = np.random.default_rng(seed)
@@ -168,6 +173,7 @@ def train(
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Train the model and save it in ``out_dir`` (which must exist); return the training summary."""
+    # lazy: torch and transformers take seconds to import
     import torch
     from transformers import Qwen3MoeForCausalLM
     from transformers.utils import logging as hf_logging

@@ -30,7 +30,7 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -44,7 +44,7 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str):
     """The torch dtype: ``auto`` is float32 on CPU and the checkpoint's own dtype on a GPU."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if dtype == "auto":
         return (torch.float32, "float32") if device == "cpu" else ("auto", "auto")
@@ -66,7 +66,7 @@ def read_config(model_dir: Path):
                 f"supported MoE families: {supported_families()}"
             ) from None
     adapter = adapter_for(model_type, str(model_dir))
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers takes seconds to import
 
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -77,9 +77,9 @@ def read_config(model_dir: Path):
 
 def load_model(model_dir: str | os.PathLike, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     """Load the model in eval mode on ``device`` and find its MoE routers."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    import torch  # lazy: torch takes seconds to import
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes seconds to import
+    from transformers.utils import logging as hf_logging  # lazy: transformers takes seconds to import
 
     d = Path(model_dir)
     config, adapter = read_config(d)

@@ -87,7 +87,7 @@ class RouterRecorder:
     def take(self, keep_N) -> tuple[np.ndarray, np.ndarray]:
         """Experts ``[T, L, K]`` and weights of the rows where ``keep_N`` (bool, ``N = B*S``) is True, in rank
         order (descending gate weight; the router's order among equal weights); clears the recorder."""
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
         missing = [i for i, x in enumerate(self._ids) if x is None]
         if missing:
@@ -115,7 +115,7 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int):
 
     Positions count real tokens only, so a padded sequence is routed exactly as it would be alone.
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     B, S = len(seqs), max(len(s) for s in seqs)
     ids = torch.full((B, S), pad_id, dtype=torch.long)
@@ -143,7 +143,7 @@ def trace_batches(
     Decoding feeds each generated token once, as a server does; a sequence stops after generating an
     end-of-sequence id (that token is not fed).
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     for start in range(0, len(sequences), opts.batch_size):
         chunk = sequences[start : start + opts.batch_size]

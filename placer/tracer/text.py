@@ -14,6 +14,7 @@ from typing import Callable
 
 from placer.core.errors import InputError, first_line
 from placer.core.fileio import require_file
+from placer.tiny.vocab import BYTE_TOKENIZER_FILE, ByteCodec
 
 
 def is_jsonl(path: Path, text_field: str | None) -> bool:
@@ -102,8 +103,6 @@ class Tokenizer:
 
 def load_tokenizer(model_dir: str | os.PathLike, config=None) -> Tokenizer:
     """The folder's byte vocabulary (``byte_tokenizer.json``) or its Hugging Face tokenizer, offline."""
-    from placer.tiny.vocab import BYTE_TOKENIZER_FILE, ByteCodec
-
     d = Path(model_dir)
     if (d / BYTE_TOKENIZER_FILE).is_file():
         try:
@@ -112,7 +111,7 @@ def load_tokenizer(model_dir: str | os.PathLike, config=None) -> Tokenizer:
             raise InputError(f"{d / BYTE_TOKENIZER_FILE}: malformed byte vocabulary ({exc})") from None
         return Tokenizer(codec.encode, codec.pad_token_id, frozenset({codec.eos_token_id}), "bytes")
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers takes seconds to import
 
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a missing/broken tokenizer

@@ -233,7 +233,7 @@ def test_ctrl_c_inside_a_sequences_hand_over_keeps_every_sequence(files, tmp_pat
 
 
 def test_ctrl_c_through_the_cli_exits_130(cli, files, tmp_path, monkeypatch):
-    import placer.progress
+    import placer.cli.trace
 
     monkeypatch.setenv("COLUMNS", "300")
     @contextlib.contextmanager
@@ -243,7 +243,7 @@ def test_ctrl_c_through_the_cli_exits_130(cli, files, tmp_path, monkeypatch):
 
         yield advance
 
-    monkeypatch.setattr(placer.progress, "progress_bar", progress_bar)
+    monkeypatch.setattr(placer.cli.trace, "progress_bar", progress_bar)
     prompts, cfg = files
     out = tmp_path / "t.parquet"
     with FakeServer("vllm", MODEL) as srv:

@@ -156,6 +156,7 @@ def _logical_count(data: dict, path: Path, source: str) -> tuple[np.ndarray, dic
 
 
 def _read_pt(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    # lazy: torch takes seconds to import
     import torch
 
     try:
