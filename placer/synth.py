@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from numba import njit

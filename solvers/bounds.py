@@ -11,7 +11,6 @@ import numpy as np
 from numba import njit
 from ortools.graph.python import min_cost_flow
 
-from placer.core.mode import TrafficMode
 from solvers.instance import Instance
 from solvers.layout import replicate_hottest
 

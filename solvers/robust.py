@@ -41,6 +41,7 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
+from placer.core.mode import TrafficMode
 from placer.core.objective import Aggregate
 from placer.core.placement import Placement, SolveReport, SolveStatus
 from placer.core.trace.reader import concat_batches
