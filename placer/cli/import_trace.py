@@ -23,7 +23,7 @@ def import_(
     files: List[Path] = typer.Argument(..., help="Routing log file(s); several are concatenated."),
     out: Path = typer.Option(..., "--out", "-o", help="Output trace (.parquet)."),
     fmt: LogFormat = typer.Option(
-        LogFormat.auto, "--format", help="long: one record per token per layer (JSONL, CSV, Parquet); "
+        LogFormat.auto, "--format", metavar="FORMAT", help="long: one record per token per layer (JSONL, CSV, Parquet); "
         "sglang: SGLang per_token expert-distribution dump (.pt); vllm-routed, sglang-routed: JSONL of saved "
         "response bodies with routed experts (or, vllm-routed and trtllm-routed, .pt records of LLM.generate "
         "outputs; docs/server-trace.md); auto: long or sglang by file extension."

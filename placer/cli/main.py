@@ -71,8 +71,8 @@ def _warnings_after_success(debug: bool) -> Iterator[None]:
 
 def _command():
     """The click command tree of the app, each command checked for outputs that are also inputs and its
-    Ctrl-C carried out as ``Interrupted``."""
-    from placer.cli import app
+    Ctrl-C carried out as ``Interrupted``, its help texts escaped for Rich (brackets kept as text)."""
+    from placer.cli import app, escape_help
     from placer.cli.common import check_outputs_not_inputs
 
     def guard(cmd) -> None:
@@ -93,6 +93,7 @@ def _command():
 
     root = typer.main.get_command(app)
     guard(root)
+    escape_help(root)
     return root
 
 
