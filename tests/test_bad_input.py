@@ -197,6 +197,32 @@ CASES = [
     ("replay {trace} {placement} --backend virtual --hidden 0", 2, ["hidden_size must be a positive integer, got 0"]),
     ("replay {trace} {placement} --backend virtual --nodes 0", 2, ["--nodes 0: must be a positive integer"]),
     ("replay {trace} {placement} --backend virtual --weight-bank -1", 2, ["weight-bank (-1) must be >= 0"]),
+    # Hostile integers: bounded, in one line naming the bound (before: OverflowError, or minutes of work)
+    ("export {placement} --format sglang --num-model-layers 99999999999999999999 -o {dir}/x.json", 2,
+     ["--num-model-layers (99999999999999999999) must be between 1 and 100,000"]),
+    ("export {placement} --format sglang --num-model-layers 100000000 -o {dir}/x.json", 2, ["between 1 and 100,000"]),
+    ("export {placement} --format sglang --moe-layers 99999999999999999999,1 -o {dir}/x.json", 2,
+     ["--moe-layers: layer 99999999999999999999 is beyond the 100,000 decoder layers"]),
+    ("export {placement} --format trtllm --mtp-layers 1000000000 -o {dir}/x.yaml", 2,
+     ["--mtp-layers (1000000000) must be between 0 and 100,000"]),
+    ("export {placement} --format trtllm --moe-layers 0-1 --mtp-layers 99999 -o {dir}/x.yaml", 2,
+     ["--mtp-layers (99999) must be between 0 and 99,998: MTP layers take decoder indices from 2 on"]),
+    ("import-placement {placement} --format moeplace --moe-layers 0-99999999999999999999 -o {dir}/x.json", 2,
+     ["beyond the 100,000 decoder layers"]),
+    ("synth -L 99999999999999999999 -E 4 -K 2 -T 10 -o {dir}/x.parquet", 2, ["layers (99999999999999999999) must be "
+                                                                             "at most 100,000"]),
+    ("synth -L 2 -E 4 -K 2 -T 10 --seq-len 99999999999999999999 -o {dir}/x.parquet", 2, ["positions are int32"]),
+    ("synth -L 2 -E 4 -K 2 -T 10 --domains 99999999999999999999 -o {dir}/x.parquet", 2, ["domains (", "int16"]),
+    ("import {imp_neg_layer} --num-experts 99999999999999999999 -o {dir}/x.parquet", 2, ["--num-experts must be "
+                                                                                         "between 1 and 4,294,967,296"]),
+    ("solve {trace} --gpus 2 -s cpsat --seed 99999999999999999999 -o {dir}/x.json", 2, ["seed (99999999999999999999) "
+                                                                                       "must be at most 2,147,483,647"]),
+    ("solve {trace} --gpus 2 --threads 99999999999999999999 -o {dir}/x.json", 2, ["threads (", "at most 1,024"]),
+    ("rebalance {placement} {trace} --max-moves 1 --seed 99999999999999999999 -o {dir}/x.json", 2, ["seed ("]),
+    ("replay {trace} {placement} --backend virtual --steps 99999999999999999999", 2, ["steps (", "at most 1,000,000"]),
+    ("replay {trace} {placement} --backend virtual --hidden 99999999999999999999", 2, ["hidden (", "at most"]),
+    ("calibrate --hidden 99999999999999999999 --ffn 8 -o {dir}/x.json", 2, ["--hidden (99999999999999999999) must be "
+                                                                            "at most 1,048,576"]),
     # Outputs that are inputs, and outputs that cannot be written
     ("solve {trace} --gpus 2 -o {trace}", 2, ["--out names the same file as an input", "must be outside the inputs"]),
     ("stats {trace} -o {dir}/../{dir.name}/t.parquet", 2, ["--out names the same file as an input"]),
@@ -232,6 +258,11 @@ def test_bad_input_is_one_line_with_its_exit_code(cli, files, line, code, fragme
     assert_one_line_error(res, code, *fragments)
     after = _snapshot(files["dir"])
     assert after == before, "an input changed or an output or temporary file appeared"
+
+
+def test_a_huge_batch_size_reads_the_file_in_one_batch(cli, files):
+    res = cli("stats", files["trace"], "--batch-size", 99999999999999999999, "--json")  # was OverflowError
+    assert res.code == 0, res.err
 
 
 def test_a_hard_link_to_an_input_is_the_input(cli, files, tmp_path):

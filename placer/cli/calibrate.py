@@ -52,10 +52,15 @@ def calibrate(
     docs/calibrate.md.
     """
     from placer.calibrate.run import CalibrateRequest, calibrate as run_calibrate
-    from placer.cli.common import print_json
+    from placer.cli.common import UsageError, print_json
+    from placer.core.limits import MAX_CALL_TOKENS, MAX_HIDDEN, MAX_THREADS
     from placer.core.fileio import prepare_output, write_json_atomic
     from placer.progress import progress_bar
 
+    for name, value, bound in (("--hidden", hidden, MAX_HIDDEN), ("--ffn", ffn, MAX_HIDDEN),
+                               ("--max-tokens", max_tokens, MAX_CALL_TOKENS), ("--threads", threads, MAX_THREADS)):
+        if value is not None and value > bound:
+            raise UsageError(f"{name} ({value}) must be at most {bound:,}")
     prepare_output(out)
     req = CalibrateRequest(model=model, hidden=hidden, ffn=ffn, dtype=dtype, device=device, max_tokens=max_tokens,
                            max_call_ms=max_call_ms, budget_s=budget, threads=threads, backend=backend,

@@ -63,16 +63,20 @@ def import_(
     """
     from placer.cli.common import console, kv_table
     from placer.cli.common import UsageError
+    from placer.core.limits import MAX_EXPERTS, MAX_LAYERS
     from placer.importers import FieldMap, import_long, import_sglang_per_token
     from placer.core.trace.writer import write_trace
 
+    if num_experts is not None and not 1 <= num_experts <= MAX_EXPERTS:
+        raise UsageError(f"--num-experts must be between 1 and {MAX_EXPERTS:,} (expert ids are stored as uint32), "
+                         f"got {num_experts}")
+    if num_layers is not None and not 1 <= num_layers <= MAX_LAYERS:
+        raise UsageError(f"--num-layers must be between 1 and {MAX_LAYERS:,} (layers of a model), got {num_layers}")
     if fmt.value.endswith("-routed"):
         _import_routed(files, out, fmt.value, model_config, num_layers, top_k, num_experts, model_name)
         return
     if num_layers is not None or model_config is not None:
         raise UsageError("--num-layers and --model-config are for the *-routed formats")
-    if num_experts is not None and num_experts < 1:
-        raise UsageError(f"--num-experts must be positive, got {num_experts}")
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be positive, got {top_k}")
     kind = fmt.value

@@ -185,6 +185,8 @@ class TraceReader:
             if row_groups.step != 1 or not 0 <= row_groups.start <= row_groups.stop <= len(sizes):
                 raise ValueError(f"{self.path}: row groups {row_groups} outside the file's {len(sizes)}")
             row, selected = sum(sizes[:row_groups.start]), list(row_groups)
+        # A batch larger than the file reads the file (and a huge batch_size would overflow Arrow's int64).
+        batch_size = max(1, min(batch_size, self._pf.metadata.num_rows))
         try:
             for rb in self._pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=selected):
                 n = rb.num_rows
