@@ -160,6 +160,8 @@ CASES = [
     ("replay {inf_w} {placement} --backend virtual", 2, ["row 3", "non-finite"]),
     ("replay {neg_w} {placement} --backend virtual", 2, ["row 4, layer 0, rank 1", "negative gate weight"]),
     ("replay {big_w} {placement} --backend virtual", 2, ["row 5", "above float16's range"]),
+    ("info --weights {nan_w}", 2, ["column 'weights': row 3, layer 1, rank 0", "non-finite"]),
+    ("info --weights {neg_w}", 2, ["row 4, layer 0, rank 1", "negative gate weight"]),
     ("info {rep_idx}", 2, ["metadata: moe_layer_indices [3, 3] must be distinct layer numbers >= 0"]),
     ("stats {trace} {trace_idx}", 2, ["moe_layer_indices [3, 5] differ", "one model"]),
     ("solve {trace} {trace_idx} --gpus 2 -o {dir}/x.json", 2, ["moe_layer_indices [3, 5] differ"]),
@@ -258,6 +260,15 @@ def test_bad_input_is_one_line_with_its_exit_code(cli, files, line, code, fragme
     assert_one_line_error(res, code, *fragments)
     after = _snapshot(files["dir"])
     assert after == before, "an input changed or an output or temporary file appeared"
+
+
+def test_info_reads_weights_only_when_asked(cli, files):
+    """docs/trace-format.md: only the commands that read the gate weights check them (replay, info --weights)."""
+    res = cli("info", files["nan_w"])
+    assert res.code == 0, res.err
+    assert "not read (--weights checks them)" in res.out
+    res = cli("info", "--weights", files["trace"], "--json")
+    assert res.code == 0 and json.loads(res.out)["weights_checked"] is True, res.err
 
 
 def test_a_huge_batch_size_reads_the_file_in_one_batch(cli, files):
