@@ -39,6 +39,19 @@ FIELDS = {
 ALL_FIELDS = tuple(FIELDS)
 
 
+# Files of other kinds given where a trace goes (``solve stats.npz``), by their ending: what they are and where
+# they go instead.
+_LOADS = "pass it with --load FILE (solve, evaluate, rebalance, simulate, stats) or as export's input"
+NOT_A_TRACE = {
+    ".npz": "a stats file (moeplace stats): pass it with --stats FILE (solve, evaluate, rebalance) or as an input "
+            "of stats or export",
+    ".npy": f"a load matrix: {_LOADS}",
+    ".csv": f"a load matrix: {_LOADS}",
+    ".pt": f"a load matrix or an SGLang statistics dump: {_LOADS}",
+    ".json": f"a placement or a load file (an SGLang logical_count); a load file: {_LOADS}",
+}
+
+
 def _flat_numpy(arr: pa.Array) -> np.ndarray:
     # flatten() honours the slice offset of the list array (``.values`` would not).
     return arr.flatten().to_numpy(zero_copy_only=False)
@@ -63,6 +76,9 @@ class TraceReader:
             self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             schema = self._pf.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
+            other = NOT_A_TRACE.get(self.path.suffix.lower())
+            if other is not None:
+                raise InputError(f"{self.path}: not a trace (Parquet) but, by its name, {other}") from None
             raise InputError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
         self.meta = self._validate_schema(schema)
         self.num_tokens = int(self._pf.metadata.num_rows)
