@@ -276,6 +276,12 @@ def test_info_reads_weights_only_when_asked(cli, files):
     assert res.code == 0 and json.loads(res.out)["weights_checked"] is True, res.err
 
 
+def test_more_exflow_batches_than_tokens_is_one_token_each(cli, files, tmp_path):
+    res = cli("solve", files["trace"], "--gpus", 2, "-s", "exflow", "--batches", 99999999999999999999, "--time-limit",
+              3, "-o", tmp_path / "x.json")  # was "exflow: Maximum allowed size exceeded"
+    assert res.code == 0, res.err
+
+
 def test_a_huge_batch_size_reads_the_file_in_one_batch(cli, files):
     res = cli("stats", files["trace"], "--batch-size", 99999999999999999999, "--json")  # was OverflowError
     assert res.code == 0, res.err
