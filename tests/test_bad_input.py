@@ -230,6 +230,10 @@ CASES = [
     ("replay {trace} {placement} --backend virtual --hidden 99999999999999999999", 2, ["hidden (", "at most"]),
     ("calibrate --hidden 99999999999999999999 --ffn 8 -o {dir}/x.json", 2, ["--hidden (99999999999999999999) must be "
                                                                             "at most 1,048,576"]),
+    ("stats {trace} --engine dask --workers 99999999999999999999", 2, ["--workers (99999999999999999999) must be at "
+                                                                       "most 1,024"]),  # was: ran without end
+    ("bench robust --layers 0", 2, ["layers must be a positive integer, got 0"]),  # was an internal error, 1
+    ("bench validate --layers 99999999999999999999", 2, ["layers (99999999999999999999) must be at most 100,000"]),
     # Outputs that are inputs, and outputs that cannot be written
     ("solve {trace} --gpus 2 -o {trace}", 2, ["--out names the same file as an input", "must be outside the inputs"]),
     ("stats {trace} -o {dir}/../{dir.name}/t.parquet", 2, ["--out names the same file as an input"]),
@@ -324,6 +328,18 @@ def test_warnings_are_held_back_when_the_command_fails(cli, files, monkeypatch):
         res = cli("stats", "--load", files["bom"])
     assert_one_line_error(res, 2, "the failure the warning was about")
     assert not [w for w in seen if "overflow" in str(w.message)]
+
+
+def test_a_config_check_is_bad_input_and_another_value_error_a_bug(cli, files, monkeypatch):
+    """A ValueError from a configuration dataclass's own check that a command passed on is exit 2; any other
+    ValueError stays an internal error (exit 1): a bug."""
+    from placer.core.stats import loadonly
+
+    def bug(path, top_k=None):
+        raise ValueError("some library's complaint")
+
+    monkeypatch.setattr(loadonly, "load_only_stats", bug)
+    assert_one_line_error(cli("stats", "--load", files["bom"]), 1, "internal error: ValueError: some library's")
 
 
 def test_out_of_memory_is_a_one_line_failure(cli, files, monkeypatch):

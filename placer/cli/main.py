@@ -139,9 +139,27 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected bug: still one line unless --debug
         if state.get("debug"):
             traceback.print_exc()
+        if _config_mistake(exc):  # a value a command passed on unchecked: bad input all the same
+            _err(first_line(exc, None))
+            return 2
         first = first_line(exc, None, empty="")
         _err(f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)")
         return 1
+
+
+# Where configuration dataclasses refuse a value (docs/errors.md; DESIGN: ``__post_init__`` raises ValueError).
+_CONFIG_CHECKS = ("__post_init__", "require_positive_ints", "require_at_most")
+
+
+def _config_mistake(exc: BaseException) -> bool:
+    """``exc`` is a ValueError raised by a configuration dataclass's own validation (the innermost frame is one of
+    ``_CONFIG_CHECKS``): a user's value that a command passed on without turning the error into ``InputError``."""
+    tb = exc.__traceback__
+    if not isinstance(exc, ValueError) or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name in _CONFIG_CHECKS
 
 
 def main() -> None:
