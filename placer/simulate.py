@@ -132,10 +132,7 @@ def simulate(windows: Sequence[Window], policies: Sequence[Policy], topology: To
     if history not in HISTORY:
         raise InputError(f"--history {history!r}: choose {' or '.join(HISTORY)}")
     mode = TrafficMode.parse(mode)
-    try:
-        options = SolveOptions(time_limit_s=time_limit_s, seed=seed)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    options = SolveOptions(time_limit_s=time_limit_s, seed=seed)
     sim = Simulation([p.name for p in policies], [w.name for w in windows[1:]])
 
     def fitted(p: Policy, seen: list[Window], previous: Placement | None) -> Placement:

@@ -87,8 +87,8 @@ def rebalance(
     solver_spec = get_solver(solver)
     read = read_scenarios(traces or [], stats_files or [], load_files or [], spec, check,
                           with_paths=bool(traces) and solver_spec.token_paths)
+    options = SolveOptions(time_limit_s=time_limit, seed=seed)
     try:
-        options = SolveOptions(time_limit_s=time_limit, seed=seed)
         if spec is None:
             problems = [problem_from_stats(read[0].stats, topo, cur.num_redundant, cur.report.mode, read[0].paths)]
             weights = np.ones(1)
