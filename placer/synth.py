@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit
 
 from placer.core.errors import require_positive_ints
+from placer.core.limits import MAX_DOMAINS, MAX_EXPERTS, MAX_LAYERS, MAX_SEQ_LEN, require_at_most
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta
 
 CHUNK = 16384  # tokens generated at a time; fixed so that output does not depend on any option
@@ -63,6 +64,10 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         require_positive_ints(self, ("layers", "experts", "top_k", "tokens", "domains", "seq_len", "drift_periods"))
+        require_at_most("layers", self.layers, MAX_LAYERS, "layers of a model")
+        require_at_most("experts", self.experts, MAX_EXPERTS, "expert ids are stored as uint32")
+        require_at_most("domains", self.domains, MAX_DOMAINS, "the domain column is int16")
+        require_at_most("seq_len", self.seq_len, MAX_SEQ_LEN, "positions are int32")
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if self.clusters < 0 or self.clusters > self.experts:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 import time
+from typing import Iterator
 
 import numpy as np
 from ortools.graph.python import linear_sum_assignment
@@ -74,20 +78,43 @@ def workers(options: SolveOptions) -> int:
     return options.threads or 1
 
 
+# Whether the wall-clock stops are on (the default) in this thread: ``nominal_budgets_only`` turns them off.
+_WALL_CLOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("moeplace_wall_clock", default=True)
+
+
+@contextlib.contextmanager
+def nominal_budgets_only() -> Iterator[None]:
+    """Inside: every wall-clock stop is off (``WallGuard`` never fires, CP-SAT has no wall-time limit), so the
+    searches stop on their nominal budgets only (work units, CP-SAT's deterministic time) and the same inputs,
+    seed and limit give the same placement on any machine under any load, however long that takes. For callers
+    whose processes must agree on one answer without talking to each other (vLLM runs its EPLB policy on every
+    rank, placer/integrations/vllm_eplb.py)."""
+    token = _WALL_CLOCK.set(False)
+    try:
+        yield
+    finally:
+        _WALL_CLOCK.reset(token)
+
+
+def wall_clock_on() -> bool:
+    return _WALL_CLOCK.get()
+
+
 class WallGuard:
     """The wall-clock stop: ``over()`` turns true (and ``fired`` records it) after ``limit_s``. The deadline is
     on ``time.monotonic()``, a clock every process of the machine shares, so a guard can be handed to worker
-    processes (``WallGuard.until``)."""
+    processes (``WallGuard.until``). Under ``nominal_budgets_only`` the deadline is infinite."""
 
     def __init__(self, limit_s: float) -> None:
-        self.deadline = time.monotonic() + limit_s
+        self.deadline = time.monotonic() + limit_s if wall_clock_on() else math.inf
         self.fired = False
 
     @classmethod
     def until(cls, deadline: float) -> "WallGuard":
         """A guard that fires at ``deadline`` (a ``time.monotonic()`` value)."""
         guard = cls(0.0)
-        guard.deadline = deadline
+        if wall_clock_on():
+            guard.deadline = deadline
         return guard
 
     def left(self) -> float:

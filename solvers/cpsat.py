@@ -37,7 +37,8 @@ from placer.core.errors import MoeplaceError
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from solvers.assignment import Outcome, finish, layer_loads, terms
-from solvers.common import DET_PER_SECOND, SEARCH_END, WALL_SAFETY, WallGuard, best_start, finish_seconds, workers
+from solvers.common import (DET_PER_SECOND, SEARCH_END, WALL_SAFETY, WallGuard, best_start, finish_seconds,
+                            wall_clock_on, workers)
 from solvers.instance import Instance, build_instance
 from solvers.problem import PlacementProblem, SolveOptions
 from solvers.registry import solver
@@ -421,9 +422,10 @@ class CpsatModel:
         if num_workers > 1:
             params.interleave_search = True
         params.max_deterministic_time = max(det_time, 0.005)
-        params.max_time_in_seconds = max(det_time, 0.005) / DET_PER_SECOND * WALL_SAFETY
-        if self.wall is not None:
-            params.max_time_in_seconds = max(min(params.max_time_in_seconds, self.wall.left()), 0.005)
+        if wall_clock_on():  # (off: deterministic time only, common.nominal_budgets_only)
+            params.max_time_in_seconds = max(det_time, 0.005) / DET_PER_SECOND * WALL_SAFETY
+            if self.wall is not None:
+                params.max_time_in_seconds = max(min(params.max_time_in_seconds, self.wall.left()), 0.005)
         t0 = time.perf_counter()
         status = solver.solve(self.model)
         wall = time.perf_counter() - t0

@@ -216,10 +216,12 @@ def solve(problem: PlacementProblem, options: SolveOptions) -> Placement:
     # The token batches: cumulative hop counts after each batch.
     if problem.paths_TLK is not None:
         paths = np.asarray(problem.paths_TLK)
-        cuts = np.linspace(0, paths.shape[0], batches + 1).astype(int)
+        # More batches than tokens: one token each, as the empty batches are skipped (and a huge count would not fit).
+        n = min(batches, max(paths.shape[0], 1))
+        cuts = np.linspace(0, paths.shape[0], n + 1).astype(int)
         present = None if problem.present_TL is None else np.asarray(problem.present_TL, dtype=bool)
         steps = [hop_counts(paths[: cuts[b + 1]], None if present is None else present[: cuts[b + 1]], E, top1)
-                 for b in range(batches) if cuts[b + 1] > cuts[b]]
+                 for b in range(n) if cuts[b + 1] > cuts[b]]
     elif problem.trans_LEE is not None:
         if top1:
             raise ValueError("exflow: top1 needs token paths (a trace), not a statistics file")

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from placer.core.limits import MAX_SEED, MAX_THREADS, require_at_most
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement, SolveReport
 from placer.core.topology import Topology
@@ -115,5 +116,7 @@ class SolveOptions:
             raise ValueError(f"time limit ({self.time_limit_s}) must be positive")
         if self.seed < 0:
             raise ValueError(f"seed ({self.seed}) must be >= 0")
+        require_at_most("seed", self.seed, MAX_SEED, "CP-SAT's seed is a 32-bit integer")
         if self.threads < 0:
             raise ValueError(f"threads ({self.threads}) must be >= 0")
+        require_at_most("threads", self.threads, MAX_THREADS, "workers of one solve")

@@ -154,12 +154,19 @@ CASES = [
     ("info {trunc}", 2, ["trunc.parquet", "not a readable Parquet file"]),
     ("stats {foreign}", 2, ["foreign.parquet", "not a readable Parquet file"]),
     ("info {plain}", 2, ["no 'moeplace' metadata"]),
+    ("solve {stats} --gpus 2 -o {dir}/x.json", 2, ["s.npz: not a trace (Parquet) but, by its name, a stats file",
+                                                   "pass it with --stats FILE"]),
+    ("solve {bom} --gpus 2 -o {dir}/x.json", 2, ["not a trace (Parquet) but, by its name, a load matrix",
+                                                 "pass it with --load FILE"]),
+    ("evaluate {stats} {placement}", 2, ["by its name, a stats file"]),
     ("stats {null_row}", 2, ["column 'experts': row 6 is null"]),
     ("stats {dup}", 2, ["column 'experts': row 7, layer 1 lists expert 3 twice"]),
     ("replay {nan_w} {placement} --backend virtual", 2, ["column 'weights': row 3, layer 1, rank 0", "non-finite"]),
     ("replay {inf_w} {placement} --backend virtual", 2, ["row 3", "non-finite"]),
     ("replay {neg_w} {placement} --backend virtual", 2, ["row 4, layer 0, rank 1", "negative gate weight"]),
     ("replay {big_w} {placement} --backend virtual", 2, ["row 5", "above float16's range"]),
+    ("info --weights {nan_w}", 2, ["column 'weights': row 3, layer 1, rank 0", "non-finite"]),
+    ("info --weights {neg_w}", 2, ["row 4, layer 0, rank 1", "negative gate weight"]),
     ("info {rep_idx}", 2, ["metadata: moe_layer_indices [3, 3] must be distinct layer numbers >= 0"]),
     ("stats {trace} {trace_idx}", 2, ["moe_layer_indices [3, 5] differ", "one model"]),
     ("solve {trace} {trace_idx} --gpus 2 -o {dir}/x.json", 2, ["moe_layer_indices [3, 5] differ"]),
@@ -197,6 +204,36 @@ CASES = [
     ("replay {trace} {placement} --backend virtual --hidden 0", 2, ["hidden_size must be a positive integer, got 0"]),
     ("replay {trace} {placement} --backend virtual --nodes 0", 2, ["--nodes 0: must be a positive integer"]),
     ("replay {trace} {placement} --backend virtual --weight-bank -1", 2, ["weight-bank (-1) must be >= 0"]),
+    # Hostile integers: bounded, in one line naming the bound (before: OverflowError, or minutes of work)
+    ("export {placement} --format sglang --num-model-layers 99999999999999999999 -o {dir}/x.json", 2,
+     ["--num-model-layers (99999999999999999999) must be between 1 and 100,000"]),
+    ("export {placement} --format sglang --num-model-layers 100000000 -o {dir}/x.json", 2, ["between 1 and 100,000"]),
+    ("export {placement} --format sglang --moe-layers 99999999999999999999,1 -o {dir}/x.json", 2,
+     ["--moe-layers: layer 99999999999999999999 is beyond the 100,000 decoder layers"]),
+    ("export {placement} --format trtllm --mtp-layers 1000000000 -o {dir}/x.yaml", 2,
+     ["--mtp-layers (1000000000) must be between 0 and 100,000"]),
+    ("export {placement} --format trtllm --moe-layers 0-1 --mtp-layers 99999 -o {dir}/x.yaml", 2,
+     ["--mtp-layers (99999) must be between 0 and 99,998: MTP layers take decoder indices from 2 on"]),
+    ("import-placement {placement} --format moeplace --moe-layers 0-99999999999999999999 -o {dir}/x.json", 2,
+     ["beyond the 100,000 decoder layers"]),
+    ("synth -L 99999999999999999999 -E 4 -K 2 -T 10 -o {dir}/x.parquet", 2, ["layers (99999999999999999999) must be "
+                                                                             "at most 100,000"]),
+    ("synth -L 2 -E 4 -K 2 -T 10 --seq-len 99999999999999999999 -o {dir}/x.parquet", 2, ["positions are int32"]),
+    ("synth -L 2 -E 4 -K 2 -T 10 --domains 99999999999999999999 -o {dir}/x.parquet", 2, ["domains (", "int16"]),
+    ("import {imp_neg_layer} --num-experts 99999999999999999999 -o {dir}/x.parquet", 2, ["--num-experts must be "
+                                                                                         "between 1 and 4,294,967,296"]),
+    ("solve {trace} --gpus 2 -s cpsat --seed 99999999999999999999 -o {dir}/x.json", 2, ["seed (99999999999999999999) "
+                                                                                       "must be at most 2,147,483,647"]),
+    ("solve {trace} --gpus 2 --threads 99999999999999999999 -o {dir}/x.json", 2, ["threads (", "at most 1,024"]),
+    ("rebalance {placement} {trace} --max-moves 1 --seed 99999999999999999999 -o {dir}/x.json", 2, ["seed ("]),
+    ("replay {trace} {placement} --backend virtual --steps 99999999999999999999", 2, ["steps (", "at most 1,000,000"]),
+    ("replay {trace} {placement} --backend virtual --hidden 99999999999999999999", 2, ["hidden (", "at most"]),
+    ("calibrate --hidden 99999999999999999999 --ffn 8 -o {dir}/x.json", 2, ["--hidden (99999999999999999999) must be "
+                                                                            "at most 1,048,576"]),
+    ("stats {trace} --engine dask --workers 99999999999999999999", 2, ["--workers (99999999999999999999) must be at "
+                                                                       "most 1,024"]),  # was: ran without end
+    ("bench robust --layers 0", 2, ["layers must be a positive integer, got 0"]),  # was an internal error, 1
+    ("bench validate --layers 99999999999999999999", 2, ["layers (99999999999999999999) must be at most 100,000"]),
     # Outputs that are inputs, and outputs that cannot be written
     ("solve {trace} --gpus 2 -o {trace}", 2, ["--out names the same file as an input", "must be outside the inputs"]),
     ("stats {trace} -o {dir}/../{dir.name}/t.parquet", 2, ["--out names the same file as an input"]),
@@ -232,6 +269,26 @@ def test_bad_input_is_one_line_with_its_exit_code(cli, files, line, code, fragme
     assert_one_line_error(res, code, *fragments)
     after = _snapshot(files["dir"])
     assert after == before, "an input changed or an output or temporary file appeared"
+
+
+def test_info_reads_weights_only_when_asked(cli, files):
+    """docs/trace-format.md: only the commands that read the gate weights check them (replay, info --weights)."""
+    res = cli("info", files["nan_w"])
+    assert res.code == 0, res.err
+    assert "not read (--weights checks them)" in res.out
+    res = cli("info", "--weights", files["trace"], "--json")
+    assert res.code == 0 and json.loads(res.out)["weights_checked"] is True, res.err
+
+
+def test_more_exflow_batches_than_tokens_is_one_token_each(cli, files, tmp_path):
+    res = cli("solve", files["trace"], "--gpus", 2, "-s", "exflow", "--batches", 99999999999999999999, "--time-limit",
+              3, "-o", tmp_path / "x.json")  # was "exflow: Maximum allowed size exceeded"
+    assert res.code == 0, res.err
+
+
+def test_a_huge_batch_size_reads_the_file_in_one_batch(cli, files):
+    res = cli("stats", files["trace"], "--batch-size", 99999999999999999999, "--json")  # was OverflowError
+    assert res.code == 0, res.err
 
 
 def test_a_hard_link_to_an_input_is_the_input(cli, files, tmp_path):
@@ -271,6 +328,18 @@ def test_warnings_are_held_back_when_the_command_fails(cli, files, monkeypatch):
         res = cli("stats", "--load", files["bom"])
     assert_one_line_error(res, 2, "the failure the warning was about")
     assert not [w for w in seen if "overflow" in str(w.message)]
+
+
+def test_a_config_check_is_bad_input_and_another_value_error_a_bug(cli, files, monkeypatch):
+    """A ValueError from a configuration dataclass's own check that a command passed on is exit 2; any other
+    ValueError stays an internal error (exit 1): a bug."""
+    from placer.core.stats import loadonly
+
+    def bug(path, top_k=None):
+        raise ValueError("some library's complaint")
+
+    monkeypatch.setattr(loadonly, "load_only_stats", bug)
+    assert_one_line_error(cli("stats", "--load", files["bom"]), 1, "internal error: ValueError: some library's")
 
 
 def test_out_of_memory_is_a_one_line_failure(cli, files, monkeypatch):

@@ -49,6 +49,25 @@ def test_expert_time_with_an_intercept_is_the_knee_model():
         Topology(num_gpus=1, expert_intercept_us=float("nan"))
 
 
+@pytest.mark.parametrize("field", ["expert_tflops", "intra_bw_gbs", "inter_bw_gbs", "intra_latency_us",
+                                   "inter_latency_us", "expert_floor_us"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_topology_refuses_non_finite_numbers(field, value, tmp_path):
+    """JSON's Infinity passed the "positive" checks (NaN failed them): every number must be finite, in a topology
+    file (one line, exit 2) as in the dataclass."""
+    from placer.cli.main import run
+
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        Topology(num_gpus=2, **{field: value})
+    doc = {**Topology(num_gpus=2).to_dict(), field: value}
+    path = tmp_path / "topo.json"
+    path.write_text(json.dumps(doc))  # writes Infinity / NaN, as a hand edit would
+    np.save(tmp_path / "load.npy", np.ones((1, 4)))
+    assert run(["solve", "--load", str(tmp_path / "load.npy"), "--topology", str(path), "-o",
+                str(tmp_path / "p.json")]) == 2
+    assert not (tmp_path / "p.json").exists()
+
+
 @pytest.mark.parametrize("floor, intercept, slope", [(80.0, -10.0, 0.15), (0.0, 120.0, 20.0), (300.0, 40.0, 2.0)])
 def test_fit_knee_recovers_a_knee_curve(floor, intercept, slope):
     n = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384], dtype=float)

@@ -154,6 +154,22 @@ def test_evaluate_load_only_says_so(cli, tmp_path, placements):
     assert d["balance_only"] and d["placements"][0]["summary"]["mean_imbalance"] == pytest.approx(1.0)
 
 
+def test_evaluate_sums_repeated_loads_as_solve_does(cli, tmp_path):
+    """--load a --load b: summed (the help's "repeatable: summed, or each one a scenario"), as in solve."""
+    a, b = np.array([[10, 1, 1, 8], [1, 1, 1, 1]], dtype=float), np.array([[0, 9, 9, 2], [4, 1, 1, 1]], dtype=float)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    np.save(tmp_path / "ab.npy", a + b)
+    assert cli("solve", "--load", tmp_path / "a.npy", "--solver", "greedy", "--gpus", "2",
+               "--out", tmp_path / "p.json").code == 0
+    both = cli("evaluate", "--load", tmp_path / "a.npy", "--load", tmp_path / "b.npy", tmp_path / "p.json", "--json")
+    assert both.code == 0, both.err
+    summed = json.loads(cli("evaluate", "--load", tmp_path / "ab.npy", tmp_path / "p.json", "--json").out)
+    d = json.loads(both.out)
+    assert d["placements"][0]["summary"] == summed["placements"][0]["summary"]
+    assert d["input"].endswith("a.npy + " + str(tmp_path / "b.npy"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one line naming the values
 # ---------------------------------------------------------------------------------------------------

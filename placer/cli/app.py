@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 from pathlib import Path
 
 import typer
@@ -56,6 +57,39 @@ def reflow(doc: str | None) -> str | None:
         else:
             out.append(" ".join(line.strip() for line in lines))
     return "\n\n".join(out)
+
+
+# What Rich reads as a markup tag (rich.markup.RE_TAGS): a backslash-free "[" then a letter, "#", "/" or "@", up to
+# the next "]". Help text is rendered as Rich markup, so "phy2log[l][e]" or "[default: ...]" would vanish.
+_TAG = re.compile(r"(\\*)\[([a-z#/@][^\[]*?)\]")
+# The styles help text uses on purpose; every other bracket is text.
+_STYLES = {"bold", "/bold", "dim", "/dim", "italic", "/italic", "/"}
+
+
+def escape_markup(text: str | None) -> str | None:
+    """``text`` with every bracket that Rich would take for a markup tag escaped (``\\[``), except the deliberate
+    styles of ``_STYLES``; already escaped brackets are kept, so applying it twice changes nothing."""
+    if not text:
+        return text
+
+    def one(m: re.Match) -> str:
+        slashes, tag = m.group(1), m.group(2)
+        if len(slashes) % 2 or tag in _STYLES:
+            return m.group(0)
+        return f"{slashes}\\[{tag}]"
+
+    return _TAG.sub(one, text)
+
+
+def escape_help(cmd) -> None:
+    """Escape, in place, the help of the click command ``cmd``, of its parameters and of its sub-commands: the one
+    place every --help text passes before Rich renders it (``placer.cli.main._command``)."""
+    cmd.help = escape_markup(cmd.help)
+    for param in cmd.params:
+        if getattr(param, "help", None):
+            param.help = escape_markup(param.help)
+    for sub in getattr(cmd, "commands", {}).values():
+        escape_help(sub)
 
 
 def _reflow_help(group: typer.Typer) -> None:

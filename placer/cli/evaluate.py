@@ -53,16 +53,14 @@ def evaluate(
     """
     # lazy: these load the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
     from placer.evaluate import Candidate, check_candidates, compare_on_load, compare_on_trace
-    from placer.inputs import read_statistics, resolve_topology
+    from placer.inputs import resolve_topology
     from placer.core.placement_io import load_placement
 
     if scenarios is not None:
         _evaluate_scenarios(paths, stats_files or [], load_files or [], scenarios, mode, gpus, nodes, topology_file,
                             tokens_per_step, moves_from, as_json)
         return
-    load_file = _one(load_files, "--load")
-    stats_file = _one(stats_files, "--stats")
-    balance_only = load_file is not None or stats_file is not None
+    balance_only = bool(load_files or stats_files)
     if balance_only:
         input_path, placement_paths = None, list(paths)
     else:
@@ -77,8 +75,10 @@ def evaluate(
     moves = _moves(cands, moves_from)
 
     if balance_only:
-        stats = read_statistics((), stats_file, load_file)
-        source_name = str(load_file or stats_file)
+        from placer.scenarios import read_scenarios
+
+        stats = read_scenarios((), stats_files or [], load_files or [])[0].stats  # several: summed, as solve does
+        source_name = " + ".join(str(p) for p in (stats_files or []) + (load_files or []))
         check_candidates(cands, stats.num_layers, stats.num_experts, source_name,
                          tuple(stats.moe_layer_indices) or None)
         results, ref_index, topo, tokens = compare_on_load(stats.load_LE, cands, mode_value), None, None, None
@@ -204,13 +204,6 @@ def _summary_table(results, cands, source, mode, topo, tokens, tokens_per_step, 
             row.append(f"{twice[i]:,}" if i < len(twice) else "")
         t.add_row(*row)
     return t
-
-
-def _one(paths, flag: str):
-    """The single file of a repeatable option (several are for --scenarios inputs)."""
-    if paths and len(paths) > 1:
-        raise UsageError(f"{flag} given {len(paths)} times: several inputs are scenarios (--scenarios inputs)")
-    return paths[0] if paths else None
 
 
 def _moves(cands, moves_from):

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from placer.cli.common import UsageError, console, kv_table
+from placer.core.limits import MAX_EXPERTS, MAX_LAYERS
 from placer.export.layers import layer_ranges
 
 
@@ -26,7 +27,7 @@ def import_(
     files: List[Path] = typer.Argument(..., help="Routing log file(s); several are concatenated."),
     out: Path = typer.Option(..., "--out", "-o", help="Output trace (.parquet)."),
     fmt: LogFormat = typer.Option(
-        LogFormat.auto, "--format", help="long: one record per token per layer (JSONL, CSV, Parquet); "
+        LogFormat.auto, "--format", metavar="FORMAT", help="long: one record per token per layer (JSONL, CSV, Parquet); "
         "sglang: SGLang per_token expert-distribution dump (.pt); vllm-routed, sglang-routed: JSONL of saved "
         "response bodies with routed experts (or, vllm-routed and trtllm-routed, .pt records of LLM.generate "
         "outputs; docs/server-trace.md); auto: long or sglang by file extension."
@@ -68,13 +69,16 @@ def import_(
     from placer.importers import FieldMap, import_long, import_sglang_per_token
     from placer.core.trace.writer import write_trace
 
+    if num_experts is not None and not 1 <= num_experts <= MAX_EXPERTS:
+        raise UsageError(f"--num-experts must be between 1 and {MAX_EXPERTS:,} (expert ids are stored as uint32), "
+                         f"got {num_experts}")
+    if num_layers is not None and not 1 <= num_layers <= MAX_LAYERS:
+        raise UsageError(f"--num-layers must be between 1 and {MAX_LAYERS:,} (layers of a model), got {num_layers}")
     if fmt.value.endswith("-routed"):
         _import_routed(files, out, fmt.value, model_config, num_layers, top_k, num_experts, model_name)
         return
     if num_layers is not None or model_config is not None:
         raise UsageError("--num-layers and --model-config are for the *-routed formats")
-    if num_experts is not None and num_experts < 1:
-        raise UsageError(f"--num-experts must be positive, got {num_experts}")
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be positive, got {top_k}")
     kind = fmt.value

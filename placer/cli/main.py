@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import click
 import typer
 
-from placer.cli.app import app
+from placer.cli.app import app, escape_help
 from placer.cli.common import check_outputs_not_inputs, state
 from placer.core.errors import MoeplaceError, first_line, plain_text
 
@@ -74,7 +74,7 @@ def _warnings_after_success(debug: bool) -> Iterator[None]:
 
 def _command():
     """The click command tree of the app, each command checked for outputs that are also inputs and its
-    Ctrl-C carried out as ``Interrupted``."""
+    Ctrl-C carried out as ``Interrupted``, its help texts escaped for Rich (brackets kept as text)."""
     def guard(cmd) -> None:
         if hasattr(cmd, "commands"):  # a group (typer may vendor its own click: no isinstance)
             for sub in cmd.commands.values():
@@ -93,6 +93,7 @@ def _command():
 
     root = typer.main.get_command(app)
     guard(root)
+    escape_help(root)
     return root
 
 
@@ -136,9 +137,27 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected bug: still one line unless --debug
         if state.get("debug"):
             traceback.print_exc()
+        if _config_mistake(exc):  # a value a command passed on unchecked: bad input all the same
+            _err(first_line(exc, None))
+            return 2
         first = first_line(exc, None, empty="")
         _err(f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)")
         return 1
+
+
+# Where configuration dataclasses refuse a value (docs/errors.md; DESIGN: ``__post_init__`` raises ValueError).
+_CONFIG_CHECKS = ("__post_init__", "require_positive_ints", "require_at_most")
+
+
+def _config_mistake(exc: BaseException) -> bool:
+    """``exc`` is a ValueError raised by a configuration dataclass's own validation (the innermost frame is one of
+    ``_CONFIG_CHECKS``): a user's value that a command passed on without turning the error into ``InputError``."""
+    tb = exc.__traceback__
+    if not isinstance(exc, ValueError) or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name in _CONFIG_CHECKS
 
 
 def main() -> None:

@@ -54,6 +54,12 @@ class Topology:
         require_positive_ints(self, ("num_gpus", "num_nodes", "hidden_size", "expert_ffn_size", "dtype_bytes"))
         if self.num_gpus % self.num_nodes:
             raise ValueError(f"gpus ({self.num_gpus}) must divide evenly into nodes ({self.num_nodes})")
+        # Finite first: a JSON "Infinity" (or a NaN) passes "> 0" or fails it silently, and breaks the time model.
+        for name in ("intra_bw_gbs", "inter_bw_gbs", "expert_tflops", "intra_latency_us", "inter_latency_us",
+                     "expert_floor_us"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         for name in ("intra_bw_gbs", "inter_bw_gbs", "expert_tflops"):
             v = getattr(self, name)
             if not v > 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from placer.core.errors import InputError
+from placer.core.limits import MAX_LAYERS
 from placer.export.layers import StackMaps, from_stack, loads_to_stack, to_stack
 from placer.export.registry import FORMAT_NAMES, LOAD_FORMATS, NUMBERINGS, ExportFormat, get_format
 from placer.core.placement import Placement
@@ -98,6 +99,9 @@ def export_placement(p: Placement, path: str | os.PathLike, fmt_name: str, numbe
         if numbering != "model":
             raise InputError("--mtp-layers needs --layer-numbering model: MTP layers are keyed by decoder index")
         hidden = int(num_model_layers) if num_model_layers is not None else max(maps.layer_ids_X) + 1
+        if not 0 <= mtp_layers <= MAX_LAYERS - hidden:
+            raise InputError(f"--mtp-layers ({mtp_layers}) must be between 0 and {MAX_LAYERS - hidden:,}: MTP layers "
+                             f"take decoder indices from {hidden} on, and a model has at most {MAX_LAYERS:,}")
         maps, note = fmt.add_mtp_layers(maps, hidden, int(mtp_layers))
         notes.append(note)
     elif fmt.add_mtp_layers is not None and numbering == "model":

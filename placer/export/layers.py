@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from placer.core.errors import InputError
+from placer.core.limits import MAX_LAYERS
 from placer.core.placement import Placement, SolveReport
 
 
@@ -57,11 +58,28 @@ def parse_layer_list(spec: str, option: str = "--moe-layers") -> list[int]:
     out: set[int] = set()
     for part in spec.replace(" ", "").split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+        if not m:
+            raise InputError(f"{option}: {spec!r} is not a layer list like 3-60 or 1,3,5-7")
+        for number in m.groups():  # checked as text first: int() of a 5000-digit number raises
+            if number is not None and (len(number.lstrip("0")) > len(str(MAX_LAYERS)) or int(number) >= MAX_LAYERS):
+                raise InputError(f"{option}: layer {_short(number)} is beyond the {MAX_LAYERS:,} decoder layers a model "
+                                 f"may have (indices 0-{MAX_LAYERS - 1})")
+        if m.group(2) is not None and int(m.group(2)) < int(m.group(1)):
             raise InputError(f"{option}: {spec!r} is not a layer list like 3-60 or 1,3,5-7")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         out.update(range(lo, hi + 1))
     return sorted(out)
+
+
+def _short(number: str) -> str:
+    return number if len(number) <= 24 else f"{number[:12]}...({len(number)} digits)"
+
+
+def check_model_layers(n: int, option: str = "--num-model-layers") -> int:
+    """``n`` decoder layers, refused beyond ``MAX_LAYERS`` (a row-per-layer file holds one row each)."""
+    if not 1 <= n <= MAX_LAYERS:
+        raise InputError(f"{option} ({n}) must be between 1 and {MAX_LAYERS:,} (decoder layers of a model)")
+    return int(n)
 
 
 def layer_rows(rows_LW: np.ndarray, recorded: Sequence[int] | None, numbering: str, *, keyed: bool,
@@ -85,9 +103,11 @@ def layer_rows(rows_LW: np.ndarray, recorded: Sequence[int] | None, numbering: s
         raise InputError(f"--moe-layers lists {len(idx)} layers, {what} has {L} MoE layers")
     if len(set(idx)) != L:
         raise InputError(f"model layer indices {list(idx)} repeat a layer")
+    if max(idx) >= MAX_LAYERS:
+        raise InputError(f"model layer index {max(idx)} is beyond the {MAX_LAYERS:,} decoder layers a model may have")
     if keyed:
         return rows_LW.copy(), idx
-    total = int(num_model_layers) if num_model_layers is not None else max(idx) + 1
+    total = check_model_layers(num_model_layers) if num_model_layers is not None else max(idx) + 1
     if total <= max(idx):
         raise InputError(f"--num-model-layers {total} leaves out MoE layer {max(idx)}")
     rows = np.tile(fill_W, (total, 1))

@@ -2,7 +2,7 @@
 ``device_count``, ``device_list`` of ``device_id`` and ``device_expert`` (the logical expert in each of the device's
 slots, in slot order).
 
-Checked against vllm-project/vllm-ascend 0.23.0 and 0.26.0rc1 ``vllm_ascend/eplb/core/eplb_utils.py``
+Checked against vllm-project/vllm-ascend 0.23.0, 0.23.0.post1, 0.26.0rc1 and 0.30.0rc2 ``eplb/core/eplb_utils.py``
 (``expert_file_to_tensor(path, layer_id)`` takes ``layer_list[layer_id]``, its ``device_list`` in list order, each
 ``device_expert`` a row of one [devices, slots] tensor; ``layer_id`` is the MoE layer's position among the model's
 MoE layers (``AscendMoERunner.moe_counter`` in ``ops/fused_moe/fused_moe.py``), so the default numbering is "moe";
@@ -14,8 +14,9 @@ file), ``vllm_ascend/eplb/adaptor/vllm_adaptor.py`` (``_export_tensor_to_file`` 
 ``layer_id`` = MoE index) and ``vllm_ascend/ascend_config.py`` (``EplbConfig``: ``expert_map_path``,
 ``num_redundant_experts`` under ``additional_config["eplb_config"]``). Releases up to 0.12 (0.9.1, 0.11.0,
 0.12.0rc1 checked: ``vllm_ascend/ops/expert_load_balancer.py``, which has the same one-slot-per-expert map) read a
-top-level ``expert_map_path`` with ``init_redundancy_expert``; 0.13.0 reads both (``eplb_config`` wins); 0.18.0 and
-later read only ``eplb_config`` and ignore a top-level ``expert_map_path`` without an error.
+top-level ``expert_map_path`` with ``init_redundancy_expert``; 0.13.0 reads both (``eplb_config`` wins); 0.18.0 to
+0.26.0rc1 read only ``eplb_config`` and ignore a top-level ``expert_map_path`` without an error; 0.30.0rc2 refuses it
+(unknown keys of ``additional_config`` stop the server).
 """
 
 from __future__ import annotations

@@ -39,14 +39,21 @@ Moves are counted as ``placer.core.moves.count_moves`` does: copies loaded onto 
 by the project objective; the repair above stops instead as soon as the busiest GPU reaches the target.
 
 On a DeepSeek-V3 shape (58 layers, 256 experts + 32 copies, 32 GPUs) whose load drifted by a log-normal factor of
-sigma 0.3, vLLM's default policy (DeepSeek's EPLB, from scratch) would move 15,981 of 16,704 copies for a busiest
-GPU 1.0045 x the mean, and the solver's layout alone 15,996 for 1.0017; the steps above moved 3,768 for 1.0015
-(tolerance 0.01: 2,345 moves for 1.010).
+sigma 0.3, vLLM's default policy (DeepSeek's EPLB, from scratch) would move 15,959 of 16,704 copies for a busiest
+GPU 1.0045 x the mean, and the solver's layout alone 15,995 for 1.0021; the steps above moved 3,564 for 1.0019
+(tolerance 0.01: 2,286 moves for 1.010).
+
+vLLM calls the policy on every rank with the same (all-reduced) window, and each rank moves weights by its own
+answer, so every rank must compute the same map: the solve stops on its nominal budgets only
+(``solvers.common.nominal_budgets_only``), never on the wall clock, and the steps above are deterministic. When
+vLLM asks for more copies than the GPUs can hold apart (more than experts x (GPUs - 1)), which moeplace's solvers
+refuse, DeepSeek's EPLB (vLLM's own algorithm) places them, with a warning on the ``moeplace.vllm_eplb`` logger.
 
 Registering it (vLLM has one policy name, "default", which its config accepts; the policy is looked up from
 ``vllm.distributed.eplb.policy.EPLB_POLICIES`` when a model is added): call ``register()`` in every vLLM process,
 or set ``MOEPLACE_VLLM_EPLB=1`` and vLLM loads it through the ``vllm.general_plugins`` entry point moeplace
-installs (``vllm_plugin``; without the variable the plug-in does nothing). docs/vllm-eplb.md has the details.
+installs (``vllm_plugin``; without the variable the plug-in does nothing). Registering compiles the solver's numba
+kernels (``warm_up``), so that vLLM's first rebalance does not. docs/vllm-eplb.md has the details and timings.
 
 Importing this module needs neither vLLM nor torch; the policy imports torch when vLLM calls it.
 """
@@ -57,6 +64,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -71,6 +79,7 @@ ENV_ENABLE = "MOEPLACE_VLLM_EPLB"
 ENV_SOLVER = "MOEPLACE_VLLM_EPLB_SOLVER"
 ENV_TIME_LIMIT = "MOEPLACE_VLLM_EPLB_TIME_LIMIT"
 ENV_TOLERANCE = "MOEPLACE_VLLM_EPLB_TOLERANCE"
+ENV_WARM_UP = "MOEPLACE_VLLM_EPLB_WARM_UP"
 # vLLM releases whose policy returns phy2log only (earlier ones with a policy class return the three maps).
 PHY2LOG_ONLY_SINCE = (0, 19)
 
@@ -161,6 +170,7 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
     # lazy: the solvers load numba and OR-Tools, and vLLM imports this plug-in in every process
     from placer.core.moves import align, count_moves
     from solvers import PlacementProblem, SolveOptions, get_solver
+    from solvers.common import nominal_budgets_only
 
     load = np.asarray(load_LE, dtype=np.float64)
     if load.ndim != 2:
@@ -170,13 +180,24 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
     num_nodes = max(int(num_nodes), 1)
     if num_ranks % num_nodes:
         num_nodes = 1  # as vLLM does when the ranks do not divide among the nodes
-    problem = PlacementProblem(load, preset(num_ranks, num_nodes), num_redundant=num_replicas - E)
 
     def placement(rows: np.ndarray) -> Placement:
         return Placement(rows, num_gpus=num_ranks, num_experts=E, num_nodes=num_nodes)
 
-    new = np.array(get_solver(solver)(problem, SolveOptions(time_limit_s=time_limit_s, seed=seed)).phy2log_LP,
-                   dtype=np.int64)  # a writable copy: vLLM gets tensors that share its memory
+    R = num_replicas - E
+    if R > E * max(num_ranks - 1, 1):
+        # More copies than the GPUs can hold apart: moeplace's solvers refuse (a second copy of an expert on a GPU
+        # is a wasted slot), vLLM accepts it; DeepSeek's algorithm (vLLM's own) places them, as vLLM would.
+        log.warning("moeplace EPLB: %d redundant slots for %d experts on %d GPUs cannot hold every copy of an "
+                    "expert on a GPU of its own (at most %d); placed by DeepSeek's EPLB instead of %s, which puts "
+                    "some copies of one expert on one GPU", R, E, num_ranks, E * max(num_ranks - 1, 1), solver)
+        new = eplb_layout(load, num_replicas, num_nodes, num_ranks)
+    else:
+        problem = PlacementProblem(load, preset(num_ranks, num_nodes), num_redundant=R)
+        # Nominal budgets only: vLLM runs the policy on every rank, and every rank must compute the same map.
+        with nominal_budgets_only():
+            solved = get_solver(solver)(problem, SolveOptions(time_limit_s=time_limit_s, seed=seed))
+        new = np.array(solved.phy2log_LP, dtype=np.int64)  # a writable copy: vLLM gets tensors sharing its memory
     old = valid_map(old_phy2log_LP, (L, num_replicas), E)
     after = gpu_max_loads(new, load, num_ranks)
     mean = np.maximum(load.sum(axis=1) / num_ranks, 1e-300)
@@ -203,15 +224,48 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
                                 float((before / mean).mean()), float((final / mean).mean()))
 
 
+def eplb_layout(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks: int) -> np.ndarray:
+    """[L, num_replicas] DeepSeek's EPLB layout (``solvers/eplb.py``, one expert group: the global policy, as vLLM
+    runs it without groups that divide among the nodes), GPU-major; copies of one expert may share a GPU."""
+    # lazy: the solvers load numba and OR-Tools, and vLLM imports this plug-in in every process
+    from solvers.eplb import rebalance_layer
+
+    L = load_LE.shape[0]
+    S = num_replicas // num_ranks
+    out = np.empty((L, num_replicas), dtype=np.int64)
+    for l in range(L):
+        expert, gpu, rank = rebalance_layer(load_LE[l], num_replicas, 1, num_nodes, num_ranks)
+        out[l, gpu * S + rank] = expert
+    return out
+
+
+def warm_up(solver: str = "auto", time_limit_s: float = 0.5) -> float:
+    """Compile (or load from numba's cache) the kernels ``solver`` searches with, and run the policy once on a small
+    load window with a current map, so that vLLM's first rebalance does not pay for it; returns the seconds taken.
+    Once per process and solver (``solvers/warmup.py`` remembers)."""
+    # lazy: the solvers load numba and OR-Tools, and vLLM imports this plug-in in every process
+    from solvers import get_solver
+
+    t0 = time.perf_counter()
+    get_solver(solver).compile("ep")
+    # 2 layers x 32 experts + 8 copies on 4 GPUs: too many partitions to enumerate, so the local search's kernels
+    # run, as on a real model's shape.
+    rng = np.random.default_rng(0)
+    load = rng.lognormal(0, 1, (2, 32)) * 100
+    current = np.tile(np.arange(40) % 32, (2, 1))
+    rebalance(load, 40, 1, 4, current, solver=solver, time_limit_s=time_limit_s)
+    return time.perf_counter() - t0
+
+
 # -- the policy classes vLLM calls -----------------------------------------------------------------------------------
 class MoeplaceEplbPolicy:
     """vLLM EPLB policy (vLLM >= 0.19 contract): ``rebalance_experts(...) -> phy2log`` (int64, CPU).
 
     Settings are class attributes (subclass, or set them before vLLM starts): ``solver`` (a moeplace solver
-    that takes load-only statistics: auto, greedy, eplb, cpsat, ...), ``time_limit_s`` (the solver's budget;
-    auto's overhead comes on top: about 1 s for 58 layers x 288 slots on 32 GPUs, 0.1-0.4 s for 48 x 128 on 8, on
-    2 busy cores; with the current map, the migration steps add up to about as much again), ``tolerance`` (see the
-    module docstring) and ``seed``.
+    that takes load-only statistics: auto, greedy, eplb, cpsat, ...), ``time_limit_s`` (the solver's nominal budget;
+    with auto's fixed work and the migration steps, a call of 58 layers x 288 slots on 32 GPUs took 0.4-0.9 s and
+    48 x 128 on 8 GPUs 0.2 s at 0.5 s, on 2 busy cores, once the kernels are compiled: docs/vllm-eplb.md),
+    ``tolerance`` (see the module docstring) and ``seed``.
     """
 
     solver: ClassVar[str] = "auto"
@@ -286,10 +340,12 @@ def policy_for(vllm_version: str) -> type[MoeplaceEplbPolicy]:
     return MoeplaceEplbPolicy if (int(m.group(1)), int(m.group(2))) >= PHY2LOG_ONLY_SINCE else MoeplaceEplbPolicyTriple
 
 
-def register(policy: type[MoeplaceEplbPolicy] | None = None, **settings: Any) -> type[MoeplaceEplbPolicy]:
+def register(policy: type[MoeplaceEplbPolicy] | None = None, *, warm: bool = True,
+             **settings: Any) -> type[MoeplaceEplbPolicy]:
     """Install a moeplace policy as vLLM's EPLB policy in this process (vLLM's config accepts the name "default"
     only, so it takes that entry of ``EPLB_POLICIES``). ``policy``: the class (default: the one matching the installed
-    vLLM); ``settings``: solver, time_limit_s, tolerance, seed (set on a subclass). Returns the class installed."""
+    vLLM); ``settings``: solver, time_limit_s, tolerance, seed (set on a subclass); ``warm``: compile the solver's
+    kernels now (``warm_up``), not in vLLM's first rebalance. Returns the class installed."""
     # lazy: vLLM is present only when vLLM loads this plug-in
     from vllm.distributed.eplb import policy as vllm_policy
 
@@ -303,6 +359,9 @@ def register(policy: type[MoeplaceEplbPolicy] | None = None, **settings: Any) ->
         abstract.register(cls)  # issubclass checks pass; vLLM only calls cls.rebalance_experts
     vllm_policy.EPLB_POLICIES["default"] = cls
     log.info("moeplace EPLB policy %s installed as vLLM's 'default' policy", cls.__name__)
+    if warm:
+        seconds = warm_up(cls.solver, cls.time_limit_s)
+        log.info("moeplace EPLB: %s's kernels compiled or loaded in %.1f s", cls.solver, seconds)
     return cls
 
 
@@ -326,4 +385,5 @@ def vllm_plugin() -> None:
     general plug-ins in every process, possibly several times; installing twice is harmless)."""
     if os.environ.get(ENV_ENABLE, "").strip().lower() not in ("1", "true", "yes"):
         return
-    register(**settings_from_env())
+    warm = os.environ.get(ENV_WARM_UP, "1").strip().lower() not in ("0", "false", "no")
+    register(warm=warm, **settings_from_env())

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placer.core.limits import MAX_HIDDEN, MAX_STEPS, MAX_THREADS, require_at_most
 from placer.core.mode import TrafficMode
 from placer.core.placement import Placement
 from placer.replay.experts import DTYPES, CheckpointExperts, RandomExperts
@@ -80,6 +81,10 @@ class ReplayConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
         if self.warmup < 0:
             raise ValueError(f"warmup ({self.warmup}) must be >= 0")
+        for name, bound, why in (("hidden", MAX_HIDDEN, "a model's hidden size"), ("ffn", MAX_HIDDEN, "an expert's "
+                                 "FFN size"), ("steps", MAX_STEPS, "steps of one replay"), ("warmup", MAX_STEPS,
+                                 "steps of one replay"), ("threads", MAX_THREADS, "threads per process")):
+            require_at_most(name, getattr(self, name), bound, why)
         if self.weight_bank < 0:
             raise ValueError(f"weight-bank ({self.weight_bank}) must be >= 0")
         if self.dtype not in DTYPES:

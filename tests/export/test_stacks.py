@@ -1,7 +1,7 @@
 """What each serving stack's current code needs beyond the file layout: SGLang's own EPLB fed moeplace's loads
 (sglang-eplb), vLLM-Ascend's one slot per expert and device, TensorRT-LLM's keys for MTP layers.
 
-Checked against sgl-project/sglang 0.5.23, vllm-project/vllm-ascend 0.23.0 and 0.26.0rc1, NVIDIA/TensorRT-LLM
+Checked against sgl-project/sglang 0.5.23, vllm-project/vllm-ascend 0.23.0 to 0.30.0rc2, NVIDIA/TensorRT-LLM
 main (docs/export.md names the files)."""
 
 from __future__ import annotations

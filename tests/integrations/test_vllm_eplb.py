@@ -238,3 +238,72 @@ def test_devices_on_a_gpu():
     out = MoeplaceEplbPolicyTriple.rebalance_experts(window, P, 1, 1, G, _initial_map().cuda())
     assert all(t.device == window.device for t in out)
     assert MoeplaceEplbPolicy.rebalance_experts(window.cpu(), P, 1, 1, G).device == torch.device("cpu")
+
+
+def test_every_rank_computes_the_same_map_whatever_its_clock(monkeypatch):
+    """vLLM calls the policy on every rank with the same (all-reduced) window and moves weights by each rank's own
+    answer: the answers must agree. The solve stops on its nominal budgets only, never on the wall clock, so a rank
+    whose clock runs fast (a loaded machine: here every look at the clock finds a second gone) computes the same map."""
+    import time
+
+    window, state = _window(7), _initial_map()
+    calm = MoeplaceEplbPolicy.rebalance_experts(window, P, 1, 1, G, state)
+    now = [time.monotonic()]
+
+    def busy_clock() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(time, "monotonic", busy_clock)
+    loaded = MoeplaceEplbPolicy.rebalance_experts(window, P, 1, 1, G, state)
+    assert torch.equal(calm, loaded)
+
+
+def test_copies_that_cannot_stay_apart_fall_back_to_deepseeks_eplb(caplog):
+    """vLLM accepts more redundant slots than GPUs can hold apart (8 copies of 4 experts on 2 GPUs); moeplace's
+    solvers refuse them, so the policy places them with DeepSeek's EPLB, as vLLM would, and logs it."""
+    import logging
+
+    weight = torch.tensor([[40, 10, 5, 1], [3, 30, 3, 9]], dtype=torch.int64)
+    with caplog.at_level(logging.WARNING, logger="moeplace.vllm_eplb"):
+        new = MoeplaceEplbPolicy.rebalance_experts(weight, 12, 1, 1, 2)
+        again = MoeplaceEplbPolicy.rebalance_experts(weight, 12, 1, 1, 2, (torch.arange(12) % 4).repeat(2, 1))
+    for out in (new, again):
+        assert out.shape == (2, 12) and out.dtype == torch.int64
+        assert all(np.unique(row).size == 4 for row in out.numpy())
+    np.testing.assert_array_equal(new.numpy(), vllm_eplb.eplb_layout(weight.numpy().astype(float), 12, 1, 2))
+    assert "cannot hold every copy of an expert on a GPU of its own" in caplog.text
+    assert any(r.levelno == logging.WARNING and r.name == "moeplace.vllm_eplb" for r in caplog.records)
+    triple = MoeplaceEplbPolicyTriple.rebalance_experts(weight, 12, 1, 1, 2)
+    assert triple[2].sum(axis=1).tolist() == [12, 12]
+
+
+def test_register_warms_the_kernels_up(fake_vllm, monkeypatch):
+    calls = []
+    monkeypatch.setattr(vllm_eplb, "warm_up", lambda solver="auto", time_limit_s=0.5: calls.append(solver) or 0.0)
+    vllm_eplb.register()
+    vllm_eplb.register(solver="greedy", warm=False)
+    monkeypatch.setenv(vllm_eplb.ENV_ENABLE, "1")
+    monkeypatch.setenv(vllm_eplb.ENV_WARM_UP, "0")
+    vllm_eplb.vllm_plugin()
+    monkeypatch.setenv(vllm_eplb.ENV_WARM_UP, "1")
+    monkeypatch.setenv(vllm_eplb.ENV_SOLVER, "cpsat")
+    vllm_eplb.vllm_plugin()
+    assert calls == ["auto", "cpsat"]
+
+
+def test_after_the_warm_up_the_policy_compiles_nothing():
+    """In a fresh process: warm_up(), then a rebalance of another shape (two nodes, copies, a current map) finds
+    every kernel compiled or loaded already."""
+    code = (
+        "import numpy as np, torch\n"
+        "from placer.integrations.vllm_eplb import MoeplaceEplbPolicy, warm_up\n"
+        "from solvers.warmup import compiled_kernels\n"
+        "warm_up()\n"
+        "n = compiled_kernels()\n"
+        "w = torch.from_numpy((np.random.default_rng(1).lognormal(0, 1, (4, 64)) * 100).astype(np.int64))\n"
+        "MoeplaceEplbPolicy.rebalance_experts(w, 72, 1, 2, 8, (torch.arange(72) % 64).repeat(4, 1))\n"
+        "assert n > 0 and compiled_kernels() == n, (n, compiled_kernels())\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -42,6 +42,19 @@ FIELDS = {
 ALL_FIELDS = tuple(FIELDS)
 
 
+# Files of other kinds given where a trace goes (``solve stats.npz``), by their ending: what they are and where
+# they go instead.
+_LOADS = "pass it with --load FILE (solve, evaluate, rebalance, simulate, stats) or as export's input"
+NOT_A_TRACE = {
+    ".npz": "a stats file (moeplace stats): pass it with --stats FILE (solve, evaluate, rebalance) or as an input "
+            "of stats or export",
+    ".npy": f"a load matrix: {_LOADS}",
+    ".csv": f"a load matrix: {_LOADS}",
+    ".pt": f"a load matrix or an SGLang statistics dump: {_LOADS}",
+    ".json": f"a placement or a load file (an SGLang logical_count); a load file: {_LOADS}",
+}
+
+
 def _flat_numpy(arr: pa.Array) -> np.ndarray:
     # flatten() honours the slice offset of the list array (``.values`` would not).
     return arr.flatten().to_numpy(zero_copy_only=False)
@@ -66,6 +79,9 @@ class TraceReader:
             self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             schema = self._pf.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
+            other = NOT_A_TRACE.get(self.path.suffix.lower())
+            if other is not None:
+                raise InputError(f"{self.path}: not a trace (Parquet) but, by its name, {other}") from None
             raise InputError(f"{self.path}: not a readable Parquet file ({first_line(exc)})") from None
         self.meta = self._validate_schema(schema)
         final = (self._pf.metadata.metadata or {}).get(FINAL_EXTRA_KEY)
@@ -199,6 +215,8 @@ class TraceReader:
             if row_groups.step != 1 or not 0 <= row_groups.start <= row_groups.stop <= len(sizes):
                 raise ValueError(f"{self.path}: row groups {row_groups} outside the file's {len(sizes)}")
             row, selected = sum(sizes[:row_groups.start]), list(row_groups)
+        # A batch larger than the file reads the file (and a huge batch_size would overflow Arrow's int64).
+        batch_size = max(1, min(batch_size, self._pf.metadata.num_rows))
         try:
             for rb in self._pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=selected):
                 n = rb.num_rows

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from placer.core.limits import MAX_EXPERTS, MAX_LAYERS, require_at_most
+
 # Version 2 lets the weights column be left out (no gate weights known); a writer stamps the lowest version
 # that describes its file (1 when it has the weights column), so that older readers read every file they can.
 SCHEMA_VERSION = 2
@@ -104,6 +106,8 @@ class TraceMeta:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_at_most("num_layers", self.num_layers, MAX_LAYERS, "layers of a model")
+        require_at_most("num_experts", self.num_experts, MAX_EXPERTS, "expert ids are stored as uint32")
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})")
         if not self.moe_layer_indices:
@@ -114,7 +118,8 @@ class TraceMeta:
             raise ValueError(
                 f"moe_layer_indices has {len(self.moe_layer_indices)} entries, num_layers is {self.num_layers}"
             )
-        if min(self.moe_layer_indices) < 0 or len(set(self.moe_layer_indices)) != self.num_layers:
+        if (min(self.moe_layer_indices) < 0 or max(self.moe_layer_indices) >= MAX_LAYERS
+                or len(set(self.moe_layer_indices)) != self.num_layers):
             raise ValueError(f"moe_layer_indices {list(self.moe_layer_indices)} must be distinct layer numbers >= 0")
         if not self.created_at:
             object.__setattr__(self, "created_at", _now_iso())

@@ -12,8 +12,9 @@ from placer.core.trace.reader import TraceReader
 from placer.core.trace.schema import PHASES
 
 
-def summarize(path: str | os.PathLike) -> dict[str, Any]:
-    """Shape, tokens, sequences, phases and missing rows of a trace, as a JSON-ready dict."""
+def summarize(path: str | os.PathLike, weights: bool = False) -> dict[str, Any]:
+    """Shape, tokens, sequences, phases and missing rows of a trace, as a JSON-ready dict. ``weights``: read (and
+    so check: finite, >= 0, within float16's range) the gate weights too, which takes about four times as long."""
     r = TraceReader(path)
     m = r.meta
     seq_ids: list[np.ndarray] = []
@@ -22,8 +23,9 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     tokens_missing = 0
     missing_per_layer = np.zeros(m.num_layers, dtype=np.int64)
     max_pos = 0
-    # Reading the expert ids too validates them (ids outside [0, E) are reported).
-    for b in r.iter_batches(fields=("experts", "seq", "phase", "present", "position")):
+    # Reading the expert ids too validates them (ids outside [0, E) are reported), and so for the weights.
+    fields = ("experts", "seq", "phase", "present", "position") + (("weights",) if weights else ())
+    for b in r.iter_batches(fields=fields):
         seq_ids.append(np.unique(b.seq_T))
         phase_counts += np.bincount(b.phase_T, minlength=len(PHASES))
         max_pos = max(max_pos, int(b.position_T.max()))
@@ -54,4 +56,5 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "missing_per_layer": missing_per_layer.tolist(),
         "row_groups": r._pf.metadata.num_row_groups,
         "gate_weights": "stored" if r.has_weights else "absent (read as 1/K)",
+        "weights_checked": bool(weights),
     }
