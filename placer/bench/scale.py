@@ -189,6 +189,9 @@ def part_stats(o: ScaleOptions) -> dict[str, Any]:
         raise InputError(f"--workers {o.workers}: compare at least 2 workers against 1")
     # lazy: loads numba and pyarrow; kept out of `moeplace --help`
     from placer.scale import require_engine
+    from placer.scale.dask_runner import require_workers
+
+    require_workers(o.workers)  # before the shards are made
 
     require_engine("dask")
     cores = os.cpu_count() or 1

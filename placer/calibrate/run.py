@@ -25,6 +25,7 @@ import placer
 from placer.calibrate.links import LinkSpec, check_world, fit_points, measure_rank
 from placer.core.errors import InputError
 from placer.core.fileio import read_model_config
+from placer.core.limits import MAX_CALL_TOKENS, MAX_HIDDEN, MAX_THREADS, require_at_most
 from placer.core.hardware import (
     LinkFit, expert_section, hardware_doc, link_section, load_preset, preset_names, read_hardware,
 )
@@ -171,6 +172,14 @@ def plan(req: CalibrateRequest) -> CalibratePlan:
         raise InputError(f"--preset {req.preset!r} does not exist; presets: {', '.join(preset_names())}")
     base = load_preset(req.preset)
     hidden, ffn, shape_from = layer_shape(req)
+    try:  # the bounds of what one process can time (placer/core/limits.py)
+        for name, value, bound, why in (("--hidden", hidden, MAX_HIDDEN, "a model's hidden size"),
+                                        ("--ffn", ffn, MAX_HIDDEN, "an expert's FFN size"),
+                                        ("--max-tokens", req.max_tokens, MAX_CALL_TOKENS, "tokens of one timed call"),
+                                        ("--threads", req.threads, MAX_THREADS, "threads per process")):
+            require_at_most(name, value, bound, why)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     env = torchrun_env()
     if req.backend is not None and req.backend not in ("gloo", "nccl"):
         raise InputError(f"--backend {req.backend!r} is not one of gloo, nccl")

@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 
 from placer.calibrate.run import CalibrateRequest, calibrate as run_calibrate, plan
-from placer.cli.common import UsageError, console, kv_table, print_json
-from placer.core.limits import MAX_CALL_TOKENS, MAX_HIDDEN, MAX_THREADS
+from placer.cli.common import console, kv_table, print_json
 from placer.core.fileio import prepare_output, write_json_atomic
 from placer.progress import progress_bar
 
@@ -57,10 +56,6 @@ def calibrate(
     torchrun across nodes, across nodes); what is not measured comes from --preset and says so. Details:
     docs/calibrate.md.
     """
-    for name, value, bound in (("--hidden", hidden, MAX_HIDDEN), ("--ffn", ffn, MAX_HIDDEN),
-                               ("--max-tokens", max_tokens, MAX_CALL_TOKENS), ("--threads", threads, MAX_THREADS)):
-        if value is not None and value > bound:
-            raise UsageError(f"{name} ({value}) must be at most {bound:,}")
     prepare_output(out)
     req = CalibrateRequest(model=model, hidden=hidden, ffn=ffn, dtype=dtype, device=device, max_tokens=max_tokens,
                            max_call_ms=max_call_ms, budget_s=budget, threads=threads, backend=backend,

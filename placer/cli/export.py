@@ -10,7 +10,7 @@ import typer
 
 from placer.cli.common import UsageError, console, kv_table, print_json
 from placer.core.limits import MAX_LAYERS
-from placer.export.layers import layer_ranges, parse_layer_list
+from placer.export.layers import check_model_layers, layer_ranges, parse_layer_list
 from placer.export.names import FORMAT_NAMES, LOAD_FORMATS
 
 _FORMATS = ", ".join(FORMAT_NAMES)
@@ -52,9 +52,8 @@ def export(
     from placer.export import export_loads, export_placement
     from placer.export.api import resolve_format
 
-    if num_model_layers is not None and not 1 <= num_model_layers <= MAX_LAYERS:
-        raise UsageError(f"--num-model-layers ({num_model_layers}) must be between 1 and {MAX_LAYERS:,} (decoder "
-                         f"layers of a model)")
+    if num_model_layers is not None:
+        check_model_layers(num_model_layers)
     if not 0 <= mtp_layers <= MAX_LAYERS:
         raise UsageError(f"--mtp-layers ({mtp_layers}) must be between 0 and {MAX_LAYERS:,}")
     layers = parse_layer_list(moe_layers) if moe_layers is not None else None

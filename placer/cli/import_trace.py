@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from placer.cli.common import UsageError, console, kv_table
-from placer.core.limits import MAX_EXPERTS, MAX_LAYERS
+from placer.core.limits import MAX_EXPERTS
 from placer.export.layers import layer_ranges
 
 
@@ -72,8 +72,6 @@ def import_(
     if num_experts is not None and not 1 <= num_experts <= MAX_EXPERTS:
         raise UsageError(f"--num-experts must be between 1 and {MAX_EXPERTS:,} (expert ids are stored as uint32), "
                          f"got {num_experts}")
-    if num_layers is not None and not 1 <= num_layers <= MAX_LAYERS:
-        raise UsageError(f"--num-layers must be between 1 and {MAX_LAYERS:,} (layers of a model), got {num_layers}")
     if fmt.value.endswith("-routed"):
         _import_routed(files, out, fmt.value, model_config, num_layers, top_k, num_experts, model_name)
         return

@@ -120,7 +120,6 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
     from placer.core.stats.io import load_stats
     from placer.core.stats.loadonly import load_only_stats
     from placer.core.stats.stream import SplitBy
-    from placer.core.limits import MAX_THREADS
     from placer.inputs import stats_from_traces
     from placer.plots.graph import GRAPH_SUFFIXES
     from placer.scale import distributed_stats, require_engine
@@ -141,8 +140,6 @@ def compute_stats_cli(inputs: list[Path], loads: list[Path], top_k: int | None, 
                             ("--shard-tokens", shard_tokens, shard_tokens >= 1)):
         if not ok:
             raise UsageError(f"{name} {value} is out of range")
-    if workers is not None and workers > MAX_THREADS:
-        raise UsageError(f"--workers ({workers}) must be at most {MAX_THREADS:,}")
     for g in graphs:
         if g.suffix.lower() not in GRAPH_SUFFIXES:
             raise UsageError(f"{g}: unknown graph format '{g.suffix}'; use .graphml or .gexf")

@@ -27,7 +27,7 @@ from placer.core.stats.stream import (
 )
 from placer.core.trace.reader import DEFAULT_BATCH, TraceDataset
 from placer.progress import shard_progress, warn
-from placer.scale.dask_runner import check_workers, connect, count_on_cluster
+from placer.scale.dask_runner import check_workers, connect, count_on_cluster, require_workers
 from placer.scale.shards import CountJob, Fault, Shard, plan_shards, total_entries
 
 ENGINES = ("dask", "ray")
@@ -79,8 +79,7 @@ def distributed_stats(paths: Sequence[str | os.PathLike] | str | os.PathLike, en
     ``quiet``; a retried shard is a one-line warning there. ``fault``: a failure to inject, for tests.
     """
     require_engine(engine)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers {workers} must be at least 1")
+    require_workers(workers)
     # Step 1: plan on the client.
     ds, shards, job = plan(paths, by, sample_tokens, batch_size, shard_tokens)
     # Step 2: count on the cluster and reduce; Step 3: the statistics, as the single pass makes them.

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import placer
 from placer.core.errors import InputError, MoeplaceError, first_line
+from placer.core.limits import MAX_THREADS
 from placer.core.stats.stream import StatsBuilder
 from placer.scale.shards import CountJob, Shard, count_shard, merge_counts, probe_worker
 
@@ -47,10 +48,19 @@ def _quiet_dask_logs(debug: bool) -> Iterator[None]:
         log.setLevel(level)
 
 
+def require_workers(workers: int | None) -> None:
+    """InputError unless ``workers`` (None: the default) is a count of workers this command may start or wait for."""
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers} must be at least 1")
+    if workers is not None and workers > MAX_THREADS:
+        raise InputError(f"--workers ({workers}) must be at most {MAX_THREADS:,}")
+
+
 @contextlib.contextmanager
 def connect(address: str | None, workers: int | None, debug: bool = False) -> Iterator[tuple[Any, int | None]]:
     """Yield ``(client, kernel threads per worker)`` for a local cluster (``address`` None: started here and
     stopped on exit) or the scheduler at ``address``."""
+    require_workers(workers)
     with _quiet_dask_logs(debug):
         yield from _connect(address, workers, debug)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from placer.core.errors import InputError
 from placer.core.fileio import read_json, read_model_config
+from placer.core.limits import MAX_EXPERTS, MAX_LAYERS
 from placer.core.trace.schema import PHASE_DECODE, PHASE_PREFILL, RoutingBatch, TraceMeta, expert_dtype
 from placer.core.trace.writer import TraceWriter
 from placer.tracer.engines.base import BadResponse, Engine, Routed, WireShape
@@ -100,9 +101,13 @@ class LayerPlan:
     def __init__(self, engine: Engine, shape: ModelShape | None, num_layers: int | None, top_k: int | None,
                  num_experts: int | None) -> None:
         cfg_path = shape.path if shape else None
-        for name, v in (("num-layers", num_layers), ("top-k", top_k), ("num-experts", num_experts)):
+        for name, v, most, why in (("num-layers", num_layers, MAX_LAYERS, "layers of a model"),
+                                   ("top-k", top_k, None, None),
+                                   ("num-experts", num_experts, MAX_EXPERTS, "expert ids are stored as uint32")):
             if v is not None and v < 1:
                 raise InputError(f"--{name} must be positive, got {v}")
+            if v is not None and most is not None and v > most:
+                raise InputError(f"--{name} must be between 1 and {most:,} ({why}), got {v}")
         self.engine = engine
         self.shape = shape
         self.num_experts = _agree("num-experts", num_experts, shape.num_experts if shape else None, cfg_path)
