@@ -35,11 +35,10 @@ def info(
         ("tokens", f"{s['tokens']:,}"),
         ("sequences", f"{s['sequences']:,}"),
         ("phases", ", ".join(f"{k} {v:,}" for k, v in s["phases"].items())),
-        ("gate weights", s["gate_weights"]),
         ("missing token-layers", f"{missing:,}" + (f" ({s['tokens_with_missing_layers']:,} tokens)" if missing else "")),
         ("file", f"{s['file_bytes']:,} bytes, {s['row_groups']} row groups, schema v{s['schema_version']}"),
-        ("gate weights", "checked: finite, >= 0, within float16's range" if weights else "not read (--weights "
-                                                                                           "checks them)"),
+        ("gate weights", s["gate_weights"] + ("; checked: finite, >= 0, within float16's range" if weights else
+                                              "; not read (--weights checks them)")),
     ]
     console().print(kv_table(str(trace), rows))
 

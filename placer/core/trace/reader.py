@@ -229,8 +229,6 @@ class TraceReader:
                     b.experts_TLK = _flat_numpy(cols["experts"]).reshape(n, L, K)
                 if "weights" in cols:
                     b.weights_TLK = _flat_numpy(cols["weights"]).astype(np.float32).reshape(n, L, K)
-                elif "weights" in fields:
-                    b.weights_TLK = uniform_weights(n, L, K)
                 if "present" in cols:
                     present = _flat_numpy(cols["present"]).astype(bool).reshape(n, L)
                     b.present_TL = None if present.all() else present
@@ -247,6 +245,9 @@ class TraceReader:
                     b.domain_T = cols["domain"].to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
                 if validate:
                     self._check_batch(b, row, "experts" in cols)
+                # A version-2 file without the column: 1/K, after the checks (constants within range).
+                if "weights" in fields and "weights" not in cols:
+                    b.weights_TLK = uniform_weights(n, L, K)
                 row += n
                 yield b
         except (pa.ArrowException, OSError) as exc:

@@ -62,8 +62,8 @@ class TraceWriter:
 
     The optional columns (``token_id``, ``domain``, ``present``, ``weights``) are chosen when the writer is
     opened, since a Parquet schema is fixed for the whole file. ``with_weights=False`` leaves the gate weights
-    out (the source has none; schema version 2, read back as 1/K), which saves about 40 % of the Parquet
-    encoding of a wide model; with it, batches without weights store 1/K. Batches are buffered up to ``row_group_size`` tokens so
+    out (the source has none; schema version 2, read back as 1/K), which is cheaper to encode for a wide model;
+    with it, batches without weights store 1/K. Batches are buffered up to ``row_group_size`` tokens so
     that small batches (a tracer's forward passes) still make row groups of a useful size.
 
     The file appears at ``path`` only when the block ends without an exception and at least one token was
@@ -93,7 +93,6 @@ class TraceWriter:
         self._type = {f.name: f.type for f in self.schema}
         self._tmp = temp_beside(self.path)
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=compression, **parquet_options(self.schema))
-        self._const_weights: pa.FixedSizeListArray | None = None  # 1/K, built once for batches without weights
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.tokens_written = 0
@@ -141,8 +140,8 @@ class TraceWriter:
                 raise MoeplaceError(f"{self.path}: batch has gate weights but the writer was opened without 'weights'")
         elif batch.weights_TLK is not None:
             cols["weights"] = _fixed_list(batch.weights_TLK.astype(np.float16, copy=False), self._type["weights"])
-        else:
-            cols["weights"] = self._uniform_weights(n)
+        else:  # no gate weights known, in a file with the column: 1/K, the value a version-2 reader gives
+            cols["weights"] = _fixed_list(np.full(n * L * K, 1.0 / K, dtype=np.float16), self._type["weights"])
         if self.with_present:
             cols["present"] = _fixed_list(batch.present_or_ones().astype(bool, copy=False), self._type["present"])
         elif batch.present_TL is not None and not batch.present_TL.all():
@@ -153,14 +152,6 @@ class TraceWriter:
         self.tokens_written += n
         if self._pending_rows >= self.row_group_size:
             self._flush()
-
-    def _uniform_weights(self, n: int) -> pa.FixedSizeListArray:
-        """``n`` rows of gate weights 1/K (weights absent), sliced from one array built once per writer."""
-        if self._const_weights is None or len(self._const_weights) < n:
-            L, _, K = self.meta.shape
-            rows = max(n, min(self.row_group_size, 65536))
-            self._const_weights = _fixed_list(np.full(rows * L * K, 1.0 / K, dtype=np.float16), self._type["weights"])
-        return self._const_weights.slice(0, n)
 
     def _flush(self) -> None:
         if not self._pending:
