@@ -16,6 +16,12 @@ from placer.core.placement import Placement, SolveReport
 from placer.core.topology import Topology
 
 
+def max_redundant(num_experts: int, num_gpus: int) -> int:
+    """The most redundant copies of ``num_experts`` experts on ``num_gpus`` GPUs with no two copies of one expert on
+    one GPU: E x (G - 1) (one GPU: up to E, as a model); beyond it some GPU holds two copies of one expert."""
+    return num_experts * max(num_gpus - 1, 1)
+
+
 @dataclass(frozen=True, eq=False)
 class PlacementProblem:
     """A placement problem.
@@ -52,9 +58,8 @@ class PlacementProblem:
         G = self.topology.num_gpus
         if self.num_redundant < 0:
             raise ValueError(f"redundant ({self.num_redundant}) must be >= 0")
-        # Beyond E x (G - 1) copies some GPU holds two copies of one expert (one GPU: allowed up to E, as a model);
-        # an absurd count (10^12) would otherwise run without end.
-        if self.num_redundant > E * max(G - 1, 1):
+        # Beyond ``max_redundant`` an absurd count (10^12) would otherwise run without end.
+        if self.num_redundant > max_redundant(E, G):
             raise ValueError(f"redundant ({self.num_redundant}) exceeds experts x (gpus - 1) = {E} x {max(G - 1, 1)}: "
                              f"some GPU would hold two copies of one expert")
         P = E + self.num_redundant

@@ -48,7 +48,7 @@ from placer.core.placement import Placement, SolveStatus
 from solvers.assignment import judge
 from solvers.instance import weights_of
 from solvers.problem import PlacementProblem, SolveOptions
-from solvers.warmup import tiny_problem
+from solvers.warmup import warm_up
 
 EPS = 1e-9
 # The share of the time limit the full re-solve gets when steps follow; the steps and the front take the rest.
@@ -418,17 +418,13 @@ def rebalance(problems: list[PlacementProblem], current: Placement, target: Plac
     return placement.with_(report=report)
 
 
-_COMPILED: set[TrafficMode] = set()
-
-
 def compile_kernels(mode: TrafficMode) -> None:
     """Compile (or load from numba's cache) the steps' kernel before a timed rebalance, once per process and mode
-    (as ``solvers/warmup.py`` does for the solvers): the steps on the warm-up's tiny problem, from one layout
-    towards another."""
-    if mode in _COMPILED:
-        return
-    _COMPILED.add(mode)
-    problem = tiny_problem(mode)
+    (``solvers/warmup.py``): the steps on the warm-up's tiny problem, from one layout towards another."""
+    warm_up("rebalance", mode, False, lambda problems, _options: _warm_steps(problems[0]))
+
+
+def _warm_steps(problem: PlacementProblem) -> None:
     slot = np.tile(np.arange(problem.num_slots), (problem.num_layers, 1))
     gpu = slot // problem.slots_per_gpu
     current = problem.placement(gpu, slot % problem.num_experts, problem.report("warm-up", time.perf_counter()))
@@ -437,8 +433,9 @@ def compile_kernels(mode: TrafficMode) -> None:
 
 
 def _moves_of(m: MoveCount) -> dict[str, int]:
-    """A point's moves: in all, and those served inside a node / across nodes (``MoveCount``)."""
-    return {"moves": m.total, "intra_node_moves": int(m.intra_L.sum()), "inter_node_moves": int(m.inter_L.sum())}
+    """A point's moves: in all, and those served inside a node / across nodes (``MoveCount.to_dict``'s keys)."""
+    d = m.to_dict()
+    return {k: d[k] for k in ("moves", "intra_node_moves", "inter_node_moves")}
 
 
 def _take_target(current: Placement, aligned: Placement, rows: np.ndarray, result: "_Judged", full: "_Judged",
@@ -492,8 +489,8 @@ def _judge(problems: list[PlacementProblem], weights_s: np.ndarray, options: Sol
     for ws, p in zip(weights_s, problems):
         inst, t = judge(p, SolveOptions(params=params), placement)
         objective = objective or inst.objective
-        traffic = inst.c_gpu * np.asarray(t.gpus_L) + inst.c_node * np.asarray(t.nodes_L)
-        if inst.mode is TrafficMode.COHERENT and inst.traffic:  # [L - 1] pairs of layers: half to each
+        traffic = inst.value(np.asarray(t.gpus_L), np.asarray(t.nodes_L), 0.0)
+        if inst.traffic and inst.mode.model.first_layer:  # [L - 1] transitions between layers: half to each
             traffic = np.concatenate([traffic, [0.0]]) / 2 + np.concatenate([[0.0], traffic]) / 2
         value += ws * t.value
         value_L += ws * (inst.c_bal * np.asarray(t.maxload_L) + traffic)

@@ -41,7 +41,6 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from placer.core.mode import TrafficMode
 from placer.core.objective import Aggregate
 from placer.core.placement import Placement, SolveReport, SolveStatus
 from placer.core.trace.reader import concat_batches
@@ -182,11 +181,12 @@ def scenario_figures(scn: Scenarios, options: SolveOptions, placement: Placement
 def _traffic_unit(p: PlacementProblem, tokens: float) -> tuple[str, float]:
     """What the traffic terms of a scenario are divided by: its token-layers (ep, ``"layer"``) or its tokens'
     transitions between adjacent layers (coherent, ``"transition"``), the present ones if the paths say."""
-    L = p.num_layers
-    present = None if p.present_TL is None else np.asarray(p.present_TL, dtype=bool)
-    if p.mode is TrafficMode.EP:
-        return "layer", float(present.sum()) if present is not None else tokens * L
-    return "transition", float((present[:, :-1] & present[:, 1:]).sum()) if present is not None else tokens * (L - 1)
+    L, f = p.num_layers, p.mode.model.first_layer  # traffic counted per layer from layer f (1: transitions)
+    unit = "transition" if f else "layer"
+    if p.present_TL is None:
+        return unit, tokens * (L - f)
+    present = np.asarray(p.present_TL, dtype=bool)
+    return unit, float((present[:, f:] & present[:, :L - f]).sum())
 
 
 def worst_and_mean(rows: list[dict[str, Any]]) -> dict[str, Any]:

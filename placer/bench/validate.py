@@ -15,7 +15,6 @@ placements differ in how they balance load.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -29,7 +28,7 @@ from placer.cli.common import console, print_json
 from placer.core.errors import InputError
 from placer.core.fileio import atomic_path, output_folder, write_json_atomic, write_text_atomic
 from placer.core.mode import TrafficMode
-from placer.progress import progress_bar
+from placer.progress import progress_bar, warn
 
 DEFAULT_PLACEMENTS = ("contiguous", "round_robin", "random", "greedy", "eplb", "eplb:G", "auto")
 DEFAULT_ZIPF = (0.6, 1.0, 1.4)
@@ -226,7 +225,7 @@ def bench_validate(
             hidden=hidden, ffn=ffn, dtype=dtype, tokens_per_step=tokens_per_step, steps=steps, warmup=warmup,
             check="first", topology=topology, threads=threads, device=device, weight_bank=weight_bank))
         if cfg.extra.get("topology_warning") and not reports:
-            print(f"moeplace: warning: {cfg.extra['topology_warning']}", file=sys.stderr)
+            warn(cfg.extra["topology_warning"])
         report = run(cfg, backend)
         reports[name] = report
         rows += rows_of(report, name)
@@ -264,9 +263,7 @@ def _print(result: dict, out_dir: Path) -> None:
         t.add_row(r["trace"], r["placement"] + ("" if r["correct"] else " (WRONG)"), f"{r['measured_step_ms']:.3g}",
                   f"{r['predicted_step_ms']:.3g}", pct(r["step_error"]), f"{r['measured_speedup']:.3f}x",
                   f"{r['predicted_speedup']:.3f}x", pct(r["speedup_error"]))
-    con = console()
-    if not con.is_terminal:
-        con.width = max(con.width, 130)
+    con = console(min_width=130)
     con.print(t)
     per = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in s["rank_correlation_per_trace"].items())
     pooled = s["rank_correlation_pooled"]

@@ -21,9 +21,13 @@ class UsageError(InputError):
     """A command-line mistake: an option out of range, options that do not fit together; exit code 2."""
 
 
-def console() -> Console:
-    """A console on the current standard output (looked up at call time, so tests can capture it)."""
-    return Console(highlight=False, soft_wrap=False)
+def console(min_width: int | None = None) -> Console:
+    """A console on the current standard output (looked up at call time, so tests can capture it); in a file or
+    a pipe at least ``min_width`` columns (room for a wide table's every column instead of rich's default 80)."""
+    con = Console(highlight=False, soft_wrap=False)
+    if min_width is not None and not con.is_terminal:
+        con.width = max(con.width, min_width)
+    return con
 
 
 def print_json(obj: Any) -> None:

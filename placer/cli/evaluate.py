@@ -122,9 +122,7 @@ def evaluate(
         })
         return
 
-    con = console()
-    if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
-        con.width = max(con.width, 120)
+    con = console(min_width=120)
     con.print(_summary_table(results, cands, source_name, mode_value, topo, tokens, tokens_per_step, balance_only,
                              moves))
     if per_layer:
@@ -154,15 +152,37 @@ def _columns(mode, multi_node: bool, balance_only: bool) -> list[str]:
     return cols
 
 
+def _figures(r, multi_node: bool, balance_only: bool) -> dict[str, float]:
+    """The figures of one result by key, in ``_columns`` order (bytes and time are totals)."""
+    f = {"max_over_mean": r.mean_imbalance, "worst_layer_max_over_mean": float(r.imbalance_L[r.worst_layer])}
+    if not balance_only:
+        f.update((fig.key, v) for fig, v in r.traffic_figures(multi_node))
+        f["intra_bytes"] = int(r.intra_bytes_L.sum())
+        if multi_node:
+            f["inter_bytes"] = int(r.inter_bytes_L.sum())
+        f["time_ms"], f["speedup"] = r.total_us / 1e3, r.speedup
+    return f
+
+
+def _format(figures: dict[str, float], worst_layer: int | None = None) -> list[str]:
+    """``_figures`` as table cells (the worst layer's number after its figure when given)."""
+    cells = []
+    for k, v in figures.items():
+        if k in ("intra_bytes", "inter_bytes"):
+            cells.append(f"{v / 1e9:.3f}")
+        elif k == "time_ms":
+            cells.append(f"{v:,.2f}")
+        elif k == "speedup":
+            cells.append(f"{v:.2f}x")
+        else:
+            cells.append(f"{v:.3f}" + (f" L{worst_layer}" if k == "worst_layer_max_over_mean" and worst_layer is not None
+                                       else ""))
+    return cells
+
+
 def _cells(r, mode, multi_node: bool, balance_only: bool) -> list[str]:
     """The figures of one result, in ``_columns`` order."""
-    row = [f"{r.mean_imbalance:.3f}", f"{r.imbalance_L[r.worst_layer]:.3f} L{r.worst_layer}"]
-    if not balance_only:
-        row += [f"{v:.3f}" for _, v in r.traffic_figures(multi_node)]
-        row += [f"{r.intra_bytes_L.sum() / 1e9:.3f}"]
-        row += [f"{r.inter_bytes_L.sum() / 1e9:.3f}"] if multi_node else []
-        row += [f"{r.total_us / 1e3:,.2f}", f"{r.speedup:.2f}x"]
-    return row
+    return _format(_figures(r, multi_node, balance_only), r.worst_layer)
 
 
 def _caption(mode, tokens_per_step, balance_only: bool) -> str:
@@ -291,16 +311,9 @@ def _evaluate_scenarios(paths, stats_files, load_files, scenarios, mode, gpus, n
             extra = [f"{moves[i].total:,}" if k == 0 and i < len(cands) else ""] if moves is not None else []
             t.add_row(label if k == 0 else "", sc.name, *_cells(r, mode, multi_node, balance_only), *extra)
         for k, agg in enumerate(_worst_and_mean(rs, balance_only, multi_node)):
-            cells = [f"{agg['max_over_mean']:.3f}", f"{agg['worst_layer_max_over_mean']:.3f}"]
-            if not balance_only:
-                cells += [f"{agg[f.key]:.3f}" for f in TRAFFIC_FIGURES[mode] if multi_node or not f.nodes_only]
-                cells += [f"{agg['intra_bytes'] / 1e9:.3f}"] + ([f"{agg['inter_bytes'] / 1e9:.3f}"] if multi_node else [])
-                cells += [f"{agg['time_ms']:,.2f}", f"{agg['speedup']:.2f}x"]
-            cells += [""] if moves is not None else []
+            cells = _format(agg) + ([""] if moves is not None else [])
             t.add_row("", ("worst", "mean")[k], *cells, style="bold", end_section=k == 1)
-    con = console()
-    if not con.is_terminal:
-        con.width = max(con.width, 140)
+    con = console(min_width=140)
     con.print(t)
 
 
@@ -308,16 +321,8 @@ def _worst_and_mean(rs, balance_only: bool, multi_node: bool = True) -> tuple[di
     """A placement's figures over its scenarios' results ``rs``: each one's worst (the highest; the speedup's the
     lowest) and its mean: max/mean load (mean over layers, and the worst layer), the traffic figures per token,
     bytes and time (totals, which grow with a scenario's tokens)."""
-    values = {"max_over_mean": [r.mean_imbalance for r in rs],
-              "worst_layer_max_over_mean": [float(r.imbalance_L.max()) for r in rs]}
-    if not balance_only:
-        for r in rs:
-            for f, v in r.traffic_figures(multi_node):
-                values.setdefault(f.key, []).append(v)
-        values["intra_bytes"] = [int(r.intra_bytes_L.sum()) for r in rs]
-        values["inter_bytes"] = [int(r.inter_bytes_L.sum()) for r in rs]
-        values["time_ms"] = [r.total_us / 1e3 for r in rs]
-        values["speedup"] = [r.speedup for r in rs]
+    figures = [_figures(r, multi_node, balance_only) for r in rs]
+    values = {k: [f[k] for f in figures] for k in figures[0]}
     worst = {k: (min(v) if k == "speedup" else max(v)) for k, v in values.items()}
     return worst, {k: float(np.mean(v)) for k, v in values.items()}
 

@@ -56,7 +56,7 @@ def rebalance(
     between the two files; --expert-bytes or --model turns them into bytes inside and across nodes.
     """
     # lazy: these load the solvers (numba, OR-Tools) and jsonschema; kept out of `moeplace --help`
-    from placer.core.moves import align, count_moves
+    from placer.core.moves import align, bytes_moved, count_moves
     from placer.core.placement_io import load_placement, save_placement
     from placer.inputs import problem_from_stats
     from placer.scenarios import ScenarioSpec, read_scenarios, scenario_problems
@@ -96,9 +96,8 @@ def rebalance(
     # A budget of 0 keeps CURRENT: the full re-solve is needed only for --pareto.
     resolve = not budget.zero or pareto
     if resolve:  # kernels are compiled (or loaded) before the clock starts, as solve does (solvers/warmup.py)
-        solver_spec.compile(cur.report.mode)
-        if spec is not None:
-            solver_spec.compile(cur.report.mode, robust=True)
+        # with scenarios a solver with a robust solve runs only that one (SolverSpec.solve_scenarios)
+        solver_spec.compile(cur.report.mode, robust=spec is not None and solver_spec.robust is not None)
         compile_kernels(cur.report.mode)
     # The limit covers the whole run from here: the full re-solve gets its share, the steps and the front the rest.
     clock = time.perf_counter()
@@ -131,9 +130,7 @@ def rebalance(
         front = extra["pareto"]
         if expert_bytes is not None:  # each point's bytes, as the summary's moves
             for point in front:
-                point["bytes"] = {"intra_node": point["intra_node_moves"] * expert_bytes,
-                                  "inter_node": point["inter_node_moves"] * expert_bytes,
-                                  "total": point["moves"] * expert_bytes}
+                point["bytes"] = bytes_moved(point["intra_node_moves"], point["inter_node_moves"], expert_bytes)
         summary["pareto"] = front
         write_json_atomic(out.with_suffix(".pareto.json"), {"current": str(current), "solver": solver,
                                                             "expert_bytes": expert_bytes, "front": front})

@@ -12,6 +12,7 @@ import typer
 
 from placer.cli.common import console
 from placer.core.fileio import prepare_output, write_json_atomic
+from placer.progress import warn
 from placer.replay.report import report_table
 
 
@@ -85,9 +86,7 @@ def replay(
         fail_how=fail_how,
     ))
     if cfg.extra.get("topology_warning") and os.environ.get("RANK", "0") == "0":  # once under torchrun
-        import sys
-
-        print(f"moeplace: warning: {cfg.extra['topology_warning']}", file=sys.stderr)
+        warn(cfg.extra["topology_warning"])
     report = run(cfg, backend)
     if report is None:  # a rank other than 0 under torchrun
         return
@@ -96,9 +95,7 @@ def replay(
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        con = console()
-        if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
-            con.width = max(con.width, 140)
+        con = console(min_width=140)
         con.print(report_table(report))
         checked = [c["check"] for c in report["placements"] if c["check"].get("tokens_checked")]
         if checked:

@@ -110,9 +110,7 @@ def _trace_windows(traces: list[Path], width: int):
 
 
 def _print(sim, balance_only: bool) -> None:
-    con = console()
-    if not con.is_terminal:
-        con.width = max(con.width, 120)
+    con = console(min_width=120)
     t = Table(title=f"simulation over {len(sim.windows)} windows (the first window observed only)",
               title_justify="left")
     traffic = None if balance_only or sim.traffic is None else sim.traffic.label

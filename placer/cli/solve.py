@@ -15,7 +15,6 @@ from placer.cli._options import (GPUS_HELP, LOAD_HELP, NODES_HELP, ROBUST_HELP, 
 from placer.cli.common import UsageError, console, kv_table, print_json
 from placer.core.fileio import prepare_output
 from placer.core.mode import TrafficMode
-from placer.core.objective import Weights
 
 
 def solve(
@@ -130,7 +129,7 @@ def solve(
         "sampling_note": sampling_note(read, placement.num_gpus),
     }
     if summary["input_load_only"] and scenario_spec is None:
-        summary.update(_load_only_bound(load_LE, placement, bal, topo, mode, params))
+        summary.update(_load_only_bound(load_LE, placement, bal, problem, params))
     twice = int(placement.same_gpu_copies_LG.sum())
     summary["same_gpu_copies"] = twice
     if twice:
@@ -166,26 +165,27 @@ def solve(
                                   f"{bal.imbalance_L[bal.worst_layer]:.3f} (layer {bal.worst_layer})"),
     ]))
     if "scenarios" in summary:
-        if not con.is_terminal:  # a file or a pipe: room for every column instead of rich's default 80
-            con.width = max(con.width, 140)
+        con = console(min_width=140)
         con.print(_scenario_table(summary["scenarios"], held, placement.num_nodes > 1))
     if summary["sampling_note"]:
         con.print(f"note: {summary['sampling_note']}", soft_wrap=True, highlight=False)
 
 
-def _load_only_bound(load_LE, placement, bal, topo, mode, params) -> dict:
+def _load_only_bound(load_LE, placement, bal, problem, params) -> dict:
     """A load-only solve's balance bound, the same for every solver (``solvers.bounds.load_balance_bounds``: the
     mean load per GPU, the heaviest copy with the lightest others, over every placement of these slots), as a
     load: each layer's largest GPU load and its bound, summed over the layers, and the gap. A solver that
     reported no bound (every one but auto and cpsat) also gets the objective, bound and gap in the objective's
     units (the balance weight times the load); auto and cpsat keep their own there."""
-    from solvers.bounds import gap_of, load_balance_bounds  # lazy: loads the solvers; kept out of --help
+    # lazy: loads the solvers; kept out of --help
+    from solvers.bounds import gap_of, load_balance_bounds
+    from solvers.instance import weights_of
 
     r = placement.report
     largest = float(bal.load_LG.max(axis=1).sum())
     bound = float(load_balance_bounds(load_LE, placement.num_gpus, placement.slots_per_gpu).sum())
     out: dict = {}
-    weight = Weights.for_topology(topo, mode, balance_weight=params.get("balance_weight")).balance_weight
+    weight = weights_of(params, problem).balance_weight
     if r.bound is None and weight > 0:
         out.update(objective=weight * largest, objective_name=f"{weight!r}*max_load", bound=weight * bound,
                    gap=gap_of(weight * largest, weight * bound), bound_source="balance")

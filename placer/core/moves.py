@@ -55,9 +55,7 @@ class MoveCount:
              "share_of_copies": round(self.share, 6), "intra_node_moves": int(self.intra_L.sum()),
              "inter_node_moves": int(self.inter_L.sum()), "moves_L": self.moves_L.tolist()}
         if expert_bytes is not None:
-            d["bytes"] = {"intra_node": float(self.intra_L.sum() * expert_bytes),
-                          "inter_node": float(self.inter_L.sum() * expert_bytes),
-                          "total": float(self.moves_L.sum() * expert_bytes)}
+            d["bytes"] = bytes_moved(d["intra_node_moves"], d["inter_node_moves"], expert_bytes)
         return d
 
     def transfer_us(self, expert_bytes: float, topology) -> float:
@@ -66,6 +64,12 @@ class MoveCount:
         intra = self.intra_G * expert_bytes / (topology.intra_bw_gbs * 1e3)
         inter = self.inter_G * expert_bytes / (topology.inter_bw_gbs * 1e3)
         return float(np.maximum(intra, inter).max(initial=0.0))
+
+
+def bytes_moved(intra_node_moves: int, inter_node_moves: int, expert_bytes: float) -> dict[str, float]:
+    """The weights the moves carry inside nodes, across nodes and in all, ``expert_bytes`` per copy."""
+    return {"intra_node": float(intra_node_moves * expert_bytes), "inter_node": float(inter_node_moves * expert_bytes),
+            "total": float((intra_node_moves + inter_node_moves) * expert_bytes)}
 
 
 def check_same_shape(current: Placement, new: Placement,

@@ -171,6 +171,7 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
     from placer.core.moves import align, count_moves
     from solvers import PlacementProblem, SolveOptions, get_solver
     from solvers.common import nominal_budgets_only
+    from solvers.problem import max_redundant
 
     load = np.asarray(load_LE, dtype=np.float64)
     if load.ndim != 2:
@@ -185,12 +186,12 @@ def rebalance(load_LE: np.ndarray, num_replicas: int, num_nodes: int, num_ranks:
         return Placement(rows, num_gpus=num_ranks, num_experts=E, num_nodes=num_nodes)
 
     R = num_replicas - E
-    if R > E * max(num_ranks - 1, 1):
+    if R > max_redundant(E, num_ranks):
         # More copies than the GPUs can hold apart: moeplace's solvers refuse (a second copy of an expert on a GPU
         # is a wasted slot), vLLM accepts it; DeepSeek's algorithm (vLLM's own) places them, as vLLM would.
         log.warning("moeplace EPLB: %d redundant slots for %d experts on %d GPUs cannot hold every copy of an "
                     "expert on a GPU of its own (at most %d); placed by DeepSeek's EPLB instead of %s, which puts "
-                    "some copies of one expert on one GPU", R, E, num_ranks, E * max(num_ranks - 1, 1), solver)
+                    "some copies of one expert on one GPU", R, E, num_ranks, max_redundant(E, num_ranks), solver)
         new = eplb_layout(load, num_replicas, num_nodes, num_ranks)
     else:
         problem = PlacementProblem(load, preset(num_ranks, num_nodes), num_redundant=R)

@@ -242,9 +242,9 @@ def run(cfg: ReplayConfig, backend: str, quiet: bool | None = None) -> dict | No
             return None
         device, timer = str(device_for(backend, local)), ("cuda-events" if backend == "nccl" else "perf_counter")
     elif backend == "virtual":
-        preflight(cfg)  # a missing GPU or too little memory: one line before the progress bar
+        checked = preflight(cfg)  # a missing GPU or too little memory: one line before the progress bar
         with progress_bar(total, "replay (virtual)", unit="step", quiet=quiet) as adv:
-            cases, device, timer = run_virtual(cfg, progress=lambda run: adv(1))
+            cases, device, timer = run_virtual(cfg, progress=lambda run: adv(1), device=checked)
     else:
         check_devices(cfg, backend)
         with progress_bar(total, f"replay ({backend}, {cfg.world_size} ranks)", unit="step", quiet=quiet) as adv:

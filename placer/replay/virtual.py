@@ -70,14 +70,16 @@ def modelled_ms(exs: list[RankExchange], topo: Topology, row_bytes: int, nodes: 
     return ms, stats[:, 0], stats[:, 1]
 
 
-def run_virtual(cfg: ReplayConfig, progress: Callable[[int], None] | None = None) -> tuple[list[dict], str, str]:
+def run_virtual(cfg: ReplayConfig, progress: Callable[[int], None] | None = None,
+                device: torch.device | None = None) -> tuple[list[dict], str, str]:
     """Replay every case with all ranks in this process. Returns (case reports, device, timer name).
-    ``progress(run)`` is called after each step (of every placement)."""
+    ``progress(run)`` is called after each step (of every placement); ``device``: ``preflight(cfg)``'s answer
+    when the caller checked already."""
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_virtual(cfg, progress or (lambda run: None))
+        return _run_virtual(cfg, progress or (lambda run: None), device or preflight(cfg))
     finally:
         torch.set_num_threads(before)
 
@@ -105,8 +107,8 @@ def weight_bytes(cfg: ReplayConfig, source) -> int:
     return len(keys) * 3 * cfg.hidden * cfg.ffn * torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
 
 
-def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None]) -> tuple[list[dict], str, str]:
-    device = preflight(cfg)
+def _run_virtual(cfg: ReplayConfig, progress: Callable[[int], None],
+                 device: torch.device) -> tuple[list[dict], str, str]:
     source = cfg.expert_source()
     G, S, L = cfg.world_size, cfg.steps, cfg.num_layers
     routing = load_routing(cfg.trace, cfg.num_tokens, cfg.num_layers)
