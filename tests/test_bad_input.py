@@ -234,6 +234,8 @@ CASES = [
                                                                        "most 1,024"]),  # was: ran without end
     ("bench robust --layers 0", 2, ["layers must be a positive integer, got 0"]),  # was an internal error, 1
     ("bench validate --layers 99999999999999999999", 2, ["layers (99999999999999999999) must be at most 100,000"]),
+    ("bench validate --threads 99999 --out-dir {dir}/v", 2, ["--threads (99999) must be at most 1,024"]),  # segfaulted
+    ("bench scale --workers 99999", 2, ["--workers (99999) must be at most 1,024"]),  # made its shards first
     # Outputs that are inputs, and outputs that cannot be written
     ("solve {trace} --gpus 2 -o {trace}", 2, ["--out names the same file as an input", "must be outside the inputs"]),
     ("stats {trace} -o {dir}/../{dir.name}/t.parquet", 2, ["--out names the same file as an input"]),

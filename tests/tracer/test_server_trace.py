@@ -289,6 +289,8 @@ def test_bad_server_input_is_one_line_exit_2(cli, files, tmp_path, engine, kwarg
     (["--engine", "vllm", "--concurrency", "0"], ["--concurrency must be >= 1"]),
     (["--engine", "sglang", "--num-experts", "16"], ["SGLang sends routing without its shape"]),
     (["--engine", "vllm"], ["--num-experts (or --model-config config.json) is required"]),
+    (["--engine", "vllm", "--num-experts", "99999999999999999999"],  # was refused only at the first answer
+     ["--num-experts must be between 1 and 4,294,967,296"]),
 ])
 def test_bad_options(cli, files, tmp_path, args, fragments):
     prompts, _ = files
